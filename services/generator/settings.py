@@ -1,0 +1,10 @@
+"""Settings of the generator service (flags and ARCHLOOP_* variables; see archloop.settings)."""
+
+from dataclasses import dataclass
+
+from archloop.settings import ServiceSettings, port_number, setting
+
+
+@dataclass(frozen=True)
+class GeneratorSettings(ServiceSettings):
+    port: int = setting(50052, "gRPC port; 0 picks a free one", check=port_number)

@@ -1,0 +1,3 @@
+from services.novelty.main import main
+
+raise SystemExit(main())

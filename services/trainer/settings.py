@@ -1,0 +1,10 @@
+"""Settings of the trainer service (flags and ARCHLOOP_* variables; see archloop.settings)."""
+
+from dataclasses import dataclass
+
+from archloop.settings import ServiceSettings, port_number, setting
+
+
+@dataclass(frozen=True)
+class TrainerSettings(ServiceSettings):
+    port: int = setting(50055, "gRPC port; 0 picks a free one", check=port_number)
