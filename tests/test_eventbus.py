@@ -57,6 +57,7 @@ async def test_publish_twice_with_same_id_is_stored_and_delivered_once(nats_serv
         assert messages[0].subject == f"archloop.events.{experiment}.cycle_evaluated"
         with pytest.raises(nats.errors.TimeoutError):
             await consumer.fetch(1, timeout=0.5)
+        await consumer.unsubscribe()
     finally:
         await client.drain()
 
