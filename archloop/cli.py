@@ -3,6 +3,7 @@
     archloop up                 start NATS + the five services locally; Ctrl-C stops them
     archloop status [--json]    address and health of every component of the local stack
     archloop down               stop the local stack started by `archloop up`
+    archloop novelty …          create|check|add|import|stats against the novelty service
 
 Exit status: 0 success, 1 a runtime failure (a component failed, nothing is running), 2 bad usage.
 The local stack's files (stack.json, logs, NATS storage) live in $ARCHLOOP_HOME (default ~/.archloop).
@@ -144,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     down = commands.add_parser("down", help="stop the local stack")
     down.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a clean stop")
     down.set_defaults(func=cmd_down)
+
+    from archloop.novelty_cli import add_parser as add_novelty_parser
+
+    add_novelty_parser(commands)
     return parser
 
 

@@ -42,6 +42,8 @@ SERVICE_NAMES = {
 }
 NATS_SERVICES = ("controller",)
 """Services that publish events and so get --nats-url."""
+DATA_FLAGS = {"novelty": "--db-path"}
+"""Services that keep durable state, and the flag that places it under the stack's home."""
 
 STATE_FILE = "stack.json"
 _PR_SET_PDEATHSIG = 1
@@ -122,7 +124,14 @@ class Component:
 class ChildProcess:
     """A child in its own process group that dies with its parent; stop() = SIGTERM, then SIGKILL."""
 
-    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.name = name
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,6 +142,7 @@ class ChildProcess:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 env=env,
+                cwd=cwd,
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
@@ -217,13 +227,14 @@ class ServiceProcess(ChildProcess):
         extra_args: list[str] | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
         self.ready_file = run_dir / f"{name}.ready.json"
         self.ready_file.unlink(missing_ok=True)
         argv = [
             sys.executable, "-m", f"services.{name}", "--host", "127.0.0.1", "--port", "0",
             "--ready-file", str(self.ready_file), "--log-format", "json", *(extra_args or []),
         ]  # fmt: skip
-        super().__init__(name, argv, log_path, env)
+        super().__init__(name, argv, log_path, env, cwd=run_dir)
         self.address = ""
 
     def wait_ready(self, timeout_seconds: float = 60.0) -> str:
@@ -318,6 +329,8 @@ class Stack:
         services = []
         for name in SERVICES:
             extra = ["--nats-url", nats_url] if name in NATS_SERVICES else []
+            if name in DATA_FLAGS:
+                extra += [DATA_FLAGS[name], str(self.home / "data" / f"{name}.sqlite3")]
             proc = ServiceProcess(name, self.run_dir, self.log_dir / f"{name}.log", extra)
             self.children.append(proc)
             services.append(proc)

@@ -126,7 +126,11 @@ def _low32(value: int) -> int:
 def minhash_signature(hashes: np.ndarray, num_perm: int, seed: int) -> np.ndarray:
     """datasketch MinHash over the shingle hashes; the signature as uint32 (all values are < 2**32)."""
     minhash = MinHash(
-        num_perm=num_perm, seed=seed, hashfunc=_low32, permutations=_permutations(num_perm, seed), scheme=SCHEME
+        num_perm=num_perm,
+        seed=seed,
+        hashfunc=_low32,
+        permutations=_permutations(num_perm, seed),
+        scheme=SCHEME,
     )
     if hashes.size:
         minhash.update_batch(hashes.tolist())
@@ -162,3 +166,14 @@ def fingerprint_tokens(tokens: list[str], lexer: Lexer, k: int, num_perm: int, s
 def fingerprint_source(source: str, k: int, num_perm: int, seed: int) -> Fingerprint:
     tokens, lexer = tokenize_source(source)
     return fingerprint_tokens(tokens, lexer, k, num_perm, seed)
+
+
+def as_minhash(signature: np.ndarray, num_perm: int, seed: int) -> MinHash:
+    """A datasketch MinHash carrying a stored signature, for MinHashLSH insert and query."""
+    return MinHash(
+        num_perm=num_perm,
+        seed=seed,
+        hashvalues=signature.astype(np.uint64),
+        permutations=_permutations(num_perm, seed),
+        scheme=SCHEME,
+    )
