@@ -31,7 +31,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from archloop.errors import ArchLoopError
+from archloop.errors import ArchLoopError, InvalidArgument
 from archloop.settings import EXIT_BAD_CONFIG, ServiceSettings, SettingsError, flag_name, redacted
 
 log = structlog.get_logger("archloop.server")
@@ -80,27 +80,28 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method.lstrip("/").startswith(self._quiet):
             return handler
         rpc = method.rsplit("/", 1)[-1]
+        deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(rpc, handler.unary_unary),
-                handler.request_deserializer,
+                self._wrap_unary(rpc, _checked_request(handler.unary_unary)),
+                deserializer,
                 handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(rpc, handler.unary_stream),
-                handler.request_deserializer,
+                self._wrap_stream(rpc, _checked_request(handler.unary_stream)),
+                deserializer,
                 handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary(rpc, handler.stream_unary),
-                handler.request_deserializer,
+                self._wrap_unary(rpc, _checked_stream(handler.stream_unary)),
+                deserializer,
                 handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
-            self._wrap_stream(rpc, handler.stream_stream),
-            handler.request_deserializer,
+            self._wrap_stream(rpc, _checked_stream(handler.stream_stream)),
+            deserializer,
             handler.response_serializer,
         )
 
@@ -136,6 +137,53 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                 _log_finished(rpc, context, started)
 
         return call
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes did not parse, so it can become INVALID_ARGUMENT."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable | None) -> Callable | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:
+            return _Undecodable(exc)
+
+    return parse
+
+
+def _invalid(request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument(
+            "request", f"is not a valid message (e.g. invalid UTF-8 in a string): {request.error}"
+        )
+
+
+def _checked_request(behavior: Callable) -> Callable:
+    def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        _invalid(request)
+        return behavior(request, context)
+
+    return call
+
+
+def _checked_stream(behavior: Callable) -> Callable:
+    async def checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for request in requests:
+            _invalid(request)
+            yield request
+
+    def call(request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+        return behavior(checked(request_iterator), context)
+
+    return call
 
 
 async def _abort(context: grpc.aio.ServicerContext, rpc: str, exc: Exception, started: float) -> None:

@@ -68,9 +68,7 @@ def test_labelled_set_spans_the_threshold(labelled_pairs) -> None:  # type: igno
 
 def test_default_verification_meets_the_goals(labelled_pairs) -> None:  # type: ignore[no-untyped-def]
     recall, false_positive_rate, positives, negatives = _rates(labelled_pairs, "exact")
-    print(
-        f"exact near threshold: recall {recall:.4f} of {positives}, FP {false_positive_rate:.4f} of {negatives}"
-    )
+    print(f"exact near τ: recall {recall:.4f} of {positives}, FP {false_positive_rate:.4f} of {negatives}")
     assert recall >= 0.98
     assert false_positive_rate <= 0.01
 
