@@ -38,6 +38,7 @@ def novelty(start_service, tmp_path):  # type: ignore[no-untyped-def]
 
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
+TAU = "near_duplicate_threshold"
 
 
 def _code(err: pytest.ExceptionInfo) -> grpc.StatusCode:
@@ -95,8 +96,8 @@ def test_bad_input_gets_clear_errors(novelty) -> None:  # type: ignore[no-untype
         (lambda: client.check("x = 1", ["nope"]), grpc.StatusCode.NOT_FOUND, "nope"),
         (lambda: client.check("x = 1", []), grpc.StatusCode.INVALID_ARGUMENT, "collections"),
         (lambda: client.admit("c", "", "x = 1"), grpc.StatusCode.INVALID_ARGUMENT, "entry_id"),
-        (lambda: client.create_collection("t", near_duplicate_threshold=1.5), INVALID, "near_duplicate_threshold"),
-        (lambda: client.create_collection("t", near_duplicate_threshold=-0.2), INVALID, "near_duplicate_threshold"),
+        (lambda: client.create_collection("t", near_duplicate_threshold=1.5), INVALID, TAU),
+        (lambda: client.create_collection("t", near_duplicate_threshold=-0.2), INVALID, TAU),
         (lambda: client.create_collection("t", shingle_size=-1), INVALID, "shingle_size"),
         (lambda: client.create_collection("bad name!"), grpc.StatusCode.INVALID_ARGUMENT, "name"),
         (lambda: client.create_collection("c"), grpc.StatusCode.ALREADY_EXISTS, "c"),
