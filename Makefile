@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml requirements.lock setup.py $(wildcard protos/archloop/v
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q -c requirements.lock torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install --disable-pip-version-check -q -c requirements.lock -e ".[ml,dev]"
+	$(BIN)/archloop corpus fetch
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install everything

@@ -4,6 +4,7 @@
     archloop status [--json]    address and health of every component of the local stack
     archloop down               stop the local stack started by `archloop up`
     archloop novelty …          create|check|add|import|stats against the novelty service
+    archloop corpus fetch       download and verify the LEMUR wheel (nn-dataset==2.1.2) into the cache
 
 Exit status: 0 success, 1 a runtime failure (a component failed, nothing is running), 2 bad usage.
 The local stack's files (stack.json, logs, NATS storage) live in $ARCHLOOP_HOME (default ~/.archloop).
@@ -127,6 +128,18 @@ def cmd_down(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_corpus_fetch(args: argparse.Namespace) -> int:
+    from archloop.lemur import LemurUnavailable, lemur_wheel
+
+    try:
+        path = lemur_wheel(fetch=True)
+    except LemurUnavailable as exc:
+        print(f"archloop corpus fetch: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(path)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="archloop", description="ArchLoop: iterative LLM-driven NAS")
     parser.add_argument(
@@ -145,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     down = commands.add_parser("down", help="stop the local stack")
     down.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a clean stop")
     down.set_defaults(func=cmd_down)
+
+    corpus = commands.add_parser("corpus", help="the LEMUR corpus")
+    corpus_commands = corpus.add_subparsers(dest="corpus_command", required=True, metavar="COMMAND")
+    fetch = corpus_commands.add_parser(
+        "fetch", help="download the nn-dataset==2.1.2 wheel once into the cache"
+    )
+    fetch.set_defaults(func=cmd_corpus_fetch)
 
     from archloop.novelty_cli import add_parser as add_novelty_parser
 

@@ -99,7 +99,7 @@ class ChannelMatch:
 
 
 class ChannelIndex:
-    """MinHashLSH over one kind of signature, plus the signatures for verification."""
+    """MinHashLSH over one kind of signature, plus the signatures (one matrix row per entry)."""
 
     def __init__(self, config: CollectionConfig) -> None:
         self.config = config
@@ -108,40 +108,57 @@ class ChannelIndex:
             num_perm=config.num_permutations,
             weights=(config.lsh_false_positive_weight, config.lsh_false_negative_weight),
         )
-        self.signatures: dict[str, np.ndarray] = {}
+        self._rows: dict[str, int] = {}
+        self._free: list[int] = []
+        self._matrix = np.zeros((64, config.num_permutations), dtype=np.uint32)
 
     def _minhash(self, signature: np.ndarray):  # type: ignore[no-untyped-def]
         return as_minhash(signature, self.config.num_permutations, self.config.minhash_seed)
 
     def add(self, entry_id: str, signature: np.ndarray) -> None:
         self.lsh.insert(entry_id, self._minhash(signature), check_duplication=False)
-        self.signatures[entry_id] = signature
+        if self._free:
+            row = self._free.pop()
+        else:
+            row = len(self._rows)
+            if row == len(self._matrix):
+                self._matrix = np.concatenate([self._matrix, np.zeros_like(self._matrix)])
+        self._matrix[row] = signature
+        self._rows[entry_id] = row
 
     def remove(self, entry_id: str) -> None:
-        if self.signatures.pop(entry_id, None) is not None:
+        row = self._rows.pop(entry_id, None)
+        if row is not None:
             self.lsh.remove(entry_id)
+            self._free.append(row)
 
-    def candidates(self, signature: np.ndarray) -> list[tuple[str, float]]:
-        """LSH-retrieved entries with their estimated Jaccard, most similar first."""
-        if not self.signatures:
-            return []
+    def candidates(self, signature: np.ndarray, floor: float = 0.0) -> tuple[list[tuple[str, float]], int]:
+        """LSH-retrieved entries whose estimated Jaccard is at least `floor`, most similar first
+        (ties by id, so the answer never depends on LSH bucket order), and how many were retrieved."""
+        if not self._rows:
+            return [], 0
         found = self.lsh.query(self._minhash(signature))
         if not found:
-            return []
-        similarities = estimated_jaccard(signature, np.stack([self.signatures[c] for c in found]))
-        order = np.argsort(-similarities, kind="stable")
-        return [(found[i], float(similarities[i])) for i in order]
+            return [], 0
+        rows = np.fromiter((self._rows[c] for c in found), dtype=np.int64, count=len(found))
+        similarities = estimated_jaccard(signature, self._matrix[rows])
+        best = float(similarities.max())
+        keep = np.flatnonzero(similarities >= min(floor, best))
+        ranked = sorted(
+            ((found[i], float(similarities[i])) for i in keep), key=lambda pair: (-pair[1], pair[0])
+        )
+        return ranked, len(found)
 
     def nearest(self, signature: np.ndarray) -> ChannelMatch:
         """The best candidate decided by its estimate alone (the paper's rule)."""
-        found = self.candidates(signature)
-        if not found:
+        ranked, retrieved = self.candidates(signature, floor=1.0)
+        if not ranked:
             return ChannelMatch()
-        best_id, best = found[0]
-        return ChannelMatch(best, best_id, best > self.config.near_duplicate_threshold, len(found))
+        best_id, best = ranked[0]
+        return ChannelMatch(best, best_id, best > self.config.near_duplicate_threshold, retrieved)
 
     def __len__(self) -> int:
-        return len(self.signatures)
+        return len(self._rows)
 
 
 @dataclass

@@ -201,11 +201,12 @@ class NoveltyIndex:
     ) -> tuple[ChannelMatch, float | None]:
         """The text decision and the exact Jaccard of the nearest entry (when shingles are kept)."""
         config = collection.config
-        found = collection.text.candidates(text_print.signature)
+        floor = config.near_duplicate_threshold - EXACT_MARGIN if config.verification == "exact" else 1.0
+        found, retrieved = collection.text.candidates(text_print.signature, floor)
         if not found:
             return ChannelMatch(), None
         best_id, best = found[0]
-        match = ChannelMatch(best, best_id, best > config.near_duplicate_threshold, len(found))
+        match = ChannelMatch(best, best_id, best > config.near_duplicate_threshold, retrieved)
         exact_best = self._exact(collection, best_id, text_print.shingles) if config.keeps_shingles else None
         if config.verification != "exact":
             return match, exact_best

@@ -1,0 +1,196 @@
+"""Novelty service benchmark: a real service process on loopback, realistic 2-6 KB sources.
+
+    python bench/novelty_bench.py --entries 10000 [--entries 100000] [--queries 1000] [--write]
+
+For each size: bulk import (admits/s through the ImportEntries stream), MinHash time per source
+(in-process), check latency p50/p99 end to end over loopback gRPC (sequential CheckNovelty calls,
+half near-duplicates of stored entries, half unseen), the same check done by brute force (exact
+Jaccard of the query's shingle set against every stored set, numpy, in this process) as the
+baseline, rebuild time on restart, and resident memory. Sources are LEMUR model files of 2-6 KB
+and edited variants of them (2-8 edits) to reach the size. `--write` replaces the novelty section of
+docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from archloop.lemur import iter_model_sources, lemur_wheel  # noqa: E402
+from archloop.localstack import ServiceProcess  # noqa: E402
+from archloop.novelty_client import NoveltyClient  # noqa: E402
+from services.novelty.fingerprint import exact_jaccard, fingerprint_source  # noqa: E402
+from services.novelty.tests.variants import make_variant  # noqa: E402
+
+SECTION_START = "<!-- novelty-bench:start -->"
+SECTION_END = "<!-- novelty-bench:end -->"
+
+
+def realistic_sources(count: int, seed: int = 0) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    originals = [(n, s) for n, s in iter_model_sources(lemur_wheel()) if 2000 <= len(s.encode()) <= 6000]
+    rng.shuffle(originals)
+    sources = originals[:count]
+    while len(sources) < count:
+        name, base = originals[len(sources) % len(originals)]
+        sources.append((f"{name}~v{len(sources)}", make_variant(base, rng, rng.randint(2, 8))[0]))
+    return sources
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.array(values), q))
+
+
+def run_size(entries: int, queries: int, workdir: Path) -> dict:
+    print(f"== {entries} entries: building sources", flush=True)
+    sources = realistic_sources(entries)
+    rng = random.Random(1)
+    stored_sample = rng.sample(sources, queries // 2)
+    probes = [make_variant(code, rng, 1)[0] for _, code in stored_sample]
+    probes += [code for _, code in realistic_sources(queries - len(probes), seed=99)]
+    rng.shuffle(probes)
+
+    started = time.perf_counter()
+    prints = [fingerprint_source(code, 10, 256, 1) for _, code in sources[:500]]
+    minhash_ms = (time.perf_counter() - started) / len(prints) * 1000
+
+    db = workdir / f"novelty-{entries}.sqlite3"
+    proc = ServiceProcess("novelty", workdir, workdir / f"novelty-{entries}.log", ["--db-path", str(db)])
+    try:
+        proc.wait_ready()
+        with NoveltyClient(proc.address, timeout_seconds=60) as client:
+            client.create_collection("bench")
+            started = time.perf_counter()
+            summary = client.import_entries("bench", sources)
+            import_seconds = time.perf_counter() - started
+            assert summary.created == entries, summary
+            print(f"   imported at {entries / import_seconds:.0f} admits/s", flush=True)
+            for probe in probes[:20]:  # warm-up
+                client.check(probe, ["bench"])
+            latencies, near = [], 0
+            for probe in probes:
+                t0 = time.perf_counter()
+                result = client.check(probe, ["bench"])
+                latencies.append((time.perf_counter() - t0) * 1000)
+                near += result.matches[0].near_duplicate
+            rss_after_import = psutil.Process(proc.proc.pid).memory_info().rss
+    finally:
+        proc.stop(30)
+
+    print("   brute-force baseline", flush=True)
+    stored_shingles = [fingerprint_source(code, 10, 256, 1).shingles for _, code in sources]
+    brute_ms = []
+    for probe in probes[:10]:
+        t0 = time.perf_counter()
+        query = fingerprint_source(probe, 10, 256, 1).shingles
+        best = max(exact_jaccard(query, other) for other in stored_shingles)
+        brute_ms.append((time.perf_counter() - t0) * 1000)
+    del stored_shingles, best
+
+    restart = ServiceProcess(
+        "novelty", workdir, workdir / f"novelty-{entries}-restart.log", ["--db-path", str(db)]
+    )
+    try:
+        t0 = time.perf_counter()
+        restart.wait_ready(timeout_seconds=1800)
+        ready_seconds = time.perf_counter() - t0
+        with NoveltyClient(restart.address) as client:
+            stats = client.stats()
+        rss_after_rebuild = psutil.Process(restart.proc.pid).memory_info().rss
+    finally:
+        restart.stop(30)
+
+    p50 = percentile(latencies, 50)
+    return {
+        "entries": entries,
+        "queries": len(probes),
+        "near_duplicates_found": near,
+        "minhash_ms_per_source": round(minhash_ms, 3),
+        "import_admits_per_second": round(entries / import_seconds, 1),
+        "check_p50_ms": round(p50, 3),
+        "check_p99_ms": round(percentile(latencies, 99), 3),
+        "check_mean_ms": round(statistics.mean(latencies), 3),
+        "brute_force_ms": round(statistics.mean(brute_ms), 1),
+        "speedup_vs_brute_force": round(statistics.mean(brute_ms) / p50, 1),
+        "rebuild_seconds": round(stats.rebuild_duration_seconds, 2),
+        "restart_to_serving_seconds": round(ready_seconds, 2),
+        "storage_mib": round(stats.storage_bytes / 2**20, 1),
+        "rss_after_import_mib": round(rss_after_import / 2**20, 1),
+        "rss_after_rebuild_mib": round(rss_after_rebuild / 2**20, 1),
+    }
+
+
+def markdown(results: list[dict]) -> str:
+    memory_gib = psutil.virtual_memory().total / 2**30
+    machine = f"{psutil.cpu_count()} cores, {memory_gib:.0f} GiB, Python {platform.python_version()}"
+    lines = [
+        SECTION_START,
+        "## Novelty service",
+        "",
+        f"`python bench/novelty_bench.py` on {datetime.now(UTC):%Y-%m-%d} ({machine}). Real service process,",
+        "loopback gRPC, default collection settings (k 10, 256 permutations, LSH 23×11, exact verification",
+        "near τ). Goals (issue 4): check p50 ≤ 3 ms, p99 ≤ 10 ms; ≥ 100× faster than brute-force exact",
+        "Jaccard (the baseline: the query's shingle set against every stored set, numpy, same run).",
+        "",
+        "| entries | MinHash ms/source | import admits/s | check p50 ms | check p99 ms | brute force ms "
+        "| speed-up | rebuild s | storage MiB | RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['entries']:,} | {r['minhash_ms_per_source']} | {r['import_admits_per_second']:,} "
+            f"| {r['check_p50_ms']} | {r['check_p99_ms']} | {r['brute_force_ms']:,} "
+            f"| {r['speedup_vs_brute_force']:,}× | {r['rebuild_seconds']} | {r['storage_mib']} "
+            f"| {r['rss_after_rebuild_mib']} |"
+        )
+    lines += ["", "Raw figures: `bench/results/novelty.json`.", SECTION_END]
+    return "\n".join(lines)
+
+
+def write_section(text: str) -> None:
+    path = ROOT / "docs" / "benchmarks.md"
+    current = path.read_text() if path.exists() else "# Benchmarks\n"
+    if SECTION_START in current:
+        before, rest = current.split(SECTION_START, 1)
+        after = rest.split(SECTION_END, 1)[1]
+        current = before + text + after
+    else:
+        current = current.rstrip() + "\n\n" + text + "\n"
+    path.write_text(current)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--entries", type=int, action="append", help="collection size (repeatable)")
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    args = parser.parse_args()
+    sizes = args.entries or [10_000]
+    with tempfile.TemporaryDirectory(prefix="novelty-bench-") as tmp:
+        results = [run_size(n, args.queries, Path(tmp)) for n in sizes]
+    out = ROOT / "bench" / "results" / "novelty.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    text = markdown(results)
+    print(text)
+    if args.write:
+        write_section(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
