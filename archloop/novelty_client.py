@@ -21,6 +21,22 @@ from archloop.clients import channel_options
 from archloop.v1 import novelty_pb2, novelty_pb2_grpc
 
 
+def _entry(
+    collection: str,
+    entry_id: str,
+    code: str,
+    labels: Mapping[str, str] | None = None,
+    structural_tokens: Sequence[str] = (),
+) -> novelty_pb2.AdmitEntryRequest:
+    return novelty_pb2.AdmitEntryRequest(
+        collection=collection,
+        entry_id=entry_id,
+        code=code,
+        labels=dict(labels or {}),
+        structural_tokens=list(structural_tokens),
+    )
+
+
 class NoveltyClient:
     def __init__(self, target: str, timeout_seconds: float = 30.0) -> None:
         self.target = target
@@ -75,13 +91,7 @@ class NoveltyClient:
         structural_tokens: Sequence[str] = (),
     ) -> bool:
         """Store an entry; False when the same id with the same code was already there."""
-        request = novelty_pb2.AdmitEntryRequest(
-            collection=collection,
-            entry_id=entry_id,
-            code=code,
-            labels=dict(labels or {}),
-            structural_tokens=list(structural_tokens),
-        )
+        request = _entry(collection, entry_id, code, labels, structural_tokens)
         return self.stub.AdmitEntry(request, timeout=self.timeout_seconds).created
 
     def check_and_admit(
@@ -94,13 +104,7 @@ class NoveltyClient:
         labels: Mapping[str, str] | None = None,
         structural_tokens: Sequence[str] = (),
     ) -> novelty_pb2.CheckAndAdmitResponse:
-        entry = novelty_pb2.AdmitEntryRequest(
-            collection=collection,
-            entry_id=entry_id,
-            code=code,
-            labels=dict(labels or {}),
-            structural_tokens=list(structural_tokens),
-        )
+        entry = _entry(collection, entry_id, code, labels, structural_tokens)
         request = novelty_pb2.CheckAndAdmitRequest(entry=entry, check_collections=list(check_collections))
         return self.stub.CheckAndAdmit(request, timeout=self.timeout_seconds)
 
@@ -117,8 +121,7 @@ class NoveltyClient:
         def requests() -> Iterator[novelty_pb2.ImportEntriesRequest]:
             for entry_id, code in entries:
                 yield novelty_pb2.ImportEntriesRequest(
-                    entry=novelty_pb2.AdmitEntryRequest(collection=collection, entry_id=entry_id, code=code),
-                    skip_near_duplicates=skip_near_duplicates,
+                    entry=_entry(collection, entry_id, code), skip_near_duplicates=skip_near_duplicates
                 )
 
         return self.stub.ImportEntries(requests(), timeout=timeout_seconds)

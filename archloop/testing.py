@@ -8,11 +8,14 @@ JetStream on a temp dir, and `start_service` runs `python -m services.<name>` as
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
+from archloop.clients import channel_options
 from archloop.localstack import NatsServerProcess, ServiceProcess
 
 
@@ -46,16 +49,25 @@ def start_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
         proc.stop(10.0)
 
 
-def service_log(proc: ServiceProcess) -> str:
-    return proc.log_path.read_text(errors="replace")
+@pytest.fixture
+def grpc_channel() -> Iterator[Callable[[str], grpc.Channel]]:
+    """Factory: grpc_channel(address) → a channel with the shared client options, closed afterwards."""
+    channels: list[grpc.Channel] = []
+
+    def open_channel(address: str) -> grpc.Channel:
+        channel = grpc.insecure_channel(address, options=channel_options())
+        channels.append(channel)
+        return channel
+
+    yield open_channel
+    for channel in channels:
+        channel.close()
 
 
 def run_cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 120.0
 ) -> subprocess.CompletedProcess:
     """Run `python -m archloop.cli ARGS` and capture its output."""
-    import sys
-
     return subprocess.run(
         [sys.executable, "-m", "archloop.cli", *args],
         capture_output=True,

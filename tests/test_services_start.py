@@ -51,22 +51,22 @@ def _call_empty(channel: grpc.Channel, method) -> grpc.StatusCode:  # type: igno
 
 
 @pytest.mark.parametrize("name", sorted(SERVICE_NAMES))
-def test_service_starts_serves_and_stops(name: str, start_service) -> None:
+def test_service_starts_serves_and_stops(name: str, start_service, grpc_channel) -> None:  # type: ignore[no-untyped-def]
     proc = start_service(name, "--grace-period-seconds", "3")
     service_name = SERVICE_NAMES[name]
     assert health_status(proc.address, service_name) == "SERVING"
     assert health_status(proc.address, "") == "SERVING"
 
-    with grpc.insecure_channel(proc.address) as channel:
-        reflection_db = ProtoReflectionDescriptorDatabase(channel)
-        services = set(reflection_db.get_services())
-        assert service_name in services
-        assert "grpc.health.v1.Health" in services
-        pool = descriptor_pool.DescriptorPool(reflection_db)
-        assert pool.FindServiceByName(service_name).full_name == service_name
+    channel = grpc_channel(proc.address)
+    reflection_db = ProtoReflectionDescriptorDatabase(channel)
+    services = set(reflection_db.get_services())
+    assert service_name in services
+    assert "grpc.health.v1.Health" in services
+    pool = descriptor_pool.DescriptorPool(reflection_db)
+    assert pool.FindServiceByName(service_name).full_name == service_name
 
-        descriptor = PROTO_MODULES[name].DESCRIPTOR.services_by_name[service_name.rsplit(".", 1)[1]]
-        codes = {m.name: _call_empty(channel, m) for m in descriptor.methods}
+    descriptor = PROTO_MODULES[name].DESCRIPTOR.services_by_name[service_name.rsplit(".", 1)[1]]
+    codes = {m.name: _call_empty(channel, m) for m in descriptor.methods}
     if name in IMPLEMENTED:
         assert not {m: c for m, c in codes.items() if c in CRASH_CODES}
     else:
