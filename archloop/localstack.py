@@ -22,6 +22,7 @@ import sys
 import sysconfig
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from shutil import which
@@ -57,10 +58,16 @@ def archloop_home() -> Path:
     return Path(os.environ.get("ARCHLOOP_HOME") or Path.home() / ".archloop")
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the supervisor dies, even by kill -9."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """For the child before exec: get SIGTERM when the supervisor dies, even by kill -9."""
+
+    def arrange() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return arrange
 
 
 def nats_server_binary() -> str:
@@ -144,7 +151,7 @@ class ChildProcess:
                 env=env,
                 cwd=cwd,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent(os.getpid()),
             )
         self.create_time = psutil.Process(self.proc.pid).create_time()
 

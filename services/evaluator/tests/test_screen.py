@@ -1,0 +1,134 @@
+"""The static screen and the contract check on hand-written and real LEMUR programs."""
+
+from __future__ import annotations
+
+import pytest
+
+from archloop.lemur import iter_model_sources, lemur_wheel
+from services.evaluator.screen import check_contract, parse_source, screen
+
+GOOD = """
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from collections import OrderedDict
+
+
+def supported_hyperparameters():
+    return {"lr", "momentum"}
+
+
+class Net(nn.Module):
+    def __init__(self, in_shape, out_shape, prm, device):
+        super().__init__()
+        self.features = nn.Sequential(OrderedDict(conv=nn.Conv2d(in_shape[1], 16, 3), act=nn.ReLU()))
+        self.head = nn.Linear(16, out_shape[0])
+        self.device = device
+        print(type(self).__name__, torch.__version__)
+
+    def train_setup(self, prm):
+        self.criteria = (nn.CrossEntropyLoss(),)
+        self.optimizer = torch.optim.SGD(self.parameters(), lr=prm["lr"], momentum=prm["momentum"])
+
+    def learn(self, train_data):
+        for inputs, labels in train_data:
+            self.optimizer.zero_grad()
+            loss = self.criteria[0](self(inputs), labels)
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.parameters(), 3)
+            self.optimizer.step()
+
+    def forward(self, x):
+        x = F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
+        return self.head(getattr(self, "features") and x)
+"""
+
+SCREEN_CASES = {
+    "import os\nos.system('id')": ("import", 1),
+    "import subprocess": ("import", 1),
+    "from socket import socket": ("import", 1),
+    "import ctypes": ("import", 1),
+    "import importlib\nimportlib.import_module('os')": ("import", 1),
+    "__import__('os').system('id')": ("forbidden_name", 1),
+    "x = open('/etc/passwd').read()": ("forbidden_name", 1),
+    "exec('import os')": ("forbidden_name", 1),
+    "eval('1+1')": ("forbidden_name", 1),
+    "code = compile('1', 'f', 'eval')": ("forbidden_name", 1),
+    "print(().__class__.__bases__[0].__subclasses__())": ("dunder_attribute", 1),
+    "f = lambda: 0\nprint(f.__globals__)": ("dunder_attribute", 2),
+    "print(getattr(int, '__subclasses__')())": ("dunder_name", 1),
+    "import torch\ntorch.hub.load('x/y', 'm')": ("forbidden_attribute", 2),
+    "import torch\nw = torch.load('weights.pt')": ("forbidden_attribute", 2),
+    "from torch import hub": ("forbidden_attribute", 1),
+    "import torch.multiprocessing as mp": ("import", 1),
+    "import torch as t\nt.save({}, '/tmp/x')": ("forbidden_attribute", 2),
+    "import numpy as np\nnp.load('x.npy')": ("forbidden_attribute", 2),
+    "import torch\ntorch._C._set_print_stack_traces_on_fatal_signal(True)": ("private_torch", 2),
+    "import torch\ntorch.ops.aten.add": ("forbidden_attribute", 2),
+    "from . import sibling": ("import", 1),
+    "from torch import *": ("import", 1),
+    "import sys\nsys.modules": ("import", 1),
+    "g = globals()": ("forbidden_name", 1),
+    "def forward(self, input):\n    return input": None,
+    "breakpoint()": ("forbidden_name", 1),
+}
+
+
+def test_a_clean_model_passes_screen_and_contract() -> None:
+    tree = parse_source(GOOD)
+    assert screen(tree) == []
+    assert check_contract(tree).ok
+
+
+@pytest.mark.parametrize(("source", "expected"), list(SCREEN_CASES.items()))
+def test_hostile_code_is_reported_with_rule_and_line(source: str, expected: tuple[str, int] | None) -> None:
+    violations = screen(parse_source(source))
+    if expected is None:
+        assert violations == []
+    else:
+        assert (violations[0].rule, violations[0].line) == expected, violations
+
+
+def test_every_violation_is_reported() -> None:
+    violations = screen(parse_source("import os\nimport sys\nx = open('f')\nprint(x.__dict__)\n"))
+    assert [(v.rule, v.line) for v in violations] == [
+        ("import", 1), ("import", 2), ("forbidden_name", 3), ("dunder_attribute", 4),
+    ]  # fmt: skip
+
+
+def test_nul_bytes_are_a_parse_error() -> None:
+    with pytest.raises(SyntaxError):
+        parse_source("x = 1\x00")
+
+
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        ("class Net:\n    pass\n", "supported_hyperparameters"),
+        ("def supported_hyperparameters():\n    return set()\n", "no class Net"),
+        (GOOD.replace("def learn", "def learn_epoch"), "no method learn"),
+        (GOOD.replace("def __init__(self, in_shape, out_shape, prm, device)", "def __init__(self)"),
+         "Net.__init__ takes (self)"),
+    ],
+)  # fmt: skip
+def test_contract_problems_are_named(source: str, problem: str) -> None:
+    report = check_contract(parse_source(source))
+    assert not report.ok
+    assert any(problem in p for p in report.problems), report.problems
+
+
+def test_lemur_models_mostly_satisfy_the_contract_and_the_policy() -> None:
+    checked = contract_ok = screened_ok = 0
+    for i, (_, source) in enumerate(iter_model_sources(lemur_wheel())):
+        if i % 7:
+            continue  # every 7th file: ~1,500 across all families
+        checked += 1
+        try:
+            tree = parse_source(source)
+        except SyntaxError:
+            continue
+        if check_contract(tree).ok:
+            contract_ok += 1
+            screened_ok += not screen(tree)
+    assert contract_ok / checked > 0.9  # the corpus is written to the contract
+    assert screened_ok / contract_ok > 0.6  # most of it uses nothing the policy forbids
