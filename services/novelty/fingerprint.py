@@ -32,6 +32,11 @@ from datasketch import MinHash
 SCHEME = "affine32"  # datasketch 2.x permutation scheme; signatures of different schemes never mix
 
 
+class NotPython(ValueError):
+    """tokenize would certainly reject this source too (brackets still open at the end: tokenize's
+    "EOF in multi-line statement"), so there is no need to ask it. Truncated LLM output ends so."""
+
+
 class Lexer(enum.Enum):
     PYTHON = "python"
     FALLBACK = "fallback"
@@ -184,7 +189,7 @@ def fast_python_tokens(source: str) -> list[str]:
                 raise ValueError("unbalanced brackets")
         line.append(text)
     if depth:
-        raise ValueError("unclosed brackets at the end")
+        raise NotPython("unclosed brackets at the end")
     if line and not only_strings:
         tokens.extend(line)
     return tokens
@@ -194,12 +199,13 @@ def tokenize_source(source: str) -> tuple[list[str], Lexer]:
     if "\x00" not in source:
         try:
             return fast_python_tokens(source), Lexer.PYTHON
-        except ValueError:
+        except NotPython:
             pass
-        try:
-            return python_tokens(source), Lexer.PYTHON
         except ValueError:
-            pass
+            try:
+                return python_tokens(source), Lexer.PYTHON
+            except ValueError:
+                pass
     return fallback_tokens(source.replace("\x00", " ")), Lexer.FALLBACK
 
 

@@ -13,6 +13,7 @@ import pytest
 from archloop.lemur import iter_model_sources, lemur_wheel
 from services.novelty.fingerprint import (
     Lexer,
+    NotPython,
     exact_jaccard,
     fallback_tokens,
     fast_python_tokens,
@@ -139,3 +140,20 @@ def test_signature_is_stable_across_processes() -> None:
     out = subprocess.run([sys.executable, "-c", script], input=code, capture_output=True, text=True,
                          check=True, env={"PYTHONHASHSEED": "123"}, cwd=root)  # fmt: skip
     assert here == __import__("json").loads(out.stdout)
+
+
+def test_sources_the_fast_lexer_calls_not_python_are_rejected_by_tokenize_too() -> None:
+    """Truncated programs (as an LLM leaves them at its token limit) skip tokenize: check that is safe."""
+    rng = __import__("random").Random(5)
+    sources = [s for _, (_, s) in zip(range(400), iter_model_sources(lemur_wheel()), strict=False)]
+    skipped = 0
+    for source in sources:
+        cut = source[: rng.randrange(len(source) // 4, len(source))]
+        try:
+            fast_python_tokens(cut)
+        except NotPython:
+            skipped += 1
+            assert _tokens_or_none(python_tokens, cut) is None
+        except ValueError:
+            pass
+    assert skipped > 50
