@@ -5,6 +5,7 @@
     archloop down               stop the local stack started by `archloop up`
     archloop novelty …          create|check|add|import|stats against the novelty service
     archloop corpus fetch       download and verify the LEMUR wheel (nn-dataset==2.1.2) into the cache
+    archloop evaluate FILE      evaluate one model file in the sandbox (exit 3 when it is not valid)
 
 Exit status: 0 success, 1 a runtime failure (a component failed, nothing is running), 2 bad usage.
 The local stack's files (stack.json, logs, NATS storage) live in $ARCHLOOP_HOME (default ~/.archloop).
@@ -140,6 +141,49 @@ def cmd_corpus_fetch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+EXIT_NOT_VALID = 3
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate one file locally in the same sandbox the evaluator service uses."""
+    from google.protobuf.json_format import MessageToJson
+
+    from archloop.errors import InvalidArgument
+    from services.evaluator.evaluation import Evaluator, Protocol
+    from services.evaluator.sandbox import Sandbox
+    from services.evaluator.servicer import result_to_proto
+
+    try:
+        code = Path(args.file).read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        print(f"archloop evaluate: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILED
+    protocol = Protocol(dataset=args.dataset, epochs=args.epochs, seed=args.seed,
+                        time_limit_seconds=args.time_limit, param_budget=args.param_budget)  # fmt: skip
+    sandbox = Sandbox(Path(args.work_dir))
+    sandbox.start()
+    try:
+        evaluation = Evaluator(sandbox, Path(args.data_dir)).evaluate(
+            Path(args.file).stem, code, protocol, True
+        )
+    except InvalidArgument as exc:
+        print(f"archloop evaluate: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        sandbox.stop()
+    result = result_to_proto(evaluation, "local")
+    if args.json:
+        print(MessageToJson(result, preserving_proto_field_name=True))
+    else:
+        for stage in evaluation.stages:
+            print(f"{stage.stage:14} {stage.status:18} {stage.duration_seconds:7.3f} s  {stage.message}")
+        print(
+            f"verdict {evaluation.status}: accuracy {evaluation.accuracy:.4f}, "
+            f"{evaluation.param_count:,} parameters"
+        )
+    return EXIT_OK if evaluation.status == "OK" else EXIT_NOT_VALID
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="archloop", description="ArchLoop: iterative LLM-driven NAS")
     parser.add_argument(
@@ -165,6 +209,20 @@ def build_parser() -> argparse.ArgumentParser:
         "fetch", help="download the nn-dataset==2.1.2 wheel once into the cache"
     )
     fetch.set_defaults(func=cmd_corpus_fetch)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate one model file in the sandbox (exit 3 if not valid)"
+    )
+    evaluate.add_argument("file")
+    evaluate.add_argument("--dataset", default="digits", help="digits (offline) or a torchvision dataset")
+    evaluate.add_argument("--epochs", type=int, default=1)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--time-limit", type=float, default=600.0, help="seconds")
+    evaluate.add_argument("--param-budget", type=int, default=500_000)
+    evaluate.add_argument("--data-dir", default="data", help="where torchvision datasets live")
+    evaluate.add_argument("--work-dir", default=".archloop-jobs", help="job directories (removed after)")
+    evaluate.add_argument("--json", action="store_true", help="print the EvaluationResult as JSON")
+    evaluate.set_defaults(func=cmd_evaluate)
 
     from archloop.novelty_cli import add_parser as add_novelty_parser
 

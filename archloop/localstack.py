@@ -43,8 +43,8 @@ SERVICE_NAMES = {
 }
 NATS_SERVICES = ("controller",)
 """Services that publish events and so get --nats-url."""
-DATA_FLAGS = {"novelty": "--db-path"}
-"""Services that keep durable state, and the flag that places it under the stack's home."""
+DATA_FLAGS = {"novelty": ("--db-path", "data/novelty.sqlite3"), "evaluator": ("--work-dir", "evaluator-jobs")}
+"""Services that keep files, the flag that places them, and where under the stack's home."""
 
 STATE_FILE = "stack.json"
 _PR_SET_PDEATHSIG = 1
@@ -337,7 +337,8 @@ class Stack:
         for name in SERVICES:
             extra = ["--nats-url", nats_url] if name in NATS_SERVICES else []
             if name in DATA_FLAGS:
-                extra += [DATA_FLAGS[name], str(self.home / "data" / f"{name}.sqlite3")]
+                flag, relative = DATA_FLAGS[name]
+                extra += [flag, str(self.home / relative)]
             proc = ServiceProcess(name, self.run_dir, self.log_dir / f"{name}.log", extra)
             self.children.append(proc)
             services.append(proc)

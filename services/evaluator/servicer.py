@@ -1,12 +1,86 @@
-"""gRPC surface of the evaluator service.
+"""gRPC surface of the evaluator: validate → Evaluator (in a worker thread) → EvaluationResult.
 
-No RPC is implemented yet (issue 5): each answers UNIMPLEMENTED through the generated base class,
-never with placeholder data. The service still serves health and reflection for real.
+A replica runs at most `max_concurrent_evaluations` at once and answers RESOURCE_EXHAUSTED beyond
+that, so a caller can try another replica. The sandbox's template process starts before the
+service reports SERVING.
 """
 
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from pathlib import Path
+
+from archloop.errors import ResourceExhausted
 from archloop.server import ServicerBase
-from archloop.v1 import evaluator_pb2, evaluator_pb2_grpc
+from archloop.v1 import common_pb2, evaluator_pb2, evaluator_pb2_grpc
+from services.evaluator.datasets import DATASETS
+from services.evaluator.evaluation import Evaluation, Evaluator, Protocol
+from services.evaluator.sandbox import Sandbox, SandboxLimits
 from services.evaluator.settings import EvaluatorSettings
+
+_ISOLATION = {
+    "namespace": evaluator_pb2.NETWORK_ISOLATION_NAMESPACE,
+    "none": evaluator_pb2.NETWORK_ISOLATION_NONE,
+}
+
+
+def protocol_from_proto(p: common_pb2.EvaluationProtocol) -> Protocol:
+    """Zero fields take the defaults (BRIEF §3)."""
+    d = Protocol()
+    return Protocol(
+        dataset=p.dataset or d.dataset,
+        epochs=p.epochs or d.epochs,
+        batch_size=p.batch_size or d.batch_size,
+        learning_rate=p.learning_rate or d.learning_rate,
+        momentum=p.momentum or d.momentum,
+        dropout=p.dropout or d.dropout,
+        seed=p.seed,
+        time_limit_seconds=p.time_limit_seconds or d.time_limit_seconds,
+        param_budget=p.param_budget or d.param_budget,
+        validation_fraction=p.validation_fraction or d.validation_fraction,
+        max_train_images=p.max_train_images,
+    )
+
+
+def result_to_proto(e: Evaluation, replica: str) -> evaluator_pb2.EvaluationResult:
+    return evaluator_pb2.EvaluationResult(
+        candidate_id=e.candidate_id,
+        status=evaluator_pb2.EvaluationStatus.Value(f"EVALUATION_STATUS_{e.status}"),
+        stages=[
+            evaluator_pb2.StageResult(
+                stage=evaluator_pb2.EvaluationStage.Value(f"EVALUATION_STAGE_{s.stage.upper()}"),
+                status=evaluator_pb2.EvaluationStatus.Value(f"EVALUATION_STATUS_{s.status}"),
+                duration_seconds=s.duration_seconds,
+                message=s.message,
+            )
+            for s in e.stages
+        ],
+        accuracy=e.accuracy,
+        train_loss=e.train_loss,
+        param_count=e.param_count,
+        train_images_per_second=e.train_images_per_second,
+        total_duration_seconds=e.total_duration_seconds,
+        epoch_accuracies=e.epoch_accuracies,
+        structural_tokens=e.structural_tokens,
+        violations=[evaluator_pb2.PolicyViolation(rule=r, line=n, detail=d) for r, n, d in e.violations],
+        network_isolation=_ISOLATION[e.network_isolation],
+        stdout_tail=e.stdout_tail,
+        stderr_tail=e.stderr_tail,
+        evaluator_replica=replica,
+    )
+
+
+def progress_to_proto(record: dict) -> evaluator_pb2.EvaluationProgress:
+    return evaluator_pb2.EvaluationProgress(
+        stage=evaluator_pb2.EvaluationStage.Value(f"EVALUATION_STAGE_{record.get('stage', 'train').upper()}"),
+        epoch=record.get("epoch", 0),
+        images_seen=record.get("images_seen", 0),
+        images_total=record.get("images_total", 0),
+        running_loss=record.get("running_loss", 0.0),
+        elapsed_seconds=record.get("elapsed_seconds", 0.0),
+    )
 
 
 class EvaluatorServicer(ServicerBase, evaluator_pb2_grpc.EvaluatorServiceServicer):
@@ -15,3 +89,69 @@ class EvaluatorServicer(ServicerBase, evaluator_pb2_grpc.EvaluatorServiceService
 
     def __init__(self, settings: EvaluatorSettings) -> None:
         self.settings = settings
+        self.replica = f"{socket.gethostname()}:{os.getpid()}"
+        limits = SandboxLimits(
+            address_space_bytes=settings.address_space_gib * 2**30, threads=settings.threads_per_evaluation
+        )
+        self.sandbox = Sandbox(Path(settings.work_dir), limits, slots=settings.max_concurrent_evaluations)
+        self.evaluator = Evaluator(self.sandbox, Path(settings.data_dir), settings.allow_download)
+        self.running = 0
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.sandbox.start)
+
+    async def stop(self) -> None:
+        self.sandbox.stop()
+
+    def _admit(self) -> None:
+        if self.running >= self.settings.max_concurrent_evaluations:
+            raise ResourceExhausted(
+                f"this replica already runs {self.running} of {self.settings.max_concurrent_evaluations} "
+                "evaluations; try another replica or later"
+            )
+        self.running += 1
+
+    async def _evaluate(
+        self, request: evaluator_pb2.EvaluateCandidateRequest, on_progress=None
+    ) -> Evaluation:  # type: ignore[no-untyped-def]
+        protocol = protocol_from_proto(request.protocol)
+        self._admit()
+        try:
+            evaluate = self.evaluator.evaluate
+            return await asyncio.to_thread(
+                evaluate, request.candidate_id, request.code, protocol, request.structural_tokens, on_progress
+            )
+        finally:
+            self.running -= 1
+
+    async def EvaluateCandidate(self, request, context):
+        evaluation = await self._evaluate(request)
+        return evaluator_pb2.EvaluateCandidateResponse(result=result_to_proto(evaluation, self.replica))
+
+    async def StreamEvaluation(self, request, context):
+        loop = asyncio.get_running_loop()
+        updates: asyncio.Queue = asyncio.Queue()
+
+        def on_progress(record: dict) -> None:
+            loop.call_soon_threadsafe(updates.put_nowait, record)
+
+        task = asyncio.ensure_future(self._evaluate(request.evaluation, on_progress))
+        while not task.done() or not updates.empty():
+            getter = asyncio.ensure_future(updates.get())
+            await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                yield evaluator_pb2.StreamEvaluationResponse(progress=progress_to_proto(getter.result()))
+            else:
+                getter.cancel()
+        evaluation = await task
+        yield evaluator_pb2.StreamEvaluationResponse(result=result_to_proto(evaluation, self.replica))
+
+    async def DescribeCapacity(self, request, context):
+        return evaluator_pb2.DescribeCapacityResponse(
+            max_concurrent_evaluations=self.settings.max_concurrent_evaluations,
+            running_evaluations=self.running,
+            device="cpu",
+            replica=self.replica,
+            network_isolation=_ISOLATION[self.sandbox.network_isolation],
+            datasets=list(DATASETS),
+        )

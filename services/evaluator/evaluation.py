@@ -1,0 +1,208 @@
+"""One candidate from source to verdict: static stages here, the rest in the sandbox.
+
+Stages and their statuses (archloop.v1.EvaluationStage / EvaluationStatus): parse (PARSE_ERROR) →
+static screen (UNSAFE) → contract (CONTRACT_ERROR) → instantiate (INSTANTIATE_ERROR) → forward
+(FORWARD_ERROR, WRONG_OUTPUT_SHAPE) → parameter budget (OVER_BUDGET) → train (TRAIN_ERROR,
+NON_FINITE_LOSS) → accuracy; whatever ends the child early is TIMEOUT, OUT_OF_MEMORY or CRASHED.
+Every message names its stage, is sanitized (no host paths) and truncated.
+
+This module imports neither grpc nor torch: the service process never runs candidate code.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from archloop.errors import InvalidArgument
+from services.evaluator.datasets import DATASETS
+from services.evaluator.sandbox import EXIT_SETUP_FAILED, Sandbox, SandboxOutcome
+from services.evaluator.screen import check_contract, parse_source, screen
+
+MAX_CODE_BYTES = 256 * 1024
+MAX_MESSAGE_CHARS = 500
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The fixed evaluation protocol of an experiment (BRIEF §3)."""
+
+    dataset: str = "digits"
+    epochs: int = 1
+    batch_size: int = 64
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    dropout: float = 0.2
+    seed: int = 0
+    time_limit_seconds: float = 600.0
+    param_budget: int = 500_000
+    validation_fraction: float = 0.2
+    max_train_images: int = 0
+
+    def validate(self, prefix: str = "protocol") -> None:
+        if self.dataset not in DATASETS:
+            raise InvalidArgument(
+                f"{prefix}.dataset", f"{self.dataset!r} is not one of {', '.join(DATASETS)}"
+            )
+        for name in ("epochs", "batch_size", "param_budget"):
+            if getattr(self, name) < 1:
+                raise InvalidArgument(f"{prefix}.{name}", f"{getattr(self, name)} must be at least 1")
+        if not 0 < self.time_limit_seconds <= 24 * 3600:
+            raise InvalidArgument(
+                f"{prefix}.time_limit_seconds", f"{self.time_limit_seconds} is outside (0, 86400]"
+            )
+        if not 0 < self.validation_fraction < 1:
+            raise InvalidArgument(
+                f"{prefix}.validation_fraction", f"{self.validation_fraction} is outside (0, 1)"
+            )
+        for name in ("learning_rate", "momentum", "dropout"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise InvalidArgument(f"{prefix}.{name}", f"{getattr(self, name)} is outside [0, 1]")
+        if self.max_train_images < 0:
+            raise InvalidArgument(f"{prefix}.max_train_images", "must not be negative")
+
+
+@dataclass
+class StageResult:
+    stage: str
+    status: str
+    duration_seconds: float = 0.0
+    message: str = ""
+
+
+@dataclass
+class Evaluation:
+    candidate_id: str
+    status: str = "OK"
+    stages: list[StageResult] = field(default_factory=list)
+    accuracy: float = 0.0
+    train_loss: float = 0.0
+    param_count: int = 0
+    train_images_per_second: float = 0.0
+    epoch_accuracies: list[float] = field(default_factory=list)
+    structural_tokens: list[str] = field(default_factory=list)
+    violations: list[tuple[str, int, str]] = field(default_factory=list)
+    network_isolation: str = "none"
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    total_duration_seconds: float = 0.0
+
+    def fail(self, stage: str, status: str, message: str, duration_seconds: float = 0.0) -> Evaluation:
+        text = message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 1] + "…"
+        self.stages.append(StageResult(stage, status, duration_seconds, text))
+        self.status = status
+        return self
+
+
+def _static(candidate_id: str, code: str) -> Evaluation | tuple[Evaluation, None]:
+    """Parse, screen and contract; returns a finished Evaluation when one of them fails."""
+    evaluation = Evaluation(candidate_id)
+    started = time.monotonic()
+    try:
+        tree = parse_source(code)
+    except SyntaxError as exc:
+        return evaluation.fail("parse", "PARSE_ERROR", f"parse: {exc.msg} (line {exc.lineno})")
+    evaluation.stages.append(StageResult("parse", "OK", time.monotonic() - started))
+    started = time.monotonic()
+    violations = screen(tree)
+    if violations:
+        evaluation.violations = [(v.rule, v.line, v.detail) for v in violations]
+        first = violations[0]
+        more = f" (+{len(violations) - 1} more)" if len(violations) > 1 else ""
+        return evaluation.fail(
+            "static_screen", "UNSAFE", f"static_screen: line {first.line}: {first.detail}{more}"
+        )
+    evaluation.stages.append(StageResult("static_screen", "OK", time.monotonic() - started))
+    started = time.monotonic()
+    contract = check_contract(tree)
+    if not contract.ok:
+        return evaluation.fail("contract", "CONTRACT_ERROR", "contract: " + "; ".join(contract.problems))
+    evaluation.stages.append(StageResult("contract", "OK", time.monotonic() - started))
+    return evaluation, None
+
+
+def _ended_early(
+    evaluation: Evaluation, outcome: SandboxOutcome, protocol: Protocol, last_stage: str
+) -> None:
+    if outcome.timed_out:
+        evaluation.fail(
+            last_stage, "TIMEOUT", f"{last_stage}: over the time limit of {protocol.time_limit_seconds:g} s"
+        )
+    elif outcome.exit_code == EXIT_SETUP_FAILED:
+        evaluation.fail(last_stage, "CRASHED", f"{last_stage}: the sandbox could not be set up")
+    elif outcome.signal_number is not None:
+        name = signal.Signals(outcome.signal_number).name
+        status = "OUT_OF_MEMORY" if outcome.signal_number == signal.SIGKILL else "CRASHED"
+        evaluation.fail(last_stage, status, f"{last_stage}: the process was killed by {name}")
+    else:
+        evaluation.fail(
+            last_stage,
+            "CRASHED",
+            f"{last_stage}: the candidate ended the process (exit status {outcome.exit_code})",
+        )
+
+
+class Evaluator:
+    def __init__(self, sandbox: Sandbox, data_dir: Path, allow_download: bool = False) -> None:
+        self.sandbox = sandbox
+        self.data_dir = data_dir
+        self.allow_download = allow_download
+
+    def evaluate(
+        self,
+        candidate_id: str,
+        code: str,
+        protocol: Protocol,
+        want_structural_tokens: bool = False,
+        on_progress: Callable[[dict], None] | None = None,
+    ) -> Evaluation:
+        if not code.strip():
+            raise InvalidArgument("code", "must not be empty")
+        if len(code.encode("utf-8", "surrogatepass")) > MAX_CODE_BYTES:
+            raise InvalidArgument("code", f"is over {MAX_CODE_BYTES} bytes")
+        protocol.validate()
+        started = time.monotonic()
+        static = _static(candidate_id, code)
+        if isinstance(static, Evaluation):
+            static.total_duration_seconds = time.monotonic() - started
+            return static
+        evaluation = static[0]
+        last_stage = {"stage": "instantiate"}
+
+        def progress(record: dict) -> None:
+            last_stage["stage"] = record.get("stage", last_stage["stage"])
+            if on_progress is not None:
+                on_progress(record)
+
+        job = {"code": code, "structural_tokens": want_structural_tokens,
+               "protocol": {**protocol.__dict__, "threads": self.sandbox.limits.threads}}  # fmt: skip
+        dataset = {
+            "name": protocol.dataset,
+            "validation_fraction": protocol.validation_fraction,
+            "seed": protocol.seed,
+            "max_train_images": protocol.max_train_images,
+            "data_dir": str(self.data_dir),
+            "allow_download": self.allow_download,
+        }
+        outcome = self.sandbox.run(job, dataset, protocol.time_limit_seconds, progress)
+        evaluation.network_isolation = outcome.network_isolation
+        evaluation.stdout_tail, evaluation.stderr_tail = outcome.stdout_tail, outcome.stderr_tail
+        result = outcome.result
+        if result is not None and "setup_error" in result:
+            raise InvalidArgument("protocol.dataset", result["setup_error"])
+        if result is None:
+            _ended_early(evaluation, outcome, protocol, last_stage["stage"])
+        else:
+            evaluation.stages += [StageResult(**stage) for stage in result["stages"]]
+            evaluation.status = result["status"]
+            evaluation.accuracy = result.get("accuracy", 0.0)
+            evaluation.train_loss = result.get("train_loss", 0.0)
+            evaluation.param_count = result.get("param_count", 0)
+            evaluation.train_images_per_second = result.get("train_images_per_second", 0.0)
+            evaluation.epoch_accuracies = result.get("epoch_accuracies", [])
+            evaluation.structural_tokens = result.get("structural_tokens", [])
+        evaluation.total_duration_seconds = time.monotonic() - started
+        return evaluation

@@ -1,0 +1,237 @@
+"""What runs inside the sandbox: instantiate → forward → parameter budget → train → accuracy.
+
+`run_job(job_dir, data)` executes one candidate that already passed the static stages (parse,
+screen, contract) in the service. It is called in a freshly forked, isolated child process (see
+sandbox.py), never in the service process. It writes progress lines to `progress.jsonl` and its
+verdict to `result.json` in `job_dir`; stage names and statuses match archloop.v1.EvaluationResult.
+
+The protocol follows BRIEF §2-3: `Net(in_shape, out_shape, prm, device)`, `train_setup(prm)` once,
+`learn(batches)` once per epoch in train mode, accuracy in eval mode without gradients. The loss
+module the model installs (`criteria[0]`) is wrapped to record every loss value, so a non-finite
+loss stops training at once with its own status.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from services.evaluator.datasets import EvaluationData, training_batches, validation_batches
+
+MAX_MESSAGE_CHARS = 500
+
+
+class NonFiniteLoss(ArithmeticError):
+    pass
+
+
+class _LossRecorder(torch.nn.Module):
+    """Wraps the model's loss: records each value, raises NonFiniteLoss on NaN or infinity."""
+
+    def __init__(self, loss: Any, progress: _Progress) -> None:
+        super().__init__()
+        self.loss = loss
+        self.progress = progress
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        value = self.loss(*args, **kwargs)
+        number = float(value.detach())
+        if not math.isfinite(number):
+            raise NonFiniteLoss(f"the loss became {number}")
+        self.progress.loss(number)
+        return value
+
+
+class _Progress:
+    def __init__(self, path: Path, images_total: int) -> None:
+        self.handle = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as the job
+        self.images_total = images_total
+        self.epoch = 0
+        self.images_seen = 0
+        self.losses: list[float] = []
+        self.started = time.monotonic()
+        self._last_write = 0.0
+
+    def stage(self, stage: str) -> None:
+        self._write({"stage": stage})
+
+    def loss(self, value: float) -> None:
+        self.losses.append(value)
+
+    def batch(self, size: int) -> None:
+        self.images_seen += size
+        if time.monotonic() - self._last_write > 0.5:
+            self._write({"stage": "train"})
+
+    def _write(self, fields: dict) -> None:
+        self._last_write = time.monotonic()
+        running = sum(self.losses[-20:]) / len(self.losses[-20:]) if self.losses else 0.0
+        record = {
+            "epoch": self.epoch,
+            "images_seen": self.images_seen,
+            "images_total": self.images_total,
+            "running_loss": running,
+            "elapsed_seconds": time.monotonic() - self.started,
+            **fields,
+        }
+        self.handle.write(json.dumps(record) + "\n")
+
+
+def _message(stage: str, exc: BaseException) -> str:
+    """'<stage>: <Type>: <message>' with the candidate's frame, short and free of our paths."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == "<candidate>"]
+    where = f" (candidate line {frames[-1].lineno})" if frames else ""
+    text = f"{stage}: {type(exc).__name__}: {exc}{where}"
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"
+
+
+def _status_for(stage: str, exc: BaseException) -> str:
+    if isinstance(exc, NonFiniteLoss):
+        return "NON_FINITE_LOSS"
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return "OUT_OF_MEMORY"
+    return {
+        "instantiate": "INSTANTIATE_ERROR",
+        "forward": "FORWARD_ERROR",
+        "train": "TRAIN_ERROR",
+        "accuracy": "TRAIN_ERROR",
+    }[stage]
+
+
+def structural_tokens(model: torch.nn.Module, example: torch.Tensor) -> list[str]:
+    """Leaf module types with output shapes, in the order the forward pass calls them."""
+    tokens: list[str] = []
+
+    def record(module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+        shape = tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else ()
+        tokens.append(f"{type(module).__name__}{list(shape)}")
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return tokens
+
+
+def run_job(job_dir: Path, data: EvaluationData) -> dict:
+    """Evaluate the candidate in job_dir/job.json; return (and write) the result dictionary."""
+    job = json.loads((job_dir / "job.json").read_text())
+    protocol = job["protocol"]
+    result: dict[str, Any] = {"stages": [], "status": "OK", "epoch_accuracies": []}
+    progress = _Progress(job_dir / "progress.jsonl", len(data.train_labels))
+    torch.manual_seed(protocol["seed"])
+    torch.set_num_threads(protocol.get("threads", 1))
+    stage = "instantiate"
+    started = time.monotonic()
+
+    def finish_stage(name: str, status: str = "OK", message: str = "") -> None:
+        nonlocal started
+        result["stages"].append(
+            {
+                "stage": name,
+                "status": status,
+                "duration_seconds": time.monotonic() - started,
+                "message": message,
+            }
+        )
+        started = time.monotonic()
+
+    try:
+        namespace: dict[str, Any] = {"__name__": "candidate"}
+        exec(compile(job["code"], "<candidate>", "exec"), namespace)
+        prm = {
+            "lr": protocol["learning_rate"],
+            "momentum": protocol["momentum"],
+            "dropout": protocol["dropout"],
+            "batch": protocol["batch_size"],
+            "epoch": protocol["epochs"],
+        }
+        device = torch.device("cpu")
+        in_shape, out_shape = data.in_shape, (data.num_classes,)
+        progress.stage(stage)
+        model = namespace["Net"](in_shape, out_shape, prm, device)
+        finish_stage("instantiate")
+
+        stage = "forward"
+        progress.stage(stage)
+        example = data.train_images[:2]
+        model.eval()
+        with torch.no_grad():
+            output = model(example)
+        if not isinstance(output, torch.Tensor) or tuple(output.shape) != (2, data.num_classes):
+            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            finish_stage(
+                "forward", "WRONG_OUTPUT_SHAPE", f"forward: output {shape}, expected (2, {data.num_classes})"
+            )
+            result["status"] = "WRONG_OUTPUT_SHAPE"
+            return result
+        if not bool(torch.isfinite(output).all()):
+            finish_stage("forward", "FORWARD_ERROR", "forward: the output holds NaN or infinity")
+            result["status"] = "FORWARD_ERROR"
+            return result
+        if job.get("structural_tokens"):
+            result["structural_tokens"] = structural_tokens(model, example[:1])
+        finish_stage("forward")
+
+        params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        result["param_count"] = params
+        if params > protocol["param_budget"]:
+            finish_stage(
+                "param_budget", "OVER_BUDGET", f"param_budget: {params:,} > {protocol['param_budget']:,}"
+            )
+            result["status"] = "OVER_BUDGET"
+            return result
+        finish_stage("param_budget")
+
+        stage = "train"
+        progress.stage(stage)
+        model.train_setup(prm)
+        if isinstance(model.criteria, tuple | list):
+            model.criteria = (_LossRecorder(model.criteria[0], progress), *model.criteria[1:])
+        else:  # a bare loss module instead of the contract's tuple: watch it all the same
+            model.criteria = _LossRecorder(model.criteria, progress)
+        train_started = time.monotonic()
+        for epoch in range(1, protocol["epochs"] + 1):
+            progress.epoch = epoch
+
+            def counted(epoch: int = epoch):  # type: ignore[no-untyped-def]
+                for inputs, labels in training_batches(data, protocol["batch_size"], epoch, protocol["seed"]):
+                    progress.batch(len(labels))
+                    yield inputs, labels
+
+            model.train()
+            model.learn(counted())
+            stage = "accuracy"
+            result["epoch_accuracies"].append(_accuracy(model, data, protocol["batch_size"]))
+            stage = "train"
+        train_seconds = time.monotonic() - train_started
+        result["train_images_per_second"] = progress.images_seen / train_seconds if train_seconds else 0.0
+        result["train_loss"] = (
+            sum(progress.losses[-50:]) / len(progress.losses[-50:]) if progress.losses else 0.0
+        )
+        result["accuracy"] = result["epoch_accuracies"][-1]
+        finish_stage("train")
+        finish_stage("accuracy")
+    except BaseException as exc:
+        status = _status_for(stage, exc)
+        finish_stage(stage, status, _message(stage, exc))
+        result["status"] = status
+    return result
+
+
+def _accuracy(model: torch.nn.Module, data: EvaluationData, batch_size: int) -> float:
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for inputs, labels in validation_batches(data, max(batch_size, 256)):
+            correct += int((model(inputs).argmax(dim=1) == labels).sum())
+    return correct / len(data.validation_labels)

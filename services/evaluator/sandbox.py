@@ -1,0 +1,332 @@
+"""The sandbox: every candidate runs in its own child forked from a pre-warmed template process.
+
+    service process ──pipe──▶ template (torch imported, datasets cached) ──fork──▶ candidate child
+
+The service never imports candidate code. The template is a separate process started once; for
+each job it forks a child that, before touching the candidate:
+- starts its own session (so its whole process group can be killed),
+- enters new network and mount namespaces when the machine allows it (root or CAP_SYS_ADMIN):
+  no network interface is up, so no connection succeeds, not even to loopback; /tmp, /var/tmp and
+  /dev/shm become private empty tmpfs mounts, so nothing lands in the host's shared temp dirs,
+- sets rlimits (address space, CPU seconds, file size, open files, processes, no core dumps),
+- drops to a dedicated unprivileged uid when running as root (so the process limit bites and the
+  only writable place is the job directory), with no_new_privs,
+- scrubs the environment and sends stdin/stdout/stderr to /dev/null and files in the job directory.
+
+The service enforces the wall-clock limit by killing the child's process group, and afterwards
+kills every process left running under the job's uid (children that escaped the group with
+setsid), then removes the job directory. Where namespaces are not available the job runs without
+network isolation and the result says so (NETWORK_ISOLATION_NONE) instead of pretending.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWNET = 0x40000000
+MS_REC, MS_PRIVATE = 0x4000, 1 << 18
+PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG = 38, 1
+PRIVATE_TMP_MOUNTS = ("/tmp", "/var/tmp", "/dev/shm")
+OUTPUT_TAIL_BYTES = 4096
+EXIT_SETUP_FAILED = 120
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    address_space_bytes: int = 8 * 2**30  # torch needs ≥ 4 GiB of address space to import
+    file_size_bytes: int = 64 * 2**20
+    open_files: int = 256
+    processes: int = 64
+    extra_cpu_seconds: int = 5  # RLIMIT_CPU = time limit + this, a backstop to the wall clock
+    threads: int = 1
+
+
+@dataclass
+class SandboxOutcome:
+    """How the child ended; `result` is what it wrote to result.json (None if it never did)."""
+
+    result: dict | None
+    timed_out: bool
+    exit_code: int | None
+    signal_number: int | None
+    stdout_tail: str
+    stderr_tail: str
+    network_isolation: str
+    duration_seconds: float
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _isolate_namespaces() -> bool:
+    """New network and mount namespaces with private temp dirs; False when not permitted."""
+    libc = _libc()
+    if libc.unshare(CLONE_NEWNET | CLONE_NEWNS) != 0:
+        return False
+    if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        return False
+    for target in PRIVATE_TMP_MOUNTS:
+        if (
+            os.path.isdir(target)
+            and libc.mount(b"tmpfs", target.encode(), b"tmpfs", 0, b"size=64m,mode=1777") != 0
+        ):
+            return False
+    return True
+
+
+def _enter_sandbox(
+    job_dir: Path, uid: int | None, limits: SandboxLimits, cpu_seconds: int, isolate: bool
+) -> None:
+    """In the forked child, before any candidate code runs; afterwards the working directory is the
+    job directory (use relative paths: its absolute path may be hidden by the private /tmp).
+    Exits with EXIT_SETUP_FAILED on any failure."""
+    try:
+        os.setsid()
+        job_fd = os.open(job_dir, os.O_RDONLY | os.O_DIRECTORY)  # reachable even once /tmp is re-mounted
+        if isolate and not _isolate_namespaces():
+            os._exit(EXIT_SETUP_FAILED)
+        for limit, value in (
+            (resource.RLIMIT_AS, limits.address_space_bytes),
+            (resource.RLIMIT_CPU, cpu_seconds),
+            (resource.RLIMIT_FSIZE, limits.file_size_bytes),
+            (resource.RLIMIT_NOFILE, limits.open_files),
+            (resource.RLIMIT_NPROC, limits.processes),
+            (resource.RLIMIT_CORE, 0),
+        ):
+            resource.setrlimit(limit, (value, value))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write fails instead of killing
+        os.fchdir(job_fd)
+        os.close(job_fd)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        for fd, name in ((1, "stdout.txt"), (2, "stderr.txt")):
+            out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.dup2(out, fd)
+        os.environ.clear()
+        os.environ.update({"PATH": "/usr/bin:/bin", "HOME": ".", "TMPDIR": ".", "LANG": "C.UTF-8",
+                           "OMP_NUM_THREADS": str(limits.threads)})  # fmt: skip
+        _libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        if uid is not None:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+    except Exception:
+        os._exit(EXIT_SETUP_FAILED)
+
+
+def namespaces_available() -> bool:
+    """Whether this machine lets a child enter new network and mount namespaces (checked once)."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if _isolate_namespaces() else 1)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+def kill_uid(uid: int, attempts: int = 50) -> None:
+    """Kill every process of `uid`: a helper takes that uid and signals -1 (all it may signal),
+    again until none is left (a fork bomb keeps forking between two rounds)."""
+    for _ in range(attempts):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setgid(uid)
+                os.setuid(uid)
+                os.kill(-1, signal.SIGKILL)
+                os._exit(0)
+            except ProcessLookupError:
+                os._exit(1)  # nothing left to signal
+            except BaseException:
+                os._exit(2)
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            return
+        time.sleep(0.01)
+
+
+def _tail(path: Path) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - OUTPUT_TAIL_BYTES))
+            data = handle.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    return ("…" if size > OUTPUT_TAIL_BYTES else "") + text
+
+
+class Sandbox:
+    """The service side: owns the template process and the job directories."""
+
+    def __init__(
+        self, work_dir: Path, limits: SandboxLimits | None = None, uid_base: int = 61000, slots: int = 1
+    ) -> None:
+        self.work_dir = work_dir
+        self.limits = limits or SandboxLimits()
+        self.is_root = os.geteuid() == 0
+        self._free_uids = list(range(uid_base, uid_base + slots)) if self.is_root else []
+        self._uid_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._events: dict[str, dict] = {}
+        self._cond = threading.Condition(self._lock)
+        self.template: subprocess.Popen | None = None
+        self.network_isolation = "none"
+
+    def start(self, ready_timeout_seconds: float = 120.0) -> None:
+        """Start the template (imports torch) and wait until it answers."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.work_dir, 0o711)
+        self.template = subprocess.Popen(
+            [sys.executable, "-m", "services.evaluator.template"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            preexec_fn=lambda: _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL),
+        )
+        threading.Thread(target=self._read_template, daemon=True, name="sandbox-template").start()
+        hello = self._wait_event("hello", ready_timeout_seconds)
+        if hello is None:
+            raise RuntimeError("the evaluator's template process did not start")
+        self.network_isolation = "namespace" if hello["namespaces"] else "none"
+
+    def stop(self) -> None:
+        if self.template is not None and self.template.poll() is None:
+            self.template.kill()
+            self.template.wait()
+
+    def _read_template(self) -> None:
+        assert self.template is not None and self.template.stdout is not None
+        for line in self.template.stdout:
+            message = json.loads(line)
+            with self._cond:
+                self._events.setdefault(message["key"], {}).update(message)
+                self._cond.notify_all()
+        with self._cond:
+            self._events["__template_exit__"] = {}
+            self._cond.notify_all()
+
+    def _wait_event(self, key: str, timeout: float, field: str | None = None) -> dict | None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                event = self._events.get(key)
+                if event is not None and (field is None or field in event):
+                    return event
+                if "__template_exit__" in self._events:
+                    return None
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+
+    def _send(self, message: dict) -> None:
+        assert self.template is not None and self.template.stdin is not None
+        with self._lock:
+            self.template.stdin.write(json.dumps(message) + "\n")
+            self.template.stdin.flush()
+
+    def run(
+        self,
+        job: dict,
+        dataset: dict,
+        time_limit_seconds: float,
+        on_progress: Callable[[dict], None] | None = None,
+    ) -> SandboxOutcome:
+        """Run one job to its verdict within the time limit; always cleans up after itself."""
+        job_dir = Path(tempfile.mkdtemp(prefix="job-", dir=self.work_dir))
+        uid = self._take_uid()
+        started = time.monotonic()
+        try:
+            (job_dir / "job.json").write_text(json.dumps(job))
+            if uid is not None:
+                os.chown(job_dir, uid, uid)
+            key = job_dir.name
+            cpu_seconds = int(time_limit_seconds) + self.limits.extra_cpu_seconds
+            self._send(
+                {"key": key, "job_dir": str(job_dir), "dataset": dataset, "uid": uid,
+                 "limits": asdict(self.limits), "cpu_seconds": cpu_seconds}
+            )  # fmt: skip
+            forked = self._wait_event(key, 60.0, "pid")
+            if forked is None:
+                raise RuntimeError("the template process did not fork the job")
+            exited, timed_out = self._await_exit(key, job_dir, started + time_limit_seconds, on_progress)
+            if timed_out and forked["pid"] > 0:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(forked["pid"], signal.SIGKILL)
+                exited = self._wait_event(key, 10.0, "exit_code")
+            result_path = job_dir / "result.json"
+            result = json.loads(result_path.read_text()) if result_path.exists() and not timed_out else None
+            return SandboxOutcome(
+                result=result,
+                timed_out=timed_out,
+                exit_code=(exited or {}).get("exit_code"),
+                signal_number=(exited or {}).get("signal"),
+                stdout_tail=_tail(job_dir / "stdout.txt"),
+                stderr_tail=_tail(job_dir / "stderr.txt"),
+                network_isolation=self.network_isolation,
+                duration_seconds=time.monotonic() - started,
+            )
+        finally:
+            if uid is not None:
+                kill_uid(uid)
+                self._return_uid(uid)
+            with self._cond:
+                self._events.pop(job_dir.name, None)
+            shutil.rmtree(job_dir, ignore_errors=True)
+
+    def _await_exit(
+        self, key: str, job_dir: Path, deadline: float, on_progress: Callable[[dict], None] | None
+    ) -> tuple[dict | None, bool]:
+        offset = 0
+        while True:
+            exited = self._wait_event(key, 0.2, "exit_code")
+            if on_progress is not None:
+                offset = _forward_progress(job_dir / "progress.jsonl", offset, on_progress)
+            if exited is not None:
+                return exited, False
+            if time.monotonic() >= deadline:
+                return None, True
+
+    def _take_uid(self) -> int | None:
+        if not self.is_root:
+            return None
+        with self._uid_lock:
+            if not self._free_uids:
+                raise RuntimeError("no free sandbox uid: more concurrent jobs than slots")
+            return self._free_uids.pop()
+
+    def _return_uid(self, uid: int) -> None:
+        with self._uid_lock:
+            self._free_uids.append(uid)
+
+
+def _forward_progress(path: Path, offset: int, on_progress: Callable[[dict], None]) -> int:
+    try:
+        with open(path) as handle:
+            handle.seek(offset)
+            for line in handle:
+                if line.endswith("\n"):
+                    on_progress(json.loads(line))
+                    offset += len(line.encode())
+    except (OSError, ValueError):
+        pass
+    return offset

@@ -1,0 +1,217 @@
+"""The evaluator end to end in its real sandbox: verdicts, determinism, and hostile programs.
+
+Hostile programs are run two ways: through Evaluator.evaluate (the static screen stops most of them)
+and straight through Sandbox.run with the screen bypassed, so the sandbox itself is tested as the
+second line of defence.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from archloop.lemur import iter_model_sources, lemur_wheel
+from services.evaluator.evaluation import Evaluator, Protocol
+from services.evaluator.sandbox import Sandbox
+
+pytestmark = pytest.mark.slow
+
+GOOD = """
+import torch
+import torch.nn as nn
+
+
+def supported_hyperparameters():
+    return {"lr", "momentum"}
+
+
+class Net(nn.Module):
+    def __init__(self, in_shape, out_shape, prm, device):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_shape[1], 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4), nn.Flatten(),
+            nn.Linear(32 * 4 * 4, out_shape[0]),
+        )
+
+    def train_setup(self, prm):
+        self.criteria = (nn.CrossEntropyLoss(),)
+        self.optimizer = torch.optim.SGD(self.parameters(), lr=prm["lr"], momentum=prm["momentum"])
+
+    def learn(self, train_data):
+        for x, y in train_data:
+            self.optimizer.zero_grad()
+            loss = self.criteria[0](self(x), y)
+            loss.backward()
+            self.optimizer.step()
+
+    def forward(self, x):
+        return self.body(x)
+"""
+
+# Real LEMUR files (nn-dataset 2.1.2) that pass the screen and the contract, chosen by
+# evaluating a shuffled sample on digits: one that fits the budget and learns, and three that fail
+# in the ways the statuses name.
+LEMUR_EXPECTED = {
+    "alt-nn4-7fb211a89133a73eec56d047c3885973": "OK",
+    "ga-mut-724": "OVER_BUDGET",
+    "alt-nn2-e7121a00551229fef2ce116056f3b40a": "WRONG_OUTPUT_SHAPE",
+    "ast-dimension-AlexNet-9fe9771e1ac501507b637fade7f75de9": "FORWARD_ERROR",
+}
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):  # type: ignore[no-untyped-def]
+    box = Sandbox(tmp_path_factory.mktemp("evaluator") / "jobs")
+    box.start()
+    if box.network_isolation != "namespace" or not box.is_root:
+        box.stop()
+        pytest.skip("the sandbox tests need root (network and mount namespaces, a dedicated uid)")
+    yield box
+    box.stop()
+
+
+@pytest.fixture(scope="module")
+def evaluator(sandbox, tmp_path_factory) -> Evaluator:  # type: ignore[no-untyped-def]
+    return Evaluator(sandbox, tmp_path_factory.mktemp("data"))
+
+
+def test_a_small_model_learns_and_is_deterministic(evaluator) -> None:  # type: ignore[no-untyped-def]
+    protocol = Protocol(epochs=3, learning_rate=0.05)  # ~0.9 validation accuracy on digits
+    first = evaluator.evaluate("good", GOOD, protocol, want_structural_tokens=True)
+    assert first.status == "OK", first.stages
+    assert first.accuracy > 0.6  # chance is 0.1
+    assert len(first.epoch_accuracies) == 3
+    assert first.structural_tokens[0] == "Conv2d[16, 32, 32]"
+    assert [s.stage for s in first.stages] == [
+        "parse", "static_screen", "contract", "instantiate", "forward", "param_budget", "train", "accuracy",
+    ]  # fmt: skip
+    second = evaluator.evaluate("good", GOOD, protocol)
+    assert (second.accuracy, second.train_loss) == (first.accuracy, first.train_loss)
+    other_seed = evaluator.evaluate("good", GOOD, Protocol(epochs=3, learning_rate=0.05, seed=1))
+    assert other_seed.accuracy != first.accuracy
+
+
+def test_real_lemur_models_get_the_right_verdicts(evaluator) -> None:  # type: ignore[no-untyped-def]
+    sources = dict(iter_model_sources(lemur_wheel()))
+    for name, expected in LEMUR_EXPECTED.items():
+        result = evaluator.evaluate(name, sources[name], Protocol(epochs=2, time_limit_seconds=120))
+        assert result.status == expected, (name, result.stages[-1])
+        if expected == "OK":
+            assert result.accuracy > 0.2 and 0 < result.param_count <= 500_000
+
+
+HEAD = "nn.Linear(32 * 4 * 4, out_shape[0])"
+LOSS = "loss = self.criteria[0](self(x), y)"
+FAILURES = [
+    ("parse", lambda c: c.replace("def forward(self, x):", "def forward(self, x)"), "PARSE_ERROR", "parse"),
+    ("unsafe", lambda c: "import os\n" + c, "UNSAFE", "static_screen"),
+    ("contract", lambda c: c.replace("def learn", "def fit"), "CONTRACT_ERROR", "contract"),
+    ("init", lambda c: c.replace("super().__init__()", "super().__init__()\n        1 / 0"),
+     "INSTANTIATE_ERROR", "instantiate"),
+    ("shape", lambda c: c.replace(HEAD, "nn.Linear(512, 7)"), "WRONG_OUTPUT_SHAPE", "forward"),
+    ("budget", lambda c: c.replace(HEAD, "nn.Linear(512, 2000), nn.Linear(2000, 10)"), "OVER_BUDGET",
+     "param_budget"),
+    ("nan", lambda c: c.replace(LOSS, LOSS.replace("self(x)", "self(x) * float('nan')")), "NON_FINITE_LOSS",
+     "train"),
+    ("train", lambda c: c.replace("self.optimizer.step()", "self.optimizer.step(1, 2, 3)"), "TRAIN_ERROR",
+     "train"),
+    ("loop", lambda c: c.replace("return self.body(x)", "while True:\n            pass"), "TIMEOUT",
+     "forward"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "edit", "status", "stage"), FAILURES, ids=[f[0] for f in FAILURES])
+def test_each_failure_gets_its_status_and_stage(evaluator, name, edit, status, stage) -> None:  # type: ignore[no-untyped-def]
+    started = time.monotonic()
+    result = evaluator.evaluate(name, edit(GOOD), Protocol(time_limit_seconds=8))
+    assert (result.status, result.stages[-1].stage) == (status, stage), result.stages[-1]
+    assert result.stages[-1].message.startswith(stage)
+    assert "/work/" not in result.stages[-1].message and len(result.stages[-1].message) <= 500
+    assert time.monotonic() - started < 8 + 5
+
+
+def _bypass(sandbox: Sandbox, body: str, time_limit: float = 8.0):  # type: ignore[no-untyped-def]
+    """Run `body` inside Net.__init__ through the sandbox alone (no static screen)."""
+    code = GOOD.replace(
+        "super().__init__()",
+        "super().__init__()\n" + "\n".join("        " + line for line in body.splitlines()),
+    )
+    job = {"code": code, "structural_tokens": False,
+           "protocol": {**Protocol(time_limit_seconds=time_limit).__dict__, "threads": 1}}  # fmt: skip
+    dataset = {"name": "digits", "validation_fraction": 0.2, "seed": 0, "max_train_images": 0, "data_dir": "",
+               "allow_download": False}  # fmt: skip
+    started = time.monotonic()
+    outcome = sandbox.run(job, dataset, time_limit)
+    return outcome, time.monotonic() - started
+
+
+def _instantiate_message(outcome) -> str:  # type: ignore[no-untyped-def]
+    return (outcome.result or {}).get("stages", [{}])[-1].get("message", "")
+
+
+def _sandbox_processes() -> list[psutil.Process]:
+    """Live processes of the sandbox uids (zombies hold no resources and are reaped by the template)."""
+    time.sleep(0.2)
+    return [
+        p for p in psutil.process_iter(["uids", "status"])
+        if p.info["uids"] and p.info["uids"].real >= 61000 and p.info["status"] != psutil.STATUS_ZOMBIE
+    ]  # fmt: skip
+
+
+def test_sandbox_has_no_network(sandbox) -> None:  # type: ignore[no-untyped-def]
+    outcome, _ = _bypass(sandbox, "import socket\nsocket.socket().connect(('127.0.0.1', 22))")
+    assert outcome.network_isolation == "namespace"
+    assert "Network is unreachable" in _instantiate_message(outcome)
+
+
+def test_sandbox_writes_nothing_outside_its_directory(sandbox, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    targets = [tmp_path / "escaped.txt", Path("/tmp/archloop-escaped.txt"), Path("/dev/shm/archloop-escaped")]
+    # /tmp and /dev/shm are private, empty tmpfs mounts inside the sandbox: writing there works but
+    # nothing reaches the host's directories.
+    _bypass(sandbox, "\n".join(f"open({str(t)!r}, 'w').write('x')" for t in targets[1:]))
+    assert not any(t.exists() for t in targets)
+    denied, _ = _bypass(sandbox, f"open({str(targets[0])!r}, 'w').write('x')")
+    assert "Permission denied" in _instantiate_message(denied) or "No such file" in _instantiate_message(
+        denied
+    )
+    assert not targets[0].exists()
+
+
+def test_sandbox_environment_is_scrubbed(sandbox, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    os.environ["ARCHLOOP_TEST_SECRET"] = "hunter2"
+    try:
+        outcome, _ = _bypass(sandbox, "import os\nprint(sorted(os.environ.items()))")
+    finally:
+        del os.environ["ARCHLOOP_TEST_SECRET"]
+    assert "PATH" in outcome.stdout_tail and "hunter2" not in outcome.stdout_tail
+
+
+@pytest.mark.parametrize(
+    ("body", "check"),
+    [
+        ("import os\nos._exit(3)", lambda o: o.exit_code == 3 and o.result is None),
+        ("import ctypes\nctypes.string_at(0)", lambda o: o.signal_number == 11),
+        ("import time\ntime.sleep(60)", lambda o: o.timed_out),
+        ("x = bytearray(16 * 2**30)", lambda o: "MemoryError" in _instantiate_message(o)),
+        ("print('x' * 2**20 * 100)", lambda o: o.result is not None and len(o.stdout_tail) <= 4100),
+        ("import os\nwhile True:\n    os.fork()", lambda o: o.timed_out or o.result is not None),
+    ],
+    ids=["os_exit", "segfault", "sleep", "memory_bomb", "huge_stdout", "fork_bomb"],
+)
+def test_sandbox_survives_hostile_programs(sandbox, body, check) -> None:  # type: ignore[no-untyped-def]
+    outcome, seconds = _bypass(sandbox, body, time_limit=6.0)
+    assert check(outcome), outcome
+    assert seconds < 6.0 + 5
+    assert not _sandbox_processes()
+
+
+def test_processes_that_outlive_the_candidate_are_killed(sandbox) -> None:  # type: ignore[no-untyped-def]
+    body = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(300)\n"
+    outcome, _ = _bypass(sandbox, body)
+    assert outcome.result is not None
+    assert not _sandbox_processes()

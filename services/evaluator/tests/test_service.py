@@ -1,0 +1,94 @@
+"""The evaluator service as a real process: RPCs, capacity, streaming progress, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+import grpc
+import pytest
+
+from archloop.clients import aio_channel
+from archloop.testing import run_cli
+from archloop.v1 import common_pb2, evaluator_pb2, evaluator_pb2_grpc
+from services.evaluator.tests.test_evaluation import GOOD
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def evaluator_address(start_service, tmp_path) -> str:  # type: ignore[no-untyped-def]
+    proc = start_service(
+        "evaluator", "--work-dir", str(tmp_path / "jobs"), "--max-concurrent-evaluations", "1"
+    )
+    return proc.address
+
+
+UNKNOWN_DATASET = evaluator_pb2.EvaluateCandidateRequest(
+    code=GOOD, protocol=common_pb2.EvaluationProtocol(dataset="x")
+)
+
+
+def _request(code: str, **protocol) -> evaluator_pb2.EvaluateCandidateRequest:  # type: ignore[no-untyped-def]
+    return evaluator_pb2.EvaluateCandidateRequest(
+        candidate_id="c1", code=code, protocol=common_pb2.EvaluationProtocol(dataset="digits", **protocol)
+    )
+
+
+async def test_evaluate_stream_capacity_and_bad_input(evaluator_address) -> None:  # type: ignore[no-untyped-def]
+    async with aio_channel(evaluator_address) as channel:
+        stub = evaluator_pb2_grpc.EvaluatorServiceStub(channel)
+        capacity = await stub.DescribeCapacity(evaluator_pb2.DescribeCapacityRequest(), timeout=10)
+        assert capacity.max_concurrent_evaluations == 1 and "digits" in capacity.datasets
+        assert capacity.network_isolation == evaluator_pb2.NETWORK_ISOLATION_NAMESPACE
+
+        response = await stub.EvaluateCandidate(_request(GOOD, epochs=2, learning_rate=0.05), timeout=120)
+        result = response.result
+        assert result.status == evaluator_pb2.EVALUATION_STATUS_OK and result.accuracy > 0.3
+        assert len(result.stages) == 8 and result.param_count > 0 and result.train_images_per_second > 0
+
+        updates = [u async for u in stub.StreamEvaluation(
+            evaluator_pb2.StreamEvaluationRequest(evaluation=_request(GOOD, epochs=2)), timeout=120
+        )]  # fmt: skip
+        assert updates[-1].WhichOneof("update") == "result"
+        progress = [u.progress for u in updates if u.WhichOneof("update") == "progress"]
+        assert progress and max(p.epoch for p in progress) >= 1
+
+        slow = asyncio.ensure_future(
+            stub.EvaluateCandidate(
+                _request(
+                    GOOD.replace("return self.body(x)", "while True:\n            pass"), time_limit_seconds=6
+                ),
+                timeout=60,
+            )
+        )
+        await asyncio.sleep(1.0)
+        with pytest.raises(grpc.aio.AioRpcError) as busy:
+            await stub.EvaluateCandidate(_request(GOOD), timeout=10)
+        assert busy.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert (await slow).result.status == evaluator_pb2.EVALUATION_STATUS_TIMEOUT
+
+        for request, field in [
+            (_request(""), "code"),
+            (_request(GOOD, batch_size=-1), "protocol.batch_size"),
+            (UNKNOWN_DATASET, "protocol.dataset"),
+        ]:  # fmt: skip
+            with pytest.raises(grpc.aio.AioRpcError) as bad:
+                await stub.EvaluateCandidate(request, timeout=10)
+            assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in bad.value.details()
+
+
+def test_cli_evaluate_prints_json(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model = tmp_path / "model.py"
+    model.write_text(GOOD)
+    env = {**os.environ, "ARCHLOOP_CACHE": str(tmp_path / "cache")}
+    out = run_cli("evaluate", str(model), "--dataset", "digits", "--epochs", "1", "--json",
+                  "--work-dir", str(tmp_path / "jobs"), env=env)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["status"] == "EVALUATION_STATUS_OK" and 0 < result["accuracy"] <= 1
+    broken = tmp_path / "broken.py"
+    broken.write_text("def broken(:\n")
+    out = run_cli("evaluate", str(broken), "--json", "--work-dir", str(tmp_path / "jobs"), env=env)
+    assert out.returncode == 3 and json.loads(out.stdout)["status"] == "EVALUATION_STATUS_PARSE_ERROR"
