@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from archloop.lemur import iter_model_sources, lemur_wheel  # noqa: E402
 from archloop.localstack import ServiceProcess  # noqa: E402
 from archloop.novelty_client import NoveltyClient  # noqa: E402
+from bench.report import write_section  # noqa: E402
 from services.novelty.fingerprint import exact_jaccard, fingerprint_source  # noqa: E402
 from services.novelty.tests.variants import make_variant  # noqa: E402
 
@@ -165,18 +166,6 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    current = path.read_text() if path.exists() else "# Benchmarks\n"
-    if SECTION_START in current:
-        before, rest = current.split(SECTION_START, 1)
-        after = rest.split(SECTION_END, 1)[1]
-        current = before + text + after
-    else:
-        current = current.rstrip() + "\n\n" + text + "\n"
-    path.write_text(current)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, action="append", help="collection size (repeatable)")
@@ -192,7 +181,7 @@ def main() -> int:
     text = markdown(results)
     print(text)
     if args.write:
-        write_section(text)
+        write_section(text, SECTION_START, SECTION_END)
     return 0
 
 

@@ -273,8 +273,7 @@ class Sandbox:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(forked["pid"], signal.SIGKILL)
                 exited = self._wait_event(key, 10.0, "exit_code")
-            result_path = job_dir / "result.json"
-            result = json.loads(result_path.read_text()) if result_path.exists() and not timed_out else None
+            result = None if timed_out else _read_result(job_dir / "result.json")
             return SandboxOutcome(
                 result=result,
                 timed_out=timed_out,
@@ -317,6 +316,13 @@ class Sandbox:
     def _return_uid(self, uid: int) -> None:
         with self._uid_lock:
             self._free_uids.append(uid)
+
+
+def _read_result(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _forward_progress(path: Path, offset: int, on_progress: Callable[[dict], None]) -> int:

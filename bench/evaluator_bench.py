@@ -1,0 +1,171 @@
+"""Evaluator benchmark: sandboxed evaluation vs a bare training loop, and tensor batches vs a
+torchvision DataLoader with per-sample transforms like the reference harness. Same model, same data,
+same run.
+
+    python bench/evaluator_bench.py [--write]
+
+(a) Wall time of Evaluator.evaluate (static stages, fork from the template, isolation, training,
+    accuracy, clean-up) vs the same training loop in this plain process, on a 10,052-image
+    training run (7 epochs of digits' 1,436 training images); and the fixed per-candidate overhead
+    (evaluation wall time minus the child's own training and accuracy time).
+(b) Training images/s of the evaluator's in-memory tensor batches vs a DataLoader over PIL images
+    with RandomCrop + RandomHorizontalFlip + ToTensor + Normalize per sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.report import write_section  # noqa: E402
+from services.evaluator.datasets import load_digits, training_batches  # noqa: E402
+from services.evaluator.evaluation import Evaluator, Protocol  # noqa: E402
+from services.evaluator.sandbox import Sandbox  # noqa: E402
+from services.evaluator.tests.test_evaluation import GOOD  # noqa: E402
+
+SECTION_START = "<!-- evaluator-bench:start -->"
+SECTION_END = "<!-- evaluator-bench:end -->"
+EPOCHS = 7
+
+
+def model_and_setup() -> torch.nn.Module:
+    namespace: dict = {}
+    exec(compile(GOOD, "<bench-model>", "exec"), namespace)
+    prm = {"lr": 0.01, "momentum": 0.9, "dropout": 0.2, "batch": 64, "epoch": EPOCHS}
+    model = namespace["Net"]((1, 3, 32, 32), (10,), prm, torch.device("cpu"))
+    model.train_setup(prm)
+    return model
+
+
+def bare_loop_seconds() -> tuple[float, int]:
+    """The training the evaluator does, in this process: same data, batches, model, epochs."""
+    torch.manual_seed(0)
+    data = load_digits(0.2, 0)
+    model = model_and_setup()
+    images = 0
+    started = time.perf_counter()
+    for epoch in range(1, EPOCHS + 1):
+        model.train()
+        batches = list(training_batches(data, 64, epoch, 0))
+        images += sum(len(labels) for _, labels in batches)
+        model.learn(batches)
+    model.eval()
+    with torch.no_grad():
+        model(data.validation_images).argmax(1)
+    return time.perf_counter() - started, images
+
+
+def dataloader_images_per_second() -> float:
+    """The reference harness's input pipeline: PIL images, per-sample transforms, a DataLoader."""
+    import torchvision.transforms as T
+    from PIL import Image
+    from torch.utils.data import DataLoader, Dataset
+
+    data = load_digits(0.2, 0)
+    raw = (
+        (data.train_images - data.train_images.min())
+        / (data.train_images.max() - data.train_images.min())
+        * 255
+    )
+    pil = [Image.fromarray(img.permute(1, 2, 0).to(torch.uint8).numpy()) for img in raw]
+    labels = data.train_labels.tolist()
+    transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                           T.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))])  # fmt: skip
+
+    class Images(Dataset):
+        def __len__(self) -> int:
+            return len(pil)
+
+        def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
+            return transform(pil[i]), labels[i]
+
+    torch.manual_seed(0)
+    model = model_and_setup()
+    loader = DataLoader(Images(), batch_size=64, shuffle=True, num_workers=0)
+    images = 0
+    started = time.perf_counter()
+    for _ in range(EPOCHS):
+        model.train()
+        model.learn(loader)
+        images += len(pil)
+    return images / (time.perf_counter() - started)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # the evaluator's default: one torch thread per evaluation
+
+    with tempfile.TemporaryDirectory(prefix="evaluator-bench-") as tmp:
+        sandbox = Sandbox(Path(tmp) / "jobs")
+        sandbox.start()
+        evaluator = Evaluator(sandbox, Path(tmp))
+        protocol = Protocol(epochs=EPOCHS, learning_rate=0.01)
+        evaluator.evaluate("warm-up", GOOD, Protocol(epochs=1))
+        runs = []
+        for _ in range(args.repeats):
+            bare, images = bare_loop_seconds()
+            evaluation = evaluator.evaluate("bench", GOOD, protocol)
+            assert evaluation.status == "OK", evaluation.stages
+            inside = sum(s.duration_seconds for s in evaluation.stages if s.stage in ("train", "accuracy"))
+            runs.append((bare, evaluation.total_duration_seconds, inside, evaluation.train_images_per_second))
+        sandbox.stop()
+    bare = statistics.median(r[0] for r in runs)
+    total = statistics.median(r[1] for r in runs)
+    overhead = statistics.median(r[1] - r[2] for r in runs)
+    tensor_ips = statistics.median(r[3] for r in runs)
+    loader_ips = dataloader_images_per_second()
+    results = {
+        "training_images": images,
+        "bare_loop_seconds": round(bare, 3),
+        "evaluator_seconds": round(total, 3),
+        "evaluator_vs_bare": round(total / bare, 3),
+        "fixed_overhead_seconds": round(overhead, 3),
+        "tensor_batches_images_per_second": round(tensor_ips, 1),
+        "dataloader_images_per_second": round(loader_ips, 1),
+        "tensor_vs_dataloader": round(tensor_ips / loader_ips, 2),
+    }
+    out = ROOT / "bench" / "results" / "evaluator.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    text = "\n".join([
+        SECTION_START,
+        "## Evaluator",
+        "",
+        f"`python bench/evaluator_bench.py` on {datetime.now(UTC):%Y-%m-%d}, median of {args.repeats}, "
+        "one torch thread.",
+        "Goals (issue 5): evaluator / bare loop ≤ 1.10 on a ~10,000-image run; fixed overhead ≤ 0.3 s;",
+        "tensor batches ≥ 2× the images/s of a DataLoader with per-sample transforms.",
+        "",
+        "| training images | bare loop s | evaluator s | ratio | fixed overhead s | tensor batches img/s "
+        "| DataLoader img/s | ratio |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {images:,} | {results['bare_loop_seconds']} | {results['evaluator_seconds']} "
+        f"| {results['evaluator_vs_bare']} | {results['fixed_overhead_seconds']} "
+        f"| {results['tensor_batches_images_per_second']:,} | {results['dataloader_images_per_second']:,} "
+        f"| {results['tensor_vs_dataloader']}× |",
+        "",
+        "Raw figures: `bench/results/evaluator.json`.",
+        SECTION_END,
+    ])  # fmt: skip
+    print(text)
+    if args.write:
+        write_section(text, SECTION_START, SECTION_END)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
