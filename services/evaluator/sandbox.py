@@ -37,6 +37,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import psutil
+
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
 MS_REC, MS_PRIVATE = 0x4000, 1 << 18
@@ -139,24 +141,30 @@ def namespaces_available() -> bool:
     return os.waitstatus_to_exitcode(status) == 0
 
 
-def kill_uid(uid: int, attempts: int = 50) -> None:
-    """Kill every process of `uid`: a helper takes that uid and signals -1 (all it may signal),
-    again until none is left (a fork bomb keeps forking between two rounds)."""
-    for _ in range(attempts):
+def _live_processes_of(uid: int) -> bool:
+    for proc in psutil.process_iter(["uids", "status"]):
+        uids, status = proc.info["uids"], proc.info["status"]
+        if uids is not None and uid in (uids.real, uids.effective) and status != psutil.STATUS_ZOMBIE:
+            return True
+    return False
+
+
+def kill_uid(uid: int, rounds: int = 50) -> None:
+    """Kill every process of `uid`: a helper takes that uid and signals -1 (everything it may
+    signal), until none is left (a fork bomb keeps forking between two rounds). kill(-1) reports
+    success whenever any process exists, so the check is a look at /proc."""
+    for _ in range(rounds):
+        if not _live_processes_of(uid):
+            return
         pid = os.fork()
         if pid == 0:
             try:
                 os.setgid(uid)
                 os.setuid(uid)
                 os.kill(-1, signal.SIGKILL)
+            finally:
                 os._exit(0)
-            except ProcessLookupError:
-                os._exit(1)  # nothing left to signal
-            except BaseException:
-                os._exit(2)
-        _, status = os.waitpid(pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            return
+        os.waitpid(pid, 0)
         time.sleep(0.01)
 
 
