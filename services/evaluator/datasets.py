@@ -52,10 +52,13 @@ class EvaluationData:
         _, channels, height, width = self.train_images.shape
         return (1, channels, height, width)
 
-    def to(self, device: torch.device) -> EvaluationData:
-        for name in ("train_images", "train_labels", "validation_images", "validation_labels"):
-            setattr(self, name, getattr(self, name).to(device))
-        return self
+    def on(self, device: torch.device) -> EvaluationData:
+        """The same data on `device` (a new object; the template's copy stays where it is)."""
+        if self.train_images.device == device:
+            return self
+        return EvaluationData(self.name, self.train_images.to(device), self.train_labels.to(device),
+                              self.validation_images.to(device), self.validation_labels.to(device),
+                              self.num_classes, self.random_crop, self.horizontal_flip)  # fmt: skip
 
 
 def _split(images: torch.Tensor, labels: torch.Tensor, validation_fraction: float, seed: int):  # type: ignore[no-untyped-def]

@@ -94,7 +94,8 @@ def _message(stage: str, exc: BaseException) -> str:
 def _status_for(stage: str, exc: BaseException) -> str:
     if isinstance(exc, NonFiniteLoss):
         return "NON_FINITE_LOSS"
-    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+    text = str(exc).lower()
+    if isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text:
         return "OUT_OF_MEMORY"
     return {
         "instantiate": "INSTANTIATE_ERROR",
@@ -155,10 +156,12 @@ def run_job(job_dir: Path, data: EvaluationData) -> dict:
             "batch": protocol["batch_size"],
             "epoch": protocol["epochs"],
         }
-        device = torch.device("cpu")
+        # CUDA is first touched here, in the child: the template never initialises it, so forking is safe
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        data = data.on(device)
         in_shape, out_shape = data.in_shape, (data.num_classes,)
         progress.stage(stage)
-        model = namespace["Net"](in_shape, out_shape, prm, device)
+        model = namespace["Net"](in_shape, out_shape, prm, device).to(device)
         finish_stage("instantiate")
 
         stage = "forward"

@@ -37,6 +37,7 @@ class Policy:
     allowed_imports: frozenset[str]
     forbidden_names: dict[str, str]
     forbidden_attributes: dict[str, str]
+    forbidden_attribute_names: frozenset[str]
     allowed_dunder_attributes: frozenset[str]
     dunder_name_functions: frozenset[str]
     forbid_private_torch_attributes: bool
@@ -48,6 +49,7 @@ class Policy:
             allowed_imports=frozenset(raw["allowed_imports"]),
             forbidden_names=dict(raw["forbidden_names"]),
             forbidden_attributes=dict(raw["forbidden_attributes"]),
+            forbidden_attribute_names=frozenset(raw["forbidden_attribute_names"]),
             allowed_dunder_attributes=frozenset(raw["allowed_dunder_attributes"]),
             dunder_name_functions=frozenset(raw["dunder_name_functions"]),
             forbid_private_torch_attributes=bool(raw["forbid_private_torch_attributes"]),
@@ -140,6 +142,8 @@ class _Screen(ast.NodeVisitor):
         while isinstance(inner, ast.Attribute):
             if _is_dunder(inner.attr) and inner.attr not in self.policy.allowed_dunder_attributes:
                 self.flag("dunder_attribute", inner, f"attribute {inner.attr} is an escape hatch")
+            if inner.attr in self.policy.forbidden_attribute_names:
+                self.flag("forbidden_attribute", inner, f".{inner.attr} reaches a forbidden module")
             inner = inner.value
         self.visit(inner)
 

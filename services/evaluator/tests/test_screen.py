@@ -69,6 +69,9 @@ SCREEN_CASES = {
     "from torch import *": ("import", 1),
     "import sys\nsys.modules": ("import", 1),
     "g = globals()": ("forbidden_name", 1),
+    "import torch\ntorch.os.system('id')": ("forbidden_attribute", 2),
+    "import typing\ntyping.sys.modules['os']": ("forbidden_attribute", 2),
+    "import torch.nn.functional as F\nF.torch.os.getcwd()": ("forbidden_attribute", 2),
     "def forward(self, input):\n    return input": None,
     "breakpoint()": ("forbidden_name", 1),
 }
