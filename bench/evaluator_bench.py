@@ -15,7 +15,6 @@ same run.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.report import write_section  # noqa: E402
+from bench.report import publish  # noqa: E402
 from services.evaluator.datasets import load_digits, training_batches  # noqa: E402
 from services.evaluator.evaluation import Evaluator, Protocol  # noqa: E402
 from services.evaluator.sandbox import Sandbox  # noqa: E402
@@ -155,9 +154,6 @@ def main() -> int:
         "dataloader_pipeline_images_per_second": round(loader_pipeline_ips, 1),
         "pipeline_ratio": round(tensor_pipeline_ips / loader_pipeline_ips, 1),
     }
-    out = ROOT / "bench" / "results" / "evaluator.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
     text = "\n".join([
         SECTION_START,
         "## Evaluator",
@@ -182,9 +178,7 @@ def main() -> int:
         "Raw figures: `bench/results/evaluator.json`.",
         SECTION_END,
     ])  # fmt: skip
-    print(text)
-    if args.write:
-        write_section(text, SECTION_START, SECTION_END)
+    publish("evaluator", results, text, SECTION_START, SECTION_END, args.write)
     return 0
 
 

@@ -14,7 +14,6 @@ novelty section of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import random
 import statistics
@@ -33,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from archloop.lemur import iter_model_sources, lemur_wheel  # noqa: E402
 from archloop.localstack import ServiceProcess  # noqa: E402
 from archloop.novelty_client import NoveltyClient  # noqa: E402
-from bench.report import write_section  # noqa: E402
+from bench.report import publish  # noqa: E402
 from services.novelty.fingerprint import exact_jaccard, fingerprint_source  # noqa: E402
 from services.novelty.tests.variants import make_variant  # noqa: E402
 
@@ -175,13 +174,7 @@ def main() -> int:
     sizes = args.entries or [10_000]
     with tempfile.TemporaryDirectory(prefix="novelty-bench-") as tmp:
         results = [run_size(n, args.queries, Path(tmp)) for n in sizes]
-    out = ROOT / "bench" / "results" / "novelty.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    text = markdown(results)
-    print(text)
-    if args.write:
-        write_section(text, SECTION_START, SECTION_END)
+    publish("novelty", results, markdown(results), SECTION_START, SECTION_END, args.write)
     return 0
 
 

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
+
+
+def publish(name: str, results: object, section: str, start: str, end: str, write: bool) -> None:
+    """Save raw figures to bench/results/<name>.json, print the section, and with `write` put it in
+    docs/benchmarks.md."""
+    out = ROOT / "bench" / "results" / f"{name}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(section)
+    if write:
+        write_section(section, start, end)
 
 
 def write_section(text: str, start: str, end: str, path: Path = BENCHMARKS_MD) -> None:

@@ -6,42 +6,21 @@ import pytest
 
 from archloop.lemur import iter_model_sources, lemur_wheel
 from services.evaluator.screen import check_contract, parse_source, screen
+from services.evaluator.tests.test_evaluation import GOOD as EVALUATION_GOOD
 
-GOOD = """
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from collections import OrderedDict
+# The evaluator tests' model, plus constructs a model may use that the screen must let through.
+GOOD = (
+    "import torch.nn.functional as F\nfrom collections import OrderedDict\n"
+    + EVALUATION_GOOD
+    + """
 
-
-def supported_hyperparameters():
-    return {"lr", "momentum"}
-
-
-class Net(nn.Module):
-    def __init__(self, in_shape, out_shape, prm, device):
-        super().__init__()
-        self.features = nn.Sequential(OrderedDict(conv=nn.Conv2d(in_shape[1], 16, 3), act=nn.ReLU()))
-        self.head = nn.Linear(16, out_shape[0])
-        self.device = device
-        print(type(self).__name__, torch.__version__)
-
-    def train_setup(self, prm):
-        self.criteria = (nn.CrossEntropyLoss(),)
-        self.optimizer = torch.optim.SGD(self.parameters(), lr=prm["lr"], momentum=prm["momentum"])
-
-    def learn(self, train_data):
-        for inputs, labels in train_data:
-            self.optimizer.zero_grad()
-            loss = self.criteria[0](self(inputs), labels)
-            loss.backward()
-            nn.utils.clip_grad_norm_(self.parameters(), 3)
-            self.optimizer.step()
-
-    def forward(self, x):
-        x = F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
-        return self.head(getattr(self, "features") and x)
+def allowed_extras(model, x):
+    blocks = nn.Sequential(OrderedDict(conv=nn.Conv2d(3, 4, 3), act=nn.ReLU()))
+    nn.utils.clip_grad_norm_(model.parameters(), 3)
+    print(type(model).__name__, torch.__version__, getattr(model, "body"))
+    return F.adaptive_avg_pool2d(blocks(x), 1).flatten(1)
 """
+)
 
 SCREEN_CASES = {
     "import os\nos.system('id')": ("import", 1),
