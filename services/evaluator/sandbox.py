@@ -124,10 +124,15 @@ def _enter_sandbox(
         os.environ.update({"PATH": "/usr/bin:/bin", "HOME": ".", "TMPDIR": ".", "LANG": "C.UTF-8",
                            "OMP_NUM_THREADS": str(limits.threads)})  # fmt: skip
         _libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        template = os.getppid()
         if uid is not None:
             os.setgroups([])
             os.setgid(uid)
             os.setuid(uid)
+        # after setuid, which clears it: die with the template (and so with the service)
+        _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != template:
+            os._exit(EXIT_SETUP_FAILED)
     except Exception:
         os._exit(EXIT_SETUP_FAILED)
 
