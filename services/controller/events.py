@@ -33,12 +33,13 @@ class EventPublisher:
             raise Unavailable("NATS is not connected")
         await publish_event(self._client.jetstream(), event)
 
-    async def close(self, timeout_seconds: float = 5.0) -> None:
-        """Flush what is pending; if NATS is gone, close without waiting for it to return."""
+    async def close(self, timeout_seconds: float = 2.0) -> None:
+        """Flush what is pending; if NATS is gone (or goes while draining), give up after the timeout
+        rather than hold the shutdown."""
         if self._client is None or self._client.is_closed:
             return
-        if self._client.is_connected:
-            with contextlib.suppress(TimeoutError, nats.errors.Error):
+        with contextlib.suppress(TimeoutError, nats.errors.Error):
+            if self._client.is_connected:
                 await asyncio.wait_for(self._client.drain(), timeout_seconds)
-        if not self._client.is_closed:
-            await self._client.close()
+            if not self._client.is_closed:
+                await asyncio.wait_for(self._client.close(), timeout_seconds)
