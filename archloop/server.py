@@ -37,7 +37,7 @@ from archloop.settings import EXIT_BAD_CONFIG, ServiceSettings, SettingsError, f
 log = structlog.get_logger("archloop.server")
 
 EXIT_OK = 0
-EXIT_START_FAILED = 1
+EXIT_FAILED = 1
 
 
 class ServicerBase:
@@ -270,7 +270,7 @@ class GrpcService:
                 print(f"configuration error: {exc}", file=sys.stderr)
                 return EXIT_BAD_CONFIG
             log.error("service_start_failed", exc_info=exc)
-            return EXIT_START_FAILED
+            return EXIT_FAILED
         if not stop.is_set():
             await self.set_health(health_pb2.HealthCheckResponse.SERVING)
             _write_ready_file(self.settings.ready_file, self.address)
@@ -284,7 +284,12 @@ class GrpcService:
         await self.health.enter_graceful_shutdown()
         log.info("service_stopping", grace_period_seconds=self.settings.grace_period_seconds)
         await self.server.stop(self.settings.grace_period_seconds)
-        await self.servicer.stop()
+        try:
+            # releasing resources must not hold the exit hostage (a dependency may hang while dying)
+            await asyncio.wait_for(self.servicer.stop(), timeout=max(self.settings.grace_period_seconds, 5.0))
+        except TimeoutError:
+            log.error("service_stop_timed_out", grace_period_seconds=self.settings.grace_period_seconds)
+            return EXIT_FAILED
         log.info("service_stopped", duration_ms=round((time.perf_counter() - started) * 1000, 1))
         return EXIT_OK
 

@@ -133,3 +133,16 @@ async def test_shutdown_sets_not_serving_and_stops_servicer(running) -> None:  #
     assert await service.shutdown() == 0
     assert servicer.stopped
     task.cancel()
+
+
+async def test_a_hanging_stop_does_not_hold_the_exit() -> None:
+    class HangingStop(RaisingNoveltyServicer):
+        async def stop(self) -> None:
+            await asyncio.Event().wait()
+
+    service = GrpcService(ServiceSettings(port=0, grace_period_seconds=0.5), HangingStop())
+    service.bind()
+    await service.server.start()
+    started = asyncio.get_running_loop().time()
+    assert await service.shutdown() == 1
+    assert asyncio.get_running_loop().time() - started < 10
