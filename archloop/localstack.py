@@ -23,7 +23,7 @@ import sysconfig
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from shutil import which
 
@@ -114,7 +114,6 @@ class Component:
     create_time: float
     log: str
     health_target: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
 
     def alive(self) -> bool:
         try:

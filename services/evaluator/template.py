@@ -18,9 +18,8 @@ from pathlib import Path
 
 PR_SET_CHILD_SUBREAPER = 36
 _write_lock = threading.Lock()
-_jobs_lock = threading.Lock()
+_jobs_lock = threading.Lock()  # held from fork to registration, so the reaper never sees an unknown job
 _jobs: dict[int, str] = {}  # pid → job key
-_early: dict[int, int] = {}  # pid → wait status, for children reaped before they were registered
 
 
 def _say(message: dict) -> None:
@@ -44,19 +43,8 @@ def _reaper() -> None:
             continue
         with _jobs_lock:
             key = _jobs.pop(pid, None)
-            if key is None:
-                _early[pid] = status
-        if key is not None:
+        if key is not None:  # None: an orphan of some job, reaped and forgotten
             _report_exit(key, status)
-
-
-def _register(pid: int, key: str) -> None:
-    with _jobs_lock:
-        status = _early.pop(pid, None)
-        if status is None:
-            _jobs[pid] = key
-    if status is not None:
-        _report_exit(key, status)
 
 
 def _load(spec: dict, cache: dict):  # type: ignore[no-untyped-def]
@@ -105,8 +93,8 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)  # no OpenMP pool in the template, so forking stays safe
-    from services.evaluator.runner import run_job
-    from services.evaluator.sandbox import SandboxLimits, _enter_sandbox, namespaces_available
+    import services.evaluator.runner  # noqa: F401 - imported once here; every child inherits it
+    from services.evaluator.sandbox import namespaces_available
 
     _warm_up()
 
@@ -125,26 +113,33 @@ def main() -> int:
             _say({"key": job["key"], "pid": -1})
             _say({"key": job["key"], "exit_code": 0, "signal": None})
             continue
-        pid = os.fork()
-        if pid == 0:
-            job_pid = os.getpid()
-            _enter_sandbox(
-                job_dir, job["uid"], SandboxLimits(**job["limits"]), job["cpu_seconds"], namespaces
-            )
-            # fresh stream objects: a lock held by another template thread at fork time stays held here
-            sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
-            sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-            result = run_job(Path("."), data)  # the job directory is the working directory now
-            if os.getpid() != job_pid:
-                os._exit(0)  # a process the candidate forked came back here: only the job itself reports
-            Path("result.json.tmp").write_text(json.dumps(result))
-            Path("result.json.tmp").replace("result.json")
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(0)
-        _say({"key": job["key"], "pid": pid})
-        _register(pid, job["key"])
+        with _jobs_lock:
+            pid = os.fork()
+            if pid == 0:
+                _run_child(job, job_dir, data, namespaces)
+            _jobs[pid] = job["key"]
+            _say({"key": job["key"], "pid": pid})
     return 0
+
+
+def _run_child(job: dict, job_dir: Path, data, namespaces: bool) -> None:  # type: ignore[no-untyped-def]
+    """The forked child: isolate, run the candidate, report; never returns."""
+    from services.evaluator.runner import run_job
+    from services.evaluator.sandbox import SandboxLimits, _enter_sandbox
+
+    job_pid = os.getpid()
+    _enter_sandbox(job_dir, job["uid"], SandboxLimits(**job["limits"]), job["cpu_seconds"], namespaces)
+    # fresh stream objects: a lock held by another template thread at fork time stays held here
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    result = run_job(Path("."), data)  # the job directory is the working directory now
+    if os.getpid() != job_pid:
+        os._exit(0)  # a process the candidate forked came back here: only the job itself reports
+    Path("result.json.tmp").write_text(json.dumps(result))
+    Path("result.json.tmp").replace("result.json")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
