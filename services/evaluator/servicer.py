@@ -12,6 +12,7 @@ import os
 import socket
 from pathlib import Path
 
+from archloop.defaults import nonzero_over
 from archloop.errors import ResourceExhausted
 from archloop.server import ServicerBase
 from archloop.v1 import common_pb2, evaluator_pb2, evaluator_pb2_grpc
@@ -28,20 +29,7 @@ _ISOLATION = {
 
 def protocol_from_proto(p: common_pb2.EvaluationProtocol) -> Protocol:
     """Zero fields take the defaults (BRIEF §3)."""
-    d = Protocol()
-    return Protocol(
-        dataset=p.dataset or d.dataset,
-        epochs=p.epochs or d.epochs,
-        batch_size=p.batch_size or d.batch_size,
-        learning_rate=p.learning_rate or d.learning_rate,
-        momentum=p.momentum or d.momentum,
-        dropout=p.dropout or d.dropout,
-        seed=p.seed,
-        time_limit_seconds=p.time_limit_seconds or d.time_limit_seconds,
-        param_budget=p.param_budget or d.param_budget,
-        validation_fraction=p.validation_fraction or d.validation_fraction,
-        max_train_images=p.max_train_images,
-    )
+    return nonzero_over(Protocol(), p)
 
 
 def result_to_proto(e: Evaluation, replica: str) -> evaluator_pb2.EvaluationResult:

@@ -7,11 +7,13 @@ block the event loop; the index's own locks make concurrent calls safe and check
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
 import psutil
 import structlog
 
+from archloop.defaults import nonzero_over
 from archloop.errors import InvalidArgument
 from archloop.server import ServicerBase
 from archloop.v1 import novelty_pb2, novelty_pb2_grpc
@@ -33,19 +35,13 @@ _VERIFICATION = {
 def config_from_proto(settings: novelty_pb2.CollectionSettings) -> CollectionConfig:
     """Zero fields take the defaults."""
     defaults = CollectionConfig()
-    fp, fn = settings.lsh_false_positive_weight, settings.lsh_false_negative_weight
-    if fp == 0 and fn == 0:
-        fp, fn = defaults.lsh_false_positive_weight, defaults.lsh_false_negative_weight
-    return CollectionConfig(
-        shingle_size=settings.shingle_size or defaults.shingle_size,
-        num_permutations=settings.num_permutations or defaults.num_permutations,
-        lsh_threshold=settings.lsh_threshold or defaults.lsh_threshold,
-        near_duplicate_threshold=settings.near_duplicate_threshold or defaults.near_duplicate_threshold,
-        store_shingles=settings.store_shingles,
-        minhash_seed=settings.minhash_seed or defaults.minhash_seed,
-        lsh_false_positive_weight=fp,
-        lsh_false_negative_weight=fn,
-        structural_shingle_size=settings.structural_shingle_size or defaults.structural_shingle_size,
+    weights = (settings.lsh_false_positive_weight, settings.lsh_false_negative_weight)
+    if weights == (0, 0):  # the two weights go together: both unset means both default
+        weights = (defaults.lsh_false_positive_weight, defaults.lsh_false_negative_weight)
+    return dataclasses.replace(
+        nonzero_over(defaults, settings, skip=("verification",)),
+        lsh_false_positive_weight=weights[0],
+        lsh_false_negative_weight=weights[1],
         verification=_VERIFICATION.get(settings.verification, defaults.verification),
     )
 
