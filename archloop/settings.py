@@ -81,17 +81,6 @@ def nats_url(value: str) -> str | None:
     return None
 
 
-def peer_address(value: str) -> str | None:
-    """A gRPC target: host:port, or a dns:///host:port name for client-side balancing."""
-    if not value:
-        return None
-    target = value.removeprefix("dns:///")
-    host, sep, port = target.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
-        return f"{value!r} is not a gRPC address (expected host:port or dns:///host:port)"
-    return None
-
-
 def _convert(raw: str, annotation: Any) -> Any:
     if annotation is bool:
         lowered = raw.strip().lower()
