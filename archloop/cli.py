@@ -4,7 +4,8 @@
     archloop status [--json]    address and health of every component of the local stack
     archloop down               stop the local stack started by `archloop up`
     archloop novelty …          create|check|add|import|stats against the novelty service
-    archloop corpus fetch       download and verify the LEMUR wheel (nn-dataset==2.1.2) into the cache
+    archloop corpus …           fetch|build|stats: the LEMUR wheel and the training corpus
+    archloop base-model …       train|info: the tiny base code LM
     archloop evaluate FILE      evaluate one model file in the sandbox (exit 3 when it is not valid)
 
 Exit status: 0 success, 1 a runtime failure (a component failed, nothing is running), 2 bad usage.
@@ -129,18 +130,6 @@ def cmd_down(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_corpus_fetch(args: argparse.Namespace) -> int:
-    from archloop.lemur import LemurUnavailable, lemur_wheel
-
-    try:
-        path = lemur_wheel(fetch=True)
-    except LemurUnavailable as exc:
-        print(f"archloop corpus fetch: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    print(path)
-    return EXIT_OK
-
-
 EXIT_NOT_VALID = 3
 
 
@@ -203,12 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a clean stop")
     down.set_defaults(func=cmd_down)
 
-    corpus = commands.add_parser("corpus", help="the LEMUR corpus")
-    corpus_commands = corpus.add_subparsers(dest="corpus_command", required=True, metavar="COMMAND")
-    fetch = corpus_commands.add_parser(
-        "fetch", help="download the nn-dataset==2.1.2 wheel once into the cache"
-    )
-    fetch.set_defaults(func=cmd_corpus_fetch)
+    from archloop.corpus_cli import add_parsers as add_corpus_parsers
+
+    add_corpus_parsers(commands)
 
     evaluate = commands.add_parser(
         "evaluate", help="evaluate one model file in the sandbox (exit 3 if not valid)"

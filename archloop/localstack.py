@@ -43,8 +43,12 @@ SERVICE_NAMES = {
 }
 NATS_SERVICES = ("controller",)
 """Services that publish events and so get --nats-url."""
-DATA_FLAGS = {"novelty": ("--db-path", "data/novelty.sqlite3"), "evaluator": ("--work-dir", "evaluator-jobs")}
-"""Services that keep files, the flag that places them, and where under the stack's home."""
+DATA_FLAGS = {
+    "novelty": (("--db-path", "data/novelty.sqlite3"),),
+    "evaluator": (("--work-dir", "evaluator-jobs"),),
+    "trainer": (("--state-dir", "data/trainer"), ("--artifacts-dir", "artifacts")),
+}
+"""Services that keep files, the flags that place them, and where under the stack's home."""
 
 STATE_FILE = "stack.json"
 _PR_SET_PDEATHSIG = 1
@@ -335,8 +339,7 @@ class Stack:
         services = []
         for name in SERVICES:
             extra = ["--nats-url", nats_url] if name in NATS_SERVICES else []
-            if name in DATA_FLAGS:
-                flag, relative = DATA_FLAGS[name]
+            for flag, relative in DATA_FLAGS.get(name, ()):
                 extra += [flag, str(self.home / relative)]
             proc = ServiceProcess(name, self.run_dir, self.log_dir / f"{name}.log", extra)
             self.children.append(proc)

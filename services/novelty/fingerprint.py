@@ -109,7 +109,7 @@ _FAST_TOKEN = re.compile(
         "|".join(
             [
                 r"(?![rRbBuUfF]{1,2}['\"])[^\W\d]\w*",
-                r"\r?\n",
+                r"\r?\n[ \t\f]*",  # a newline with the next line's indentation
                 f"(?=[0-9]|\\.[0-9]){tokenize.Number}",
                 _OPERATOR_PATTERN,
                 tokenize.Comment,
@@ -126,10 +126,12 @@ _OPENERS, _CLOSERS = frozenset("([{"), frozenset(")]}")
 _QUOTES = frozenset("'\"")
 
 
-def _indent_column(source: str, position: int) -> int:
-    """Indentation of the physical line holding `position`, counted as tokenize does (tabs to 8)."""
+def _indent_column(indentation: str) -> int:
+    """Width of a line's leading whitespace, counted as tokenize does (tabs to 8, form feed resets)."""
+    if not indentation.strip(" "):
+        return len(indentation)  # spaces only: the common case
     column = 0
-    for char in source[source.rfind("\n", 0, position) + 1 : position]:
+    for char in indentation:
         if char == " ":
             column += 1
         elif char == "\t":
@@ -152,14 +154,14 @@ def fast_python_tokens(source: str) -> list[str]:
     only_strings = True
     depth = 0
     indents = [0]
-    position = 0
-    for text in _FAST_TOKEN.findall(source):
-        start = source.find(text, position)
-        position = start + len(text)
+    indentation = ""
+    # A newline token carries the next line's indentation; the leading "\n" gives line 1 one too.
+    for text in _FAST_TOKEN.findall("\n" + source):
         first = text[0]
         if first == "#":
             continue
         if first == "\n" or first == "\r":
+            indentation = text.lstrip("\r\n")
             if depth == 0 and line:
                 if not only_strings:
                     tokens.extend(line)
@@ -173,7 +175,7 @@ def fast_python_tokens(source: str) -> list[str]:
         if not (is_string or first.isidentifier() or first.isdigit() or text in _OPERATORS or first == "."):
             raise ValueError(f"character {text!r} needs tokenize")
         if not line and depth == 0:
-            column = _indent_column(source, start)
+            column = _indent_column(indentation)
             if column > indents[-1]:
                 indents.append(column)
             while column < indents[-1]:

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from archloop.settings import ServiceSettings, one_of, port_number, positive, setting
+from archloop.settings import ServiceSettings, non_negative, one_of, port_number, positive, setting
 
 
 @dataclass(frozen=True)
@@ -16,3 +16,9 @@ class NoveltySettings(ServiceSettings):
         5000, "how long a write waits for a locked database", check=positive
     )
     max_code_bytes: int = setting(256 * 1024, "largest source accepted (UTF-8 bytes)", check=positive)
+    inline_check_max_chars: int = setting(
+        16 * 1024,
+        "checks of sources up to this many characters run on the event loop (about a millisecond, less"
+        " than a thread hop adds); larger ones and every write run in a worker thread; 0: all in threads",
+        check=non_negative,
+    )

@@ -42,6 +42,10 @@ EDGE_CASES = [
     "s = 'unterminated\n",
     "s = 'continued \\\nstring'\n",
     "x = 1 ! 2\n",
+    "  x = 1\n",  # indented first line
+    "if a:\n  \t b = 1\n        c = 2\n",  # spaces then a tab, equal to eight columns
+    "if a:\n    b = 1\n\n    # comment\n\x0c    c = 2\nd = 3\n",
+    "def f():\r\n    return [1,\r\n  2]\r\n",
 ]
 
 

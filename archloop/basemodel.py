@@ -1,0 +1,296 @@
+"""The tiny base code LM: a GPT-2-style causal LM and a byte-level BPE tokenizer, trained from scratch
+on the LEMUR corpus by `archloop base-model train` (the embedded default where there is no GPU or hub).
+
+    tokenizer   byte-level BPE (HF tokenizers), vocabulary 4,096, special tokens for the chat roles;
+                its chat template renders archloop.prompts chats, so the trainer and the generator use
+                `apply_chat_template` alike for this model and for a hub model.
+    model       GPT-2 (transformers GPT2LMHeadModel): 6 layers, d_model 256, 8 heads, context 1,024,
+                tied embeddings, about 6.0M parameters.
+    data        every corpus example whose rendered chat fits the context (prompt ~310 tokens, so
+                programs up to ~700 tokens: a quarter of LEMUR, the compact models), split by model
+                name into train and a held-out 2 %; packed into 1,024-token blocks (an <|end|> token
+                closes each example), shuffled with the seed.
+    training    AdamW (β 0.9/0.95, weight decay 0.1), linear warm-up then cosine to 10 %, gradient clip
+                1.0, fp32 on CPU, fixed seed and step count. Sized for ≤ 60 minutes on 2 CPU cores.
+
+The result is a Hugging Face model folder (config, safetensors weights in fp16, tokenizer, chat
+template) plus `training.json` (data hash, settings, losses, duration), shipped in the package at
+TINY_MODEL_DIR so a fresh offline machine has it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from archloop import corpus
+
+TINY_MODEL_NAME = "archloop-tiny-coder"
+TINY_MODEL_DIR = Path(__file__).resolve().parent / "models" / TINY_MODEL_NAME
+END_TOKEN = "<|end|>"
+PAD_TOKEN = "<|pad|>"
+ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
+SPECIAL_TOKENS = [PAD_TOKEN, END_TOKEN, *ROLE_TOKENS]
+# Each message is "<|role|>\n{content}<|end|>\n"; the generation prompt opens the assistant's turn.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class BaseModelSettings:
+    seed: int = 1234
+    vocab_size: int = 4096
+    n_layer: int = 6
+    n_embd: int = 256
+    n_head: int = 8
+    context_tokens: int = 1024
+    # One 1,024-token block per forward: bigger batches allocate >32 MB tensors, which glibc maps
+    # and unmaps on every step (measured: half the step time in page faults). Accumulate instead.
+    micro_batch_blocks: int = 1
+    accumulation_steps: int = 4
+    steps: int = 450
+    learning_rate: float = 2e-3
+    min_learning_rate_ratio: float = 0.1
+    warmup_steps: int = 30
+    weight_decay: float = 0.1
+    max_grad_norm: float = 1.0
+    holdout_share: float = 0.02
+    eval_every_steps: int = 100
+    threads: int = 2
+
+
+def model_hash(model_dir: Path) -> str:
+    """sha256 over the weights, config and tokenizer files: the identity adapters record."""
+    digest = hashlib.sha256()
+    suffixes = (".safetensors", ".json", ".jinja")
+    for name in sorted(p.name for p in Path(model_dir).iterdir() if p.suffix in suffixes):
+        if name == "training.json":
+            continue
+        digest.update(name.encode())
+        digest.update((Path(model_dir) / name).read_bytes())
+    return digest.hexdigest()
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int):  # type: ignore[no-untyped-def]
+    """A byte-level BPE tokenizer with the chat special tokens, as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        eos_token=END_TOKEN,
+        pad_token=PAD_TOKEN,
+        additional_special_tokens=list(ROLE_TOKENS),
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def _split_by_model(examples: list[dict], share: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Hold out whole models (both prompts of a code go to the same side)."""
+    models = sorted({e["model"] for e in examples})
+    random.Random(seed).shuffle(models)
+    held = set(models[: max(1, round(len(models) * share))])
+    return [e for e in examples if e["model"] not in held], [e for e in examples if e["model"] in held]
+
+
+def _pack(sequences: list[list[int]], block: int, seed: int) -> list[list[int]]:
+    """Concatenate shuffled sequences and cut into blocks of block+1 tokens (inputs and shifted labels)."""
+    order = list(range(len(sequences)))
+    random.Random(seed).shuffle(order)
+    stream = [token for i in order for token in sequences[i]]
+    return [stream[i : i + block + 1] for i in range(0, len(stream) - block, block)]
+
+
+def _next_token_loss(model, batch):  # type: ignore[no-untyped-def]
+    """Mean cross-entropy of predicting token t+1 from tokens ≤ t; batch is (B, T+1) token ids."""
+    import torch
+
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    logits = model(input_ids=inputs).logits  # (B, T, V)
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+
+
+def _learning_rate(step: int, s: BaseModelSettings) -> float:
+    if step < s.warmup_steps:
+        return s.learning_rate * (step + 1) / s.warmup_steps
+    progress = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
+    floor = s.learning_rate * s.min_learning_rate_ratio
+    return floor + (s.learning_rate - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_base_model(
+    corpus_dir: Path,
+    out_dir: Path,
+    settings: BaseModelSettings = BaseModelSettings(),
+    progress: Callable[[dict], None] = lambda event: None,
+) -> dict:
+    """Train tokenizer and model from the corpus; write the model folder; return its training record."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    started = time.perf_counter()
+    torch.manual_seed(settings.seed)
+    torch.set_num_threads(settings.threads)
+    manifest = corpus.load_manifest(corpus_dir)
+    examples = list(corpus.read_jsonl(Path(corpus_dir) / "examples.jsonl"))
+    train_examples, held_examples = _split_by_model(examples, settings.holdout_share, settings.seed)
+
+    tokenizer = train_tokenizer(
+        (message["content"] for e in train_examples for message in e["messages"]), settings.vocab_size
+    )
+    tokenizer.apply_chat_template(train_examples[0]["messages"], tokenize=False)  # the template renders
+
+    def encode(batch: list[dict]) -> list[list[int]]:
+        texts = [tokenizer.apply_chat_template(e["messages"], tokenize=False) for e in batch]
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [seq for seq in ids if len(seq) <= settings.context_tokens]
+
+    train_ids, held_ids = encode(train_examples), encode(held_examples)
+    train_blocks = _pack(train_ids, settings.context_tokens, settings.seed)
+    held_blocks = _pack(held_ids, settings.context_tokens, settings.seed)
+    if not train_blocks:
+        raise corpus.CorpusError(
+            f"no training example fits {settings.context_tokens} tokens ({len(train_examples)} examples)"
+        )
+    progress(
+        {
+            "event": "data_ready",
+            "train_examples_fitting": len(train_ids),
+            "train_blocks": len(train_blocks),
+            "held_out_blocks": len(held_blocks),
+        }
+    )
+
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=settings.context_tokens,
+        n_embd=settings.n_embd,
+        n_layer=settings.n_layer,
+        n_head=settings.n_head,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = GPT2LMHeadModel(config)
+    parameters = sum(p.numel() for p in model.parameters())
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=settings.learning_rate,
+        betas=(0.9, 0.95),
+    )
+
+    def held_out_loss() -> float:
+        model.eval()
+        losses = []
+        with torch.no_grad():
+            for block in held_blocks:
+                batch = torch.tensor([block])
+                losses.append(float(_next_token_loss(model, batch)))
+        model.train()
+        return sum(losses) / len(losses) if losses else float("nan")
+
+    rng = random.Random(settings.seed)
+    order: list[int] = []
+    history = []
+    tokens_seen = 0
+    model.train()
+    for step in range(settings.steps):
+        step_loss = 0.0
+        for _ in range(settings.accumulation_steps):
+            if len(order) < settings.micro_batch_blocks:
+                order.extend(rng.sample(range(len(train_blocks)), len(train_blocks)))
+            batch = torch.tensor([train_blocks[order.pop()] for _ in range(settings.micro_batch_blocks)])
+            loss = _next_token_loss(model, batch) / settings.accumulation_steps
+            loss.backward()
+            step_loss += loss.item()
+            tokens_seen += batch.numel() - batch.size(0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(step, settings)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        record = {
+            "step": step + 1,
+            "loss": round(step_loss, 4),
+            "lr": _learning_rate(step, settings),
+            "tokens": tokens_seen,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        if (step + 1) % settings.eval_every_steps == 0 or step + 1 == settings.steps:
+            record["held_out_loss"] = round(held_out_loss(), 4)
+        history.append(record)
+        progress({"event": "step", **record})
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.to(torch.float16).save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    evaluated = [h for h in history if "held_out_loss" in h]
+    record = {
+        "name": TINY_MODEL_NAME,
+        "architecture": "GPT2LMHeadModel",
+        "parameters": parameters,
+        "settings": asdict(settings),
+        "corpus": {
+            "version": manifest["version"],
+            "manifest_sha256": corpus.manifest_sha256(corpus_dir),
+            "examples_sha256": manifest["files"]["examples.jsonl"]["sha256"],
+            "train_examples": len(train_examples),
+            "train_examples_fitting_context": len(train_ids),
+            "held_out_examples_fitting_context": len(held_ids),
+            "train_blocks": len(train_blocks),
+        },
+        "tokens_seen": tokens_seen,
+        "final_train_loss": round(sum(h["loss"] for h in history[-20:]) / len(history[-20:]), 4),
+        "final_held_out_loss": evaluated[-1]["held_out_loss"],
+        "duration_seconds": round(time.perf_counter() - started, 1),
+        "tokens_per_second": round(tokens_seen / (time.perf_counter() - started), 1),
+        "history": evaluated,
+    }
+    (out_dir / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    record["model_sha256"] = model_hash(out_dir)
+    (out_dir / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+class BaseModelNotFound(ValueError):
+    """A base model reference that names no local model folder (and no hub is reachable)."""
+
+
+def resolve_base_model(reference: str) -> Path | str:
+    """'' → the tiny model; an existing folder → that path; anything else → a hub name, returned as is
+    (loading it needs the hub or its cache). A path-looking reference that does not exist is an error."""
+    if not reference:
+        if not (TINY_MODEL_DIR / "config.json").exists():
+            raise BaseModelNotFound(f"the tiny base model is missing at {TINY_MODEL_DIR}")
+        return TINY_MODEL_DIR
+    path = Path(reference).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise BaseModelNotFound(f"{reference} is a folder without a config.json, not a model")
+        return path
+    if reference.startswith(("/", ".", "~")) or reference.count("/") > 1:
+        raise BaseModelNotFound(f"{reference} does not exist")
+    return reference

@@ -1,0 +1,344 @@
+"""The training corpus built from LEMUR (BRIEF §5, §8), and LEMUR's proxy-reliability table.
+
+    archloop corpus build [--out DIR]     files → image classification → contract → policy → unique → pairs
+    archloop corpus stats [--json]        the manifest's funnel and the stats table's summary
+
+The funnel, like the paper's (109,913 records → 1,065 unique → 1,698 pairs):
+1. every model file in the wheel (`ab/nn/nn/*.py`);
+2. image classification: the model has training stats under an `img-classification_*` task;
+3. contract: the LEMUR API (`supported_hyperparameters`, `Net` with its four methods), checked on the
+   syntax tree by the evaluator's own check;
+4. policy: the evaluator's static screen passes (a model the evaluator rejects is no lesson);
+5. unique: greedy in name order, a model is dropped when it is a near-duplicate (J > 0.90, the
+   novelty service's default rule and fingerprint) of one already kept;
+6. examples: two chat pairs per kept model (CIFAR-10 and MNIST user prompts, archloop.prompts).
+
+Output (versioned by CORPUS_VERSION, deterministic for a given wheel and settings):
+`examples.jsonl` (one chat pair per line), `models.jsonl` (every file and the stage it stopped at),
+`proxy_stats.jsonl` (per model and run uid: accuracy at epoch 1 / 5 / 50 / last, hyperparameters),
+`manifest.json` (counts, sha256 of every file, the wheel's sha256, settings). The manifest's own
+sha256 identifies the corpus snapshot for the trainer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import zipfile
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from archloop import lemur, prompts
+
+CORPUS_VERSION = "lemur-v1"
+STATS_PREFIX = "ab/nn/stat/train/"
+IMAGE_CLASSIFICATION = "img-classification"
+STAGES = ("file", "image_classification", "contract", "policy", "unique")
+
+
+def default_corpus_dir() -> Path:
+    from archloop.localstack import archloop_home
+
+    return Path(os.environ.get("ARCHLOOP_CORPUS_DIR") or archloop_home() / "corpus" / CORPUS_VERSION)
+
+
+@dataclass(frozen=True)
+class StatsKey:
+    task: str
+    dataset: str
+    metric: str
+    model: str
+
+
+def parse_stats_dir(name: str) -> StatsKey | None:
+    """`img-classification_cifar-10_acc_AirNet` → its parts (dataset names use '-', never '_')."""
+    parts = name.split("_", 3)
+    return StatsKey(*parts) if len(parts) == 4 else None
+
+
+@dataclass
+class ProxyRun:
+    """One training run of one model (a uid is the hash of its hyperparameters)."""
+
+    task: str
+    dataset: str
+    model: str
+    uid: str
+    lr: float
+    momentum: float
+    batch: int
+    dropout: float | None
+    transform: str
+    accuracy_by_epoch: dict[int, float] = field(default_factory=dict)
+
+    def row(self) -> dict:
+        epochs = sorted(self.accuracy_by_epoch)
+        last = epochs[-1]
+        return {
+            "task": self.task,
+            "dataset": self.dataset,
+            "model": self.model,
+            "uid": self.uid,
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "batch": self.batch,
+            "dropout": self.dropout,
+            "transform": self.transform,
+            "epochs": len(epochs),
+            "last_epoch": last,
+            "accuracy_epoch_1": self.accuracy_by_epoch.get(1),
+            "accuracy_epoch_5": self.accuracy_by_epoch.get(5),
+            "accuracy_epoch_50": self.accuracy_by_epoch.get(50),
+            "accuracy_last": self.accuracy_by_epoch[last],
+        }
+
+
+def proxy_runs(archive: zipfile.ZipFile) -> Iterator[ProxyRun]:
+    """Every (model, uid) run with its per-epoch accuracy, for every task with an accuracy metric.
+
+    Epoch files are lists of trials; the same uid across a model's epoch files is one run. A uid seen
+    twice in one epoch file (a repeated trial) keeps its first record.
+    """
+    files: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for name in archive.namelist():
+        if not name.startswith(STATS_PREFIX) or not name.endswith(".json"):
+            continue
+        directory, _, filename = name[len(STATS_PREFIX) :].rpartition("/")
+        if filename[:-5].isdigit():
+            files[directory].append((int(filename[:-5]), name))
+    for directory in sorted(files):
+        key = parse_stats_dir(directory)
+        if key is None or key.metric != "acc":
+            continue
+        runs: dict[str, ProxyRun] = {}
+        for epoch, name in sorted(files[directory]):
+            for trial in json.loads(archive.read(name)) or []:
+                uid = str(trial.get("uid", ""))
+                if not uid or "accuracy" not in trial:
+                    continue
+                run = runs.get(uid)
+                if run is None:
+                    run = runs[uid] = ProxyRun(
+                        task=key.task,
+                        dataset=key.dataset,
+                        model=key.model,
+                        uid=uid,
+                        lr=float(trial.get("lr", 0.0)),
+                        momentum=float(trial.get("momentum", 0.0)),
+                        batch=int(trial.get("batch", 0)),
+                        dropout=None if trial.get("dropout") is None else float(trial["dropout"]),
+                        transform=str(trial.get("transform", "")),
+                    )
+                run.accuracy_by_epoch.setdefault(epoch, float(trial["accuracy"]))
+        yield from (runs[uid] for uid in sorted(runs))
+
+
+def image_classification_models(archive: zipfile.ZipFile) -> set[str]:
+    models = set()
+    for name in archive.namelist():
+        if name.startswith(STATS_PREFIX):
+            key = parse_stats_dir(name[len(STATS_PREFIX) :].split("/", 1)[0])
+            if key is not None and key.task == IMAGE_CLASSIFICATION:
+                models.add(key.model)
+    return models
+
+
+@dataclass
+class ModelOutcome:
+    model: str
+    stage: str  # the last stage passed ("unique" = kept)
+    reason: str = ""
+    code_sha256: str = ""
+
+
+def screen_models(
+    sources: Iterable[tuple[str, str]], image_models: set[str], threshold: float
+) -> Iterator[tuple[ModelOutcome, str]]:
+    """Run each model file through the funnel; yield its outcome and source."""
+    from services.evaluator.screen import check_contract, parse_source, screen
+    from services.novelty.collection import CollectionConfig
+    from services.novelty.index import NoveltyIndex, Submission
+    from services.novelty.store import EntryStore
+
+    index = NoveltyIndex(EntryStore(":memory:"))
+    index.create_collection("corpus", CollectionConfig(near_duplicate_threshold=threshold), exist_ok=False)
+    for model, code in sources:
+        outcome = ModelOutcome(model, "file", code_sha256=hashlib.sha256(code.encode()).hexdigest())
+        if model not in image_models:
+            outcome.reason = "no image-classification stats"
+            yield outcome, code
+            continue
+        outcome.stage = "image_classification"
+        try:
+            tree = parse_source(code)
+        except SyntaxError as exc:
+            outcome.reason = f"does not parse: {exc.msg}"
+            yield outcome, code
+            continue
+        contract = check_contract(tree)
+        if not contract.ok:
+            outcome.reason = "; ".join(contract.problems)
+            yield outcome, code
+            continue
+        outcome.stage = "contract"
+        violations = screen(tree)
+        if violations:
+            first = violations[0]
+            outcome.reason = (
+                f"{len(violations)} policy violation(s), first: {first.rule} at line {first.line} "
+                f"({first.detail})"
+            )
+            yield outcome, code
+            continue
+        outcome.stage = "policy"
+        result = index.check_and_admit("corpus", Submission(code=code, entry_id=model), [])
+        if not result.admitted:
+            outcome.reason = result.reason
+        else:
+            outcome.stage = "unique"
+        yield outcome, code
+
+
+def example_records(model: str, code: str) -> list[dict]:
+    """The two chat pairs of one kept model, CIFAR-10 first."""
+    return [
+        {
+            "id": f"{model}#{name}",
+            "model": model,
+            "dataset": name,
+            "source": "lemur",
+            "messages": prompts.chat_messages(task, code),
+        }
+        for name, task in (("cifar-10", prompts.TASKS["cifar-10"]), ("mnist", prompts.TASKS["mnist"]))
+    ]
+
+
+def _write_jsonl(path: Path, rows: Iterable[dict]) -> tuple[int, str]:
+    digest, count = hashlib.sha256(), 0
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            line = json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n"
+            handle.write(line)
+            digest.update(line.encode())
+            count += 1
+    return count, digest.hexdigest()
+
+
+@dataclass
+class BuildReport:
+    out_dir: Path
+    manifest: dict
+    seconds: float
+
+
+def build_corpus(out_dir: Path, wheel: Path | None = None, threshold: float = 0.90) -> BuildReport:
+    """Build the corpus into `out_dir` (written to a temporary sibling, then renamed into place)."""
+    started = time.perf_counter()
+    wheel = wheel or lemur.lemur_wheel()
+    out_dir = Path(out_dir)
+    staging = out_dir.with_name(out_dir.name + f".building-{os.getpid()}")
+    staging.mkdir(parents=True, exist_ok=True)
+    funnel = dict.fromkeys(STAGES, 0)
+    outcomes: list[ModelOutcome] = []
+    examples: list[dict] = []
+    with zipfile.ZipFile(wheel) as archive:
+        image_models = image_classification_models(archive)
+        for outcome, code in screen_models(lemur.iter_model_sources(wheel), image_models, threshold):
+            outcomes.append(outcome)
+            for stage in STAGES[: STAGES.index(outcome.stage) + 1]:
+                funnel[stage] += 1
+            if outcome.stage == "unique":
+                examples.extend(example_records(outcome.model, code))
+        files = {}
+        files["examples.jsonl"] = _write_jsonl(staging / "examples.jsonl", examples)
+        files["models.jsonl"] = _write_jsonl(staging / "models.jsonl", (asdict(o) for o in outcomes))
+        files["proxy_stats.jsonl"] = _write_jsonl(
+            staging / "proxy_stats.jsonl", (run.row() for run in proxy_runs(archive))
+        )
+    manifest = {
+        "version": CORPUS_VERSION,
+        "source": {"requirement": lemur.WHEEL_REQUIREMENT, "wheel_sha256": lemur.WHEEL_SHA256},
+        "settings": {
+            "near_duplicate_threshold": threshold,
+            "fingerprint": "novelty service defaults (k 10, 256 permutations, exact verification near τ)",
+            "datasets": ["cifar-10", "mnist"],
+            "prompt_version": prompts.PROMPT_VERSION,
+            "prompt_sha256": prompts.prompt_sha256(),
+        },
+        "funnel": {"files": funnel["file"], **{s: funnel[s] for s in STAGES[1:]}, "examples": len(examples)},
+        "files": {name: {"records": n, "sha256": sha} for name, (n, sha) in files.items()},
+    }
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    if out_dir.exists():
+        old = out_dir.with_name(out_dir.name + f".old-{os.getpid()}")
+        out_dir.rename(old)
+        staging.rename(out_dir)
+        for child in old.iterdir():
+            child.unlink()
+        old.rmdir()
+    else:
+        staging.rename(out_dir)
+    return BuildReport(out_dir, manifest, time.perf_counter() - started)
+
+
+class CorpusError(RuntimeError):
+    """The corpus is missing (no manifest) or unusable (no example fits a model)."""
+
+
+def manifest_path(corpus_dir: Path) -> Path:
+    return Path(corpus_dir) / "manifest.json"
+
+
+def load_manifest(corpus_dir: Path) -> dict:
+    path = manifest_path(corpus_dir)
+    if not path.exists():
+        raise CorpusError(f"{path} is missing; run `archloop corpus build`")
+    return json.loads(path.read_text())
+
+
+def manifest_sha256(corpus_dir: Path) -> str:
+    return hashlib.sha256(manifest_path(corpus_dir).read_bytes()).hexdigest()
+
+
+def read_jsonl(path: Path) -> Iterator[dict]:
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                yield json.loads(line)
+
+
+def proxy_summary(rows: Iterable[dict], dataset: str = "cifar-10") -> dict:
+    """Counts and the epoch-1 vs epoch-5 rank correlation of one dataset's runs (BRIEF §8)."""
+    from scipy import stats
+
+    runs = [r for r in rows if r["dataset"] == dataset and r["task"] == IMAGE_CLASSIFICATION]
+    paired = [r for r in runs if r["accuracy_epoch_1"] is not None and r["accuracy_epoch_5"] is not None]
+    summary = {
+        "dataset": dataset,
+        "runs": len(runs),
+        "models": len({r["model"] for r in runs}),
+        "runs_with_epoch_1_and_5": len(paired),
+        "runs_reaching_epoch_50": sum(r["accuracy_epoch_50"] is not None for r in runs),
+    }
+    if len(paired) >= 3:
+        rho, p_value = stats.spearmanr(
+            [r["accuracy_epoch_1"] for r in paired], [r["accuracy_epoch_5"] for r in paired]
+        )
+        summary["spearman_epoch_1_vs_5"] = round(float(rho), 4)
+        summary["spearman_p_value"] = float(p_value)
+    return summary
+
+
+def corpus_stats(corpus_dir: Path) -> dict:
+    manifest = load_manifest(corpus_dir)
+    return {
+        "corpus_dir": str(corpus_dir),
+        "version": manifest["version"],
+        "manifest_sha256": manifest_sha256(corpus_dir),
+        "funnel": manifest["funnel"],
+        "proxy_stats": proxy_summary(read_jsonl(Path(corpus_dir) / "proxy_stats.jsonl")),
+    }

@@ -1,0 +1,173 @@
+"""`archloop corpus …` and `archloop base-model …`: the LEMUR corpus and the tiny base model.
+
+archloop corpus fetch                 download and verify the LEMUR wheel into the cache
+archloop corpus build [--out DIR]     build the versioned corpus (default $ARCHLOOP_HOME/corpus/lemur-v1)
+archloop corpus stats [--json]        its funnel and the proxy-reliability table's summary
+archloop base-model train [--out DIR] train the tiny GPT-2 and its tokenizer on the corpus (fixed seed)
+archloop base-model info [--json]     what the shipped tiny model was trained on and how
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from archloop.lemur import LemurUnavailable, lemur_wheel
+
+    try:
+        path = lemur_wheel(fetch=True)
+    except LemurUnavailable as exc:
+        print(f"archloop corpus fetch: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(path)
+    return EXIT_OK
+
+
+def _corpus_dir(args: argparse.Namespace) -> Path:
+    from archloop.corpus import default_corpus_dir
+
+    return Path(args.corpus) if args.corpus else default_corpus_dir()
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from archloop.corpus import build_corpus
+    from archloop.lemur import LemurUnavailable
+
+    if not 0 < args.threshold <= 1:
+        print(f"archloop corpus build: --threshold {args.threshold} must be in (0, 1]", file=sys.stderr)
+        return EXIT_USAGE
+    out = Path(args.out) if args.out else _corpus_dir(argparse.Namespace(corpus=None))
+    try:
+        report = build_corpus(out, threshold=args.threshold)
+    except LemurUnavailable as exc:
+        print(f"archloop corpus build: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    funnel = report.manifest["funnel"]
+    print(
+        " → ".join(f"{name.replace('_', ' ')} {count:,}" for name, count in funnel.items())
+        + f"  ({report.seconds:.0f} s)"
+    )
+    print(report.out_dir)
+    return EXIT_OK
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from archloop.corpus import STAGES, CorpusError, corpus_stats
+
+    try:
+        stats = corpus_stats(_corpus_dir(args))
+    except CorpusError as exc:
+        print(f"archloop corpus stats: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    else:
+        print(
+            f"{stats['version']} at {stats['corpus_dir']} (manifest sha256 {stats['manifest_sha256'][:12]}…)"
+        )
+        order = ("files", *STAGES[1:], "examples")
+        print("funnel: " + " → ".join(f"{k.replace('_', ' ')} {stats['funnel'][k]:,}" for k in order))
+        proxy = stats["proxy_stats"]
+        print(
+            f"proxy table ({proxy['dataset']}): {proxy['runs']:,} runs of {proxy['models']:,} models, "
+            f"{proxy['runs_with_epoch_1_and_5']:,} with epochs 1 and 5 "
+            f"(Spearman {proxy.get('spearman_epoch_1_vs_5', float('nan')):.3f}), "
+            f"{proxy['runs_reaching_epoch_50']:,} reach epoch 50"
+        )
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from archloop.basemodel import TINY_MODEL_DIR, BaseModelSettings, train_base_model
+    from archloop.corpus import CorpusError
+
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in fields(BaseModelSettings)
+        if getattr(args, f.name, None) is not None
+    }
+    for name, value in overrides.items():
+        if value <= 0:
+            print(f"archloop base-model train: --{name.replace('_', '-')} must be positive", file=sys.stderr)
+            return EXIT_USAGE
+    settings = BaseModelSettings(**overrides)
+
+    def progress(event: dict) -> None:
+        print(json.dumps(event), file=sys.stderr, flush=True)
+
+    try:
+        record = train_base_model(_corpus_dir(args), Path(args.out or TINY_MODEL_DIR), settings, progress)
+    except CorpusError as exc:
+        print(f"archloop base-model train: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps({k: v for k, v in record.items() if k != "history"}, indent=2))
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from archloop.basemodel import TINY_MODEL_DIR
+
+    path = Path(args.model or TINY_MODEL_DIR) / "training.json"
+    if not path.exists():
+        print(f"archloop base-model info: {path} is missing", file=sys.stderr)
+        return EXIT_FAILED
+    record = json.loads(path.read_text())
+    if args.json:
+        print(json.dumps(record, indent=2))
+    else:
+        print(
+            f"{record['name']}: {record['parameters']:,} parameters, {record['tokens_seen']:,} tokens, "
+            f"train loss {record['final_train_loss']}, held-out loss {record['final_held_out_loss']}, "
+            f"{record['duration_seconds'] / 60:.1f} min; "
+            f"corpus manifest {record['corpus']['manifest_sha256'][:12]}…"
+        )
+    return EXIT_OK
+
+
+def add_parsers(commands: argparse._SubParsersAction) -> None:
+    corpus = commands.add_parser("corpus", help="the LEMUR corpus")
+    sub = corpus.add_subparsers(dest="corpus_command", required=True, metavar="COMMAND")
+    sub.add_parser("fetch", help="download the nn-dataset==2.1.2 wheel once into the cache").set_defaults(
+        func=cmd_fetch
+    )
+    build = sub.add_parser("build", help="build the training corpus from the wheel")
+    build.add_argument("--out", help="output folder [default $ARCHLOOP_HOME/corpus/lemur-v1]")
+    build.add_argument("--threshold", type=float, default=0.90, help="near-duplicate Jaccard threshold")
+    build.set_defaults(func=cmd_build)
+    stats = sub.add_parser("stats", help="the corpus funnel and the LEMUR proxy-reliability summary")
+    stats.add_argument("--corpus", help="corpus folder [env ARCHLOOP_CORPUS_DIR]")
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(func=cmd_stats)
+
+    base = commands.add_parser("base-model", help="the tiny base code LM")
+    sub = base.add_subparsers(dest="base_model_command", required=True, metavar="COMMAND")
+    train = sub.add_parser("train", help="train tokenizer and model from scratch on the corpus")
+    train.add_argument("--corpus", help="corpus folder [env ARCHLOOP_CORPUS_DIR]")
+    train.add_argument("--out", help="model folder [default: the packaged tiny model]")
+    for name in (
+        "seed",
+        "steps",
+        "warmup_steps",
+        "accumulation_steps",
+        "n_layer",
+        "n_embd",
+        "n_head",
+        "context_tokens",
+        "vocab_size",
+        "eval_every_steps",
+        "threads",
+    ):
+        train.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
+    train.add_argument("--learning-rate", type=float, dest="learning_rate")
+    train.set_defaults(func=cmd_train)
+    info = sub.add_parser("info", help="the training record of a base model")
+    info.add_argument("--model", help="model folder [default: the packaged tiny model]")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=cmd_info)

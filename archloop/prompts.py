@@ -1,0 +1,97 @@
+"""The generator's prompt template: the one place that says what the LLM is asked (BRIEF §2).
+
+The corpus builder renders every LEMUR training pair with it and the generator samples with it, so
+a prompt change shows up in both (and in the corpus manifest's `prompt_sha256`). A prompt is a chat:
+a system message, a user message describing the task, and (in training pairs) the assistant's
+answer, which is the program in one ```python block with real newlines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+
+PROMPT_VERSION = "full-v1"
+
+SYSTEM_PROMPT = (
+    "You are an expert deep learning engineer. You write compact PyTorch image classifiers that "
+    "learn fast and run on edge devices."
+)
+
+
+@dataclass(frozen=True)
+class Task:
+    """What the program must classify."""
+
+    dataset: str
+    input_shape: tuple[int, int, int]  # (C, H, W) of one image
+    num_classes: int
+    description: str
+    max_parameters: int = 500_000
+
+
+# The two user descriptions per code of the paper (001 §3.1).
+TASKS: dict[str, Task] = {
+    "cifar-10": Task("cifar-10", (3, 32, 32), 10, "CIFAR-10 (32×32 colour photographs of 10 object classes)"),
+    "mnist": Task("mnist", (1, 28, 28), 10, "MNIST (28×28 greyscale handwritten digits 0-9)"),
+}
+
+CONTRACT = """\
+The file must:
+- start with `import torch` and `import torch.nn as nn`;
+- define `supported_hyperparameters()` returning {'lr', 'momentum'};
+- define `class Net(nn.Module)` with `__init__(self, in_shape, out_shape, prm, device)` where in_shape is \
+(1, C, H, W), out_shape is (num_classes,) and prm holds 'lr', 'momentum' and 'dropout';
+- define `train_setup(self, prm)` that sets `self.optimizer` and `self.criteria` (a tuple whose first \
+item is the loss);
+- define `learn(self, train_data)` that trains one epoch over (inputs, labels) batches;
+- define `forward(self, x)` returning the logits."""
+
+
+def user_prompt(task: Task) -> str:
+    c, h, w = task.input_shape
+    return (
+        f"Design an image classifier for {task.description}. Inputs are tensors of shape (N, {c}, {h}, {w}); "
+        f"the output is {task.num_classes} logits per image.\n"
+        "Use only standard convolution, pooling, normalisation, linear and activation layers; no pretrained "
+        "weights and no external feature extractors. "
+        f"Use at most {task.max_parameters:,} parameters and keep inference latency low.\n"
+        f"{CONTRACT}\n"
+        "Answer with one Python module in a single ```python block and nothing else: no data loading, no "
+        "training script."
+    )
+
+
+def assistant_answer(code: str) -> str:
+    return f"```python\n{code.strip()}\n```"
+
+
+def chat_messages(task: Task, code: str | None = None) -> list[dict[str, str]]:
+    """The chat for `task`; with `code`, the training pair (prompt and answer)."""
+    messages = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": user_prompt(task)},
+    ]
+    if code is not None:
+        messages.append({"role": "assistant", "content": assistant_answer(code)})
+    return messages
+
+
+def prompt_sha256() -> str:
+    """Identity of the template: the rendered prompts of every task."""
+    rendered = json.dumps({name: chat_messages(task) for name, task in sorted(TASKS.items())}, sort_keys=True)
+    return hashlib.sha256(f"{PROMPT_VERSION}\n{rendered}".encode()).hexdigest()
+
+
+_FENCE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)(?:\n```|\Z)", re.DOTALL)
+
+
+def extract_code(response: str) -> tuple[str, str]:
+    """(code, how): the first ```python block (an unclosed one runs to the end: a truncated answer),
+    else the whole response. `how` is "fence" or "raw"."""
+    match = _FENCE.search(response)
+    if match:
+        return match.group(1).strip("\n") + "\n", "fence"
+    return response.strip("\n") + "\n", "raw"

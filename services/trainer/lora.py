@@ -1,0 +1,370 @@
+"""One LoRA fine-tune, run in a worker process: data → peft model → training loop → adapter.
+
+    data        every chat example of the corpus JSONL rendered with the tokenizer's chat template;
+                labels are -100 on the prompt (system + user + the assistant header), so the loss is
+                only on the assistant's tokens (the code and its closing token). Examples longer than
+                max_seq_len are dropped (a truncated program would teach the model never to finish)
+                and counted.
+    model       base in fp32 on CPU, bf16 on a GPU; LoRA (peft) on the architecture's attention and
+                MLP projections; a fresh adapter, or the previous cycle's adapter trained further.
+    optimiser   AdamW, or bitsandbytes' 8-bit paged AdamW when a GPU and bitsandbytes exist; the
+                transformers scheduler (cosine by default) with warm-up; gradient accumulation; clip.
+    checkpoints every `checkpoint_every_steps` optimiser steps: adapter, optimiser, scheduler, RNG and
+                the data position, written to a temporary folder then renamed, so a crash leaves the
+                previous checkpoint whole; `resume` continues from it.
+
+Progress goes to the parent as dicts on a queue: {"kind": "step", ...}, {"kind": "checkpoint", ...},
+{"kind": "done", ...}; a failure raises (the parent reports it). `cancel` is checked between micro-
+batches, so a cancel takes effect within one forward/backward pass; a shutdown first saves a
+checkpoint at the last optimiser step (the micro-batches since are redone on resume).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from archloop import basemodel, corpus
+from archloop.errors import FailedPrecondition, InvalidArgument
+from services.trainer.spec import TARGET_MODULES, FineTuneSpec
+
+CHECKPOINT = "checkpoint"
+ADAPTER_METADATA = "archloop_adapter.json"
+
+
+class Cancelled(Exception):
+    """The job stopped between two micro-batches: cancelled, or interrupted by a shutdown."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]  # -100 where no loss is taken
+
+
+def weights_sha256(adapter_dir: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(Path(adapter_dir).glob("*.safetensors")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def load_base(reference: str, device: str):  # type: ignore[no-untyped-def]
+    """(model, tokenizer, path-or-name) of a base model reference ('' = the tiny packaged model)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    resolved = basemodel.resolve_base_model(reference)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(resolved)
+    model = AutoModelForCausalLM.from_pretrained(resolved, dtype=dtype).to(device)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, resolved
+
+
+def base_model_sha256(resolved: Path | str) -> str:
+    return basemodel.model_hash(resolved) if isinstance(resolved, Path) else f"hub:{resolved}"
+
+
+def default_target_modules(model) -> list[str]:  # type: ignore[no-untyped-def]
+    """The attention and MLP projections of the architecture at hand."""
+    known = TARGET_MODULES.get(model.config.model_type)
+    if known:
+        return known
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear | Conv1D) and (".layers." in name or ".h." in name)
+    }
+    if not names:
+        raise InvalidArgument(
+            "lora.target_modules", f"no projection layers found in {model.config.model_type}"
+        )
+    return sorted(names)
+
+
+def encode_examples(path: Path, tokenizer, max_len: int) -> tuple[list[Example], int]:  # type: ignore[no-untyped-def]
+    """Chat examples → token ids with prompt-masked labels; also how many were too long."""
+    examples, too_long = [], 0
+    for row in corpus.read_jsonl(path):
+        messages = row.get("messages")
+        if not messages or messages[-1].get("role") != "assistant":
+            raise InvalidArgument(
+                "corpus.path", f"example {row.get('id', '?')} does not end with an assistant message"
+            )
+        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        if not full.startswith(prompt):
+            raise FailedPrecondition(
+                "the tokenizer's chat template renders the prompt differently inside the chat"
+            )
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
+        ids = prompt_ids + answer_ids
+        if len(ids) > max_len:
+            too_long += 1
+            continue
+        examples.append(Example(ids, [-100] * len(prompt_ids) + answer_ids))
+    return examples, too_long
+
+
+def _batches(examples: list[Example], batch_size: int, seed: int, epoch: int) -> list[list[Example]]:
+    order = list(range(len(examples)))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return [[examples[i] for i in order[j : j + batch_size]] for j in range(0, len(order), batch_size)]
+
+
+def _collate(batch: list[Example], pad_id: int, device: str):  # type: ignore[no-untyped-def]
+    import torch
+
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, e in enumerate(batch):
+        ids[row, : len(e.input_ids)] = torch.tensor(e.input_ids)
+        labels[row, : len(e.labels)] = torch.tensor(e.labels)
+        mask[row, : len(e.input_ids)] = 1
+    return ids.to(device), labels.to(device), mask.to(device)
+
+
+def _optimizer(model, spec: FineTuneSpec, device: str):  # type: ignore[no-untyped-def]
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if device == "cuda":
+        try:
+            import bitsandbytes as bnb
+
+            return bnb.optim.PagedAdamW8bit(
+                params, lr=spec.schedule.learning_rate, weight_decay=spec.schedule.weight_decay
+            ), "paged_adamw_8bit"
+        except ImportError:
+            pass
+    return torch.optim.AdamW(
+        params, lr=spec.schedule.learning_rate, weight_decay=spec.schedule.weight_decay
+    ), "adamw"
+
+
+def _save_checkpoint(job_dir: Path, model, optimizer, scheduler, state: dict) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    tmp = job_dir / f"{CHECKPOINT}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "state": state,
+        },
+        tmp / "trainer_state.pt",
+    )
+    final = job_dir / CHECKPOINT
+    old = job_dir / f"{CHECKPOINT}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def run_fine_tune(
+    spec: FineTuneSpec,
+    job_dir: Path,
+    artifacts_dir: Path,
+    emit: Callable[[dict], None],
+    stop_requested: Callable[[], str],
+    resume: bool = False,
+    checkpoint_every_steps: int = 50,
+    threads: int = 0,
+) -> dict:
+    """Train; write the adapter under artifacts_dir/<spec.output_subdir()>; return its metadata."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import get_scheduler
+
+    started = time.perf_counter()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(spec.seed)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    model, tokenizer, resolved = load_base(spec.base_model, device)
+    max_len = spec.schedule.max_seq_len_tokens or int(
+        getattr(model.config, "max_position_embeddings", 0) or getattr(model.config, "n_positions", 2048)
+    )
+    examples, too_long = encode_examples(Path(spec.corpus_path), tokenizer, max_len)
+    if not examples:
+        raise FailedPrecondition(f"no example of the corpus fits {max_len} tokens ({too_long} too long)")
+
+    checkpoint = job_dir / CHECKPOINT
+    resuming = resume and (checkpoint / "trainer_state.pt").exists()
+    target_modules = list(spec.lora.target_modules) or default_target_modules(model)
+    if resuming or spec.init == "continue":
+        source = checkpoint if resuming else Path(spec.init_adapter_path)
+        model = PeftModel.from_pretrained(model, source, is_trainable=True)
+    else:
+        config = LoraConfig(
+            r=spec.lora.rank,
+            lora_alpha=spec.lora.alpha,
+            lora_dropout=spec.lora.dropout,
+            target_modules=target_modules,
+            task_type="CAUSAL_LM",
+            fan_in_fan_out=model.config.model_type in ("gpt2", "gpt_bigcode"),  # Conv1D layers
+        )
+        model = get_peft_model(model, config)
+    optimizer, optimizer_name = _optimizer(model, spec, device)
+    s = spec.schedule
+    steps_per_epoch = math.ceil(math.ceil(len(examples) / s.batch_size) / s.gradient_accumulation_steps)
+    total_steps = steps_per_epoch * s.epochs
+    scheduler = get_scheduler(
+        s.lr_scheduler, optimizer, num_warmup_steps=s.warmup_steps, num_training_steps=total_steps
+    )
+    position = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0}
+    if resuming:
+        saved = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["torch_rng"])
+        position = saved["state"]
+    emit(
+        {
+            "kind": "started",
+            "total_steps": total_steps,
+            "examples": len(examples),
+            "too_long": too_long,
+            "resumed_from_step": position["step"],
+            "device": device,
+            "optimizer": optimizer_name,
+        }
+    )
+
+    model.train()
+    pad_id = tokenizer.pad_token_id
+    train_started = time.perf_counter()
+    step, tokens = position["step"], position["tokens"]
+    window_started, window_tokens = time.perf_counter(), 0
+    losses: list[float] = []
+    for epoch in range(position["epoch"], s.epochs):
+        batches = _batches(examples, s.batch_size, spec.seed, epoch)
+        first = position["batch"] if epoch == position["epoch"] else 0
+        micro, step_loss = 0, 0.0
+        for index in range(first, len(batches)):
+            reason = stop_requested()  # "", "cancel" or "shutdown"
+            if reason == "shutdown":  # keep the work since the last checkpoint: the job will resume
+                _save_checkpoint(
+                    job_dir,
+                    model,
+                    optimizer,
+                    scheduler,
+                    {"step": step, "epoch": epoch, "batch": index - micro, "tokens": tokens},
+                )
+                emit({"kind": "checkpoint", "step": step})
+            if reason:
+                raise Cancelled(reason)
+            ids, labels, mask = _collate(batches[index], pad_id, device)
+            # Weight each micro-batch by its share of the optimiser step's batches.
+            group = min(s.gradient_accumulation_steps, len(batches) - (index - micro))
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss / group
+            loss.backward()
+            step_loss += loss.item()
+            micro += 1
+            window_tokens += int(mask.sum())
+            if micro < group and index + 1 < len(batches):
+                continue
+            torch.nn.utils.clip_grad_norm_(model.parameters(), s.max_grad_norm)
+            learning_rate = scheduler.get_last_lr()[0]  # the rate this step used
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            losses.append(step_loss)
+            elapsed = time.perf_counter() - window_started
+            tokens += window_tokens
+            rate = window_tokens / elapsed if elapsed > 0 else 0.0
+            emit(
+                {
+                    "kind": "step",
+                    "step": step,
+                    "total_steps": total_steps,
+                    "epoch": epoch + 1,
+                    "loss": step_loss,
+                    "learning_rate": learning_rate,
+                    "tokens_per_second": rate,
+                    "eta_seconds": (total_steps - step) * elapsed,
+                    "tokens": tokens,
+                }
+            )
+            window_started, window_tokens = time.perf_counter(), 0
+            micro, step_loss = 0, 0.0
+            if checkpoint_every_steps and step % checkpoint_every_steps == 0 and step < total_steps:
+                next_epoch, next_batch = (epoch, index + 1) if index + 1 < len(batches) else (epoch + 1, 0)
+                _save_checkpoint(
+                    job_dir,
+                    model,
+                    optimizer,
+                    scheduler,
+                    {"step": step, "epoch": next_epoch, "batch": next_batch, "tokens": tokens},
+                )
+                emit({"kind": "checkpoint", "step": step})
+
+    train_seconds = time.perf_counter() - train_started
+    out_dir = Path(artifacts_dir) / spec.output_subdir()
+    staging = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    final_loss = sum(losses[-10:]) / len(losses[-10:]) if losses else float("nan")
+    metadata = {
+        "name": spec.adapter_name,
+        "job_id": spec.job_id,
+        "experiment_id": spec.experiment_id,
+        "cycle": spec.cycle,
+        "base_model": str(resolved),
+        "base_model_sha256": base_model_sha256(resolved),
+        "corpus_path": spec.corpus_path,
+        "corpus_manifest_sha256": spec.corpus_manifest_sha256,
+        "lora": {**asdict(spec.lora), "target_modules": target_modules},
+        "schedule": {**asdict(spec.schedule), "max_seq_len_tokens": max_len},
+        "init": spec.init,
+        "init_adapter_path": spec.init_adapter_path,
+        "seed": spec.seed,
+        "optimizer": optimizer_name,
+        "device": device,
+        "examples": len(examples),
+        "examples_too_long": too_long,
+        "steps": step,
+        "tokens": tokens,
+        "train_seconds": train_seconds,  # first micro-batch to last optimiser step (this run)
+        "final_loss": final_loss,
+        "first_loss": losses[0] if losses else float("nan"),
+        "duration_seconds": time.perf_counter() - started,
+        "weights_sha256": weights_sha256(staging),
+        "created_unix_ms": int(time.time() * 1000),
+    }
+    (staging / ADAPTER_METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staging, out_dir)
+    metadata["path"] = str(out_dir)
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    emit({"kind": "done", "adapter": metadata})
+    return metadata

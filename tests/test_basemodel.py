@@ -1,0 +1,133 @@
+"""The tiny base model: the packaged one loads and samples; `archloop base-model train` really trains."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from archloop import basemodel, corpus, prompts
+from archloop.lemur import iter_model_sources, lemur_wheel
+from archloop.testing import run_cli
+
+
+def test_packaged_model_is_small_and_its_record_matches_its_files() -> None:
+    files = list(basemodel.TINY_MODEL_DIR.iterdir())
+    assert sum(f.stat().st_size for f in files) <= 30 * 2**20
+    record = json.loads((basemodel.TINY_MODEL_DIR / "training.json").read_text())
+    assert record["model_sha256"] == basemodel.model_hash(basemodel.TINY_MODEL_DIR)
+    assert record["final_held_out_loss"] > 0 and record["tokens_seen"] > 0
+    info = run_cli("base-model", "info", "--json")
+    assert info.returncode == 0 and json.loads(info.stdout)["model_sha256"] == record["model_sha256"]
+
+
+def test_chat_template_renders_prompts_as_a_prefix_of_the_training_pair() -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(basemodel.TINY_MODEL_DIR)
+    pair = prompts.chat_messages(prompts.TASKS["mnist"], "import torch\n")
+    prompt = tokenizer.apply_chat_template(pair[:-1], tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(pair, tokenize=False)
+    assert full.startswith(prompt) and prompt.endswith("<|assistant|>\n") and full.endswith("<|end|>\n")
+    ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == full  # byte-level BPE round-trips
+    assert tokenizer.convert_ids_to_tokens(tokenizer.eos_token_id) == "<|end|>"
+
+
+def test_resolving_base_model_references(tmp_path: Path) -> None:
+    assert basemodel.resolve_base_model("") == basemodel.TINY_MODEL_DIR
+    assert basemodel.resolve_base_model(str(basemodel.TINY_MODEL_DIR)) == basemodel.TINY_MODEL_DIR
+    assert basemodel.resolve_base_model("Qwen/Qwen2.5-Coder-7B-Instruct") == "Qwen/Qwen2.5-Coder-7B-Instruct"
+    with pytest.raises(basemodel.BaseModelNotFound, match="does not exist"):
+        basemodel.resolve_base_model(str(tmp_path / "missing"))
+    with pytest.raises(basemodel.BaseModelNotFound, match=r"config\.json"):
+        basemodel.resolve_base_model(str(tmp_path))
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor() -> None:
+    s = basemodel.BaseModelSettings(
+        steps=100, warmup_steps=10, learning_rate=1e-3, min_learning_rate_ratio=0.1
+    )
+    rates = [basemodel._learning_rate(step, s) for step in range(100)]
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in itertools.pairwise(rates[10:]))
+    assert rates[-1] == pytest.approx(1e-4, rel=0.01)
+
+
+def test_extracting_code_from_responses() -> None:
+    assert prompts.extract_code("Here:\n```python\nimport torch\n```\nbye") == ("import torch\n", "fence")
+    assert prompts.extract_code("```python\nimport torch\nclass Net(") == (
+        "import torch\nclass Net(\n",
+        "fence",
+    )
+    assert prompts.extract_code("import torch") == ("import torch\n", "raw")
+
+
+@pytest.mark.slow
+def test_the_train_command_trains_a_model_that_samples_token_by_token(tmp_path: Path) -> None:
+    rows = []
+    for name, code in iter_model_sources(lemur_wheel()):
+        if len(code) < 1500:
+            rows.extend(corpus.example_records(name, code))
+        if len(rows) >= 40:
+            break
+    corpus_dir = tmp_path / "corpus"
+    corpus_dir.mkdir()
+    (corpus_dir / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (corpus_dir / "manifest.json").write_text(
+        json.dumps({"version": "test", "files": {"examples.jsonl": {"sha256": "x"}}})
+    )
+    out = tmp_path / "model"
+    args = [
+        "base-model",
+        "train",
+        "--corpus",
+        str(corpus_dir),
+        "--out",
+        str(out),
+        "--steps",
+        "12",
+        "--n-layer",
+        "1",
+        "--n-embd",
+        "32",
+        "--n-head",
+        "2",
+        "--vocab-size",
+        "400",
+        "--context-tokens",
+        "2048",
+        "--warmup-steps",
+        "2",
+        "--accumulation-steps",
+        "1",
+        "--eval-every-steps",
+        "6",
+    ]
+    result = run_cli(*args, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads(result.stdout)
+    history = json.loads((out / "training.json").read_text())["history"]
+    assert record["parameters"] < 100_000 and [h["step"] for h in history] == [6, 12]
+    steps = [json.loads(line) for line in result.stderr.splitlines() if line.startswith('{"event": "step"')]
+    assert len(steps) == 12 and steps[-1]["loss"] < steps[0]["loss"]
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    text = tokenizer.apply_chat_template(
+        prompts.chat_messages(prompts.TASKS["cifar-10"]), tokenize=False, add_generation_prompt=True
+    )
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    torch.manual_seed(0)
+    sampled = model.generate(ids, do_sample=True, max_new_tokens=20, pad_token_id=tokenizer.pad_token_id)
+    assert sampled.shape[1] > ids.shape[1]
+
+    bad = run_cli("base-model", "train", "--corpus", str(tmp_path / "none"), "--out", str(tmp_path / "m2"))
+    assert bad.returncode == 1 and "archloop corpus build" in bad.stderr
+    zero = run_cli("base-model", "train", "--corpus", str(corpus_dir), "--steps", "0")
+    assert zero.returncode == 2 and "--steps" in zero.stderr

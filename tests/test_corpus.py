@@ -1,0 +1,97 @@
+"""The LEMUR corpus built from the real (cached) wheel: funnel, chat pairs, manifest, proxy table, CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from archloop import corpus, prompts
+from archloop.lemur import iter_model_sources, lemur_wheel
+from archloop.testing import run_cli
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> corpus.BuildReport:
+    return corpus.build_corpus(tmp_path_factory.mktemp("corpus") / corpus.CORPUS_VERSION)
+
+
+@pytest.mark.slow
+def test_funnel_narrows_stage_by_stage_and_every_file_is_accounted_for(built) -> None:  # type: ignore[no-untyped-def]
+    funnel = built.manifest["funnel"]
+    counts = [funnel[k] for k in ("files", "image_classification", "contract", "policy", "unique")]
+    assert counts[0] == sum(1 for _ in iter_model_sources(lemur_wheel())) == 10_482
+    assert all(a >= b for a, b in itertools.pairwise(counts)) and counts[-1] > 1000
+    assert funnel["examples"] == 2 * funnel["unique"]
+    outcomes = list(corpus.read_jsonl(built.out_dir / "models.jsonl"))
+    assert len(outcomes) == funnel["files"]
+    assert sum(o["stage"] == "unique" for o in outcomes) == funnel["unique"]
+    assert all(o["reason"] for o in outcomes if o["stage"] != "unique")  # every drop says why
+    dropped_as_copies = [o for o in outcomes if o["stage"] == "policy"]
+    assert dropped_as_copies and all("near-duplicate of corpus/" in o["reason"] for o in dropped_as_copies)
+
+
+@pytest.mark.slow
+def test_examples_are_chat_pairs_with_real_newlines_and_the_manifest_hashes_them(built) -> None:  # type: ignore[no-untyped-def]
+    examples = list(corpus.read_jsonl(built.out_dir / "examples.jsonl"))
+    first, second = examples[0], examples[1]
+    assert (first["model"], first["dataset"], second["dataset"]) == (second["model"], "cifar-10", "mnist")
+    assert [m["role"] for m in first["messages"]] == ["system", "user", "assistant"]
+    assert first["messages"][:2] == prompts.chat_messages(prompts.TASKS["cifar-10"])
+    answer = first["messages"][2]["content"]
+    assert answer.startswith("```python\n") and answer.endswith("\n```")
+    assert "\n" in answer and "\\n" not in answer.replace('"\\n"', "").replace("'\\n'", "")
+    for name, entry in built.manifest["files"].items():
+        data = (built.out_dir / name).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+        assert data.count(b"\n") == entry["records"]
+    assert built.manifest["source"]["wheel_sha256"] == hashlib.sha256(lemur_wheel().read_bytes()).hexdigest()
+    assert built.manifest["settings"]["prompt_sha256"] == prompts.prompt_sha256()
+
+
+@pytest.mark.slow
+def test_proxy_table_matches_the_facts_of_the_wheel(built) -> None:  # type: ignore[no-untyped-def]
+    summary = corpus.corpus_stats(built.out_dir)["proxy_stats"]
+    assert (summary["runs"], summary["models"]) == (19_058, 5_724)  # BRIEF §8, CIFAR-10
+    assert summary["spearman_epoch_1_vs_5"] == pytest.approx(0.81, abs=0.01)
+    row = next(corpus.read_jsonl(built.out_dir / "proxy_stats.jsonl"))
+    assert {
+        "model",
+        "uid",
+        "lr",
+        "momentum",
+        "batch",
+        "transform",
+        "accuracy_epoch_1",
+        "accuracy_epoch_5",
+        "accuracy_epoch_50",
+        "accuracy_last",
+        "last_epoch",
+    } <= row.keys()
+
+
+@pytest.mark.slow
+def test_cli_stats_and_missing_corpus(built, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    result = run_cli("corpus", "stats", "--corpus", str(built.out_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout)
+    assert stats["funnel"] == built.manifest["funnel"]
+    assert stats["manifest_sha256"] == corpus.manifest_sha256(built.out_dir)
+    missing = run_cli("corpus", "stats", "--corpus", str(tmp_path / "nowhere"))
+    assert missing.returncode == 1 and "archloop corpus build" in missing.stderr
+    bad = run_cli("corpus", "build", "--out", str(tmp_path / "x"), "--threshold", "1.5")
+    assert bad.returncode == 2 and "--threshold" in bad.stderr and not (tmp_path / "x").exists()
+
+
+def test_screening_is_deterministic_and_drops_copies() -> None:
+    sources = list(iter_model_sources(lemur_wheel()))[:150]
+    sources.append(("copy-of-first", sources[0][1] + "\n# a trailing comment\n"))
+    models = {name for name, _ in sources}
+    first = [o for o, _ in corpus.screen_models(sources, models, 0.90)]
+    second = [o for o, _ in corpus.screen_models(sources, models, 0.90)]
+    assert first == second
+    copy = first[-1]
+    assert copy.stage == "policy" and f"corpus/{sources[0][0]}" in copy.reason
