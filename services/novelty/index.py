@@ -246,7 +246,11 @@ class NoveltyIndex:
                 stack.enter_context(collection.lock)
             yield
 
-    def check(self, sub: Submission, collection_names: Sequence[str]) -> CheckResult:
+    def check(
+        self, sub: Submission, collection_names: Sequence[str], wait: bool = True
+    ) -> CheckResult | None:
+        """The submission against each collection. With wait=False, None instead of waiting for a
+        collection that a write holds (the caller then checks from a thread that may wait)."""
         validate_submission(sub, max_code_bytes=self.max_code_bytes)
         collections = self._resolve(collection_names, "collections")
         prints = _Fingerprints(sub)
@@ -256,8 +260,12 @@ class NoveltyIndex:
             prints.structure(collection.config)
         matches = []
         for collection in collections:
-            with collection.lock:
+            if not collection.lock.acquire(blocking=wait):
+                return None
+            try:
                 matches.append(self._match(collection, prints))
+            finally:
+                collection.lock.release()
         return CheckResult(first.lexer, first.token_count, int(first.shingles.size), matches)
 
     # -- admitting ---------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """gRPC surface of the novelty service: validate → NoveltyIndex (in a worker thread) → response.
 
 Fingerprinting and index work are CPU-bound. Writes and large checks run in the default thread
-pool; a check of a small source (the common case, ~1 ms) runs on the event loop, where the thread
-hop would cost a third as much again and the GIL gives threads no parallelism for it anyway. The
-index's own locks make concurrent calls safe and check-and-admit atomic.
+pool. A check of a small source (the common case, ~1 ms) runs on the event loop, saving the thread
+hop (the GIL gives threads no parallelism for it anyway), but only if no write holds a collection
+it reads: it never waits there, it moves to a thread instead. The index's own locks make
+concurrent calls safe and check-and-admit atomic.
 """
 
 from __future__ import annotations
@@ -181,10 +182,12 @@ class NoveltyServicer(ServicerBase, novelty_pb2_grpc.NoveltyServiceServicer):
 
     async def _check(self, request: novelty_pb2.CheckNoveltyRequest) -> novelty_pb2.CheckNoveltyResponse:
         sub, names = submission(request), list(request.collections)
+        result = None
         if len(request.code) <= self.settings.inline_check_max_chars:
-            result = self._index.check(sub, names)
-        else:
+            result = self._index.check(sub, names, wait=False)  # never waits on the event loop
+        if result is None:
             result = await asyncio.to_thread(self._index.check, sub, names)
+        assert result is not None
         self.checks_served += 1
         return check_to_proto(result)
 

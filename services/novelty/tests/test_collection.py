@@ -1,12 +1,15 @@
-"""ChannelIndex: retrieval returns exactly what datasketch's MinHashLSH.query returns; removal frees rows."""
+"""ChannelIndex retrieval equals datasketch's MinHashLSH.query; a non-waiting check yields to writes."""
 
 from __future__ import annotations
 
 import random
+import threading
 
 from archloop.lemur import iter_model_sources, lemur_wheel
 from services.novelty.collection import ChannelIndex, CollectionConfig
 from services.novelty.fingerprint import fingerprint_source
+from services.novelty.index import NoveltyIndex, Submission
+from services.novelty.store import EntryStore
 from services.novelty.tests.variants import make_variant
 
 
@@ -30,3 +33,24 @@ def test_retrieval_matches_minhashlsh_query_and_survives_removal() -> None:
             not entry.startswith("e") or int(entry[1:]) % 3 for entry, _ in ranked
         )
     assert len(channel) == 600 - 200 + 100
+
+
+def test_a_check_that_must_not_wait_gives_way_to_a_write_in_progress() -> None:
+    index = NoveltyIndex(EntryStore(":memory:"))
+    index.create_collection("c", CollectionConfig(), exist_ok=False)
+    index.admit("c", Submission("import torch\nx = torch.zeros(3)\n", "a"))
+    held, release = threading.Event(), threading.Event()
+
+    def writer() -> None:  # stands for a write holding the collection's lock
+        with index.collection("c").lock:
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    held.wait(10)
+    assert index.check(Submission("import torch\nx = torch.zeros(3)\n"), ["c"], wait=False) is None
+    release.set()
+    thread.join()
+    result = index.check(Submission("import torch\nx = torch.zeros(3)\n"), ["c"], wait=False)
+    assert result is not None and result.matches[0].near_duplicate
