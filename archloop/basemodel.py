@@ -269,8 +269,7 @@ def train_base_model(
         "tokens_per_second": round(tokens_seen / (time.perf_counter() - started), 1),
         "history": evaluated,
     }
-    (out_dir / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-    record["model_sha256"] = model_hash(out_dir)
+    record["model_sha256"] = model_hash(out_dir)  # training.json itself is not part of the hash
     (out_dir / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 

@@ -37,13 +37,13 @@ def _corpus_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from archloop.corpus import build_corpus
+    from archloop.corpus import build_corpus, default_corpus_dir
     from archloop.lemur import LemurUnavailable
 
     if not 0 < args.threshold <= 1:
         print(f"archloop corpus build: --threshold {args.threshold} must be in (0, 1]", file=sys.stderr)
         return EXIT_USAGE
-    out = Path(args.out) if args.out else _corpus_dir(argparse.Namespace(corpus=None))
+    out = Path(args.out) if args.out else default_corpus_dir()
     try:
         report = build_corpus(out, threshold=args.threshold)
     except LemurUnavailable as exc:

@@ -14,7 +14,6 @@ novelty section of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import platform
 import random
 import statistics
 import sys
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from archloop.lemur import iter_model_sources, lemur_wheel  # noqa: E402
 from archloop.localstack import ServiceProcess  # noqa: E402
 from archloop.novelty_client import NoveltyClient  # noqa: E402
+from bench.report import machine as report_machine  # noqa: E402
 from bench.report import publish  # noqa: E402
 from services.novelty.fingerprint import exact_jaccard, fingerprint_source  # noqa: E402
 from services.novelty.tests.variants import make_variant  # noqa: E402
@@ -138,8 +138,7 @@ def run_size(entries: int, queries: int, workdir: Path) -> dict:
 
 
 def markdown(results: list[dict]) -> str:
-    memory_gib = psutil.virtual_memory().total / 2**30
-    machine = f"{psutil.cpu_count()} cores, {memory_gib:.0f} GiB, Python {platform.python_version()}"
+    machine = report_machine()
     lines = [
         SECTION_START,
         "## Novelty service",

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
+
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
@@ -29,3 +32,9 @@ def write_section(text: str, start: str, end: str, path: Path = BENCHMARKS_MD) -
     else:
         current = current.rstrip() + "\n\n" + text + "\n"
     path.write_text(current)
+
+
+def machine() -> str:
+    """The machine a benchmark ran on, for the section's header line."""
+    memory_gib = psutil.virtual_memory().total / 2**30
+    return f"{psutil.cpu_count()} cores, {memory_gib:.0f} GiB, Python {platform.python_version()}"

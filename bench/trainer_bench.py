@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -24,13 +23,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import psutil
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from archloop import corpus  # noqa: E402
 from archloop.localstack import ServiceProcess  # noqa: E402
+from bench.report import machine as report_machine  # noqa: E402
 from bench.report import publish  # noqa: E402
 
 SECTION_START = "<!-- trainer-bench:start -->"
@@ -172,8 +170,7 @@ def service_run(examples_path: Path, epochs: int, seed: int, workdir: Path, name
 
 
 def markdown(r: dict) -> str:
-    memory_gib = psutil.virtual_memory().total / 2**30
-    machine = f"{psutil.cpu_count()} cores, {memory_gib:.0f} GiB, Python {platform.python_version()}"
+    machine = report_machine()
     return "\n".join(
         [
             SECTION_START,

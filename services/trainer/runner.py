@@ -24,7 +24,6 @@ from pathlib import Path
 
 import structlog
 
-from archloop.errors import FailedPrecondition
 from services.trainer.jobs import (
     CANCELLED,
     FAILED,
@@ -299,11 +298,4 @@ class JobRunner:
             state=FAILED,
             duration_seconds=elapsed,
             error=f"the worker exited with status {code}: " + " | ".join(tail),
-        )
-
-
-def ensure_restartable(job: Job) -> None:
-    if job.state not in (INTERRUPTED, FAILED, CANCELLED):
-        raise FailedPrecondition(
-            f"job {job.job_id} is {job.state}; only an interrupted, failed or cancelled job resumes"
         )

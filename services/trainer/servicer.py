@@ -7,6 +7,7 @@ Jobs then run in worker processes (services.trainer.runner).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,8 +19,8 @@ from archloop.defaults import nonzero_over
 from archloop.errors import AlreadyExists, InvalidArgument, NotFound
 from archloop.server import ServicerBase
 from archloop.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
-from services.trainer.jobs import TERMINAL, Job, JobStore
-from services.trainer.runner import JobRunner, StepUpdate, ensure_restartable
+from services.trainer.jobs import QUEUED, RESTARTABLE, TERMINAL, Job, JobStore
+from services.trainer.runner import JobRunner, StepUpdate
 from services.trainer.settings import TrainerSettings
 from services.trainer.spec import FineTuneSpec, LoraConfig, Schedule
 
@@ -211,12 +212,10 @@ class TrainerServicer(ServicerBase, trainer_pb2_grpc.TrainerServiceServicer):
             raise InvalidArgument("base_model", str(exc)) from None
         if init == "continue" and not (Path(init_path) / "adapter_config.json").exists():
             raise InvalidArgument("init_adapter.path", f"{init_path} holds no adapter_config.json")
-        return FineTuneSpec(
-            **{
-                **spec.__dict__,
-                "corpus_path": str(file.resolve()),
-                "corpus_manifest_sha256": _manifest_sha256(file, request.corpus.manifest_sha256),
-            }
+        return dataclasses.replace(
+            spec,
+            corpus_path=str(file.resolve()),
+            corpus_manifest_sha256=_manifest_sha256(file, request.corpus.manifest_sha256),
         )
 
     async def StartFineTune(self, request, context):
@@ -225,9 +224,8 @@ class TrainerServicer(ServicerBase, trainer_pb2_grpc.TrainerServiceServicer):
         if existing is not None:
             if existing.spec != spec:
                 raise AlreadyExists(f"job {spec.job_id!r} exists with a different request")
-            if request.resume and existing.state not in ("QUEUED", "RUNNING", "SUCCEEDED"):
-                ensure_restartable(existing)
-                job = self._store.update(existing, state="QUEUED", error="")
+            if request.resume and existing.state in RESTARTABLE:
+                job = self._store.update(existing, state=QUEUED, error="")
                 self._runner.enqueue(job, resume=True)
                 return trainer_pb2.StartFineTuneResponse(job=self._job_proto(job), created=False)
             return trainer_pb2.StartFineTuneResponse(job=self._job_proto(existing), created=False)
