@@ -7,6 +7,7 @@
     archloop corpus …           fetch|build|stats: the LEMUR wheel and the training corpus
     archloop base-model …       train|info: the tiny base code LM
     archloop evaluate FILE      evaluate one model file in the sandbox (exit 3 when it is not valid)
+    archloop generate …         sample candidates (full / delta / factor) into a folder
 
 Exit status: 0 success, 1 a runtime failure (a component failed, nothing is running), 2 bad usage.
 The local stack's files (stack.json, logs, NATS storage) live in $ARCHLOOP_HOME (default ~/.archloop).
@@ -213,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     from archloop.novelty_cli import add_parser as add_novelty_parser
 
     add_novelty_parser(commands)
+
+    from archloop.generate_cli import add_parser as add_generate_parser
+
+    add_generate_parser(commands)
     return parser
 
 

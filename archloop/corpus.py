@@ -1,6 +1,7 @@
 """The training corpus built from LEMUR (BRIEF §5, §8), and LEMUR's proxy-reliability table.
 
-    archloop corpus build [--out DIR]     files → image classification → contract → policy → unique → pairs
+    archloop corpus build [--out DIR]     files → image classification → contract → policy → forward →
+                                          unique → pairs
     archloop corpus stats [--json]        the manifest's funnel and the stats table's summary
 
 The funnel, like the paper's (109,913 records → 1,065 unique → 1,698 pairs):
@@ -9,9 +10,13 @@ The funnel, like the paper's (109,913 records → 1,065 unique → 1,698 pairs):
 3. contract: the LEMUR API (`supported_hyperparameters`, `Net` with its four methods), checked on the
    syntax tree by the evaluator's own check;
 4. policy: the evaluator's static screen passes (a model the evaluator rejects is no lesson);
-5. unique: greedy in name order, a model is dropped when it is a near-duplicate (J > 0.90, the
+5. forward: `Net` builds for CIFAR-10 shapes and a forward pass of two images returns (2, 10) logits
+   (archloop.forwardcheck; about a fifth of the files have 224-px stems that cannot run at 32 px, and a
+   model that cannot run for the task it is shown with teaches the code LM to write invalid programs);
+6. unique: greedy in name order, a model is dropped when it is a near-duplicate (J > 0.90, the
    novelty service's default rule and fingerprint) of one already kept;
-6. examples: two chat pairs per kept model (CIFAR-10 and MNIST user prompts, archloop.prompts).
+7. examples: a chat pair per kept model and task it runs for (CIFAR-10 and MNIST user prompts,
+   archloop.prompts); a model that runs at 3×32×32 but not at 1×28×28 gets only the CIFAR-10 pair.
 
 Output (versioned by CORPUS_VERSION, deterministic for a given wheel and settings):
 `examples.jsonl` (one chat pair per line), `models.jsonl` (every file and the stage it stopped at),
@@ -22,22 +27,25 @@ sha256 identifies the corpus snapshot for the trainer.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
 import time
 import zipfile
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from archloop import lemur, prompts
+from archloop import forwardcheck, lemur, prompts
 
-CORPUS_VERSION = "lemur-v1"
+CORPUS_VERSION = "lemur-v2"
 STATS_PREFIX = "ab/nn/stat/train/"
 IMAGE_CLASSIFICATION = "img-classification"
-STAGES = ("file", "image_classification", "contract", "policy", "unique")
+STAGES = ("file", "image_classification", "contract", "policy", "forward", "unique")
+DATASETS = ("cifar-10", "mnist")  # the user prompts of each kept model (001 §3.1), the first decides
 
 
 def default_corpus_dir() -> Path:
@@ -153,36 +161,67 @@ class ModelOutcome:
     stage: str  # the last stage passed ("unique" = kept)
     reason: str = ""
     code_sha256: str = ""
+    parameters: int = 0  # trainable parameters built for CIFAR-10 shapes (0 when it did not build)
+    datasets: dict[str, int] = field(default_factory=dict)  # task it runs for → its parameters there
+
+
+ForwardLookup = Callable[[list[tuple[str, str]]], dict[str, dict[str, forwardcheck.ForwardResult]]]
+
+
+def forward_lookup(
+    table_path: Path | None = forwardcheck.FORWARD_TABLE, recheck: bool = False, save: bool = False
+) -> ForwardLookup:
+    """A lookup {code sha256: {dataset: result}} for (model, code) pairs: from the shipped table, checking
+    what it lacks (all of it with `recheck`) in worker processes; `save` writes the merged table back."""
+
+    def lookup(pairs: list[tuple[str, str]]) -> dict[str, dict[str, forwardcheck.ForwardResult]]:
+        table = {} if recheck or table_path is None else forwardcheck.load_table(table_path)
+        todo = []
+        for _model, code in pairs:
+            sha = hashlib.sha256(code.encode()).hexdigest()
+            for name in DATASETS:
+                if name not in table.get(sha, {}):
+                    task = prompts.TASKS[name]
+                    todo.append((f"{sha}|{name}", code, task.input_shape, task.num_classes))
+        todo = list({item[0]: item for item in todo}.values())
+        for key, result in forwardcheck.check_many(todo).items():
+            sha, name = key.split("|")
+            table.setdefault(sha, {})[name] = result
+        if save and table_path is not None:
+            forwardcheck.save_table(table, table_path)
+        return table
+
+    return lookup
 
 
 def screen_models(
-    sources: Iterable[tuple[str, str]], image_models: set[str], threshold: float
+    sources: Iterable[tuple[str, str]],
+    image_models: set[str],
+    threshold: float,
+    forward: ForwardLookup | None = None,
 ) -> Iterator[tuple[ModelOutcome, str]]:
-    """Run each model file through the funnel; yield its outcome and source."""
+    """Run each model file through the funnel; yield its outcome and source, in the sources' order."""
     from services.evaluator.screen import check_contract, parse_source, screen
     from services.novelty.collection import CollectionConfig
     from services.novelty.index import NoveltyIndex, Submission
     from services.novelty.store import EntryStore
 
-    index = NoveltyIndex(EntryStore(":memory:"))
-    index.create_collection("corpus", CollectionConfig(near_duplicate_threshold=threshold), exist_ok=False)
+    static: list[tuple[ModelOutcome, str]] = []
     for model, code in sources:
         outcome = ModelOutcome(model, "file", code_sha256=hashlib.sha256(code.encode()).hexdigest())
+        static.append((outcome, code))
         if model not in image_models:
             outcome.reason = "no image-classification stats"
-            yield outcome, code
             continue
         outcome.stage = "image_classification"
         try:
             tree = parse_source(code)
         except SyntaxError as exc:
             outcome.reason = f"does not parse: {exc.msg}"
-            yield outcome, code
             continue
         contract = check_contract(tree)
         if not contract.ok:
             outcome.reason = "; ".join(contract.problems)
-            yield outcome, code
             continue
         outcome.stage = "contract"
         violations = screen(tree)
@@ -192,29 +231,62 @@ def screen_models(
                 f"{len(violations)} policy violation(s), first: {first.rule} at line {first.line} "
                 f"({first.detail})"
             )
-            yield outcome, code
             continue
         outcome.stage = "policy"
-        result = index.check_and_admit("corpus", Submission(code=code, entry_id=model), [])
-        if not result.admitted:
-            outcome.reason = result.reason
-        else:
-            outcome.stage = "unique"
+
+    results = (forward or forward_lookup())([(o.model, code) for o, code in static if o.stage == "policy"])
+    index = NoveltyIndex(EntryStore(":memory:"))
+    index.create_collection("corpus", CollectionConfig(near_duplicate_threshold=threshold), exist_ok=False)
+    for outcome, code in static:
+        if outcome.stage == "policy":
+            per_task = results[outcome.code_sha256]
+            main = per_task[DATASETS[0]]
+            outcome.parameters = main.parameters
+            outcome.datasets = {name: per_task[name].parameters for name in DATASETS if per_task[name].ok}
+            if not main.ok:
+                outcome.reason = f"{DATASETS[0]} {main.reason}"
+            else:
+                outcome.stage = "forward"
+                result = index.check_and_admit("corpus", Submission(code=code, entry_id=outcome.model), [])
+                if not result.admitted:
+                    outcome.reason = result.reason
+                else:
+                    outcome.stage = "unique"
         yield outcome, code
 
 
-def example_records(model: str, code: str) -> list[dict]:
-    """The two chat pairs of one kept model, CIFAR-10 first."""
-    return [
-        {
-            "id": f"{model}#{name}",
-            "model": model,
-            "dataset": name,
-            "source": "lemur",
-            "messages": prompts.chat_messages(task, code),
-        }
-        for name, task in (("cifar-10", prompts.TASKS["cifar-10"]), ("mnist", prompts.TASKS["mnist"]))
-    ]
+# The prompt's parameter budget is set to the first of these at or above the model's own count, so
+# every pair is true to its answer: most LEMUR models are far over 500k (median 34M), and a pair
+# "use at most 500,000 parameters" → a 34M-parameter program would teach the LM to ignore the budget.
+BUDGET_STEPS = (500_000, 2_000_000, 10_000_000, 50_000_000, 200_000_000)
+
+
+def budget_for(parameters: int) -> int:
+    for step in BUDGET_STEPS:
+        if parameters <= step:
+            return step
+    return 10 ** math.ceil(math.log10(max(parameters, 1)))
+
+
+def example_records(model: str, code: str, datasets: dict[str, int]) -> list[dict]:
+    """The chat pairs of one kept model, one per task it runs for (CIFAR-10 first), each prompt stating
+    the budget step its answer meets."""
+    records = []
+    for name in DATASETS:
+        if name not in datasets:
+            continue
+        task = dataclasses.replace(prompts.TASKS[name], max_parameters=budget_for(datasets[name]))
+        records.append(
+            {
+                "id": f"{model}#{name}",
+                "model": model,
+                "dataset": name,
+                "source": "lemur",
+                "parameters": datasets[name],
+                "messages": prompts.chat_messages(task, code),
+            }
+        )
+    return records
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict]) -> tuple[int, str]:
@@ -235,7 +307,9 @@ class BuildReport:
     seconds: float
 
 
-def build_corpus(out_dir: Path, wheel: Path | None = None, threshold: float = 0.90) -> BuildReport:
+def build_corpus(
+    out_dir: Path, wheel: Path | None = None, threshold: float = 0.90, forward: ForwardLookup | None = None
+) -> BuildReport:
     """Build the corpus into `out_dir` (written to a temporary sibling, then renamed into place)."""
     started = time.perf_counter()
     wheel = wheel or lemur.lemur_wheel()
@@ -247,12 +321,12 @@ def build_corpus(out_dir: Path, wheel: Path | None = None, threshold: float = 0.
     examples: list[dict] = []
     with zipfile.ZipFile(wheel) as archive:
         image_models = image_classification_models(archive)
-        for outcome, code in screen_models(lemur.iter_model_sources(wheel), image_models, threshold):
+        for outcome, code in screen_models(lemur.iter_model_sources(wheel), image_models, threshold, forward):
             outcomes.append(outcome)
             for stage in STAGES[: STAGES.index(outcome.stage) + 1]:
                 funnel[stage] += 1
             if outcome.stage == "unique":
-                examples.extend(example_records(outcome.model, code))
+                examples.extend(example_records(outcome.model, code, outcome.datasets))
         files = {}
         files["examples.jsonl"] = _write_jsonl(staging / "examples.jsonl", examples)
         files["models.jsonl"] = _write_jsonl(staging / "models.jsonl", (asdict(o) for o in outcomes))
@@ -265,7 +339,13 @@ def build_corpus(out_dir: Path, wheel: Path | None = None, threshold: float = 0.
         "settings": {
             "near_duplicate_threshold": threshold,
             "fingerprint": "novelty service defaults (k 10, 256 permutations, exact verification near τ)",
-            "datasets": ["cifar-10", "mnist"],
+            "datasets": list(DATASETS),
+            "budget_steps": list(BUDGET_STEPS),
+            "forward_check": {
+                "batch": 2,
+                "prm": forwardcheck.PRM,
+                "table_version": forwardcheck.TABLE_VERSION,
+            },
             "prompt_version": prompts.PROMPT_VERSION,
             "prompt_sha256": prompts.prompt_sha256(),
         },

@@ -1,7 +1,7 @@
 """`archloop corpus …` and `archloop base-model …`: the LEMUR corpus and the tiny base model.
 
 archloop corpus fetch                 download and verify the LEMUR wheel into the cache
-archloop corpus build [--out DIR]     build the versioned corpus (default $ARCHLOOP_HOME/corpus/lemur-v1)
+archloop corpus build [--out DIR]     build the versioned corpus (default $ARCHLOOP_HOME/corpus/lemur-v2)
 archloop corpus stats [--json]        its funnel and the proxy-reliability table's summary
 archloop base-model train [--out DIR] train the tiny GPT-2 and its tokenizer on the corpus (fixed seed)
 archloop base-model info [--json]     what the shipped tiny model was trained on and how
@@ -37,7 +37,7 @@ def _corpus_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from archloop.corpus import build_corpus, default_corpus_dir
+    from archloop.corpus import build_corpus, default_corpus_dir, forward_lookup
     from archloop.lemur import LemurUnavailable
 
     if not 0 < args.threshold <= 1:
@@ -45,7 +45,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     out = Path(args.out) if args.out else default_corpus_dir()
     try:
-        report = build_corpus(out, threshold=args.threshold)
+        forward = forward_lookup(recheck=args.recheck_forward, save=args.save_forward_table)
+        report = build_corpus(out, threshold=args.threshold, forward=forward)
     except LemurUnavailable as exc:
         print(f"archloop corpus build: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -138,8 +139,18 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         func=cmd_fetch
     )
     build = sub.add_parser("build", help="build the training corpus from the wheel")
-    build.add_argument("--out", help="output folder [default $ARCHLOOP_HOME/corpus/lemur-v1]")
+    build.add_argument("--out", help="output folder [default $ARCHLOOP_HOME/corpus/lemur-v2]")
     build.add_argument("--threshold", type=float, default=0.90, help="near-duplicate Jaccard threshold")
+    build.add_argument(
+        "--recheck-forward",
+        action="store_true",
+        help="run every forward check again (about two minutes on 2 cores), not the packaged table",
+    )
+    build.add_argument(
+        "--save-forward-table",
+        action="store_true",
+        help="write the forward checks back to the packaged table (maintainers, after a wheel change)",
+    )
     build.set_defaults(func=cmd_build)
     stats = sub.add_parser("stats", help="the corpus funnel and the LEMUR proxy-reliability summary")
     stats.add_argument("--corpus", help="corpus folder [env ARCHLOOP_CORPUS_DIR]")

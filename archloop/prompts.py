@@ -50,6 +50,37 @@ item is the loss);
 - define `forward(self, x)` returning the logits."""
 
 
+# Descriptions for the evaluator's dataset names (TaskSpec.dataset); others get a generic one.
+DESCRIPTIONS = {
+    "cifar10": TASKS["cifar-10"].description,
+    "cifar-10": TASKS["cifar-10"].description,
+    "mnist": TASKS["mnist"].description,
+    "cifar100": "CIFAR-100 (32×32 colour photographs of 100 object classes)",
+    "svhn": "SVHN (32×32 colour photographs of house-number digits 0-9)",
+    "fashion_mnist": "Fashion-MNIST (28×28 greyscale photographs of 10 kinds of clothing)",
+    "digits": "handwritten digits (8×8 greyscale scans of the digits 0-9 upsampled to 32×32 RGB)",
+}
+
+
+def task_for(dataset: str, input_shape: tuple[int, ...], num_classes: int, max_parameters: int = 0) -> Task:
+    """The prompt's task for an evaluator dataset and shapes (input_shape (1, C, H, W) or (C, H, W))."""
+    shape = tuple(input_shape[-3:])
+    if len(shape) != 3:
+        raise ValueError(f"input_shape {tuple(input_shape)} is not (1, C, H, W)")
+    known = TASKS.get(dataset) or TASKS.get({"cifar10": "cifar-10"}.get(dataset, ""))
+    if known and known.input_shape == shape and known.num_classes == num_classes:
+        task = known
+    else:
+        c, h, w = shape
+        description = DESCRIPTIONS.get(
+            dataset, f"the {dataset} dataset ({h}×{w} images, {c} channels, {num_classes} classes)"
+        )
+        task = Task(dataset, shape, num_classes, description)  # type: ignore[arg-type]
+    if max_parameters and max_parameters != task.max_parameters:
+        task = Task(task.dataset, task.input_shape, task.num_classes, task.description, max_parameters)
+    return task
+
+
 def user_prompt(task: Task) -> str:
     c, h, w = task.input_shape
     return (
@@ -79,10 +110,48 @@ def chat_messages(task: Task, code: str | None = None) -> list[dict[str, str]]:
     return messages
 
 
-def prompt_sha256() -> str:
-    """Identity of the template: the rendered prompts of every task."""
+def prompt_sha256(messages: list[dict[str, str]] | None = None) -> str:
+    """Identity of the template: the rendered prompts of every task; with `messages`, of that prompt."""
+    if messages is not None:
+        return hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     rendered = json.dumps({name: chat_messages(task) for name, task in sorted(TASKS.items())}, sort_keys=True)
     return hashlib.sha256(f"{PROMPT_VERSION}\n{rendered}".encode()).hexdigest()
+
+
+# Delta mode (BRIEF §7): a unified diff against a baseline. Outputs are much shorter than full programs.
+BASELINE_NAME = "model.py"
+
+
+def delta_messages(task: Task, baseline: str, error: str = "", previous: str = "") -> list[dict[str, str]]:
+    """Ask for a unified diff against `baseline`; with `error`, a re-prompt showing what went wrong."""
+    user = (
+        f"{user_prompt(task).rsplit(chr(10), 1)[0]}\n"
+        f"Here is the current program, {BASELINE_NAME}:\n{assistant_answer(baseline)}\n"
+        "Change it into a better classifier for this task. Answer with a unified diff against "
+        f"{BASELINE_NAME} (---/+++ headers, @@ hunks, context lines unchanged) in a single ```diff block "
+        "and nothing else."
+    )
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    if error:
+        messages.append({"role": "assistant", "content": previous})
+        messages.append(
+            {
+                "role": "user",
+                "content": f"That diff could not be used: {error}\nAnswer with a corrected diff.",
+            }
+        )
+    return messages
+
+
+def factor_messages(task: Task, baseline: str, factor: str, description: str) -> list[dict[str, str]]:
+    """SPARK (BRIEF §7): an edit of the baseline scoped to one functional factor."""
+    user = (
+        f"{user_prompt(task).rsplit(chr(10), 1)[0]}\n"
+        f"Here is the current program:\n{assistant_answer(baseline)}\n"
+        f"Change only its {factor} ({description}); leave every other aspect of the architecture as it is. "
+        "Answer with the whole edited module in a single ```python block and nothing else."
+    )
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
 _FENCE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)(?:\n```|\Z)", re.DOTALL)

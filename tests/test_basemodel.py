@@ -70,7 +70,7 @@ def test_the_train_command_trains_a_model_that_samples_token_by_token(tmp_path: 
     rows = []
     for name, code in iter_model_sources(lemur_wheel()):
         if len(code) < 1500:
-            rows.extend(corpus.example_records(name, code))
+            rows.extend(corpus.example_records(name, code, {"cifar-10": 100_000, "mnist": 100_000}))
         if len(rows) >= 40:
             break
     corpus_dir = tmp_path / "corpus"

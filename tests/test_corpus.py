@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -22,16 +23,22 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> corpus.BuildReport:
 @pytest.mark.slow
 def test_funnel_narrows_stage_by_stage_and_every_file_is_accounted_for(built) -> None:  # type: ignore[no-untyped-def]
     funnel = built.manifest["funnel"]
-    counts = [funnel[k] for k in ("files", "image_classification", "contract", "policy", "unique")]
+    counts = [funnel[k] for k in ("files", "image_classification", "contract", "policy", "forward", "unique")]
     assert counts[0] == sum(1 for _ in iter_model_sources(lemur_wheel())) == 10_482
     assert all(a >= b for a, b in itertools.pairwise(counts)) and counts[-1] > 1000
-    assert funnel["examples"] == 2 * funnel["unique"]
+    # BRIEF §8: about 75 % of the files build for (1, 3, 32, 32) → 10
+    assert 0.6 < funnel["forward"] / funnel["policy"] < 0.85
+    assert funnel["unique"] < funnel["examples"] <= 2 * funnel["unique"]
     outcomes = list(corpus.read_jsonl(built.out_dir / "models.jsonl"))
     assert len(outcomes) == funnel["files"]
     assert sum(o["stage"] == "unique" for o in outcomes) == funnel["unique"]
     assert all(o["reason"] for o in outcomes if o["stage"] != "unique")  # every drop says why
-    dropped_as_copies = [o for o in outcomes if o["stage"] == "policy"]
+    dropped_as_copies = [o for o in outcomes if o["stage"] == "forward"]
     assert dropped_as_copies and all("near-duplicate of corpus/" in o["reason"] for o in dropped_as_copies)
+    cannot_run = [o for o in outcomes if o["stage"] == "policy"]
+    assert any("forward:" in o["reason"] for o in cannot_run)
+    kept = [o for o in outcomes if o["stage"] == "unique"]
+    assert all(o["parameters"] > 0 and "cifar-10" in o["datasets"] for o in kept)
 
 
 @pytest.mark.slow
@@ -43,6 +50,13 @@ def test_examples_are_chat_pairs_with_real_newlines_and_the_manifest_hashes_them
     assert first["messages"][:2] == prompts.chat_messages(prompts.TASKS["cifar-10"])
     answer = first["messages"][2]["content"]
     assert answer.startswith("```python\n") and answer.endswith("\n```")
+    # the prompt's budget is true to the answer: the first step at or above the model's parameters
+    for example in examples[:200]:
+        budget = corpus.budget_for(example["parameters"])
+        assert (
+            example["parameters"] <= budget
+            and f"at most {budget:,} parameters" in example["messages"][1]["content"]
+        )
     assert "\n" in answer and "\\n" not in answer.replace('"\\n"', "").replace("'\\n'", "")
     for name, entry in built.manifest["files"].items():
         data = (built.out_dir / name).read_bytes()
@@ -88,10 +102,15 @@ def test_cli_stats_and_missing_corpus(built, tmp_path: Path) -> None:  # type: i
 
 def test_screening_is_deterministic_and_drops_copies() -> None:
     sources = list(iter_model_sources(lemur_wheel()))[:150]
-    sources.append(("copy-of-first", sources[0][1] + "\n# a trailing comment\n"))
-    models = {name for name, _ in sources}
+    with zipfile.ZipFile(lemur_wheel()) as archive:
+        models = corpus.image_classification_models(archive)
     first = [o for o, _ in corpus.screen_models(sources, models, 0.90)]
+    kept = next(i for i, o in enumerate(first) if o.stage == "unique")
+    # a copy the packaged forward table has never seen: checked live in a worker
+    sources.append(("copy-of-kept", sources[kept][1] + "\n# a trailing comment\n"))
+    models.add("copy-of-kept")
     second = [o for o, _ in corpus.screen_models(sources, models, 0.90)]
-    assert first == second
-    copy = first[-1]
-    assert copy.stage == "policy" and f"corpus/{sources[0][0]}" in copy.reason
+    assert second[:-1] == first
+    copy = second[-1]
+    assert copy.stage == "forward" and f"corpus/{sources[kept][0]}" in copy.reason
+    assert copy.parameters == first[kept].parameters > 0

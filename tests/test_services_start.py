@@ -23,7 +23,7 @@ PROTO_MODULES = {
 }
 # Services whose RPCs are implemented. An empty request must then get a real answer or a clear
 # client error, never a crash; every RPC of the other services must answer UNIMPLEMENTED.
-IMPLEMENTED = {"novelty", "evaluator", "trainer"}
+IMPLEMENTED = {"novelty", "evaluator", "trainer", "generator"}
 CRASH_CODES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNIMPLEMENTED}
 
 

@@ -21,7 +21,6 @@ checkpoint at the last optimiser step (the micro-batches since are redone on res
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -32,7 +31,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from archloop import basemodel, corpus
+from archloop import corpus
+from archloop.basemodel import base_model_sha256, load_base, weights_sha256
 from archloop.errors import FailedPrecondition, InvalidArgument
 from services.trainer.spec import TARGET_MODULES, FineTuneSpec
 
@@ -52,31 +52,6 @@ class Cancelled(Exception):
 class Example:
     input_ids: list[int]
     labels: list[int]  # -100 where no loss is taken
-
-
-def weights_sha256(adapter_dir: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(Path(adapter_dir).glob("*.safetensors")):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def load_base(reference: str, device: str):  # type: ignore[no-untyped-def]
-    """(model, tokenizer, path-or-name) of a base model reference ('' = the tiny packaged model)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    resolved = basemodel.resolve_base_model(reference)
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    tokenizer = AutoTokenizer.from_pretrained(resolved)
-    model = AutoModelForCausalLM.from_pretrained(resolved, dtype=dtype).to(device)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer, resolved
-
-
-def base_model_sha256(resolved: Path | str) -> str:
-    return basemodel.model_hash(resolved) if isinstance(resolved, Path) else f"hub:{resolved}"
 
 
 def default_target_modules(model) -> list[str]:  # type: ignore[no-untyped-def]

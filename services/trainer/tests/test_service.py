@@ -34,7 +34,7 @@ def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rows = []
     for name, code in iter_model_sources(lemur_wheel()):
         if 1000 <= len(code) <= 2000 and check_contract(parse_source(code)).ok:
-            rows.append(corpus.example_records(name, code)[0])
+            rows.append(corpus.example_records(name, code, {"cifar-10": 100_000})[0])
         if len(rows) == 6:
             break
     (out / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -1,0 +1,314 @@
+"""From a request to candidates: prompts per mode, batches to the backend, code out of the answers.
+
+    full    the paper's prompt (archloop.prompts.chat_messages) → a complete program
+    delta   the baseline in the prompt → a unified diff → applied (services.generator.delta); on failure
+            the configured fallback: none (the candidate carries the error), re-prompt with the error
+            (up to max_reprompts), or a full program
+    factor  one factor per candidate (seeded choice from the request's list or the service's), an edit of
+            that factor only → a complete program; which factors it touched, and whether it is entangled
+
+Candidate k of a request has index start_index + k and id `<experiment>-c<cycle>-<index:04d>`, so a
+resumed cycle continues its numbering. Every candidate records the raw answer(s), the prompt's sha256,
+adapter, tokens in and out, and latency.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from archloop import prompts
+from archloop.errors import InvalidArgument
+from archloop.v1 import common_pb2, generator_pb2
+from services.generator.backends import Completion, Decoding
+from services.generator.delta import DeltaError, apply_response
+from services.generator.factors import Factor, touched_factors
+
+DEFAULT_DECODING = Decoding()
+MODES = {
+    common_pb2.GENERATION_MODE_FULL: "full",
+    common_pb2.GENERATION_MODE_DELTA: "delta",
+    common_pb2.GENERATION_MODE_FACTOR: "factor",
+}
+FALLBACKS = {
+    generator_pb2.DELTA_FALLBACK_UNSPECIFIED: "reprompt",
+    generator_pb2.DELTA_FALLBACK_NONE: "none",
+    generator_pb2.DELTA_FALLBACK_REPROMPT: "reprompt",
+    generator_pb2.DELTA_FALLBACK_FULL: "full",
+}
+DEFAULT_REPROMPTS = 2  # the reference re-prompted up to twice (BRIEF §7)
+MAX_BASELINE_CHARS = 256 * 1024
+RESPONSE_SEPARATOR = "\n\n# ----- re-prompt -----\n\n"
+
+
+@dataclass
+class Plan:
+    experiment_id: str
+    cycle: int
+    task: prompts.Task
+    mode: str
+    decoding: Decoding
+    adapter: str
+    seed: int
+    n: int
+    start_index: int = 0
+    baseline: str = ""
+    factors: list[Factor] = field(default_factory=list)
+    fallback: str = "reprompt"
+    max_reprompts: int = DEFAULT_REPROMPTS
+    adapter_sha256: str = ""  # filled in once the backend has the adapter
+
+
+def decoding_from_proto(given: common_pb2.DecodingParams, field_name: str = "decoding") -> Decoding:
+    """Zero → the paper's default; negative or out-of-range values name the field."""
+    checks = {
+        "temperature": given.temperature < 0,
+        "top_k": given.top_k < 0,
+        "top_p": not 0 <= given.top_p <= 1,
+        "max_new_tokens": given.max_new_tokens < 0,
+        "repetition_penalty": given.repetition_penalty < 0,
+    }
+    for name, bad in checks.items():
+        if bad:
+            raise InvalidArgument(f"{field_name}.{name}", f"{getattr(given, name)} is out of range")
+    d = DEFAULT_DECODING
+    return Decoding(
+        given.temperature or d.temperature,
+        given.top_k or d.top_k,
+        given.top_p or d.top_p,
+        given.max_new_tokens or d.max_new_tokens,
+        given.repetition_penalty or d.repetition_penalty,
+    )
+
+
+def decoding_to_proto(decoding: Decoding) -> common_pb2.DecodingParams:
+    return common_pb2.DecodingParams(
+        temperature=decoding.temperature,
+        top_k=decoding.top_k,
+        top_p=decoding.top_p,
+        max_new_tokens=decoding.max_new_tokens,
+        repetition_penalty=decoding.repetition_penalty,
+    )
+
+
+def plan_from_request(
+    request: generator_pb2.GenerateCandidatesRequest, max_candidates: int, factors: dict[str, Factor]
+) -> Plan:
+    if not 1 <= request.n <= max_candidates:
+        raise InvalidArgument("n", f"{request.n} is not in 1..{max_candidates}")
+    mode = MODES.get(request.mode)
+    if mode is None:
+        raise InvalidArgument("mode", f"{request.mode} is not full, delta or factor")
+    if request.cycle < 0 or request.start_index < 0:
+        raise InvalidArgument("cycle" if request.cycle < 0 else "start_index", "must not be negative")
+    spec = request.task
+    dataset = spec.dataset or "cifar10"
+    shape = tuple(spec.input_shape) or (1, 3, 32, 32)
+    if len(shape) != 4 or shape[0] != 1 or min(shape) < 1:
+        raise InvalidArgument("task.input_shape", f"{list(shape)} is not [1, C, H, W]")
+    if spec.num_classes < 0 or spec.param_budget < 0:
+        raise InvalidArgument(
+            "task.num_classes" if spec.num_classes < 0 else "task.param_budget", "must be positive"
+        )
+    task = prompts.task_for(dataset, shape, spec.num_classes or 10, spec.param_budget or 500_000)
+    baseline = request.baseline_code
+    if mode in ("delta", "factor"):
+        if not baseline.strip():
+            raise InvalidArgument("baseline_code", f"{mode} mode edits a baseline; it is empty")
+        if len(baseline) > MAX_BASELINE_CHARS:
+            raise InvalidArgument(
+                "baseline_code", f"{len(baseline):,} characters, over {MAX_BASELINE_CHARS:,}"
+            )
+        baseline = baseline.strip("\n") + "\n"
+    chosen: list[Factor] = []
+    if mode == "factor":
+        names = list(request.factors) or list(factors)
+        unknown = [name for name in names if name not in factors]
+        if unknown:
+            raise InvalidArgument("factors", f"unknown factor(s) {unknown}; known: {sorted(factors)}")
+        chosen = [factors[name] for name in names]
+    if request.max_reprompts < 0:
+        raise InvalidArgument("max_reprompts", "must not be negative")
+    fallback = FALLBACKS.get(request.delta_fallback)
+    if fallback is None:
+        raise InvalidArgument("delta_fallback", f"{request.delta_fallback} is not a known fallback")
+    return Plan(
+        experiment_id=request.experiment_id,
+        cycle=request.cycle,
+        task=task,
+        mode=mode,
+        decoding=decoding_from_proto(request.decoding),
+        adapter=request.adapter.name,
+        seed=request.seed,
+        n=request.n,
+        start_index=request.start_index,
+        baseline=baseline,
+        factors=chosen,
+        fallback=fallback,
+        max_reprompts=request.max_reprompts or DEFAULT_REPROMPTS,
+    )
+
+
+def candidate_seed(seed: int, index: int) -> int:
+    """A per-candidate seed (TGI samples each request with its own; the local backend seeds a batch)."""
+    return (seed * 1_000_003 + index) % (1 << 63)
+
+
+@dataclass
+class _Work:
+    index: int
+    messages: list[dict[str, str]]
+    factor: Factor | None = None
+    responses: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency: float = 0.0
+    reprompts: int = 0
+    code: str = ""
+    extraction: str = ""
+    error: str = ""
+    failure_kind: str = ""
+    diff_length: int = 0
+
+    def add(self, completion: Completion) -> None:
+        self.responses.append(completion.text)
+        self.prompt_tokens += completion.prompt_tokens
+        self.completion_tokens += completion.completion_tokens
+        self.latency += completion.latency_seconds
+
+
+Generate = Callable[[list[list[dict[str, str]]], Decoding, list[int], str], list[Completion]]
+
+
+class CandidateMaker:
+    def __init__(
+        self,
+        generate: Generate,
+        backend_name: str,
+        model_id: str,
+        batch_size: int,
+        factors: dict[str, Factor],
+    ) -> None:
+        self.generate = generate
+        self.factors = (
+            factors  # all of them: an edit is judged against every factor, not only the chosen list
+        )
+        self.backend_name = backend_name
+        self.model_id = model_id
+        self.batch_size = batch_size
+
+    def first_messages(self, plan: Plan, index: int) -> tuple[list[dict[str, str]], Factor | None]:
+        if plan.mode == "full":
+            return prompts.chat_messages(plan.task), None
+        if plan.mode == "delta":
+            return prompts.delta_messages(plan.task, plan.baseline), None
+        factor = random.Random(f"{plan.seed}:{index}").choice(plan.factors)
+        return prompts.factor_messages(plan.task, plan.baseline, factor.name, factor.description), factor
+
+    def _sample(
+        self, plan: Plan, works: list[_Work], messages: list[list[dict[str, str]]]
+    ) -> list[Completion]:
+        seeds = [candidate_seed(plan.seed, w.index) + 7919 * w.reprompts for w in works]
+        return self.generate(messages, plan.decoding, seeds, plan.adapter)
+
+    def run(self, plan: Plan, stop: Callable[[], bool] = lambda: False) -> Iterator[common_pb2.Candidate]:
+        """Candidates in index order, a batch at a time."""
+        indices = list(range(plan.start_index, plan.start_index + plan.n))
+        for start in range(0, len(indices), self.batch_size):
+            if stop():
+                return
+            works = []
+            for index in indices[start : start + self.batch_size]:
+                messages, factor = self.first_messages(plan, index)
+                works.append(_Work(index, messages, factor))
+            for work, completion in zip(
+                works, self._sample(plan, works, [w.messages for w in works]), strict=True
+            ):
+                work.add(completion)
+                self._finish(plan, work)
+            if plan.mode == "delta":
+                self._retry_deltas(plan, works)
+            for work in works:
+                yield self._candidate(plan, work)
+
+    def _finish(self, plan: Plan, work: _Work) -> None:
+        response = work.responses[-1]
+        if plan.mode == "delta" and not work.extraction:
+            try:
+                work.code, diff = apply_response(plan.baseline, response)
+            except DeltaError as exc:
+                work.error, work.failure_kind = f"{exc.kind}: {exc}", exc.kind
+                return
+            work.extraction, work.diff_length, work.error = "diff", len(diff), ""
+            return
+        code, how = prompts.extract_code(response)
+        work.code, work.extraction = (code, how) if code.strip() else ("", how)
+        work.error = "" if code.strip() else "empty: the answer holds no code"
+
+    def _retry_deltas(self, plan: Plan, works: list[_Work]) -> None:
+        if plan.fallback == "none":
+            return
+        rounds = plan.max_reprompts if plan.fallback == "reprompt" else 1
+        for _ in range(rounds):
+            failed = [w for w in works if w.error]
+            if not failed:
+                return
+            batch = []
+            for work in failed:
+                work.reprompts += 1
+                if plan.fallback == "reprompt":
+                    batch.append(
+                        prompts.delta_messages(plan.task, plan.baseline, work.error, work.responses[-1])
+                    )
+                else:
+                    batch.append(prompts.chat_messages(plan.task))
+            for work, completion in zip(failed, self._sample(plan, failed, batch), strict=True):
+                work.add(completion)
+                if plan.fallback == "full":
+                    code, work.extraction = prompts.extract_code(completion.text)
+                    work.code = code if code.strip() else ""
+                    work.error = "" if code.strip() else "empty: the full-program fallback holds no code"
+                else:
+                    self._finish(plan, work)
+
+    def _candidate(self, plan: Plan, work: _Work) -> common_pb2.Candidate:
+        info = common_pb2.GenerationInfo(
+            mode=next(k for k, v in MODES.items() if v == plan.mode),
+            adapter_name=plan.adapter,
+            adapter_weights_sha256=plan.adapter_sha256,
+            prompt_sha256=prompts.prompt_sha256(work.messages),
+            raw_response=RESPONSE_SEPARATOR.join(work.responses),
+            prompt_tokens=work.prompt_tokens,
+            completion_tokens=work.completion_tokens,
+            latency_seconds=work.latency,
+            extraction=work.extraction,
+            decoding=decoding_to_proto(plan.decoding),
+            seed=plan.seed,
+            backend=self.backend_name,
+            model_id=self.model_id,
+            reprompt_count=work.reprompts,
+            delta_failure_kind=work.failure_kind,
+        )
+        if plan.mode == "delta":
+            info.diff_length_chars = work.diff_length
+            info.full_length_chars = len(work.code)
+        if work.factor is not None:
+            info.factor = work.factor.name
+            if work.code:
+                try:
+                    touched = touched_factors(plan.baseline, work.code, self.factors)
+                except SyntaxError:
+                    touched = []
+                info.touched_factors.extend(touched)
+                info.entangled = any(name != work.factor.name for name in touched)
+        prefix = plan.experiment_id or "adhoc"
+        return common_pb2.Candidate(
+            candidate_id=f"{prefix}-c{plan.cycle}-{work.index:04d}",
+            experiment_id=plan.experiment_id,
+            cycle=plan.cycle,
+            index=work.index,
+            code=work.code,
+            generation=info,
+            generation_error=work.error,
+        )

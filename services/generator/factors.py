@@ -1,0 +1,152 @@
+"""Factor mode (SPARK, BRIEF §7): the factor list (data, `factors.yaml`) and which factors an edit touched.
+
+Each factor has a signature: a multiset read from the program's syntax tree (the kinds are described at
+the top of factors.yaml). An edit touched a factor when the factor's signature differs between the
+baseline and the edited program; it is *entangled* when it touched any factor other than the chosen
+one (SPARK's entanglement rate). Signatures are a heuristic over source text, not a semantic
+comparison: renaming a layer class, or computing widths in a loop, is invisible to them.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+FACTORS_FILE = Path(__file__).with_name("factors.yaml")
+_SIZE_KEYWORDS = {
+    "in_channels",
+    "out_channels",
+    "in_features",
+    "out_features",
+    "num_features",
+    "num_channels",
+    "normalized_shape",
+    "embed_dim",
+    "inplace",
+}
+_KINDS = ("calls", "keywords", "channels", "count", "merges")
+
+
+@dataclass(frozen=True)
+class Factor:
+    name: str
+    description: str
+    calls: frozenset[str] = frozenset()
+    keywords: frozenset[str] = frozenset()
+    channels: frozenset[str] = frozenset()
+    count: frozenset[str] = frozenset()
+    merges: frozenset[str] = frozenset()
+
+
+class FactorFileError(ValueError):
+    pass
+
+
+def load_factors(path: Path | str = "") -> dict[str, Factor]:
+    """The factor list in file order; FactorFileError names what is wrong with the file."""
+    path = Path(path) if path else FACTORS_FILE
+    try:
+        entries = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise FactorFileError(f"{path}: {exc}") from None
+    if not isinstance(entries, list) or not entries:
+        raise FactorFileError(f"{path}: must be a non-empty list of factors")
+    factors: dict[str, Factor] = {}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not entry.get("name") or not entry.get("description"):
+            raise FactorFileError(f"{path}: factor {i} needs a name and a description")
+        unknown = set(entry) - {"name", "description", *_KINDS}
+        if unknown:
+            raise FactorFileError(f"{path}: factor {entry['name']!r} has unknown keys {sorted(unknown)}")
+        if not any(entry.get(kind) for kind in _KINDS):
+            raise FactorFileError(f"{path}: factor {entry['name']!r} lists nothing to recognise it by")
+        factors[entry["name"]] = Factor(
+            entry["name"], entry["description"], **{k: frozenset(entry.get(k) or ()) for k in _KINDS}
+        )
+    return factors
+
+
+def _name(func: ast.expr) -> str:
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    if isinstance(func, ast.Name):
+        return func.id
+    return ""
+
+
+def _call_text(call: ast.Call) -> str:
+    """A call's name and its non-size arguments (float constants, keywords other than sizes)."""
+    parts = [_name(call.func)]
+    parts += [
+        ast.unparse(arg)
+        for arg in call.args
+        if isinstance(arg, ast.Constant) and isinstance(arg.value, float | str | bool)
+    ]
+    parts += [
+        f"{k.arg}={ast.unparse(k.value)}" for k in call.keywords if k.arg and k.arg not in _SIZE_KEYWORDS
+    ]
+    return " ".join(parts)
+
+
+def _sizes(call: ast.Call) -> list[str]:
+    sizes = [ast.unparse(arg) for arg in call.args[:2]]
+    sizes += [ast.unparse(k.value) for k in call.keywords if k.arg in _SIZE_KEYWORDS - {"inplace"}]
+    return sizes
+
+
+def _is_tensor_term(node: ast.expr) -> bool:
+    return isinstance(node, ast.Name | ast.Attribute | ast.Call | ast.Subscript)
+
+
+def signatures(code: str, factors: dict[str, Factor]) -> dict[str, Counter]:
+    """Per factor, the multiset that stands for it in `code` (SyntaxError when it does not parse)."""
+    tree = ast.parse(code)
+    result = {name: Counter() for name in factors}
+    forward_nodes = [
+        node
+        for fn in ast.walk(tree)
+        if isinstance(fn, ast.FunctionDef) and fn.name in ("forward", "_forward_impl")
+        for node in ast.walk(fn)
+    ]
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
+    for name, factor in factors.items():
+        found = result[name]
+        for call in calls:
+            called = _name(call.func)
+            if called in factor.calls:
+                found[_call_text(call)] += 1
+            if called in factor.channels:
+                for size in _sizes(call):
+                    found[f"size {size}"] = 1  # a set
+            if called in factor.count:
+                found["layers"] += 1
+            for keyword in call.keywords:
+                if keyword.arg in factor.keywords:
+                    found[f"{called}.{keyword.arg}={ast.unparse(keyword.value)}"] += 1
+        if factor.merges:
+            for node in forward_nodes:
+                if (
+                    isinstance(node, ast.BinOp)
+                    and isinstance(node.op, ast.Add)
+                    and _is_tensor_term(node.left)
+                    and _is_tensor_term(node.right)
+                ) or (
+                    isinstance(node, ast.AugAssign)
+                    and isinstance(node.op, ast.Add)
+                    and _is_tensor_term(node.value)
+                ):
+                    found[f"add {ast.unparse(node)}"] += 1
+                elif isinstance(node, ast.Call) and _name(node.func) in factor.merges:
+                    found[f"merge {ast.unparse(node)}"] += 1
+    return result
+
+
+def touched_factors(baseline: str, edited: str, factors: dict[str, Factor]) -> list[str]:
+    """The factors whose signature the edit changed, in the list's order (SyntaxError when one of the
+    programs does not parse)."""
+    before, after = signatures(baseline, factors), signatures(edited, factors)
+    return [name for name in factors if before[name] != after[name]]
