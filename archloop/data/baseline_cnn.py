@@ -3,7 +3,7 @@ import torch.nn as nn
 
 
 def supported_hyperparameters():
-    return {"lr", "momentum"}
+    return {'lr', 'momentum'}
 
 
 class Net(nn.Module):
@@ -26,7 +26,7 @@ class Net(nn.Module):
             nn.AdaptiveAvgPool2d(1),
         )
         self.classifier = nn.Sequential(
-            nn.Dropout(prm["dropout"]),
+            nn.Dropout(prm['dropout']),
             nn.Linear(128, out_shape[0]),
         )
 
@@ -38,7 +38,7 @@ class Net(nn.Module):
     def train_setup(self, prm):
         self.to(self.device)
         self.criteria = (nn.CrossEntropyLoss().to(self.device),)
-        self.optimizer = torch.optim.SGD(self.parameters(), lr=prm["lr"], momentum=prm["momentum"])
+        self.optimizer = torch.optim.SGD(self.parameters(), lr=prm['lr'], momentum=prm['momentum'])
 
     def learn(self, train_data):
         self.train()
