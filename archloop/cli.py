@@ -8,6 +8,8 @@
     archloop base-model …       train|info: the tiny base code LM
     archloop evaluate FILE      evaluate one model file in the sandbox (exit 3 when it is not valid)
     archloop generate …         sample candidates (full / delta / factor) into a folder
+    archloop run …              the main job: the whole loop (brings the local stack up if needed)
+    archloop report EXP         an experiment's report; `experiments list|show|stop`, `watch` (events)
 
 Exit status: 0 success, 1 a runtime failure (a component failed, nothing is running), 2 bad usage.
 The local stack's files (stack.json, logs, NATS storage) live in $ARCHLOOP_HOME (default ~/.archloop).
@@ -218,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     from archloop.generate_cli import add_parser as add_generate_parser
 
     add_generate_parser(commands)
+
+    from archloop.run_cli import add_parsers as add_run_parsers
+
+    add_run_parsers(commands)
     return parser
 
 

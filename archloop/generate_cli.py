@@ -68,9 +68,13 @@ async def _local(args: argparse.Namespace, request) -> list:  # type: ignore[no-
     from services.generator.settings import GeneratorSettings
 
     settings = GeneratorSettings(
-        backend=args.backend, model=args.model, tgi_url=args.tgi_url, batch_size=args.batch_size,
-        max_candidates=max(args.n, 1), threads=args.threads,
-    )  # fmt: skip
+        backend=args.backend,
+        model=args.model,
+        tgi_url=args.tgi_url,
+        batch_size=args.batch_size,
+        max_candidates=max(args.n, 1),
+        threads=args.threads,
+    )
     servicer = GeneratorServicer(settings)
     await servicer.start()
     try:

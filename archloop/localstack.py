@@ -47,8 +47,11 @@ DATA_FLAGS = {
     "novelty": (("--db-path", "data/novelty.sqlite3"),),
     "evaluator": (("--work-dir", "evaluator-jobs"),),
     "trainer": (("--state-dir", "data/trainer"), ("--artifacts-dir", "artifacts")),
+    "controller": (("--state-dir", "data/controller"),),
 }
 """Services that keep files, the flags that place them, and where under the stack's home."""
+PEERS = {"controller": ("generator", "evaluator", "novelty", "trainer")}
+"""Services started after the others, with `--<peer>-addr` for each peer."""
 
 STATE_FILE = "stack.json"
 _PR_SET_PDEATHSIG = 1
@@ -176,15 +179,16 @@ class ChildProcess:
 
 
 class NatsServerProcess(ChildProcess):
-    """nats-server with JetStream on loopback, random client and monitoring ports."""
+    """nats-server with JetStream on loopback: a random (or the given) client port, a random monitoring
+    port."""
 
-    def __init__(self, store_dir: Path, run_dir: Path, log_path: Path) -> None:
+    def __init__(self, store_dir: Path, run_dir: Path, log_path: Path, port: int = -1) -> None:
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in run_dir.glob("nats-server_*.ports"):
             stale.unlink()
         argv = [
-            nats_server_binary(), "-a", "127.0.0.1", "-p", "-1", "-m", "-1",
+            nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-m", "-1",
             "-js", "-sd", str(store_dir), "--ports_file_dir", str(run_dir), "-n", "archloop-local",
         ]  # fmt: skip
         super().__init__("nats", argv, log_path)
@@ -312,8 +316,19 @@ def component_health(component: Component, timeout_seconds: float = 2.0) -> str:
 class Stack:
     """The supervisor behind `archloop up`."""
 
-    def __init__(self, home: Path, start_timeout_seconds: float = 90.0, grace_seconds: float = 15.0) -> None:
+    def __init__(
+        self,
+        home: Path,
+        start_timeout_seconds: float = 90.0,
+        grace_seconds: float = 15.0,
+        corpus_dir: Path | None = None,
+    ) -> None:
+        from archloop.corpus import CORPUS_VERSION
+
         self.home = home
+        self.corpus_dir = corpus_dir or Path(
+            os.environ.get("ARCHLOOP_CORPUS_DIR") or home / "corpus" / CORPUS_VERSION
+        )
         self.run_dir = home / "run"
         self.log_dir = home / "logs"
         self.start_timeout_seconds = start_timeout_seconds
@@ -336,16 +351,21 @@ class Stack:
         nats_proc = NatsServerProcess(self.home / "nats", self.run_dir, self.log_dir / "nats.log")
         self.children.append(nats_proc)
         nats_url = nats_proc.wait_ready(self.start_timeout_seconds)
-        services = []
-        for name in SERVICES:
-            extra = ["--nats-url", nats_url] if name in NATS_SERVICES else []
-            for flag, relative in DATA_FLAGS.get(name, ()):
-                extra += [flag, str(self.home / relative)]
-            proc = ServiceProcess(name, self.run_dir, self.log_dir / f"{name}.log", extra)
-            self.children.append(proc)
-            services.append(proc)
-        for proc in services:
-            proc.wait_ready(self.start_timeout_seconds)
+        services: dict[str, ServiceProcess] = {}
+        for wave in ([n for n in SERVICES if n not in PEERS], [n for n in SERVICES if n in PEERS]):
+            for name in wave:
+                extra = ["--nats-url", nats_url] if name in NATS_SERVICES else []
+                for flag, relative in DATA_FLAGS.get(name, ()):
+                    extra += [flag, str(self.home / relative)]
+                for peer in PEERS.get(name, ()):
+                    extra += [f"--{peer}-addr", services[peer].address]
+                if name == "controller":
+                    extra += ["--corpus-dir", str(self.corpus_dir)]
+                proc = ServiceProcess(name, self.run_dir, self.log_dir / f"{name}.log", extra)
+                self.children.append(proc)
+                services[name] = proc
+            for name in wave:
+                services[name].wait_ready(self.start_timeout_seconds)
         me = psutil.Process()
         state = StackState(
             supervisor_pid=me.pid,

@@ -38,9 +38,12 @@ def run_once(backend, factors, batch: int, candidates: int, max_new_tokens: int,
 
     maker = CandidateMaker(backend.generate, "local", backend.model_id, batch, factors)
     request = generator_pb2.GenerateCandidatesRequest(
-        experiment_id="bench", n=candidates, seed=seed, mode=common_pb2.GENERATION_MODE_FULL,
+        experiment_id="bench",
+        n=candidates,
+        seed=seed,
+        mode=common_pb2.GENERATION_MODE_FULL,
         decoding=common_pb2.DecodingParams(max_new_tokens=max_new_tokens),
-    )  # fmt: skip
+    )
     started = time.perf_counter()
     first = None
     tokens = 0
@@ -48,8 +51,13 @@ def run_once(backend, factors, batch: int, candidates: int, max_new_tokens: int,
         first = first if first is not None else time.perf_counter() - started
         tokens += candidate.generation.completion_tokens
     seconds = time.perf_counter() - started
-    return {"batch": batch, "tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds,
-            "first_candidate_seconds": first}  # fmt: skip
+    return {
+        "batch": batch,
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_second": tokens / seconds,
+        "first_candidate_seconds": first,
+    }
 
 
 def markdown(r: dict) -> str:

@@ -1,4 +1,5 @@
-"""Each service starts for real: health SERVING, reflection, UNIMPLEMENTED RPCs, clean SIGTERM."""
+"""Each service starts for real: health SERVING, reflection, no RPC crashing on an empty request,
+clean SIGTERM."""
 
 from __future__ import annotations
 
@@ -21,9 +22,7 @@ PROTO_MODULES = {
     "novelty": novelty_pb2,
     "trainer": trainer_pb2,
 }
-# Services whose RPCs are implemented. An empty request must then get a real answer or a clear
-# client error, never a crash; every RPC of the other services must answer UNIMPLEMENTED.
-IMPLEMENTED = {"novelty", "evaluator", "trainer", "generator"}
+# An empty request to any RPC gets a real answer or a clear client error, never a crash.
 CRASH_CODES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNIMPLEMENTED}
 
 
@@ -67,10 +66,7 @@ def test_service_starts_serves_and_stops(name: str, start_service, grpc_channel)
 
     descriptor = PROTO_MODULES[name].DESCRIPTOR.services_by_name[service_name.rsplit(".", 1)[1]]
     codes = {m.name: _call_empty(channel, m) for m in descriptor.methods}
-    if name in IMPLEMENTED:
-        assert not {m: c for m, c in codes.items() if c in CRASH_CODES}
-    else:
-        assert codes == dict.fromkeys(codes, grpc.StatusCode.UNIMPLEMENTED)
+    assert not {m: c for m, c in codes.items() if c in CRASH_CODES}
 
     started = time.monotonic()
     proc.proc.send_signal(signal.SIGTERM)

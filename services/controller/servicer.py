@@ -1,15 +1,49 @@
-"""gRPC surface of the controller.
+"""gRPC surface of the controller: experiments over the ledger, one ExperimentRunner task per running one.
 
-The experiment RPCs are not implemented yet (issue 8): each answers UNIMPLEMENTED through the
-generated base class, never with placeholder data. What runs for real: health, reflection, and the
-NATS connection with the ARCHLOOP stream when a NATS URL is configured (an unreachable URL stops
-the start with exit status 2).
+On start the ledger is opened, the event publisher drains the outbox to NATS in the background, and
+experiments the last process left RUNNING are resumed (a crash or kill -9 loses nothing: see loop.py).
 """
 
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import structlog
+
+from archloop.clients import aio_channel
+from archloop.corpus import default_corpus_dir
+from archloop.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from archloop.server import ServicerBase
-from archloop.v1 import controller_pb2, controller_pb2_grpc
+from archloop.v1 import (
+    controller_pb2,
+    controller_pb2_grpc,
+    evaluator_pb2_grpc,
+    generator_pb2_grpc,
+    novelty_pb2_grpc,
+    trainer_pb2_grpc,
+)
+from services.controller import config as experiment_config
 from services.controller.events import EventPublisher
+from services.controller.ledger import Ledger
+from services.controller.loop import ExperimentRunner, LoopSettings, Peers
 from services.controller.settings import ControllerSettings
+
+log = structlog.get_logger("archloop.controller")
+
+EXPERIMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+TERMINAL = {"COMPLETED", "FAILED", "STOPPED"}
+PHASES = {
+    "GENERATING": controller_pb2.CYCLE_PHASE_GENERATING,
+    "EVALUATING": controller_pb2.CYCLE_PHASE_EVALUATING,
+    "FILTERING": controller_pb2.CYCLE_PHASE_FILTERING,
+    "FINE_TUNING": controller_pb2.CYCLE_PHASE_FINE_TUNING,
+    "FINE_TUNED": controller_pb2.CYCLE_PHASE_FINE_TUNING,
+    "COMPLETED": controller_pb2.CYCLE_PHASE_COMPLETED,
+}
 
 
 class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServicer):
@@ -19,11 +53,221 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
     def __init__(self, settings: ControllerSettings) -> None:
         self.settings = settings
         self.events = EventPublisher(settings.nats_url) if settings.nats_url else None
+        self.ledger: Ledger | None = None
+        self.runners: dict[str, tuple[ExperimentRunner, asyncio.Task]] = {}
+        self.notify = asyncio.Event()
+        self._publisher: asyncio.Task | None = None
+        self._channels: list = []
 
+    # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
+        state = Path(self.settings.state_dir)
+        self.ledger = Ledger(state / "ledger.sqlite3")
         if self.events is not None:
             await self.events.connect()
+            self._publisher = asyncio.create_task(self._publish_forever())
+        channels = [
+            aio_channel(a)
+            for a in (
+                self.settings.generator_addr,
+                self.settings.evaluator_addr,
+                self.settings.novelty_addr,
+                self.settings.trainer_addr,
+            )
+        ]
+        self._channels = channels
+        self.peers = Peers(
+            generator_pb2_grpc.GeneratorServiceStub(channels[0]),
+            evaluator_pb2_grpc.EvaluatorServiceStub(channels[1]),
+            novelty_pb2_grpc.NoveltyServiceStub(channels[2]),
+            trainer_pb2_grpc.TrainerServiceStub(channels[3]),
+        )
+        self.loop_settings = LoopSettings(
+            work_dir=state / "experiments",
+            corpus_dir=Path(self.settings.corpus_dir) if self.settings.corpus_dir else default_corpus_dir(),
+            evaluation_concurrency=self.settings.evaluation_concurrency,
+            retry_budget_seconds=self.settings.retry_budget_seconds,
+        )
+        if self.settings.resume_on_start:
+            for row in self.ledger.experiments():
+                if row["state"] in ("RUNNING", "PENDING", "STOPPING"):
+                    if row["state"] == "STOPPING":
+                        self.ledger.set_experiment(row["experiment_id"], state="STOPPED")
+                        continue
+                    log.info("experiment_resumed_on_start", experiment_id=row["experiment_id"])
+                    self._spawn(row["experiment_id"])
 
     async def stop(self) -> None:
+        for runner, _task in self.runners.values():
+            runner.stop_requested = True
+        tasks = [task for _runner, task in self.runners.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._publisher is not None:
+            self._publisher.cancel()
+            await asyncio.gather(self._publisher, return_exceptions=True)
         if self.events is not None:
             await self.events.close()
+        for channel in self._channels:
+            await channel.close()
+        if self.ledger is not None:
+            self.ledger.close()
+
+    async def _publish_forever(self) -> None:
+        """The outbox: unpublished ledger events to NATS in order; an outage only delays them."""
+        assert self.ledger is not None and self.events is not None
+        delay = 0.5
+        while True:
+            pending = self.ledger.unpublished()
+            try:
+                for event in pending:
+                    await self.events.publish(event)
+                    self.ledger.mark_published(event.event_id)
+                delay = 0.5
+            except Exception as exc:
+                log.warning("event_publish_delayed", error=str(exc), retry_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            if not pending:
+                self.notify.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.notify.wait(), 1.0)
+
+    def _spawn(self, experiment_id: str) -> None:
+        assert self.ledger is not None
+        row = self.ledger.experiment(experiment_id)
+        config = experiment_config.from_json(row["config_json"])
+        runner = ExperimentRunner(
+            experiment_id, config, self.ledger, self.peers, self.loop_settings, self.notify
+        )
+        task = asyncio.create_task(runner.run(), name=f"experiment-{experiment_id}")
+        self.runners[experiment_id] = (runner, task)
+        task.add_done_callback(lambda done: self._runner_ended(experiment_id, done))
+
+    def _runner_ended(self, experiment_id: str, task: asyncio.Task) -> None:
+        """A runner records its own end; one that died of a bug leaves RUNNING behind: mark it FAILED."""
+        self.runners.pop(experiment_id, None)
+        if task.cancelled() or task.exception() is None or self.ledger is None:
+            return
+        error = f"controller bug: {type(task.exception()).__name__}: {task.exception()}"
+        log.error("experiment_runner_crashed", experiment_id=experiment_id, error=error)
+        self.ledger.set_experiment(experiment_id, state="FAILED", error=error)
+
+    # -- RPCs -----------------------------------------------------------------------------------
+    def _experiment(self, experiment_id: str) -> controller_pb2.Experiment:
+        assert self.ledger is not None
+        row = self.ledger.experiment(experiment_id)
+        if row is None:
+            raise NotFound(f"experiment {experiment_id!r} does not exist")
+        counts = self.ledger.counts(experiment_id)
+        cycles = self.ledger.cycles(experiment_id)
+        corpus_size = 0
+        if cycles:
+            last = cycles[-1]
+            admitted_now = sum(
+                c["decision"] == "admitted" for c in self.ledger.candidates(experiment_id, last.cycle)
+            )
+            corpus_size = last.corpus_size_start + admitted_now
+        return controller_pb2.Experiment(
+            experiment_id=experiment_id,
+            config=experiment_config.from_json(row["config_json"]),
+            state=controller_pb2.ExperimentState.Value(f"EXPERIMENT_STATE_{row['state']}"),
+            current_cycle=row["current_cycle"],
+            current_phase=PHASES.get(row["current_phase"], controller_pb2.CYCLE_PHASE_UNSPECIFIED),
+            candidates_generated=counts["generated"],
+            candidates_evaluated=counts["evaluated"],
+            candidates_admitted=counts["admitted"],
+            corpus_size=corpus_size,
+            error=row["error"],
+            created_unix_ms=row["created_ms"],
+            updated_unix_ms=row["updated_ms"],
+        )
+
+    async def StartExperiment(self, request, context) -> controller_pb2.StartExperimentResponse:  # type: ignore[no-untyped-def]
+        assert self.ledger is not None
+        if not EXPERIMENT_ID.match(request.experiment_id):
+            raise InvalidArgument(
+                "experiment_id", "must be 1-64 letters, digits, '-' or '_', starting with a letter or digit"
+            )
+        config = experiment_config.with_defaults(request.config)
+        experiment_config.validate(config)
+        examples = self.loop_settings.corpus_dir / "examples.jsonl"
+        if not examples.is_file():
+            raise FailedPrecondition(
+                f"no corpus at {self.loop_settings.corpus_dir}: run `archloop corpus build`"
+            )
+        created = self.ledger.create_experiment(
+            request.experiment_id, experiment_config.to_json(config), experiment_config.config_sha256(config)
+        )
+        if not created:
+            existing = self.ledger.experiment(request.experiment_id)
+            if existing["config_sha256"] != experiment_config.config_sha256(config):
+                raise AlreadyExists(f"experiment {request.experiment_id!r} exists with another config")
+        elif request.experiment_id not in self.runners:
+            self._spawn(request.experiment_id)
+        log.info("experiment_started", experiment_id=request.experiment_id, created=created)
+        return controller_pb2.StartExperimentResponse(
+            experiment=self._experiment(request.experiment_id), created=created
+        )
+
+    async def GetExperiment(self, request, context) -> controller_pb2.GetExperimentResponse:  # type: ignore[no-untyped-def]
+        return controller_pb2.GetExperimentResponse(experiment=self._experiment(request.experiment_id))
+
+    async def ListExperiments(self, request, context) -> controller_pb2.ListExperimentsResponse:  # type: ignore[no-untyped-def]
+        assert self.ledger is not None
+        return controller_pb2.ListExperimentsResponse(
+            experiments=[self._experiment(row["experiment_id"]) for row in self.ledger.experiments()]
+        )
+
+    async def StopExperiment(self, request, context) -> controller_pb2.StopExperimentResponse:  # type: ignore[no-untyped-def]
+        assert self.ledger is not None
+        experiment = self._experiment(request.experiment_id)
+        running = self.runners.get(request.experiment_id)
+        if running is not None:
+            running[0].stop_requested = True
+            self.ledger.set_experiment(request.experiment_id, state="STOPPING")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(running[1]), 30.0)
+            experiment = self._experiment(request.experiment_id)
+        return controller_pb2.StopExperimentResponse(experiment=experiment)
+
+    async def ResumeExperiment(self, request, context) -> controller_pb2.ResumeExperimentResponse:  # type: ignore[no-untyped-def]
+        experiment = self._experiment(request.experiment_id)
+        state = controller_pb2.ExperimentState.Name(experiment.state).removeprefix("EXPERIMENT_STATE_")
+        if state == "COMPLETED":
+            raise FailedPrecondition(f"experiment {request.experiment_id!r} is completed")
+        if request.experiment_id not in self.runners:
+            self._spawn(request.experiment_id)
+        return controller_pb2.ResumeExperimentResponse(experiment=self._experiment(request.experiment_id))
+
+    async def WatchExperiment(
+        self, request, context
+    ) -> AsyncIterator[controller_pb2.WatchExperimentResponse]:  # type: ignore[no-untyped-def]
+        """The experiment's events from the ledger in order, live, until it ends (or the caller leaves)."""
+        assert self.ledger is not None
+        self._experiment(request.experiment_id)
+        after = request.after_sequence
+        while True:
+            for event in self.ledger.events(request.experiment_id, after):
+                after = event.sequence
+                yield controller_pb2.WatchExperimentResponse(event=event)
+            row = self.ledger.experiment(request.experiment_id)
+            ended = row["state"] in TERMINAL and request.experiment_id not in self.runners
+            if ended and not self.ledger.events(request.experiment_id, after):
+                return
+            await asyncio.sleep(0.2)
+
+    async def GetReport(self, request, context) -> controller_pb2.GetReportResponse:  # type: ignore[no-untyped-def]
+        from services.controller.report import write_report
+
+        assert self.ledger is not None
+        self._experiment(request.experiment_id)
+        out = Path(request.output_dir or Path(self.settings.state_dir) / "reports" / request.experiment_id)
+        summaries, files = await asyncio.to_thread(
+            write_report, self.ledger, request.experiment_id, out, self.loop_settings.corpus_dir
+        )
+        return controller_pb2.GetReportResponse(
+            cycles=summaries, output_dir=str(out), files=[str(f) for f in files]
+        )

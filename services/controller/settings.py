@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from archloop.settings import ServiceSettings, nats_url, port_number, setting
+from archloop.settings import ServiceSettings, nats_url, non_negative, port_number, positive, setting
 
 
 @dataclass(frozen=True)
@@ -11,3 +11,20 @@ class ControllerSettings(ServiceSettings):
     nats_url: str = setting(
         "", "NATS server(s) for cycle events, nats://host:port; empty = no events", check=nats_url
     )
+    state_dir: str = setting("controller-state", "the ledger (ledger.sqlite3), training sets and reports")
+    corpus_dir: str = setting("", "the LEMUR corpus folder ('' = $ARCHLOOP_HOME/corpus/lemur-v2)")
+    generator_addr: str = setting("127.0.0.1:50052", "generator service (host:port or dns:///host:port)")
+    evaluator_addr: str = setting(
+        "127.0.0.1:50053", "evaluator service; dns:///<headless service>:port spreads calls over replicas"
+    )
+    novelty_addr: str = setting("127.0.0.1:50054", "novelty service")
+    trainer_addr: str = setting("127.0.0.1:50055", "trainer service")
+    evaluation_concurrency: int = setting(
+        0, "evaluations in flight at once (0: the capacity the evaluators report)", check=non_negative
+    )
+    retry_budget_seconds: float = setting(
+        600.0,
+        "how long a call to a service that is down is retried before the experiment fails",
+        check=positive,
+    )
+    resume_on_start: bool = setting(True, "continue experiments that were running when the service stopped")

@@ -183,9 +183,11 @@ def run_fine_tune(
     torch.manual_seed(spec.seed)
     job_dir.mkdir(parents=True, exist_ok=True)
     model, tokenizer, resolved = load_base(spec.base_model, device)
-    max_len = spec.schedule.max_seq_len_tokens or int(
+    context = int(
         getattr(model.config, "max_position_embeddings", 0) or getattr(model.config, "n_positions", 2048)
     )
+    # never past the model's context: longer sequences have no position embeddings
+    max_len = min(spec.schedule.max_seq_len_tokens or context, context)
     examples, too_long = encode_examples(Path(spec.corpus_path), tokenizer, max_len)
     if not examples:
         raise FailedPrecondition(f"no example of the corpus fits {max_len} tokens ({too_long} too long)")

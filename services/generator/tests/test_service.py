@@ -33,16 +33,27 @@ def adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR)
-    config = LoraConfig(r=8, lora_alpha=32, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True,
-                        init_lora_weights=False)  # fmt: skip
+    config = LoraConfig(
+        r=8,
+        lora_alpha=32,
+        target_modules=["c_attn", "c_proj", "c_fc"],
+        fan_in_fan_out=True,
+        init_lora_weights=False,
+    )
     out = tmp_path_factory.mktemp("adapter") / "cycle-1"
     get_peft_model(model, config).save_pretrained(out)
     return out
 
 
 def _request(**fields) -> generator_pb2.GenerateCandidatesRequest:  # type: ignore[no-untyped-def]
-    values = {"experiment_id": "exp", "cycle": 1, "n": 4, "mode": common_pb2.GENERATION_MODE_FULL, "seed": 11,
-              "decoding": SHORT}  # fmt: skip
+    values = {
+        "experiment_id": "exp",
+        "cycle": 1,
+        "n": 4,
+        "mode": common_pb2.GENERATION_MODE_FULL,
+        "seed": 11,
+        "decoding": SHORT,
+    }
     values.update(fields)
     return generator_pb2.GenerateCandidatesRequest(**values)
 
@@ -171,10 +182,21 @@ def tgi_dev(adapter_dir, tmp_path):  # type: ignore[no-untyped-def]
     port = _free_port()
     log = open(tmp_path / "tgi-dev.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.generator.tgi_dev", "--port", str(port), "--threads", "1",
-         "--lora-adapters", f"cycle-1={adapter_dir}"],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "services.generator.tgi_dev",
+            "--port",
+            str(port),
+            "--threads",
+            "1",
+            "--lora-adapters",
+            f"cycle-1={adapter_dir}",
+        ],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     _wait_http(f"http://127.0.0.1:{port}/health", process)
     yield f"http://127.0.0.1:{port}", process
     process.kill()
@@ -218,9 +240,16 @@ def test_managed_tgi_is_restarted_with_each_new_adapter(start_service, grpc_chan
     url = f"http://127.0.0.1:{_free_port()}"
     launcher = f"{sys.executable} -m services.generator.tgi_dev --threads 1"
     proc = start_service(
-        "generator", "--backend", "tgi", "--tgi-url", url, "--tgi-launcher", launcher, timeout_seconds=180,
+        "generator",
+        "--backend",
+        "tgi",
+        "--tgi-url",
+        url,
+        "--tgi-launcher",
+        launcher,
+        timeout_seconds=180,
         env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
+    )
     stub = generator_pb2_grpc.GeneratorServiceStub(grpc_channel(proc.address))
     missing = _status(stub, n=1, adapter=common_pb2.AdapterRef(name="cycle-1"))
     assert missing.code() == grpc.StatusCode.FAILED_PRECONDITION

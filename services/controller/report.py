@@ -1,0 +1,409 @@
+"""An experiment's report from its ledger (001 Tables 2-3, 000 §4-6): files a person opens and files a
+program reads.
+
+    cycles.csv       one row per cycle: valid % with its Wilson 95 % interval, best / mean (t 95 %) /
+                     median first-epoch accuracy, % of valid ≥ τ, admitted, corpus size, C_t, Q_t and its
+                     3-cycle smoothing, novelty medians, fine-tune loss, duration
+    candidates.csv   one row per candidate: generation metadata, every evaluation figure, J_train, J_gen,
+                     near-duplicate flags, rejection_count, decision and reason
+    report.json      all of the above plus proxy reliability (the fully trained top-k, and LEMUR's own
+                     epoch-1 vs epoch-5 table: SNR, observed and Theorem 8's predicted correlations)
+    report.html      the tables and the plots (valid rate, accuracy, elite concentration, novelty)
+    *.png            matplotlib plots
+
+C_t is the share of a cycle's generated candidates whose first-epoch accuracy reaches τ (invalid ones
+count as failures); Q_t is their mean quality (invalid = 0), smoothed over 3 cycles (000 §4).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from archloop import corpus
+from archloop.v1 import controller_pb2
+from services.controller import config as experiment_config
+from services.controller import stats
+from services.controller.ledger import Ledger
+
+CANDIDATE_COLUMNS = (
+    "candidate_id",
+    "cycle",
+    "idx",
+    "mode",
+    "factor",
+    "adapter_name",
+    "generation_error",
+    "eval_status",
+    "valid",
+    "accuracy",
+    "param_count",
+    "eval_seconds",
+    "eval_replica",
+    "nn_jaccard_train",
+    "near_dup_text_train",
+    "nearest_train",
+    "nn_jaccard_gen",
+    "near_dup_text_gen",
+    "nearest_gen",
+    "rejection_count",
+    "decision",
+    "reason",
+    "final_accuracy",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_seconds",
+    "prompt_sha256",
+    "touched_factors",
+    "entangled",
+    "delta_failure_kind",
+    "diff_length_chars",
+    "full_length_chars",
+)
+
+
+def _nan_to_none(value: float) -> float | None:
+    return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
+
+
+def cycle_rows(ledger: Ledger, experiment_id: str, threshold: float) -> list[dict]:
+    rows = []
+    qualities = []
+    for cycle in ledger.cycles(experiment_id):
+        candidates = ledger.candidates(experiment_id, cycle.cycle)
+        generated = len(candidates)
+        accuracies = [c["accuracy"] for c in candidates if c["valid"]]
+        p, low, high = stats.wilson_interval(len(accuracies), generated)
+        mean, mean_low, mean_high = stats.mean_t_interval(accuracies)
+        quality = sum(accuracies) / generated if generated else math.nan
+        qualities.append(quality)
+        admitted = sum(c["decision"] == "admitted" for c in candidates)
+        j_train = [c["nn_jaccard_train"] for c in candidates if c["nn_jaccard_train"] is not None]
+        j_gen = [c["nn_jaccard_gen"] for c in candidates if c["nn_jaccard_gen"] is not None]
+        duration = (cycle.completed_ms - cycle.started_ms) / 1000 if cycle.completed_ms else math.nan
+        rows.append(
+            {
+                "cycle": cycle.cycle,
+                "phase": cycle.phase,
+                "adapter": cycle.adapter_name or "(base)",
+                "temperature": cycle.temperature,
+                "generated": generated,
+                "valid": len(accuracies),
+                "valid_fraction": p,
+                "valid_ci_low": low,
+                "valid_ci_high": high,
+                "best_accuracy": max(accuracies, default=math.nan),
+                "mean_accuracy": mean,
+                "mean_ci_low": mean_low,
+                "mean_ci_high": mean_high,
+                "median_accuracy": stats.median(accuracies),
+                "fraction_above_threshold": sum(a >= threshold for a in accuracies) / len(accuracies)
+                if accuracies
+                else math.nan,
+                "admitted": admitted,
+                "corpus_size": cycle.corpus_size_start + admitted,
+                "elite_concentration": stats.elite_concentration(accuracies, generated, threshold),
+                "mean_quality": quality,
+                "near_duplicates_train": sum(bool(c["near_dup_text_train"]) for c in candidates),
+                "near_duplicates_gen": sum(bool(c["near_dup_text_gen"]) for c in candidates),
+                "median_j_train": stats.median(j_train),
+                "median_j_gen": stats.median(j_gen),
+                "fine_tune_loss": cycle.fine_tune_loss if cycle.fine_tune_loss is not None else math.nan,
+                "fine_tune_examples": cycle.fine_tune_examples,
+                "duration_seconds": duration,
+            }
+        )
+    for row, smooth in zip(rows, stats.smoothed(qualities, 3), strict=True):
+        row["mean_quality_smoothed"] = smooth
+    return rows
+
+
+def candidate_rows(ledger: Ledger, experiment_id: str) -> list[dict]:
+    out = []
+    for c in ledger.candidates(experiment_id):
+        columns = set(c.keys())  # sqlite3.Row: `in` would test the values
+        row = {k: c[k] for k in CANDIDATE_COLUMNS if k in columns}
+        generation = json.loads(c["generation_json"] or "{}")
+        for key in (
+            "prompt_tokens",
+            "completion_tokens",
+            "latency_seconds",
+            "prompt_sha256",
+            "entangled",
+            "delta_failure_kind",
+            "diff_length_chars",
+            "full_length_chars",
+        ):
+            row[key] = generation.get(key, "")
+        row["touched_factors"] = " ".join(generation.get("touched_factors", []))
+        out.append(row)
+    return out
+
+
+def proxy_reliability(ledger: Ledger, experiment_id: str, corpus_dir: Path) -> dict:
+    """Theorem 8 on the fully trained top-k (when the experiment ran a final stage) and on LEMUR's stats."""
+    result: dict = {}
+    full = [
+        (c["accuracy"], c["final_accuracy"])
+        for c in ledger.admitted(experiment_id)
+        if c["final_accuracy"] is not None
+    ]
+    if len(full) >= 3:
+        proxy, final = zip(*full, strict=True)
+        result["top_k"] = {**stats.theorem8(final, proxy), **stats.correlations(final, proxy)}
+    table = corpus_dir / "proxy_stats.jsonl"
+    if table.exists():
+        by_family: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        for row in corpus.read_jsonl(table):
+            if row["dataset"] != "cifar-10" or row["task"] != corpus.IMAGE_CLASSIFICATION:
+                continue
+            if row.get("accuracy_epoch_1") is None or row.get("accuracy_epoch_5") is None:
+                continue
+            by_family[row["model"].split("-")[0]].append((row["accuracy_epoch_1"], row["accuracy_epoch_5"]))
+        pooled = [pair for pairs in by_family.values() for pair in pairs]
+        if len(pooled) >= 3:
+            proxy, final = zip(*pooled, strict=True)
+            groups = {name: pairs for name, pairs in by_family.items() if len(pairs) >= 30}
+            result["lemur"] = {
+                "pooled": {**stats.theorem8(final, proxy), **stats.correlations(final, proxy)},
+                "families": {
+                    name: {
+                        **stats.theorem8([b for _, b in pairs], [a for a, _ in pairs]),
+                        **stats.correlations(
+                            [b for _, b in pairs], [a for a, _ in pairs], groups=len(groups)
+                        ),
+                    }
+                    for name, pairs in sorted(groups.items())
+                },
+            }
+    return result
+
+
+def summaries(rows: list[dict]) -> list[controller_pb2.CycleSummary]:
+    def num(value: float) -> float:
+        return 0.0 if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+    return [
+        controller_pb2.CycleSummary(
+            cycle=r["cycle"],
+            generated=r["generated"],
+            valid=r["valid"],
+            valid_fraction=num(r["valid_fraction"]),
+            valid_fraction_ci_low=num(r["valid_ci_low"]),
+            valid_fraction_ci_high=num(r["valid_ci_high"]),
+            best_accuracy=num(r["best_accuracy"]),
+            mean_accuracy=num(r["mean_accuracy"]),
+            mean_accuracy_ci_low=num(r["mean_ci_low"]),
+            mean_accuracy_ci_high=num(r["mean_ci_high"]),
+            median_accuracy=num(r["median_accuracy"]),
+            fraction_above_threshold=num(r["fraction_above_threshold"]),
+            admitted=r["admitted"],
+            corpus_size=r["corpus_size"],
+            elite_concentration=num(r["elite_concentration"]),
+            mean_quality_smoothed=num(r["mean_quality_smoothed"]),
+            fine_tune_final_loss=num(r["fine_tune_loss"]),
+            duration_seconds=num(r["duration_seconds"]),
+        )
+        for r in rows
+    ]
+
+
+def _write_csv(path: Path, rows: list[dict], columns: list[str] | tuple[str, ...]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(
+                {
+                    k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v)
+                    for k, v in row.items()
+                }
+            )
+
+
+def _plots(out: Path, rows: list[dict], candidates: list[dict], threshold: float) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cycles = [r["cycle"] for r in rows]
+    files = []
+
+    def save(fig, name: str) -> None:  # type: ignore[no-untyped-def]
+        path = out / name
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files.append(path)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.errorbar(
+        cycles,
+        [r["valid_fraction"] * 100 for r in rows],
+        yerr=[
+            [(r["valid_fraction"] - r["valid_ci_low"]) * 100 for r in rows],
+            [(r["valid_ci_high"] - r["valid_fraction"]) * 100 for r in rows],
+        ],
+        marker="o",
+        capsize=3,
+    )
+    ax.set(xlabel="cycle", ylabel="valid %", title="Valid rate (Wilson 95 %)", ylim=(0, 100))
+    save(fig, "valid_rate.png")
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(cycles, [r["best_accuracy"] for r in rows], marker="^", label="best")
+    ax.errorbar(
+        cycles,
+        [r["mean_accuracy"] for r in rows],
+        yerr=[
+            [
+                max(0.0, r["mean_accuracy"] - r["mean_ci_low"]) if not math.isnan(r["mean_ci_low"]) else 0
+                for r in rows
+            ],
+            [
+                max(0.0, r["mean_ci_high"] - r["mean_accuracy"]) if not math.isnan(r["mean_ci_high"]) else 0
+                for r in rows
+            ],
+        ],
+        marker="o",
+        capsize=3,
+        label="mean (t 95 %)",
+    )
+    ax.plot(cycles, [r["median_accuracy"] for r in rows], marker="s", label="median")
+    ax.axhline(threshold, color="grey", linestyle="--", label=f"τ = {threshold}")
+    ax.set(xlabel="cycle", ylabel="first-epoch accuracy", title="Accuracy of valid candidates", ylim=(0, 1))
+    ax.legend(fontsize=8)
+    save(fig, "accuracy.png")
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(cycles, [r["elite_concentration"] for r in rows], marker="o", label="C_t = P(q ≥ τ)")
+    ax.plot(cycles, [r["mean_quality"] for r in rows], marker="s", label="Q_t (mean quality)")
+    ax.plot(cycles, [r["mean_quality_smoothed"] for r in rows], linestyle="--", label="Q_t, 3-cycle smoother")
+    ax.set(xlabel="cycle", ylabel="share / accuracy", title="Loop dynamics (000 §4)", ylim=(0, 1))
+    ax.legend(fontsize=8)
+    save(fig, "dynamics.png")
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
+    for ax, key, title in ((axes[0], "nn_jaccard_train", "J_train"), (axes[1], "nn_jaccard_gen", "J_gen")):
+        values = [c[key] for c in candidates if c[key] not in (None, "")]
+        ax.hist(values, bins=20, range=(0, 1), color="tab:blue")
+        ax.axvline(0.90, color="red", linestyle="--")
+        ax.set(title=f"{title} (n = {len(values)})", xlabel="estimated Jaccard")
+    axes[0].set_ylabel("candidates")
+    save(fig, "novelty.png")
+    return files
+
+
+def _fmt(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return html.escape(str(value))
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+CYCLE_TABLE = [
+    "cycle",
+    "generated",
+    "valid",
+    "valid_fraction",
+    "valid_ci_low",
+    "valid_ci_high",
+    "best_accuracy",
+    "mean_accuracy",
+    "mean_ci_low",
+    "mean_ci_high",
+    "median_accuracy",
+    "fraction_above_threshold",
+    "admitted",
+    "corpus_size",
+    "elite_concentration",
+    "mean_quality_smoothed",
+    "fine_tune_loss",
+    "duration_seconds",
+]
+
+
+def write_report(
+    ledger: Ledger, experiment_id: str, out: Path, corpus_dir: Path
+) -> tuple[list[controller_pb2.CycleSummary], list[Path]]:
+    row = ledger.experiment(experiment_id)
+    config = experiment_config.from_json(row["config_json"])
+    out.mkdir(parents=True, exist_ok=True)
+    cycles = cycle_rows(ledger, experiment_id, config.accuracy_threshold)
+    candidates = candidate_rows(ledger, experiment_id)
+    reliability = proxy_reliability(ledger, experiment_id, corpus_dir)
+    files = [out / "cycles.csv", out / "candidates.csv", out / "report.json", out / "report.html"]
+    _write_csv(
+        files[0],
+        cycles,
+        [
+            *CYCLE_TABLE,
+            "adapter",
+            "temperature",
+            "near_duplicates_train",
+            "near_duplicates_gen",
+            "median_j_train",
+            "median_j_gen",
+            "mean_quality",
+        ],
+    )
+    _write_csv(files[1], candidates, CANDIDATE_COLUMNS)
+    document = {
+        "experiment_id": experiment_id,
+        "state": row["state"],
+        "config": json.loads(row["config_json"]),
+        "cycles": [{k: _nan_to_none(v) for k, v in r.items()} for r in cycles],
+        "proxy_reliability": reliability,
+        "candidates": candidates,
+    }
+    files[2].write_text(json.dumps(document, indent=2, default=str, allow_nan=False) + "\n")
+    plots = _plots(out, cycles, candidates, config.accuracy_threshold) if cycles else []
+    reliability_html = "".join(
+        f"<h3>{html.escape(name)}</h3><pre>{html.escape(json.dumps(value, indent=2, default=str))}</pre>"
+        for name, value in reliability.items()
+    )
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>ArchLoop {
+        html.escape(experiment_id)
+    }</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}
+table{{border-collapse:collapse;font-size:12px}}
+td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}
+img{{max-width:48%;margin:4px}}</style></head><body>
+<h1>Experiment {html.escape(experiment_id)} ({html.escape(row["state"])})</h1>
+<p>{len(cycles)} cycles; dataset {html.escape(config.datasets[0])}; τ = {config.accuracy_threshold}, τ_nov =
+{config.novelty_threshold}; config sha256 {row["config_sha256"][:12]}…</p>
+<h2>Per cycle (001 Table 2)</h2>{_table(cycles, CYCLE_TABLE)}
+<h2>Plots</h2>{"".join(f'<img src="{p.name}" alt="{p.stem}">' for p in plots)}
+<h2>Proxy reliability (000 Theorem 8)</h2>{reliability_html or "<p>No fully trained models.</p>"}
+<h2>Candidates</h2>{
+        _table(
+            candidates,
+            [
+                "candidate_id",
+                "eval_status",
+                "accuracy",
+                "param_count",
+                "nn_jaccard_train",
+                "nn_jaccard_gen",
+                "rejection_count",
+                "decision",
+                "reason",
+            ],
+        )
+    }
+</body></html>
+"""
+    files[3].write_text(page, encoding="utf-8")
+    return summaries(cycles), files + plots
