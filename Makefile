@@ -5,6 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+RUN_ARGS ?=
 
 .PHONY: install run up status down test test-fast lint format proto clean
 
@@ -17,10 +18,11 @@ $(STAMP): pyproject.toml requirements.lock setup.py $(wildcard protos/archloop/v
 
 install: $(STAMP)  ## create .venv and install everything
 
-run: install  ## the main job: bring the local stack up (Ctrl-C stops it)
-	$(BIN)/archloop up
+run: install  ## the main job: the whole loop, the embedded experiment (archloop run; RUN_ARGS=--cycles 5 …)
+	$(BIN)/archloop run $(RUN_ARGS)
 
-up: run
+up: install  ## the local stack alone, until Ctrl-C
+	$(BIN)/archloop up
 
 status: install
 	$(BIN)/archloop status

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import grpc
 from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 
 from archloop.errors import InvalidArgument
@@ -121,18 +120,47 @@ def _cycle_table(summaries, title: str) -> Table:  # type: ignore[no-untyped-def
     return table
 
 
-def _progress_line(experiment) -> str:  # type: ignore[no-untyped-def]
-    from archloop.v1 import controller_pb2
+class _ProgressView:
+    """rich progress bars: cycles, candidates generated / evaluated / admitted, the fine-tune's loss."""
 
-    state = controller_pb2.ExperimentState.Name(experiment.state).removeprefix("EXPERIMENT_STATE_")
-    phase = controller_pb2.CyclePhase.Name(experiment.current_phase).removeprefix("CYCLE_PHASE_")
-    e = experiment
-    total = e.config.cycles * e.config.candidates_per_cycle
-    return (
-        f"[bold]{e.experiment_id}[/] {state} · cycle {e.current_cycle}/{e.config.cycles} {phase.lower()} · "
-        f"generated {e.candidates_generated}/{total} · evaluated {e.candidates_evaluated} · "
-        f"admitted {e.candidates_admitted} · corpus {e.corpus_size:,}"
-    )
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description:>11}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.tasks: dict[str, int] = {}
+
+    def update(self, e) -> None:  # type: ignore[no-untyped-def]
+        from archloop.v1 import controller_pb2
+
+        total = e.config.cycles * e.config.candidates_per_cycle
+        state = controller_pb2.ExperimentState.Name(e.state).removeprefix("EXPERIMENT_STATE_").lower()
+        phase = controller_pb2.CyclePhase.Name(e.current_phase).removeprefix("CYCLE_PHASE_").lower()
+        rows = {
+            "cycle": (
+                max(0, e.current_cycle - 1) + (phase == "completed"),
+                e.config.cycles,
+                f"{state}, {phase}",
+            ),
+            "generated": (e.candidates_generated, total, ""),
+            "evaluated": (e.candidates_evaluated, total, ""),
+            "admitted": (e.candidates_admitted, max(1, e.candidates_evaluated), f"corpus {e.corpus_size:,}"),
+            "fine-tune": (
+                e.fine_tune.step,
+                max(1, e.fine_tune.total_steps),
+                f"loss {e.fine_tune.loss:.3f}" if e.fine_tune.total_steps else "",
+            ),
+        }
+        for name, (done, whole, info) in rows.items():
+            if name not in self.tasks:
+                self.tasks[name] = self.progress.add_task(name, total=whole, info=info)
+            self.progress.update(self.tasks[name], completed=done, total=whole, info=info)
 
 
 def _follow(stub, experiment_id: str) -> str:  # type: ignore[no-untyped-def]
@@ -146,13 +174,14 @@ def _follow(stub, experiment_id: str) -> str:  # type: ignore[no-untyped-def]
         interrupted = True
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
+    view = _ProgressView()
     try:
-        with Live(console=console, refresh_per_second=4, transient=False) as live:
+        with view.progress:
             while True:
                 experiment = stub.GetExperiment(
                     controller_pb2.GetExperimentRequest(experiment_id=experiment_id), timeout=30
                 ).experiment
-                live.update(_progress_line(experiment))
+                view.update(experiment)
                 state = controller_pb2.ExperimentState.Name(experiment.state).removeprefix(
                     "EXPERIMENT_STATE_"
                 )
@@ -161,10 +190,9 @@ def _follow(stub, experiment_id: str) -> str:  # type: ignore[no-untyped-def]
                         console.print(f"[red]failed:[/] {experiment.error}")
                     return state
                 if interrupted:
-                    live.update(_progress_line(experiment) + " · stopping…")
-                    stub.StopExperiment(
-                        controller_pb2.StopExperimentRequest(experiment_id=experiment_id), timeout=120
-                    )
+                    console.print("stopping (the ledger keeps everything done so far) …")
+                    request = controller_pb2.StopExperimentRequest(experiment_id=experiment_id)
+                    stub.StopExperiment(request, timeout=120)
                     return "STOPPED"
                 time.sleep(0.5)
     finally:
@@ -240,41 +268,71 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """From the controller when one runs, else straight from the ledger file."""
-    out = Path(args.out) if args.out else Path("archloop-runs") / args.experiment
+    """From the controller when one runs, else straight from the ledger file. With several experiments,
+    also comparison.csv (001 Table 3: ablations, and the delta/full valid-rate ratio)."""
+    from services.controller.report import comparison_rows, write_comparison
+
+    out = Path(args.out) if args.out else Path("archloop-runs") / args.experiment[0]
     address = _controller_address(args)
-    if address is not None and not args.ledger:
-        from archloop.v1 import controller_pb2
-
-        try:
-            report = _stub(address).GetReport(
-                controller_pb2.GetReportRequest(experiment_id=args.experiment, output_dir=str(out.resolve())),
-                timeout=600,
-            )
-        except grpc.RpcError as exc:
-            print(f"archloop report: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
-            return EXIT_FAILED
-        summaries = report.cycles
-    else:
-        from archloop.corpus import CORPUS_VERSION
-        from services.controller.ledger import Ledger
-        from services.controller.report import write_report
-
-        ledger_path = (
-            Path(args.ledger) if args.ledger else _home(args) / "data" / "controller" / "ledger.sqlite3"
-        )
-        if not ledger_path.exists():
-            print(f"archloop report: no ledger at {ledger_path} (and no controller running)", file=sys.stderr)
-            return EXIT_FAILED
-        ledger = Ledger(ledger_path)
-        if ledger.experiment(args.experiment) is None:
-            print(f"archloop report: no experiment {args.experiment!r} in {ledger_path}", file=sys.stderr)
-            return EXIT_FAILED
-        corpus_dir = Path(os.environ.get("ARCHLOOP_CORPUS_DIR") or _home(args) / "corpus" / CORPUS_VERSION)
-        summaries, _ = write_report(ledger, args.experiment, out, corpus_dir)
-    Console().print(_cycle_table(summaries, args.experiment))
+    items = []
+    try:
+        for index, experiment_id in enumerate(args.experiment):
+            folder = out if index == 0 else out / experiment_id
+            if address is not None and not args.ledger:
+                items.append(_report_from_controller(address, experiment_id, folder))
+            else:
+                items.append(_report_from_ledger(args, experiment_id, folder))
+    except LookupError as exc:
+        print(f"archloop report: {exc.args[0]}", file=sys.stderr)
+        return EXIT_FAILED
+    for experiment_id, _config, summaries in items:
+        Console().print(_cycle_table(summaries, experiment_id))
+    if len(items) > 1:
+        rows = comparison_rows(items)
+        table = Table(title="comparison (001 Table 3)")
+        for column in ("experiment", "mode", "ablations", "valid_fraction", "best_accuracy", "admitted"):
+            table.add_column(column)
+        for r in rows:
+            table.add_row(r["experiment"], r["mode"], r["ablations"], f"{r['valid_fraction']:.1%}",
+                          f"{r['best_accuracy']:.3f}", str(r["admitted"]))  # fmt: skip
+        Console().print(table)
+        print(write_comparison(rows, out))
     print(out / "report.html")
     return EXIT_OK
+
+
+def _report_from_controller(address: str, experiment_id: str, out: Path) -> tuple:
+    from archloop.v1 import controller_pb2
+
+    stub = _stub(address)
+    try:
+        config = stub.GetExperiment(
+            controller_pb2.GetExperimentRequest(experiment_id=experiment_id), timeout=30
+        ).experiment.config
+        request = controller_pb2.GetReportRequest(experiment_id=experiment_id, output_dir=str(out.resolve()))
+        report = stub.GetReport(request, timeout=600)
+    except grpc.RpcError as exc:
+        raise LookupError(f"{exc.code().name}: {exc.details()}") from None  # type: ignore[attr-defined]
+    return experiment_id, config, list(report.cycles)
+
+
+def _report_from_ledger(args: argparse.Namespace, experiment_id: str, out: Path) -> tuple:
+    from archloop.corpus import CORPUS_VERSION
+    from services.controller import config as experiment_config
+    from services.controller.ledger import Ledger
+    from services.controller.report import write_report
+
+    home = _home(args)
+    ledger_path = Path(args.ledger) if args.ledger else home / "data" / "controller" / "ledger.sqlite3"
+    if not ledger_path.exists():
+        raise LookupError(f"no ledger at {ledger_path} (and no controller running)")
+    ledger = Ledger(ledger_path)
+    row = ledger.experiment(experiment_id)
+    if row is None:
+        raise LookupError(f"no experiment {experiment_id!r} in {ledger_path}")
+    corpus_dir = Path(os.environ.get("ARCHLOOP_CORPUS_DIR") or home / "corpus" / CORPUS_VERSION)
+    summaries, _ = write_report(ledger, experiment_id, out, corpus_dir)
+    return experiment_id, experiment_config.from_json(row["config_json"]), summaries
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
@@ -381,9 +439,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--resume", metavar="EXP", help="continue a stopped or failed experiment")
     run.set_defaults(func=cmd_run)
 
-    report = commands.add_parser("report", help="write an experiment's report (HTML, CSV, JSON, plots)")
-    report.add_argument("experiment")
-    report.add_argument("--out", help="folder [default archloop-runs/<experiment>]")
+    report = commands.add_parser(
+        "report", help="an experiment's report (HTML, CSV, JSON, plots); comparisons"
+    )
+    report.add_argument("experiment", nargs="+", help="one or more (the others are compared with the first)")
+    report.add_argument("--out", help="folder [default archloop-runs/<first experiment>]")
     report.add_argument("--controller")
     report.add_argument("--ledger", help="read this ledger file directly (no controller needed)")
     report.set_defaults(func=cmd_report)

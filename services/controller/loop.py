@@ -716,6 +716,7 @@ class ExperimentRunner:
                 fine_tune_skipped=1,
             )
             return
+        self.fine_tune_step = None
         path, examples = self._training_set(cycle)
         job_id = f"{self.id}-c{cycle}"
         self.ledger.set_cycle(self.id, cycle, fine_tune_job_id=job_id, fine_tune_examples=examples)

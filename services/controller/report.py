@@ -407,3 +407,48 @@ img{{max-width:48%;margin:4px}}</style></head><body>
 """
     files[3].write_text(page, encoding="utf-8")
     return summaries(cycles), files + plots
+
+
+def comparison_rows(items: list[tuple[str, controller_pb2.ExperimentConfig, list]]) -> list[dict]:
+    """001 Table 3 across experiments (ablations, modes): one row per experiment from its cycle summaries."""
+    from archloop.v1 import common_pb2
+
+    rows = []
+    for experiment_id, config, cycles in items:
+        generated = sum(s.generated for s in cycles)
+        valid = sum(s.valid for s in cycles)
+        p, low, high = stats.wilson_interval(valid, generated)
+        ablations = [name for name in ("no_novelty_filter", "no_accuracy_threshold", "no_iteration")
+                     if getattr(config.ablations, name)]  # fmt: skip
+        rows.append(
+            {
+                "experiment": experiment_id,
+                "mode": common_pb2.GenerationMode.Name(config.generation.mode)
+                .removeprefix("GENERATION_MODE_")
+                .lower(),
+                "ablations": " ".join(ablations) or "none",
+                "cycles": len(cycles),
+                "generated": generated,
+                "valid_fraction": p,
+                "valid_ci_low": low,
+                "valid_ci_high": high,
+                "best_accuracy": max((s.best_accuracy for s in cycles), default=math.nan),
+                "last_mean_accuracy": cycles[-1].mean_accuracy if cycles else math.nan,
+                "last_elite_concentration": cycles[-1].elite_concentration if cycles else math.nan,
+                "admitted": sum(s.admitted for s in cycles),
+            }
+        )
+    full = [r for r in rows if r["mode"] == "full" and r["generated"]]
+    for row in rows:
+        if row["mode"] == "delta" and full and full[0]["valid_fraction"] > 0:
+            # 000 §5: the delta/full valid-rate ratio (Adhikari et al.: 1.41)
+            row["valid_ratio_vs_full"] = row["valid_fraction"] / full[0]["valid_fraction"]
+    return rows
+
+
+def write_comparison(rows: list[dict], out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    path = out / "comparison.csv"
+    _write_csv(path, rows, columns)
+    return path

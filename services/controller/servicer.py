@@ -24,6 +24,7 @@ from archloop.v1 import (
     evaluator_pb2_grpc,
     generator_pb2_grpc,
     novelty_pb2_grpc,
+    trainer_pb2,
     trainer_pb2_grpc,
 )
 from services.controller import config as experiment_config
@@ -183,6 +184,17 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
             error=row["error"],
             created_unix_ms=row["created_ms"],
             updated_unix_ms=row["updated_ms"],
+            fine_tune=self._fine_tune_step(experiment_id),
+        )
+
+    def _fine_tune_step(self, experiment_id: str) -> trainer_pb2.FineTuneStep | None:
+        running = self.runners.get(experiment_id)
+        if running is None or running[0].fine_tune_step is None or self.ledger is None:
+            return None
+        return (
+            running[0].fine_tune_step
+            if self.ledger.experiment(experiment_id)["current_phase"] == "FINE_TUNING"
+            else None
         )
 
     async def StartExperiment(self, request, context) -> controller_pb2.StartExperimentResponse:  # type: ignore[no-untyped-def]

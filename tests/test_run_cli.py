@@ -1,0 +1,38 @@
+"""`archloop run` and `archloop report` refuse bad input before anything starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from archloop.testing import run_cli
+
+
+def test_bad_configs_exit_2_naming_the_field_and_start_nothing(tmp_path: Path) -> None:
+    env_home = {"ARCHLOOP_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
+    cases = [
+        ("cycels: 3\n", "cycels"),
+        ("generation: {mode: sideways}\n", "generation.mode"),
+        ("accuracy_threshold: 1.5\n", "accuracy_threshold"),
+        ("datasets: [imagenet]\n", "datasets"),
+        ("generation: {temperature_schedule: cyclic}\n", "generation.temperature_max"),
+        ("- a list\n", "must be a mapping"),
+    ]
+    for text, field in cases:
+        config = tmp_path / "bad.yaml"
+        config.write_text(text)
+        result = run_cli("run", "--config", str(config), env=env_home)
+        assert result.returncode == 2 and field in result.stderr, (text, result.stderr)
+    for flags, name in ((["--cycles", "0"], "--cycles"), (["--candidates", "-1"], "--candidates")):
+        result = run_cli("run", *flags, env=env_home)
+        assert result.returncode == 2 and name in result.stderr
+    missing = run_cli("run", "--config", str(tmp_path / "nowhere.yaml"), env=env_home)
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
+    assert not (tmp_path / "home").exists()  # nothing was started or written
+
+
+def test_an_unreachable_controller_and_a_missing_ledger_are_clear_errors(tmp_path: Path) -> None:
+    env_home = {"ARCHLOOP_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
+    result = run_cli("run", "--controller", "127.0.0.1:1", "--cycles", "1", env=env_home)
+    assert result.returncode == 1 and "UNAVAILABLE" in result.stderr
+    report = run_cli("report", "exp-1", "--ledger", str(tmp_path / "none.sqlite3"), env=env_home)
+    assert report.returncode == 1 and "no ledger" in report.stderr
