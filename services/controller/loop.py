@@ -444,7 +444,9 @@ class ExperimentRunner:
                 async for response in stream:
                     c = response.candidate
                     generation = json_format.MessageToJson(c.generation, preserving_proto_field_name=True)
-                    added = self.ledger.add_candidate(
+                    # the commit (an fsync) runs in a thread: the loop keeps dispatching evaluations meanwhile
+                    added = await asyncio.to_thread(
+                        self.ledger.add_candidate,
                         {
                             "candidate_id": c.candidate_id,
                             "experiment_id": self.id,
@@ -458,7 +460,7 @@ class ExperimentRunner:
                             .lower(),
                             "factor": c.generation.factor,
                             "adapter_name": c.generation.adapter_name,
-                        }
+                        },
                     )
                     self.notify.set()
                     if added:
@@ -504,7 +506,8 @@ class ExperimentRunner:
             )
         result = response.result
         status = evaluator_pb2.EvaluationStatus.Name(result.status).removeprefix("EVALUATION_STATUS_")
-        self.ledger.set_candidate(
+        await asyncio.to_thread(
+            self.ledger.set_candidate,
             candidate_id,
             stage="evaluated",
             eval_status=status,
