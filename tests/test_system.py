@@ -291,3 +291,45 @@ def test_kill_9_of_the_controller_and_a_nats_outage_lose_nothing(
         _check_run(system, "sys-b", 2, 4)
     finally:
         system.nats.stop(5)
+
+
+def test_unreachable_services_fail_the_experiment_with_a_clear_error(
+    start_service, tmp_path, small_corpus
+) -> None:  # type: ignore[no-untyped-def]
+    closed = f"127.0.0.1:{_free_port()}"
+    peers = [
+        arg for name in ("generator", "evaluator", "novelty", "trainer") for arg in (f"--{name}-addr", closed)
+    ]
+    proc = start_service(
+        "controller", "--state-dir", str(tmp_path / "controller"), "--corpus-dir", str(small_corpus),
+        "--retry-budget-seconds", "3", *peers,
+    )  # fmt: skip
+    stub = controller_pb2_grpc.ControllerServiceStub(grpc.insecure_channel(proc.address))
+    config = experiment_config.from_mapping(TEST_CONFIG)
+    stub.StartExperiment(
+        controller_pb2.StartExperimentRequest(experiment_id="sys-c", config=config), timeout=60
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        experiment = stub.GetExperiment(
+            controller_pb2.GetExperimentRequest(experiment_id="sys-c"), timeout=30
+        ).experiment
+        if _done(experiment) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert experiment.state == controller_pb2.EXPERIMENT_STATE_FAILED
+    assert "UNAVAILABLE" in experiment.error and "novelty" in experiment.error
+    assert Ledger(tmp_path / "controller" / "ledger.sqlite3").candidates("sys-c") == []
+    # a config the controller refuses names the field, and nothing is written
+    bad = experiment_config.from_mapping({**TEST_CONFIG, "accuracy_threshold": 2.0})
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.StartExperiment(
+            controller_pb2.StartExperimentRequest(experiment_id="sys-d", config=bad), timeout=60
+        )
+    assert (
+        caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and "accuracy_threshold" in caught.value.details()
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetExperiment(controller_pb2.GetExperimentRequest(experiment_id="sys-d"), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
