@@ -39,13 +39,11 @@ from services.controller.ledger import Ledger
 
 pytestmark = pytest.mark.slow
 
+# the cycle's events in the order events.proto declares them (the order they happen)
 CYCLE_EVENTS = [
-    "cycle_started",
-    "cycle_generated",
-    "cycle_evaluated",
-    "cycle_filtered",
-    "cycle_fine_tuned",
-    "cycle_completed",
+    f.name
+    for f in events_pb2.Event.DESCRIPTOR.oneofs_by_name["payload"].fields
+    if f.name.startswith("cycle_")
 ]
 TEST_CONFIG = {
     "name": "system",

@@ -235,20 +235,16 @@ class ExperimentRunner:
         log.info("experiment_completed", experiment_id=self.id, **counts)
         return "COMPLETED"
 
+    async def _create_collection(self, name: str) -> None:
+        """A novelty collection with the experiment's τ_nov (kept when it exists: a resumed run)."""
+        settings = novelty_pb2.CollectionSettings(near_duplicate_threshold=self.config.novelty_threshold)
+        request = novelty_pb2.CreateCollectionRequest(name=name, settings=settings, exist_ok=True)
+        await self._call("novelty.CreateCollection", self.peers.novelty.CreateCollection, request)
+
     async def _prepare_corpus(self) -> None:
         """The experiment's corpus collection holds the LEMUR training codes (idempotent import)."""
         name = corpus_collection(self.id)
-        await self._call(
-            "novelty.CreateCollection",
-            self.peers.novelty.CreateCollection,
-            novelty_pb2.CreateCollectionRequest(
-                name=name,
-                settings=novelty_pb2.CollectionSettings(
-                    near_duplicate_threshold=self.config.novelty_threshold
-                ),
-                exist_ok=True,
-            ),
-        )
+        await self._create_collection(name)
         codes = {}
         for example in corpus.read_jsonl(self.settings.corpus_dir / "examples.jsonl"):
             if example["model"] not in codes:
@@ -524,17 +520,7 @@ class ExperimentRunner:
     async def _filter(self, cycle: int) -> None:
         started = time.monotonic()
         corpus_name, cycle_name = corpus_collection(self.id), cycle_collection(self.id, cycle)
-        await self._call(
-            "novelty.CreateCollection",
-            self.peers.novelty.CreateCollection,
-            novelty_pb2.CreateCollectionRequest(
-                name=cycle_name,
-                settings=novelty_pb2.CollectionSettings(
-                    near_duplicate_threshold=self.config.novelty_threshold
-                ),
-                exist_ok=True,
-            ),
-        )
+        await self._create_collection(cycle_name)
         # 1. novelty figures of every valid candidate, in index order (J_gen: earlier ones of the cycle)
         for c in self.ledger.candidates(self.id, cycle):
             self._check_stop()
