@@ -331,3 +331,23 @@ def test_unreachable_services_fail_the_experiment_with_a_clear_error(
     with pytest.raises(grpc.RpcError) as caught:
         stub.GetExperiment(controller_pb2.GetExperimentRequest(experiment_id="sys-d"), timeout=30)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_stop_then_resume_completes_with_nothing_lost(start_service, tmp_path, small_corpus) -> None:  # type: ignore[no-untyped-def]
+    system = System(start_service, tmp_path, small_corpus)
+    try:
+        _start(system, "sys-e")
+        system.wait("sys-e", lambda e: e.candidates_generated >= 1 or _done(e))
+        stopped = system.stub.StopExperiment(
+            controller_pb2.StopExperimentRequest(experiment_id="sys-e"), timeout=120
+        ).experiment
+        assert stopped.state == controller_pb2.EXPERIMENT_STATE_STOPPED
+        time.sleep(2)
+        assert system.experiment("sys-e").state == controller_pb2.EXPERIMENT_STATE_STOPPED  # it stays stopped
+        system.stub.ResumeExperiment(
+            controller_pb2.ResumeExperimentRequest(experiment_id="sys-e"), timeout=60
+        )
+        system.wait("sys-e", _done)
+        _check_run(system, "sys-e", 2, 4)
+    finally:
+        system.nats.stop(5)

@@ -210,6 +210,8 @@ class Ledger:
 
     # -- cycles ---------------------------------------------------------------------------------
     def start_cycle(self, experiment_id: str, cycle: int, event: events_pb2.Event, **fields: Any) -> None:
+        """Insert the cycle once (with its fields and event); a resumed cycle keeps its row, and the
+        experiment points at it in its recorded phase."""
         with self._transaction() as db:
             if not db.execute(
                 "SELECT 1 FROM cycles WHERE experiment_id=? AND cycle=?", (experiment_id, cycle)
@@ -221,12 +223,15 @@ class Ledger:
                 )
                 self._update(db, "cycles", "experiment_id=? AND cycle=?", (experiment_id, cycle), fields)
                 self._add_event(db, event)
+            phase = db.execute(
+                "SELECT phase FROM cycles WHERE experiment_id=? AND cycle=?", (experiment_id, cycle)
+            ).fetchone()[0]
             self._update(
                 db,
                 "experiments",
                 "experiment_id=?",
                 (experiment_id,),
-                {"current_cycle": cycle, "current_phase": "GENERATING"},
+                {"current_cycle": cycle, "current_phase": phase},
             )
 
     def cycle(self, experiment_id: str, cycle: int) -> CycleRow | None:

@@ -134,6 +134,7 @@ class ExperimentRunner:
         self.settings = settings
         self.notify = notify or asyncio.Event()
         self.stop_requested = False
+        self._stopped = asyncio.Event()
         self.dataset = config.datasets[0]
         self.prompt_task = prompts.task_for(
             config.generation.prompt_dataset or self.dataset,
@@ -148,6 +149,11 @@ class ExperimentRunner:
     def _record(self, event: events_pb2.Event) -> None:
         self.ledger.add_event(event)
         self.notify.set()
+
+    def request_stop(self) -> None:
+        """Stop at the next safe point; evaluations in flight are abandoned (re-run on resume)."""
+        self.stop_requested = True
+        self._stopped.set()
 
     def _check_stop(self) -> None:
         if self.stop_requested:
@@ -405,7 +411,12 @@ class ExperimentRunner:
                 phase="EVALUATING",
             )
             self.notify.set()
-            await asyncio.gather(*tasks)
+            evaluations = asyncio.ensure_future(asyncio.gather(*tasks))
+            stop = asyncio.ensure_future(self._stopped.wait())
+            await asyncio.wait({evaluations, stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            self._check_stop()
+            await evaluations
         except BaseException:
             for task in tasks:
                 task.cancel()

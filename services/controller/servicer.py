@@ -100,7 +100,7 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
 
     async def stop(self) -> None:
         for runner, _task in self.runners.values():
-            runner.stop_requested = True
+            runner.request_stop()
         tasks = [task for _runner, task in self.runners.values()]
         for task in tasks:
             task.cancel()
@@ -238,7 +238,7 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
         experiment = self._experiment(request.experiment_id)
         running = self.runners.get(request.experiment_id)
         if running is not None:
-            running[0].stop_requested = True
+            running[0].request_stop()
             self.ledger.set_experiment(request.experiment_id, state="STOPPING")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(running[1]), 30.0)
