@@ -229,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from archloop.logs import configure_logging
+
+    # library warnings (NATS reconnects, in-process services) go to stderr; stdout is the command's output
+    configure_logging("cli", "warning", "console")
     return args.func(args)
 
 

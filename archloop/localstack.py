@@ -30,6 +30,7 @@ from shutil import which
 import psutil
 
 from archloop.clients import health_status
+from archloop.processes import child_env
 
 SERVICES = ("novelty", "evaluator", "generator", "trainer", "controller")
 """Start order; they stop in reverse."""
@@ -144,7 +145,10 @@ class ChildProcess:
         log_path: Path,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        arranges_own_death: bool = False,
     ) -> None:
+        """`arranges_own_death`: the child calls archloop.processes.die_with_parent itself (our Python
+        services), so no preexec_fn is needed; others (nats-server) get one."""
         self.name = name
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,10 +158,10 @@ class ChildProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                env=env,
+                env=child_env(env) if arranges_own_death else env,
                 cwd=cwd,
                 start_new_session=True,
-                preexec_fn=_die_with_parent(os.getpid()),
+                preexec_fn=None if arranges_own_death else _die_with_parent(os.getpid()),
             )
         self.create_time = psutil.Process(self.proc.pid).create_time()
 
@@ -248,7 +252,7 @@ class ServiceProcess(ChildProcess):
             sys.executable, "-m", f"services.{name}", "--host", "127.0.0.1", "--port", "0",
             "--ready-file", str(self.ready_file), "--log-format", "json", *(extra_args or []),
         ]  # fmt: skip
-        super().__init__(name, argv, log_path, env, cwd=run_dir)
+        super().__init__(name, argv, log_path, env, cwd=run_dir, arranges_own_death=True)
         self.address = ""
 
     def wait_ready(self, timeout_seconds: float = 60.0) -> str:

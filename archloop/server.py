@@ -32,6 +32,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from archloop.errors import ArchLoopError, InvalidArgument
+from archloop.processes import die_with_parent
 from archloop.settings import EXIT_BAD_CONFIG, ServiceSettings, SettingsError, flag_name, redacted
 
 log = structlog.get_logger("archloop.server")
@@ -305,6 +306,7 @@ def _write_ready_file(path: str, address: str) -> None:
 
 def run_service(settings: ServiceSettings, make_servicer: Callable[[], ServicerBase]) -> int:
     """Entry point body shared by every service: build, bind, serve, shut down; return exit status."""
+    die_with_parent()  # started by the local stack or a test: go when the starter goes
     log.info("service_config", **redacted(settings))
 
     async def main() -> int:

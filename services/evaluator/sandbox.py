@@ -39,6 +39,8 @@ from pathlib import Path
 
 import psutil
 
+from archloop.processes import child_env
+
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
 MS_REC, MS_PRIVATE = 0x4000, 1 << 18
@@ -213,7 +215,7 @@ class Sandbox:
             stdout=subprocess.PIPE,
             text=True,
             bufsize=1,
-            preexec_fn=lambda: _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL),
+            env=child_env(),  # the template dies with this process (no preexec_fn: archloop.processes)
         )
         threading.Thread(target=self._read_template, daemon=True, name="sandbox-template").start()
         hello = self._wait_event("hello", ready_timeout_seconds)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -90,6 +91,9 @@ def _warm_up() -> None:
 
 
 def main() -> int:
+    from archloop.processes import die_with_parent
+
+    die_with_parent(signal.SIGKILL)
     import torch
 
     torch.set_num_threads(1)  # no OpenMP pool in the template, so forking stays safe

@@ -1,0 +1,32 @@
+"""Child processes that die with their parent, arranged by the child itself.
+
+A parent that runs gRPC threads must not start children with a `preexec_fn`: that makes Python fork()
+(not vfork/posix_spawn), so gRPC's fork handlers run while its threads may be busy, which can kill the
+child before it execs. Instead the parent passes its pid in ARCHLOOP_PARENT_PID and the child, first
+thing, asks the kernel for a signal when its parent dies (PR_SET_PDEATHSIG) and exits if that parent
+is already gone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+
+PARENT_PID_ENV = "ARCHLOOP_PARENT_PID"
+_PR_SET_PDEATHSIG = 1
+
+
+def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child that should die with this process."""
+    return {**(os.environ if env is None else env), PARENT_PID_ENV: str(os.getpid())}
+
+
+def die_with_parent(signum: int = signal.SIGTERM) -> None:
+    """In the child: get `signum` when the parent named in the environment dies (no-op without it)."""
+    parent = os.environ.get(PARENT_PID_ENV)
+    if not parent:
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum)
+    if os.getppid() != int(parent):  # the parent died before prctl took effect
+        os._exit(1)

@@ -1,0 +1,88 @@
+"""The final stage (fully training the top-k admitted models for the proxy-reliability study) against a
+real evaluator, and `archloop watch` following events on a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from archloop import corpus
+from archloop.clients import aio_channel
+from archloop.eventbus import connect_nats, ensure_stream, publish_event
+from archloop.generate_cli import BASELINE
+from archloop.lemur import iter_model_sources, lemur_wheel
+from archloop.v1 import evaluator_pb2_grpc
+from services.controller import config as experiment_config
+from services.controller.ledger import Ledger
+from services.controller.loop import ExperimentRunner, LoopSettings, Peers, _event
+
+pytestmark = pytest.mark.slow
+
+
+async def test_the_final_stage_trains_the_top_k_admitted_models_longer(start_service, tmp_path: Path) -> None:
+    evaluator = start_service("evaluator", "--work-dir", str(tmp_path / "jobs"))
+    (tmp_path / "corpus").mkdir()
+    name, code = next(iter_model_sources(lemur_wheel()))
+    (tmp_path / "corpus" / "examples.jsonl").write_text(
+        json.dumps(corpus.example_records(name, code, {"cifar-10": 100_000})[0]) + "\n"
+    )
+    config = experiment_config.with_defaults(
+        experiment_config.from_mapping(
+            {"cycles": 1, "final_training": {"top_k": 2, "epochs": 2}, "protocol": {"max_train_images": 300}}
+        )
+    )
+    experiment_config.validate(config)
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    ledger.create_experiment(
+        "fin", experiment_config.to_json(config), experiment_config.config_sha256(config)
+    )
+    ledger.start_cycle("fin", 1, _event("fin", 1, "cycle_started"))
+    wider = BASELINE.read_text().replace(
+        "nn.Linear(128, out_shape[0])", "nn.Linear(128, out_shape[0], bias=True)"
+    )
+    for idx, (code_i, accuracy) in enumerate(
+        [(BASELINE.read_text(), 0.5), (wider, 0.6), (BASELINE.read_text(), 0.1)]
+    ):
+        cid = f"fin-c1-{idx:04d}"
+        row = {"candidate_id": cid, "experiment_id": "fin", "cycle": 1, "idx": idx, "code": code_i}
+        ledger.add_candidate({**row, "generation_json": "{}"})
+        ledger.set_candidate(cid, stage="decided", valid=1, accuracy=accuracy,
+                             decision="admitted" if accuracy > 0.4 else "rejected")  # fmt: skip
+    peers = Peers(None, evaluator_pb2_grpc.EvaluatorServiceStub(aio_channel(evaluator.address)), None, None)  # type: ignore[arg-type]
+    runner = ExperimentRunner(
+        "fin", config, ledger, peers, LoopSettings(tmp_path / "work", tmp_path / "corpus")
+    )
+    await runner._final_training()
+    final = {c["candidate_id"]: c["final_accuracy"] for c in ledger.candidates("fin")}
+    assert final["fin-c1-0000"] is not None and final["fin-c1-0001"] is not None
+    assert 0.0 <= final["fin-c1-0000"] <= 1.0
+    assert final["fin-c1-0002"] is None  # not admitted
+
+
+def test_watch_prints_each_event_and_ends_with_the_experiment(nats_server, tmp_path: Path) -> None:
+    async def publish() -> None:
+        client = await connect_nats(nats_server.url, name="test")
+        js = client.jetstream()
+        await ensure_stream(js)
+        for cycle, kind in ((0, "experiment_started"), (1, "cycle_started"), (1, "experiment_completed")):
+            await publish_event(js, _event("watch-1", cycle, kind))
+        await client.close()
+
+    asyncio.run(publish())
+    result = subprocess.run(
+        [sys.executable, "-m", "archloop.cli", "watch", "watch-1", "--nats-url", nats_server.url],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[3] for line in lines] == [
+        "experiment_started",
+        "cycle_started",
+        "experiment_completed",
+    ]
+    assert all(line.startswith("watch-1 cycle ") for line in lines)
