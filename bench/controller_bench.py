@@ -60,6 +60,9 @@ class SimulatedGenerator(generator_pb2_grpc.GeneratorServiceServicer):
     def __init__(self, codes: list[str]) -> None:
         self.codes = codes
 
+    async def DescribeBackend(self, request, context):  # type: ignore[no-untyped-def]
+        return generator_pb2.DescribeBackendResponse(backend="simulated", max_candidates_per_request=10_000)
+
     async def GenerateCandidates(self, request, context):  # type: ignore[no-untyped-def]
         for k in range(request.n):
             index = request.start_index + k

@@ -88,7 +88,8 @@ class System:
         self.nats = self._start_nats()
         novelty = start_service("novelty", "--db-path", str(tmp_path / "novelty.sqlite3"))
         evaluator = start_service("evaluator", "--work-dir", str(tmp_path / "jobs"))
-        generator = start_service("generator", "--batch-size", "4", "--threads", "1")
+        # at most 3 per request: the 4 candidates of a cycle take two generator requests
+        generator = start_service("generator", "--batch-size", "4", "--threads", "1", "--max-candidates", "3")
         trainer = start_service(
             "trainer",
             "--state-dir",

@@ -368,6 +368,14 @@ class ExperimentRunner:
 
         return BASELINE.read_text()
 
+    async def _generator_limit(self) -> int:
+        described = await self._call(
+            "generator.DescribeBackend",
+            self.peers.generator.DescribeBackend,
+            generator_pb2.DescribeBackendRequest(),
+        )
+        return max(1, described.max_candidates_per_request)
+
     async def _capacity(self) -> int:
         if self.settings.evaluation_concurrency:
             return self.settings.evaluation_concurrency
@@ -392,9 +400,15 @@ class ExperimentRunner:
         try:
             have = len(self.ledger.candidates(self.id, cycle))
             wanted = self.config.candidates_per_cycle
-            if have < wanted:
-                request = self._generation_request(cycle, row, have, wanted - have)
+            most = await self._generator_limit() if have < wanted else 0
+            while have < wanted:  # in requests of at most the generator's limit
+                request = self._generation_request(cycle, row, have, min(most, wanted - have))
                 await self._stream_candidates(request, evaluate_later)
+                before, have = have, len(self.ledger.candidates(self.id, cycle))
+                if have == before:
+                    raise PeerFailed(
+                        f"generator.GenerateCandidates: the stream ended with none of {request.n}"
+                    )
             existing = self.ledger.candidates(self.id, cycle)
             errors = sum(bool(c["generation_error"]) for c in existing)
             self.ledger.set_cycle(
