@@ -243,6 +243,13 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(running[1]), 30.0)
             experiment = self._experiment(request.experiment_id)
+        elif experiment.state in (
+            controller_pb2.EXPERIMENT_STATE_RUNNING,
+            controller_pb2.EXPERIMENT_STATE_PENDING,
+            controller_pb2.EXPERIMENT_STATE_STOPPING,
+        ):  # no runner in this process (its runner died with a bug): record the stop
+            self.ledger.set_experiment(request.experiment_id, state="STOPPED")
+            experiment = self._experiment(request.experiment_id)
         return controller_pb2.StopExperimentResponse(experiment=experiment)
 
     async def ResumeExperiment(self, request, context) -> controller_pb2.ResumeExperimentResponse:  # type: ignore[no-untyped-def]
