@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import math
 import os
 import queue
 import resource
@@ -248,25 +247,7 @@ def save_table(table: dict[str, dict[str, ForwardResult]], path: Path = FORWARD_
         handle.write((json.dumps(payload, sort_keys=True, separators=(",", ":")) + "\n").encode())
 
 
-def summary(results: Iterable[ForwardResult], budget: int) -> dict:
-    rows = list(results)
-    ok = [r for r in rows if r.ok]
-    params = sorted(r.parameters for r in ok)
-    return {
-        "checked": len(rows),
-        "ok": len(ok),
-        "within_budget": sum(p <= budget for p in params),
-        "median_parameters": params[len(params) // 2] if params else 0,
-        "cpu_rechecks": sum(r.device == "cpu" for r in rows),
-        "log10_parameters_p10_p90": [
-            round(math.log10(max(1, params[int(q * (len(params) - 1))])), 2) for q in (0.1, 0.9)
-        ]
-        if params
-        else [],
-    }
-
-
-__all__ = ["ForwardResult", "check_forward", "check_many", "load_table", "save_table", "summary"]
+__all__ = ["ForwardResult", "check_forward", "check_many", "load_table", "save_table"]
 
 
 if __name__ == "__main__":

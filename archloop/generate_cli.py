@@ -19,10 +19,11 @@ import json
 import sys
 from pathlib import Path
 
+from archloop import prompts
 from archloop.errors import ArchLoopError, InvalidArgument
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SOME_EMPTY = 0, 1, 2, 3
-BASELINE = Path(__file__).parent / "data" / "baseline_cnn.py"
+BASELINE = prompts.BASELINE_FILE
 _MODES = {"full": 1, "delta": 2, "factor": 3}
 _FALLBACKS = {"none": 1, "reprompt": 2, "full": 3}
 

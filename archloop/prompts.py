@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 PROMPT_VERSION = "full-v1"
 
@@ -120,6 +121,8 @@ def prompt_sha256(messages: list[dict[str, str]] | None = None) -> str:
 
 # Delta mode (BRIEF §7): a unified diff against a baseline. Outputs are much shorter than full programs.
 BASELINE_NAME = "model.py"
+# The packaged baseline (a valid ~95k-parameter CNN) that delta / factor mode edit when none is given.
+BASELINE_FILE = Path(__file__).parent / "data" / "baseline_cnn.py"
 
 
 def delta_messages(task: Task, baseline: str, error: str = "", previous: str = "") -> list[dict[str, str]]:

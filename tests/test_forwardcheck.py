@@ -6,8 +6,8 @@ from __future__ import annotations
 import hashlib
 
 from archloop import forwardcheck
-from archloop.generate_cli import BASELINE
 from archloop.lemur import iter_model_sources, lemur_wheel
+from archloop.prompts import BASELINE_FILE as BASELINE
 
 SHAPE, CLASSES = (3, 32, 32), 10
 

@@ -15,7 +15,6 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,9 +103,6 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_unpublished ON events (published, sequence);
 CREATE INDEX IF NOT EXISTS candidates_by_cycle ON candidates (experiment_id, cycle, idx);
 """
-
-STAGES = ("generated", "evaluated", "decided")
-"""A candidate's progress: generated (row written), evaluated (verdict stored), decided."""
 
 
 def now_ms() -> int:
@@ -363,7 +359,3 @@ class _Transaction:
             self.ledger._db.execute("COMMIT" if kind is None else "ROLLBACK")
         finally:
             self.ledger._lock.release()
-
-
-def rows_as_dicts(rows: Iterator[sqlite3.Row] | list[sqlite3.Row]) -> list[dict]:
-    return [dict(r) for r in rows]

@@ -144,10 +144,13 @@ class ExperimentRunner:
         )
         self.started = time.monotonic()
         self.fine_tune_step: trainer_pb2.FineTuneStep | None = None  # the running fine-tune's last step
+        self.lemur_models = 0  # LEMUR models in the corpus collection (set by _prepare_corpus)
 
     # -- helpers --------------------------------------------------------------------------------
-    def _record(self, event: events_pb2.Event) -> None:
-        self.ledger.add_event(event)
+    def _step(self, cycle: int, kind: str, payload: dict, **fields: object) -> None:
+        """Record a step of the cycle (its fields, usually its new phase) and its event in one ledger
+        transaction, then wake the event publisher and watchers."""
+        self.ledger.set_cycle(self.id, cycle, _event(self.id, cycle, kind, **payload), **fields)
         self.notify.set()
 
     def request_stop(self) -> None:
@@ -255,6 +258,7 @@ class ExperimentRunner:
         for example in corpus.read_jsonl(self.settings.corpus_dir / "examples.jsonl"):
             if example["model"] not in codes:
                 codes[example["model"]] = prompts.extract_code(example["messages"][-1]["content"])[0]
+        self.lemur_models = len(codes)
 
         def requests():  # type: ignore[no-untyped-def]
             for model, code in codes.items():
@@ -285,7 +289,7 @@ class ExperimentRunner:
     async def _cycle(self, cycle: int) -> None:
         self._check_stop()
         adapter = self._generation_adapter(cycle)
-        corpus_size = len(self._lemur_models()) + len(self.ledger.admitted(self.id, cycle - 1))
+        corpus_size = self.lemur_models + len(self.ledger.admitted(self.id, cycle - 1))
         self.ledger.start_cycle(
             self.id,
             cycle,
@@ -308,30 +312,18 @@ class ExperimentRunner:
         if self.ledger.cycle(self.id, cycle).phase != "COMPLETED":
             admitted = len([c for c in self.ledger.candidates(self.id, cycle) if c["decision"] == "admitted"])
             started = row.started_ms / 1000
-            self.ledger.set_cycle(
-                self.id,
+            self._step(
                 cycle,
-                _event(
-                    self.id,
-                    cycle,
-                    "cycle_completed",
+                "cycle_completed",
+                dict(
                     candidates_admitted=admitted,
                     corpus_size=corpus_size + admitted,
                     duration_seconds=time.time() - started,
                 ),
                 phase="COMPLETED",
             )
-            self.notify.set()
 
     # -- generate + evaluate --------------------------------------------------------------------
-    def _lemur_models(self) -> list[str]:
-        if not hasattr(self, "_lemur_cache"):
-            models = dict.fromkeys(
-                e["model"] for e in corpus.read_jsonl(self.settings.corpus_dir / "examples.jsonl")
-            )
-            self._lemur_cache = list(models)
-        return self._lemur_cache
-
     def _generation_request(
         self, cycle: int, row, start: int, n: int
     ) -> generator_pb2.GenerateCandidatesRequest:  # type: ignore[no-untyped-def]
@@ -364,9 +356,7 @@ class ExperimentRunner:
     def _default_baseline(self) -> str:
         if self.config.generation.mode == common_pb2.GENERATION_MODE_FULL:
             return ""
-        from archloop.generate_cli import BASELINE
-
-        return BASELINE.read_text()
+        return prompts.BASELINE_FILE.read_text()
 
     async def _generator_limit(self) -> int:
         described = await self._call(
@@ -411,20 +401,16 @@ class ExperimentRunner:
                     )
             existing = self.ledger.candidates(self.id, cycle)
             errors = sum(bool(c["generation_error"]) for c in existing)
-            self.ledger.set_cycle(
-                self.id,
+            self._step(
                 cycle,
-                _event(
-                    self.id,
-                    cycle,
-                    "cycle_generated",
+                "cycle_generated",
+                dict(
                     candidates_generated=len(existing),
                     generation_errors=errors,
                     duration_seconds=time.monotonic() - started,
                 ),
                 phase="EVALUATING",
             )
-            self.notify.set()
             evaluations = asyncio.ensure_future(asyncio.gather(*tasks))
             stop = asyncio.ensure_future(self._stopped.wait())
             await asyncio.wait({evaluations, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -438,13 +424,10 @@ class ExperimentRunner:
             raise
         evaluated = self.ledger.candidates(self.id, cycle)
         accuracies = [c["accuracy"] for c in evaluated if c["valid"]]
-        self.ledger.set_cycle(
-            self.id,
+        self._step(
             cycle,
-            _event(
-                self.id,
-                cycle,
-                "cycle_evaluated",
+            "cycle_evaluated",
+            dict(
                 candidates_evaluated=len(evaluated),
                 candidates_valid=len(accuracies),
                 best_accuracy=max(accuracies, default=0.0),
@@ -453,7 +436,6 @@ class ExperimentRunner:
             ),
             phase="FILTERING",
         )
-        self.notify.set()
 
     async def _stream_candidates(self, request, evaluate_later) -> None:  # type: ignore[no-untyped-def]
         deadline = time.monotonic() + self.settings.retry_budget_seconds
@@ -595,13 +577,10 @@ class ExperimentRunner:
         admitted = sum(c["decision"] == "admitted" for c in final)
         above = sum(bool(c["valid"]) and c["accuracy"] >= self.config.accuracy_threshold for c in final)
         corpus_size = self.ledger.cycle(self.id, cycle).corpus_size_start + admitted
-        self.ledger.set_cycle(
-            self.id,
+        self._step(
             cycle,
-            _event(
-                self.id,
-                cycle,
-                "cycle_filtered",
+            "cycle_filtered",
+            dict(
                 candidates_above_threshold=above,
                 near_duplicates_train=sum(bool(c["near_dup_text_train"]) for c in final),
                 near_duplicates_generation=sum(bool(c["near_dup_text_gen"]) for c in final),
@@ -611,7 +590,6 @@ class ExperimentRunner:
             ),
             phase="FINE_TUNING",
         )
-        self.notify.set()
 
     def _select(self, candidates) -> dict[str, tuple[str, str, int]]:  # type: ignore[no-untyped-def]
         """{candidate_id: (decision, reason, rejection_count)} for the whole cycle, in index order.
@@ -722,10 +700,10 @@ class ExperimentRunner:
     async def _fine_tune(self, cycle: int) -> None:
         started = time.monotonic()
         if self.config.ablations.no_iteration and cycle > 1:
-            self.ledger.set_cycle(
-                self.id,
+            self._step(
                 cycle,
-                _event(self.id, cycle, "cycle_fine_tuned", skipped=True, duration_seconds=0.0),
+                "cycle_fine_tuned",
+                dict(skipped=True, duration_seconds=0.0),
                 phase="FINE_TUNED",
                 fine_tune_skipped=1,
             )
@@ -765,13 +743,10 @@ class ExperimentRunner:
                 continue
             state = trainer_pb2.FineTuneState.Name(job.state)
             raise PeerFailed(f"fine-tune {job_id} ended {state}: {job.error}")
-        self.ledger.set_cycle(
-            self.id,
+        self._step(
             cycle,
-            _event(
-                self.id,
-                cycle,
-                "cycle_fine_tuned",
+            "cycle_fine_tuned",
+            dict(
                 job_id=job_id,
                 adapter_name=job.adapter.name,
                 final_loss=job.loss,
@@ -784,7 +759,6 @@ class ExperimentRunner:
             fine_tune_adapter_sha256=job.adapter.weights_sha256,
             fine_tune_loss=job.loss,
         )
-        self.notify.set()
 
     async def _watch_job(self, job_id: str, job: trainer_pb2.FineTuneJob) -> trainer_pb2.FineTuneJob:
         """Follow the job until it is terminal; re-attach after a dropped stream."""

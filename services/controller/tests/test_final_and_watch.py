@@ -14,8 +14,8 @@ import pytest
 from archloop import corpus
 from archloop.clients import aio_channel
 from archloop.eventbus import connect_nats, ensure_stream, publish_event
-from archloop.generate_cli import BASELINE
 from archloop.lemur import iter_model_sources, lemur_wheel
+from archloop.prompts import BASELINE_FILE as BASELINE
 from archloop.v1 import evaluator_pb2_grpc
 from services.controller import config as experiment_config
 from services.controller.ledger import Ledger

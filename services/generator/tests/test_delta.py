@@ -7,7 +7,7 @@ import difflib
 
 import pytest
 
-from archloop.generate_cli import BASELINE
+from archloop.prompts import BASELINE_FILE as BASELINE
 from services.generator.delta import DeltaError, apply_response, extract_diff, parse_hunks
 
 BASE = BASELINE.read_text()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from archloop.errors import InvalidArgument
-from archloop.generate_cli import BASELINE
+from archloop.prompts import BASELINE_FILE as BASELINE
 from archloop.v1 import common_pb2, generator_pb2
 from services.generator.backends import Completion
 from services.generator.engine import CandidateMaker, plan_from_request

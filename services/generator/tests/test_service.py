@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from archloop.basemodel import TINY_MODEL_DIR, weights_sha256
-from archloop.generate_cli import BASELINE
+from archloop.prompts import BASELINE_FILE as BASELINE
 from archloop.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 
 pytestmark = pytest.mark.slow
