@@ -136,6 +136,30 @@ def cmd_down(args: argparse.Namespace) -> int:
 EXIT_NOT_VALID = 3
 
 
+def cmd_datasets_fetch(args: argparse.Namespace) -> int:
+    """Download each named torchvision dataset (the Kubernetes setup Job runs this: evaluators have
+    no internet egress)."""
+    from services.evaluator.datasets import TORCHVISION_DATASETS, DatasetUnavailable, load_torchvision
+
+    unknown = [n for n in args.names if n not in TORCHVISION_DATASETS]
+    if unknown:
+        print(
+            f"archloop datasets fetch: unknown dataset {', '.join(unknown)} "
+            f"(one of {', '.join(TORCHVISION_DATASETS)}; digits ships with scikit-learn)",
+            file=sys.stderr,
+        )
+        return 2
+    for name in args.names:
+        try:
+            data = load_torchvision(name, Path(args.data_dir), allow_download=True)
+        except DatasetUnavailable as exc:
+            print(f"archloop datasets fetch: {exc}", file=sys.stderr)
+            return 1
+        images = len(data.train_labels) + len(data.validation_labels)
+        print(f"{name}: {images} training images in {args.data_dir}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate one file locally in the same sandbox the evaluator service uses."""
     from google.protobuf.json_format import MessageToJson
@@ -212,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--work-dir", default=".archloop-jobs", help="job directories (removed after)")
     evaluate.add_argument("--json", action="store_true", help="print the EvaluationResult as JSON")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    datasets = commands.add_parser("datasets", help="torchvision datasets for the evaluator")
+    datasets_sub = datasets.add_subparsers(dest="datasets_command", required=True)
+    fetch = datasets_sub.add_parser("fetch", help="download datasets into the evaluator's --data-dir")
+    fetch.add_argument("names", nargs="+", help="cifar10, cifar100, svhn, mnist, fashion_mnist")
+    fetch.add_argument("--data-dir", default="data", help="the evaluator's data directory")
+    fetch.set_defaults(func=cmd_datasets_fetch)
 
     from archloop.novelty_cli import add_parser as add_novelty_parser
 

@@ -49,6 +49,7 @@ from archloop.v1 import (  # noqa: E402
 from bench.report import machine as report_machine  # noqa: E402
 from bench.report import publish  # noqa: E402
 from services.controller import config as experiment_config  # noqa: E402
+from services.controller.evaluators import EvaluatorPool  # noqa: E402
 from services.controller.ledger import Ledger  # noqa: E402
 from services.controller.loop import ExperimentRunner, LoopSettings, Peers  # noqa: E402
 
@@ -168,7 +169,7 @@ async def run_once(
     generator, evaluator, trainer = addresses.get(timeout=60)
     peers = Peers(
         generator_pb2_grpc.GeneratorServiceStub(aio_channel(generator)),
-        evaluator_pb2_grpc.EvaluatorServiceStub(aio_channel(evaluator)),
+        EvaluatorPool(evaluator),
         novelty_pb2_grpc.NoveltyServiceStub(aio_channel(novelty)),
         trainer_pb2_grpc.TrainerServiceStub(aio_channel(trainer)),
     )

@@ -36,3 +36,10 @@ def test_an_unreachable_controller_and_a_missing_ledger_are_clear_errors(tmp_pat
     assert result.returncode == 1 and "UNAVAILABLE" in result.stderr
     report = run_cli("report", "exp-1", "--ledger", str(tmp_path / "none.sqlite3"), env=env_home)
     assert report.returncode == 1 and "no ledger" in report.stderr
+
+
+def test_datasets_fetch_refuses_unknown_names_before_downloading_anything(tmp_path: Path) -> None:
+    out = run_cli("datasets", "fetch", "cifar10", "imagenet", "--data-dir", str(tmp_path / "data"))
+    assert out.returncode == 2
+    assert "unknown dataset imagenet" in out.stderr and "cifar10" in out.stderr
+    assert not (tmp_path / "data").exists()

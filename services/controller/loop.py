@@ -41,7 +41,6 @@ from archloop.v1 import (
     common_pb2,
     controller_pb2,
     evaluator_pb2,
-    evaluator_pb2_grpc,
     events_pb2,
     generator_pb2,
     generator_pb2_grpc,
@@ -50,6 +49,7 @@ from archloop.v1 import (
     trainer_pb2,
     trainer_pb2_grpc,
 )
+from services.controller.evaluators import EvaluatorPool
 from services.controller.ledger import Ledger
 
 log = structlog.get_logger("archloop.controller")
@@ -74,7 +74,7 @@ class PeerFailed(Exception):
 @dataclass
 class Peers:
     generator: generator_pb2_grpc.GeneratorServiceStub
-    evaluator: evaluator_pb2_grpc.EvaluatorServiceStub
+    evaluator: EvaluatorPool
     novelty: novelty_pb2_grpc.NoveltyServiceStub
     trainer: trainer_pb2_grpc.TrainerServiceStub
 
@@ -83,7 +83,6 @@ class Peers:
 class LoopSettings:
     work_dir: Path  # per-experiment files (training sets) go to <work_dir>/<experiment>/
     corpus_dir: Path  # the LEMUR corpus (examples.jsonl)
-    evaluation_concurrency: int = 0  # 0: the evaluators' reported capacity
     retry_budget_seconds: float = 600.0
     rpc_timeout_seconds: float = 60.0
 
@@ -366,23 +365,42 @@ class ExperimentRunner:
         )
         return max(1, described.max_candidates_per_request)
 
-    async def _capacity(self) -> int:
-        if self.settings.evaluation_concurrency:
-            return self.settings.evaluation_concurrency
-        described = await self._call(
-            "evaluator.DescribeCapacity",
-            self.peers.evaluator.DescribeCapacity,
-            evaluator_pb2.DescribeCapacityRequest(),
-        )
-        return max(1, described.max_concurrent_evaluations)
+    async def _evaluation(
+        self, request: evaluator_pb2.EvaluateCandidateRequest, timeout: float
+    ) -> evaluator_pb2.EvaluateCandidateResponse:
+        """One evaluation on the replica with the most free slots, retried on another (or the same,
+        later) replica on UNAVAILABLE / RESOURCE_EXHAUSTED within the retry budget."""
+        pool = self.peers.evaluator
+        deadline = time.monotonic() + self.settings.retry_budget_seconds
+        delay = 0.2
+        while True:
+            self._check_stop()
+            if pool.capacity == 0 and not await pool.wait_capacity(max(0.0, deadline - time.monotonic())):
+                raise PeerFailed(
+                    f"evaluator.DescribeCapacity: UNAVAILABLE: no evaluator replica at {pool.target} answered"
+                    f" within {self.settings.retry_budget_seconds:g} s"
+                )
+            async with pool.slot() as stub:
+                try:
+                    return await stub.EvaluateCandidate(request, timeout=timeout)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() not in RETRYABLE or time.monotonic() > deadline:
+                        what = f"evaluator.EvaluateCandidate: {exc.code().name}: {exc.details()}"
+                        raise PeerFailed(what) from None
+                    pool.replica_failed(stub)
+                    log.warning(
+                        "peer_retry", experiment_id=self.id, call="evaluator.EvaluateCandidate",
+                        code=exc.code().name, delay_s=delay,
+                    )  # fmt: skip
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
     async def _generate_and_evaluate(self, cycle: int, row) -> None:  # type: ignore[no-untyped-def]
         started = time.monotonic()
-        semaphore = asyncio.Semaphore(await self._capacity())
         tasks: list[asyncio.Task] = []
 
         def evaluate_later(candidate_id: str, code: str, error: str) -> None:
-            tasks.append(asyncio.create_task(self._evaluate(semaphore, cycle, candidate_id, code, error)))
+            tasks.append(asyncio.create_task(self._evaluate(cycle, candidate_id, code, error)))
 
         for candidate in self.ledger.candidates(self.id, cycle):  # left from before a restart
             if candidate["stage"] == "generated":
@@ -483,9 +501,7 @@ class ExperimentRunner:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    async def _evaluate(
-        self, semaphore: asyncio.Semaphore, cycle: int, candidate_id: str, code: str, error: str
-    ) -> None:
+    async def _evaluate(self, cycle: int, candidate_id: str, code: str, error: str) -> None:
         if error or not code.strip():
             self.ledger.set_candidate(
                 candidate_id, stage="evaluated", valid=0, eval_status="GENERATION_ERROR"
@@ -502,11 +518,7 @@ class ExperimentRunner:
             experiment_id=self.id,
             cycle=cycle,
         )
-        deadline = self.config.protocol.time_limit_seconds + 120
-        async with semaphore:
-            response = await self._call(
-                "evaluator.EvaluateCandidate", self.peers.evaluator.EvaluateCandidate, request, deadline
-            )
+        response = await self._evaluation(request, self.config.protocol.time_limit_seconds + 120)
         result = response.result
         status = evaluator_pb2.EvaluationStatus.Name(result.status).removeprefix("EVALUATION_STATUS_")
         await asyncio.to_thread(
@@ -816,10 +828,5 @@ class ExperimentRunner:
                 experiment_id=self.id,
                 cycle=c["cycle"],
             )
-            response = await self._call(
-                "evaluator.EvaluateCandidate",
-                self.peers.evaluator.EvaluateCandidate,
-                request,
-                protocol.time_limit_seconds + 120,
-            )
+            response = await self._evaluation(request, protocol.time_limit_seconds + 120)
             self.ledger.set_candidate(c["candidate_id"], final_accuracy=response.result.accuracy)

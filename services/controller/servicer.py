@@ -21,13 +21,13 @@ from archloop.server import ServicerBase
 from archloop.v1 import (
     controller_pb2,
     controller_pb2_grpc,
-    evaluator_pb2_grpc,
     generator_pb2_grpc,
     novelty_pb2_grpc,
     trainer_pb2,
     trainer_pb2_grpc,
 )
 from services.controller import config as experiment_config
+from services.controller.evaluators import EvaluatorPool
 from services.controller.events import EventPublisher
 from services.controller.ledger import Ledger
 from services.controller.loop import ExperimentRunner, LoopSettings, Peers
@@ -69,24 +69,23 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
             self._publisher = asyncio.create_task(self._publish_forever())
         channels = [
             aio_channel(a)
-            for a in (
-                self.settings.generator_addr,
-                self.settings.evaluator_addr,
-                self.settings.novelty_addr,
-                self.settings.trainer_addr,
-            )
+            for a in (self.settings.generator_addr, self.settings.novelty_addr, self.settings.trainer_addr)
         ]
         self._channels = channels
+        self.evaluators = EvaluatorPool(
+            self.settings.evaluator_addr,
+            refresh_seconds=self.settings.evaluator_refresh_seconds,
+            limit=self.settings.evaluation_concurrency,
+        )
         self.peers = Peers(
             generator_pb2_grpc.GeneratorServiceStub(channels[0]),
-            evaluator_pb2_grpc.EvaluatorServiceStub(channels[1]),
-            novelty_pb2_grpc.NoveltyServiceStub(channels[2]),
-            trainer_pb2_grpc.TrainerServiceStub(channels[3]),
+            self.evaluators,
+            novelty_pb2_grpc.NoveltyServiceStub(channels[1]),
+            trainer_pb2_grpc.TrainerServiceStub(channels[2]),
         )
         self.loop_settings = LoopSettings(
-            work_dir=state / "experiments",
+            work_dir=Path(self.settings.training_sets_dir or state / "experiments"),
             corpus_dir=Path(self.settings.corpus_dir) if self.settings.corpus_dir else default_corpus_dir(),
-            evaluation_concurrency=self.settings.evaluation_concurrency,
             retry_budget_seconds=self.settings.retry_budget_seconds,
         )
         if self.settings.resume_on_start:
@@ -112,6 +111,7 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
             await self.events.close()
         for channel in self._channels:
             await channel.close()
+        await self.evaluators.close()
         if self.ledger is not None:
             self.ledger.close()
 

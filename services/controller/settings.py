@@ -3,6 +3,15 @@
 from dataclasses import dataclass
 
 from archloop.settings import ServiceSettings, nats_url, non_negative, port_number, positive, setting
+from services.controller.evaluators import parse_target
+
+
+def evaluator_address(value: str) -> str | None:
+    try:
+        parse_target(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 @dataclass(frozen=True)
@@ -15,12 +24,27 @@ class ControllerSettings(ServiceSettings):
     corpus_dir: str = setting("", "the LEMUR corpus folder ('' = $ARCHLOOP_HOME/corpus/lemur-v2)")
     generator_addr: str = setting("127.0.0.1:50052", "generator service (host:port or dns:///host:port)")
     evaluator_addr: str = setting(
-        "127.0.0.1:50053", "evaluator service; dns:///<headless service>:port spreads calls over replicas"
+        "127.0.0.1:50053",
+        "evaluator: host:port (one replica) or dns:///<headless service>:port (every ready replica,"
+        " resolved again every --evaluator-refresh-seconds)",
+        check=evaluator_address,
     )
     novelty_addr: str = setting("127.0.0.1:50054", "novelty service")
     trainer_addr: str = setting("127.0.0.1:50055", "trainer service")
+    evaluator_refresh_seconds: float = setting(
+        10.0,
+        "how often a dns:/// evaluator address is resolved again (new replicas take work after it)",
+        check=positive,
+    )
     evaluation_concurrency: int = setting(
-        0, "evaluations in flight at once (0: the capacity the evaluators report)", check=non_negative
+        0,
+        "most evaluations in flight at once (0: the sum of the replicas' reported capacity)",
+        check=non_negative,
+    )
+    training_sets_dir: str = setting(
+        "",
+        "where each cycle's fine-tuning set is written; the trainer must read the same path"
+        " ('' = <state_dir>/experiments; on Kubernetes the shared artifacts volume)",
     )
     retry_budget_seconds: float = setting(
         600.0,

@@ -10,7 +10,8 @@ each job it forks a child that, before touching the candidate:
   /dev/shm become private empty tmpfs mounts, so nothing lands in the host's shared temp dirs,
 - sets rlimits (address space, CPU seconds, file size, open files, processes, no core dumps),
 - drops to a dedicated unprivileged uid when running as root (so the process limit bites and the
-  only writable place is the job directory), with no_new_privs,
+  only writable place is the job directory), with no_new_privs; each replica claims its uids with
+  host-wide lock files, so replicas on one host never share one,
 - scrubs the environment and sends stdin/stdout/stderr to /dev/null and files in the job directory.
 
 The service enforces the wall-clock limit by killing the child's process group, and afterwards
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import resource
@@ -48,6 +50,7 @@ PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG = 38, 1
 PRIVATE_TMP_MOUNTS = ("/tmp", "/var/tmp", "/dev/shm")
 OUTPUT_TAIL_BYTES = 4096
 EXIT_SETUP_FAILED = 120
+UID_RANGE = 4096  # sandbox uids are uid_base .. uid_base + UID_RANGE - 1, shared by the host's replicas
 
 
 @dataclass(frozen=True)
@@ -197,7 +200,8 @@ class Sandbox:
         self.work_dir = work_dir
         self.limits = limits or SandboxLimits()
         self.is_root = os.geteuid() == 0
-        self._free_uids = list(range(uid_base, uid_base + slots)) if self.is_root else []
+        self._uid_claims: list[int] = []  # open lock files: the uids are ours while they stay open
+        self._free_uids = self._claim_uids(uid_base, slots) if self.is_root else []
         self._uid_lock = threading.Lock()
         self._lock = threading.Lock()
         self._events: dict[str, dict] = {}
@@ -227,6 +231,9 @@ class Sandbox:
         if self.template is not None and self.template.poll() is None:
             self.template.kill()
             self.template.wait()
+        for fd in self._uid_claims:
+            os.close(fd)
+        self._uid_claims.clear()
 
     def _read_template(self) -> None:
         assert self.template is not None and self.template.stdout is not None
@@ -319,6 +326,27 @@ class Sandbox:
                 return exited, False
             if time.monotonic() >= deadline:
                 return None, True
+
+    def _claim_uids(self, uid_base: int, slots: int) -> list[int]:
+        """`slots` uids no other evaluator on this host holds: each is claimed with an exclusive
+        lock on /run/archloop-sandbox/uid-<n>.lock, held for this sandbox's life (the kernel drops
+        it when the process ends). Two replicas on one host must not share a uid: each kills every
+        process of its job's uid after the job."""
+        lock_dir = Path("/run/archloop-sandbox")
+        lock_dir.mkdir(mode=0o700, exist_ok=True)
+        uids: list[int] = []
+        for uid in range(uid_base, uid_base + UID_RANGE):
+            fd = os.open(lock_dir / f"uid-{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self._uid_claims.append(fd)
+            uids.append(uid)
+            if len(uids) == slots:
+                return uids
+        raise RuntimeError(f"no {slots} free sandbox uids in {uid_base}..{uid_base + UID_RANGE - 1}")
 
     def _take_uid(self) -> int | None:
         if not self.is_root:

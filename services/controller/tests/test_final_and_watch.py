@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 
 from archloop import corpus
-from archloop.clients import aio_channel
 from archloop.eventbus import connect_nats, ensure_stream, publish_event
 from archloop.lemur import iter_model_sources, lemur_wheel
 from archloop.prompts import BASELINE_FILE as BASELINE
-from archloop.v1 import evaluator_pb2_grpc
 from services.controller import config as experiment_config
+from services.controller.evaluators import EvaluatorPool
 from services.controller.ledger import Ledger
 from services.controller.loop import ExperimentRunner, LoopSettings, Peers, _event
 
@@ -53,11 +52,14 @@ async def test_the_final_stage_trains_the_top_k_admitted_models_longer(start_ser
         ledger.add_candidate({**row, "generation_json": "{}"})
         ledger.set_candidate(cid, stage="decided", valid=1, accuracy=accuracy,
                              decision="admitted" if accuracy > 0.4 else "rejected")  # fmt: skip
-    peers = Peers(None, evaluator_pb2_grpc.EvaluatorServiceStub(aio_channel(evaluator.address)), None, None)  # type: ignore[arg-type]
+    peers = Peers(None, EvaluatorPool(evaluator.address), None, None)  # type: ignore[arg-type]
     runner = ExperimentRunner(
         "fin", config, ledger, peers, LoopSettings(tmp_path / "work", tmp_path / "corpus")
     )
-    await runner._final_training()
+    try:
+        await runner._final_training()
+    finally:
+        await peers.evaluator.close()
     final = {c["candidate_id"]: c["final_accuracy"] for c in ledger.candidates("fin")}
     assert final["fin-c1-0000"] is not None and final["fin-c1-0001"] is not None
     assert 0.0 <= final["fin-c1-0000"] <= 1.0

@@ -9,6 +9,7 @@ The sandbox's own defences with the screen bypassed are tested in test_evaluatio
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -20,6 +21,7 @@ import pytest
 
 from archloop.clients import health_status
 from archloop.v1 import common_pb2, evaluator_pb2, evaluator_pb2_grpc
+from services.evaluator.sandbox import Sandbox
 from services.evaluator.tests.test_evaluation import GOOD
 
 pytestmark = pytest.mark.slow
@@ -154,3 +156,22 @@ def test_hostile_corpus_through_the_service(start_service, tmp_path, listener) -
     assert accepted == []
     assert list((tmp_path / "jobs").iterdir()) == []  # every job directory was removed
     assert proc.proc.poll() is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="sandbox uids are only used when the service runs as root")
+def test_replicas_on_one_host_claim_different_sandbox_uids(tmp_path: Path) -> None:
+    """Each replica kills every process of its job's uid after the job: a shared uid would kill the
+    other replica's candidate. Claims are host-wide lock files, released when a sandbox stops."""
+    first = Sandbox(tmp_path / "a", slots=2)
+    second = Sandbox(tmp_path / "b", slots=2)
+    try:
+        assert len(set(first._free_uids)) == 2 and len(set(second._free_uids)) == 2
+        assert not set(first._free_uids) & set(second._free_uids)
+        claimed = set(first._free_uids)
+        first.stop()
+        third = Sandbox(tmp_path / "c", slots=2)
+        assert set(third._free_uids) == claimed  # given back
+        third.stop()
+    finally:
+        first.stop()
+        second.stop()
