@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 RUN_ARGS ?=
 
-.PHONY: install run up status down test test-fast lint format proto clean
+.PHONY: install run up status down test test-fast lint format proto bench clean
 
 $(STAMP): pyproject.toml requirements.lock setup.py $(wildcard protos/archloop/v1/*.proto)
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ test: install  ## every test tier (what CI runs)
 
 test-fast: install  ## skip the slow tiers
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: install  ## every benchmark, one after another; writes docs/benchmarks.md (about an hour)
+	$(BIN)/python bench/run_all.py
 
 lint: install
 	$(BIN)/ruff check .

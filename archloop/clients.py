@@ -10,6 +10,8 @@ replica or back off.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -44,9 +46,115 @@ def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[
     ]
 
 
-def aio_channel(target: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> grpc.aio.Channel:
+@dataclass(frozen=True)
+class ChannelSecurity:
+    """How to reach a service that serves TLS and/or wants a bearer token (archloop.server)."""
+
+    tls_ca_file: str = ""  # PEM CA that signed the server's certificate; "" = plaintext
+    token_file: str = ""  # a file holding the bearer token; "" = none
+
+    def token(self) -> str:
+        if not self.token_file:
+            return ""
+        try:
+            token = Path(self.token_file).read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read the token file {self.token_file} ({exc.strerror})") from None
+        if not token:
+            raise ValueError(f"the token file {self.token_file} is empty")
+        return token
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        """TLS credentials carrying the token, or None for a plaintext channel."""
+        if not self.tls_ca_file:
+            return None
+        try:
+            ca = Path(self.tls_ca_file).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read the CA file {self.tls_ca_file} ({exc.strerror})") from None
+        tls = grpc.ssl_channel_credentials(root_certificates=ca)
+        token = self.token()
+        return (
+            grpc.composite_channel_credentials(tls, grpc.access_token_call_credentials(token))
+            if token
+            else tls
+        )
+
+
+class _TokenMetadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                     grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):  # fmt: skip
+    """Adds `authorization: Bearer <token>` on a plaintext channel (gRPC sends call credentials
+    only over TLS; a token in clear text is for loopback and private networks)."""
+
+    def __init__(self, token: str) -> None:
+        self.metadata = (("authorization", f"Bearer {token}"),)
+
+    def _with_token(self, details):  # type: ignore[no-untyped-def]
+        return details._replace(metadata=tuple(details.metadata or ()) + self.metadata)
+
+    def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._with_token(details), request)
+
+    intercept_unary_stream = intercept_unary_unary
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
+        return continuation(self._with_token(details), request_iterator)
+
+    intercept_stream_stream = intercept_stream_unary
+
+
+class _AioTokenMetadata(
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+    grpc.aio.StreamUnaryClientInterceptor,
+    grpc.aio.StreamStreamClientInterceptor,
+):
+    def __init__(self, token: str) -> None:
+        self.metadata = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details):  # type: ignore[no-untyped-def]
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        metadata.add(*self.metadata)
+        return details._replace(metadata=metadata)
+
+    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._with_token(details), request)
+
+    async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._with_token(details), request)
+
+    async def intercept_stream_unary(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
+        return await continuation(self._with_token(details), request_iterator)
+
+    async def intercept_stream_stream(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
+        return await continuation(self._with_token(details), request_iterator)
+
+
+def aio_channel(
+    target: str,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    security: ChannelSecurity | None = None,
+) -> grpc.aio.Channel:
     """An asyncio channel to `target` (host:port or dns:///host:port) with the shared options."""
-    return grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes))
+    options = channel_options(max_message_bytes)
+    security = security or ChannelSecurity()
+    credentials = security.credentials()
+    if credentials is not None:
+        return grpc.aio.secure_channel(target, credentials, options=options)
+    token = security.token()
+    interceptors = [_AioTokenMetadata(token)] if token else None
+    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+
+
+def sync_channel(target: str, security: ChannelSecurity | None = None) -> grpc.Channel:
+    """A blocking channel with the shared options (TLS and token as `security` says)."""
+    security = security or ChannelSecurity()
+    credentials = security.credentials()
+    if credentials is not None:
+        return grpc.secure_channel(target, credentials, options=channel_options())
+    channel = grpc.insecure_channel(target, options=channel_options())
+    token = security.token()
+    return grpc.intercept_channel(channel, _TokenMetadata(token)) if token else channel
 
 
 def health_status(target: str, service: str, timeout_seconds: float = 2.0) -> str:

@@ -128,6 +128,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--addr", help=f"service address [env ARCHLOOP_NOVELTY_ADDR; default: local stack or {DEFAULT_ADDR}]"
     )
     novelty.add_argument("--timeout", type=float, default=30.0, help="deadline per call in seconds")
+    novelty.add_argument(
+        "--tls-ca",
+        help="PEM CA of a service that serves TLS [env ARCHLOOP_NOVELTY_TLS_CA; default: plaintext]",
+    )
+    novelty.add_argument(
+        "--token-file", help="file holding the service's bearer token [env ARCHLOOP_NOVELTY_TOKEN_FILE]"
+    )
     sub = novelty.add_subparsers(dest="novelty_command", required=True, metavar="COMMAND")
 
     def command(name: str, func, help: str) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
@@ -168,7 +175,17 @@ def run(args: argparse.Namespace) -> int:
 
     from archloop.novelty_client import NoveltyClient
 
-    with NoveltyClient(novelty_address(args.addr), timeout_seconds=args.timeout) as client:
+    try:
+        client = NoveltyClient(
+            novelty_address(args.addr),
+            timeout_seconds=args.timeout,
+            tls_ca_file=args.tls_ca or os.environ.get("ARCHLOOP_NOVELTY_TLS_CA", ""),
+            token_file=args.token_file or os.environ.get("ARCHLOOP_NOVELTY_TOKEN_FILE", ""),
+        )
+    except ValueError as exc:
+        print(f"archloop novelty: {exc}", file=sys.stderr)
+        return 2
+    with client:
         try:
             return args.novelty_func(args, client)
         except grpc.RpcError as err:

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
-import grpc
-
-from archloop.clients import channel_options
+from archloop.clients import ChannelSecurity, sync_channel
 from archloop.v1 import novelty_pb2, novelty_pb2_grpc
 
 
@@ -38,10 +36,14 @@ def _entry(
 
 
 class NoveltyClient:
-    def __init__(self, target: str, timeout_seconds: float = 30.0) -> None:
+    def __init__(
+        self, target: str, timeout_seconds: float = 30.0, *, tls_ca_file: str = "", token_file: str = ""
+    ) -> None:
+        """`tls_ca_file`: the CA of a TLS-serving service; `token_file`: its bearer token (both
+        optional; see the novelty README's "Exposing it to other tools")."""
         self.target = target
         self.timeout_seconds = timeout_seconds
-        self._channel = grpc.insecure_channel(target, options=channel_options())
+        self._channel = sync_channel(target, ChannelSecurity(tls_ca_file, token_file))
         self.stub = novelty_pb2_grpc.NoveltyServiceStub(self._channel)
 
     def close(self) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import inspect
 import json
 import os
@@ -67,6 +68,86 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, NotImplementedError):
         return grpc.StatusCode.UNIMPLEMENTED, "not implemented yet"
     return grpc.StatusCode.INTERNAL, "internal error (a bug); the service log has the traceback"
+
+
+def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler` that answers UNAUTHENTICATED."""
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield  # pragma: no cover - an async generator that never yields
+
+    args = (handler.request_deserializer, handler.response_serializer)
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary, *args)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(stream, *args)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary, *args)
+    return grpc.stream_stream_rpc_method_handler(stream, *args)
+
+
+class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
+    """Every RPC but the health check (kubelet probes send no metadata) needs
+    `authorization: Bearer <token>`; the comparison takes constant time."""
+
+    OPEN = ("/grpc.health.v1.Health/",)
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(self.OPEN):
+            return handler
+        given = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
+        if hmac.compare_digest(str(given).encode(), self._expected):
+            return handler
+        log.warning("rpc_unauthenticated", rpc=handler_call_details.method.rsplit("/", 1)[-1])
+        return _deny(handler, "authorization: a valid 'Bearer <token>' is required")
+
+
+def read_token(path: str, what: str) -> str:
+    """The token in `path` (surrounding whitespace dropped); SettingsError naming `what` otherwise."""
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise SettingsError(f"{what}: cannot read {path} ({exc.strerror})") from None
+    if not token:
+        raise SettingsError(f"{what}: {path} is empty")
+    return token
+
+
+def _read_pem(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise SettingsError(f"{what}: cannot read {path} ({exc.strerror})") from None
+
+
+def server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the settings, or None for plaintext; SettingsError when half-configured."""
+    if not settings.tls_cert_file and not settings.tls_key_file:
+        if settings.tls_client_ca_file:
+            raise SettingsError("--tls-client-ca-file/ARCHLOOP_TLS_CLIENT_CA_FILE: needs --tls-cert-file")
+        return None
+    if not (settings.tls_cert_file and settings.tls_key_file):
+        raise SettingsError(
+            "--tls-cert-file/--tls-key-file: give both (certificate and private key) or neither"
+        )
+    chain = _read_pem(settings.tls_cert_file, "--tls-cert-file/ARCHLOOP_TLS_CERT_FILE")
+    key = _read_pem(settings.tls_key_file, "--tls-key-file/ARCHLOOP_TLS_KEY_FILE")
+    client_ca = (
+        _read_pem(settings.tls_client_ca_file, "--tls-client-ca-file/ARCHLOOP_TLS_CLIENT_CA_FILE")
+        if settings.tls_client_ca_file
+        else None
+    )
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
 
 
 class RpcInterceptor(grpc.aio.ServerInterceptor):
@@ -222,13 +303,17 @@ class GrpcService:
     """One running service: the server, its health state and the servicer's lifecycle."""
 
     def __init__(self, settings: ServiceSettings, servicer: ServicerBase) -> None:
+        """Raises SettingsError when the TLS or token settings do not hold together."""
         self.settings = settings
         self.servicer = servicer
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(
-            interceptors=[RpcInterceptor(quiet_services=(health.SERVICE_NAME, "grpc.reflection"))],
-            options=server_options(settings),
-        )
+        self.credentials = server_credentials(settings)
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if settings.auth_token_file:
+            token = read_token(settings.auth_token_file, "--auth-token-file/ARCHLOOP_AUTH_TOKEN_FILE")
+            interceptors.append(TokenAuthInterceptor(token))
+        interceptors.append(RpcInterceptor(quiet_services=(health.SERVICE_NAME, "grpc.reflection")))
+        self.server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
         type(servicer).add_to_server(servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -244,7 +329,10 @@ class GrpcService:
         """Bind the listening port; return host:port. Raises OSError when it cannot."""
         target = f"{self.settings.host}:{self.settings.port}"
         try:
-            port = self.server.add_insecure_port(target)
+            if self.credentials is not None:
+                port = self.server.add_secure_port(target, self.credentials)
+            else:
+                port = self.server.add_insecure_port(target)
         except RuntimeError as exc:
             raise OSError(str(exc)) from None
         if port == 0:
@@ -310,7 +398,11 @@ def run_service(settings: ServiceSettings, make_servicer: Callable[[], ServicerB
     log.info("service_config", **redacted(settings))
 
     async def main() -> int:
-        service = GrpcService(settings, make_servicer())
+        try:
+            service = GrpcService(settings, make_servicer())
+        except SettingsError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return EXIT_BAD_CONFIG
         try:
             service.bind()
         except OSError as exc:

@@ -193,3 +193,15 @@ class ServiceSettings:
         60.0, "connections are closed after this long so clients rediscover replicas", check=positive
     )
     ready_file: str = setting("", "write {address, pid} here as JSON once the service is SERVING")
+    tls_cert_file: str = setting(
+        "", "PEM certificate (chain) to serve TLS instead of plaintext; needs --tls-key-file"
+    )
+    tls_key_file: str = setting("", "PEM private key of --tls-cert-file")
+    tls_client_ca_file: str = setting(
+        "", "with TLS: require client certificates signed by this PEM CA (mutual TLS)"
+    )
+    auth_token_file: str = setting(
+        "",
+        "a file holding a bearer token; when set, every RPC but the health check needs the metadata"
+        " 'authorization: Bearer <token>' (else UNAUTHENTICATED)",
+    )

@@ -15,15 +15,12 @@ import os
 import signal
 import socket
 import time
-import zipfile
 from pathlib import Path
 
 import grpc
 import pytest
 
-from archloop import corpus
 from archloop.eventbus import SUBJECT_PREFIX, connect_nats
-from archloop.lemur import iter_model_sources, lemur_wheel
 from archloop.localstack import NatsServerProcess
 from archloop.v1 import (
     controller_pb2,
@@ -55,21 +52,6 @@ TEST_CONFIG = {
     "lemur_examples_per_cycle": 4,
     "fine_tune_schedule": {"epochs": 1, "max_seq_len_tokens": 1024},
 }
-
-
-@pytest.fixture(scope="module")
-def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A corpus folder of the first LEMUR models that pass every stage (the real funnel, fewer files)."""
-    out = tmp_path_factory.mktemp("corpus")
-    with zipfile.ZipFile(lemur_wheel()) as archive:
-        models = corpus.image_classification_models(archive)
-    sources = list(iter_model_sources(lemur_wheel()))[:200]
-    rows = []
-    for outcome, code in corpus.screen_models(sources, models, 0.90):
-        if outcome.stage == "unique":
-            rows.extend(corpus.example_records(outcome.model, code, outcome.datasets))
-    (out / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return out
 
 
 def _free_port() -> int:

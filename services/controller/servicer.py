@@ -14,10 +14,11 @@ from pathlib import Path
 
 import structlog
 
-from archloop.clients import aio_channel
+from archloop.clients import ChannelSecurity, aio_channel
 from archloop.corpus import default_corpus_dir
 from archloop.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from archloop.server import ServicerBase
+from archloop.settings import SettingsError
 from archloop.v1 import (
     controller_pb2,
     controller_pb2_grpc,
@@ -67,10 +68,17 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
         if self.events is not None:
             await self.events.connect()
             self._publisher = asyncio.create_task(self._publish_forever())
-        channels = [
-            aio_channel(a)
-            for a in (self.settings.generator_addr, self.settings.novelty_addr, self.settings.trainer_addr)
-        ]
+        novelty_security = ChannelSecurity(
+            self.settings.novelty_tls_ca_file, self.settings.novelty_token_file
+        )
+        try:
+            channels = [
+                aio_channel(self.settings.generator_addr),
+                aio_channel(self.settings.novelty_addr, security=novelty_security),
+                aio_channel(self.settings.trainer_addr),
+            ]
+        except ValueError as exc:
+            raise SettingsError(f"--novelty-tls-ca-file/--novelty-token-file: {exc}") from None
         self._channels = channels
         self.evaluators = EvaluatorPool(
             self.settings.evaluator_addr,

@@ -30,6 +30,10 @@ class ControllerSettings(ServiceSettings):
         check=evaluator_address,
     )
     novelty_addr: str = setting("127.0.0.1:50054", "novelty service")
+    novelty_tls_ca_file: str = setting("", "PEM CA of a novelty service that serves TLS ('' = plaintext)")
+    novelty_token_file: str = setting(
+        "", "a file holding the novelty service's bearer token, if it wants one"
+    )
     trainer_addr: str = setting("127.0.0.1:50055", "trainer service")
     evaluator_refresh_seconds: float = setting(
         10.0,

@@ -12,6 +12,7 @@ This module imports neither grpc nor torch: the service process never runs candi
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -158,7 +159,9 @@ class Evaluator:
         protocol: Protocol,
         want_structural_tokens: bool = False,
         on_progress: Callable[[dict], None] | None = None,
+        cancel: threading.Event | None = None,
     ) -> Evaluation:
+        """The verdict on one program. `cancel` set (the caller went away) kills its sandboxed run."""
         if not code.strip():
             raise InvalidArgument("code", "must not be empty")
         if len(code.encode("utf-8", "surrogatepass")) > MAX_CODE_BYTES:
@@ -187,7 +190,7 @@ class Evaluator:
             "data_dir": str(self.data_dir),
             "allow_download": self.allow_download,
         }
-        outcome = self.sandbox.run(job, dataset, protocol.time_limit_seconds, progress)
+        outcome = self.sandbox.run(job, dataset, protocol.time_limit_seconds, progress, cancel)
         evaluation.network_isolation = outcome.network_isolation
         evaluation.stdout_tail, evaluation.stderr_tail = outcome.stdout_tail, outcome.stderr_tail
         result = outcome.result

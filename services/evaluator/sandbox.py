@@ -272,8 +272,10 @@ class Sandbox:
         dataset: dict,
         time_limit_seconds: float,
         on_progress: Callable[[dict], None] | None = None,
+        cancel: threading.Event | None = None,
     ) -> SandboxOutcome:
-        """Run one job to its verdict within the time limit; always cleans up after itself."""
+        """Run one job to its verdict within the time limit; always cleans up after itself. Setting
+        `cancel` (the caller went away) ends the job as if its time were up."""
         job_dir = Path(tempfile.mkdtemp(prefix="job-", dir=self.work_dir))
         uid = self._take_uid()
         started = time.monotonic()
@@ -290,7 +292,9 @@ class Sandbox:
             forked = self._wait_event(key, 60.0, "pid")
             if forked is None:
                 raise RuntimeError("the template process did not fork the job")
-            exited, timed_out = self._await_exit(key, job_dir, started + time_limit_seconds, on_progress)
+            exited, timed_out = self._await_exit(
+                key, job_dir, started + time_limit_seconds, on_progress, cancel or threading.Event()
+            )
             if timed_out and forked["pid"] > 0:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(forked["pid"], signal.SIGKILL)
@@ -315,7 +319,12 @@ class Sandbox:
             shutil.rmtree(job_dir, ignore_errors=True)
 
     def _await_exit(
-        self, key: str, job_dir: Path, deadline: float, on_progress: Callable[[dict], None] | None
+        self,
+        key: str,
+        job_dir: Path,
+        deadline: float,
+        on_progress: Callable[[dict], None] | None,
+        cancel: threading.Event,
     ) -> tuple[dict | None, bool]:
         offset = 0
         while True:
@@ -324,7 +333,7 @@ class Sandbox:
                 offset = _forward_progress(job_dir / "progress.jsonl", offset, on_progress)
             if exited is not None:
                 return exited, False
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or cancel.is_set():
                 return None, True
 
     def _claim_uids(self, uid_base: int, slots: int) -> list[int]:

@@ -8,8 +8,10 @@ service reports SERVING.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
+import threading
 from pathlib import Path
 
 from archloop.defaults import nonzero_over
@@ -104,11 +106,22 @@ class EvaluatorServicer(ServicerBase, evaluator_pb2_grpc.EvaluatorServiceService
     ) -> Evaluation:  # type: ignore[no-untyped-def]
         protocol = protocol_from_proto(request.protocol)
         self._admit()
-        try:
-            evaluate = self.evaluator.evaluate
-            return await asyncio.to_thread(
-                evaluate, request.candidate_id, request.code, protocol, request.structural_tokens, on_progress
+        cancel = threading.Event()
+        work = asyncio.ensure_future(
+            asyncio.to_thread(
+                self.evaluator.evaluate, request.candidate_id, request.code, protocol,
+                request.structural_tokens, on_progress, cancel,
             )
+        )  # fmt: skip
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            # the caller went away (cancelled, deadline, or it died): kill the job, and hold the slot
+            # until the sandbox has cleaned up, so the next request finds it free
+            cancel.set()
+            with contextlib.suppress(Exception):
+                await work
+            raise
         finally:
             self.running -= 1
 

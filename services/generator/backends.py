@@ -1,4 +1,5 @@
-"""Where the tokens come from: the local backend (transformers + peft in this process) or a TGI server.
+"""Where the tokens come from: the local backend (transformers + peft in this process), a TGI server,
+or (replay) a folder of programs.
 
 Both take chat prompts (lists of messages, rendered with the base model's chat template) and return one
 Completion per prompt. Both refuse, with FAILED_PRECONDITION, to generate with an adapter they do not
@@ -12,6 +13,7 @@ list (TGI loads LoRA adapters only at start).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shlex
@@ -32,6 +34,7 @@ import structlog
 
 from archloop import basemodel
 from archloop.errors import FailedPrecondition, InvalidArgument, Unavailable
+from archloop.settings import SettingsError
 
 log = structlog.get_logger("archloop.generator")
 
@@ -227,6 +230,75 @@ class LocalBackend:
             logprobs = torch.log_softmax(logits[0, :-1], dim=-1).gather(1, ids[0, 1:, None])[:, 0].tolist()
         tokens = ids[0].tolist()
         return [(t, self.tokenizer.decode([t]), lp) for t, lp in zip(tokens, [None, *logprobs], strict=True)]
+
+    def close(self) -> None:
+        pass
+
+
+class ReplayBackend:
+    """Programs from a folder instead of a language model (`--backend replay --replay-dir DIR`).
+
+    The candidate with seed s gets program s mod n of the folder's `*.py` files in name order; seeds
+    of one request are consecutive (engine.candidate_seed), so a cycle of n candidates replays each
+    program exactly once. What for: re-evaluating a saved population under another protocol, sending
+    chosen programs (known-good, hostile) through the whole loop, and tests that need the loop to
+    admit candidates without a GPU-sized model. Adapters are checked and recorded as the local
+    backend does (a missing or broken one is FAILED_PRECONDITION), but do not change the output."""
+
+    name = "replay"
+
+    def __init__(self, folder: str, seconds_per_candidate: float = 0.0) -> None:
+        self.folder = Path(folder)
+        self.seconds_per_candidate = seconds_per_candidate
+        files = sorted(self.folder.glob("*.py")) if folder else []
+        if not files:
+            where = folder or "(empty)"
+            raise SettingsError(f"--replay-dir/ARCHLOOP_REPLAY_DIR: {where} holds no .py programs")
+        # the bytes as they are (read_text would translate \r\n), invalid UTF-8 replaced
+        self.programs = [f.read_bytes().decode("utf-8", errors="replace") for f in files]
+        digest = hashlib.sha256()
+        for f, text in zip(files, self.programs, strict=True):
+            digest.update(f.name.encode() + b"\0" + text.encode() + b"\0")
+        self.model_id = f"replay:{self.folder}"
+        self.model_sha256 = digest.hexdigest()
+        self.adapters: dict[str, AdapterInfo] = {}
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        return "\n".join(m["content"] for m in messages)
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def describe(self) -> dict:
+        return {"model_id": self.model_id, "model_sha256": self.model_sha256, "device": "cpu"}
+
+    def load_adapter(self, name: str, path: str, weights_sha256: str = "") -> tuple[AdapterInfo, bool]:
+        folder, actual = adapter_weights(path)
+        if weights_sha256 and weights_sha256 != actual:
+            raise FailedPrecondition(f"adapter.weights_sha256: the weights in {path} hash to {actual[:12]}…")
+        fresh = self.adapters.get(name) != AdapterInfo(name, str(folder), actual)
+        self.adapters[name] = AdapterInfo(name, str(folder), actual)
+        return self.adapters[name], fresh
+
+    def ensure_adapter(self, name: str) -> AdapterInfo | None:
+        if not name:
+            return None
+        if name not in self.adapters:
+            raise FailedPrecondition(f"adapter.name: {name!r} is not loaded (give adapter.path)")
+        return self.adapters[name]
+
+    def generate(
+        self, chats: list[list[dict[str, str]]], decoding: Decoding, seeds: list[int], adapter: str = ""
+    ) -> list[Completion]:
+        self.ensure_adapter(adapter)
+        out = []
+        for chat, seed in zip(chats, seeds, strict=True):
+            time.sleep(self.seconds_per_candidate)
+            code = self.programs[seed % len(self.programs)]
+            text = f"```python\n{code.rstrip()}\n```"
+            prompt_tokens = self.count_tokens(self.render(chat))
+            out.append(Completion(text, prompt_tokens, self.count_tokens(text), 0.0, True))
+        return out
 
     def close(self) -> None:
         pass

@@ -18,7 +18,7 @@ from archloop.errors import FailedPrecondition, InvalidArgument
 from archloop.server import ServicerBase
 from archloop.settings import SettingsError
 from archloop.v1 import generator_pb2, generator_pb2_grpc
-from services.generator.backends import AdapterInfo, LocalBackend, TGIBackend, TGILauncher
+from services.generator.backends import AdapterInfo, LocalBackend, ReplayBackend, TGIBackend, TGILauncher
 from services.generator.engine import CandidateMaker, plan_from_request
 from services.generator.factors import FactorFileError, load_factors
 from services.generator.settings import GeneratorSettings
@@ -27,9 +27,11 @@ log = structlog.get_logger("archloop.generator")
 _DONE = object()
 
 
-def make_backend(settings: GeneratorSettings) -> LocalBackend | TGIBackend:
+def make_backend(settings: GeneratorSettings) -> LocalBackend | TGIBackend | ReplayBackend:
     if settings.backend == "local":
         return LocalBackend(settings.model, settings.device, settings.threads)
+    if settings.backend == "replay":
+        return ReplayBackend(settings.replay_dir, settings.replay_seconds_per_candidate)
     launcher = None
     if settings.tgi_launcher:
         launcher = TGILauncher(
@@ -54,7 +56,7 @@ class GeneratorServicer(ServicerBase, generator_pb2_grpc.GeneratorServiceService
     def __init__(self, settings: GeneratorSettings) -> None:
         self.settings = settings
         self.factors: dict = {}
-        self.backend: LocalBackend | TGIBackend | None = None
+        self.backend: LocalBackend | TGIBackend | ReplayBackend | None = None
 
     async def start(self) -> None:
         try:
@@ -82,7 +84,7 @@ class GeneratorServicer(ServicerBase, generator_pb2_grpc.GeneratorServiceService
 
     def _maker(self) -> CandidateMaker:
         assert self.backend is not None
-        batch = self.settings.batch_size if self.backend.name == "local" else self.settings.tgi_concurrency
+        batch = self.settings.tgi_concurrency if self.backend.name == "tgi" else self.settings.batch_size
         model_id = getattr(self.backend, "model_id", "") or self.settings.model or self.settings.tgi_model_id
         return CandidateMaker(self.backend.generate, self.backend.name, model_id, batch, self.factors)
 
@@ -97,7 +99,7 @@ class GeneratorServicer(ServicerBase, generator_pb2_grpc.GeneratorServiceService
             return self.backend.ensure_adapter(name)
         if not path and self.settings.adapters_dir and (Path(self.settings.adapters_dir) / name).is_dir():
             path = str(Path(self.settings.adapters_dir) / name)
-        if path and (self.backend.name == "local" or getattr(self.backend, "launcher", None) is not None):
+        if path and (self.backend.name != "tgi" or getattr(self.backend, "launcher", None) is not None):
             return self.backend.load_adapter(name, path, sha)[0]
         info = self.backend.ensure_adapter(name)
         if info is not None and sha and info.weights_sha256 and info.weights_sha256 != sha:

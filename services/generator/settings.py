@@ -4,14 +4,16 @@ from dataclasses import dataclass
 
 from archloop.settings import ServiceSettings, non_negative, one_of, port_number, positive, setting
 
-BACKENDS = ("local", "tgi")
+BACKENDS = ("local", "tgi", "replay")
 
 
 @dataclass(frozen=True)
 class GeneratorSettings(ServiceSettings):
     port: int = setting(50052, "gRPC port; 0 picks a free one", check=port_number)
     backend: str = setting(
-        "local", "local (transformers in-process) or tgi (a TGI server)", check=one_of(*BACKENDS)
+        "local",
+        "local (transformers in-process), tgi (a TGI server) or replay (programs from --replay-dir)",
+        check=one_of(*BACKENDS),
     )
     model: str = setting(
         "", "local: base model folder or hub name ('' = the packaged tiny model); tgi: shown as model_id"
@@ -24,6 +26,12 @@ class GeneratorSettings(ServiceSettings):
     max_candidates: int = setting(256, "most candidates one request may ask for", check=positive)
     adapters_dir: str = setting(
         "", "adapters named in requests without a path are looked up under it (<dir>/<name>/)"
+    )
+    replay_dir: str = setting(
+        "", "replay: a folder of .py programs; candidate seeds pick them in name order (no model)"
+    )
+    replay_seconds_per_candidate: float = setting(
+        0.0, "replay: wait this long per candidate, to pace a run like a model would", check=non_negative
     )
     factors_file: str = setting("", "factor list for factor mode (YAML); '' = the packaged list")
     tgi_url: str = setting("http://127.0.0.1:8080", "tgi: the server's base URL")

@@ -79,6 +79,25 @@ async def test_evaluate_stream_capacity_and_bad_input(evaluator_address) -> None
             assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in bad.value.details()
 
 
+async def test_a_caller_that_goes_away_frees_its_slot_and_kills_its_job(evaluator_address) -> None:  # type: ignore[no-untyped-def]
+    """A client deadline (or a client that dies) cancels the RPC: the sandboxed job is killed and the
+    slot is free for the next request, which must not fail."""
+    spin = GOOD.replace("return self.body(x)", "while True:\n            pass")
+    async with aio_channel(evaluator_address) as channel:
+        stub = evaluator_pb2_grpc.EvaluatorServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as gone:
+            await stub.EvaluateCandidate(_request(spin, time_limit_seconds=300), timeout=3)
+        assert gone.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        for _ in range(50):  # the cancelled job is being killed; then the slot is free
+            capacity = await stub.DescribeCapacity(evaluator_pb2.DescribeCapacityRequest(), timeout=10)
+            if capacity.running_evaluations == 0:
+                break
+            await asyncio.sleep(0.2)
+        assert capacity.running_evaluations == 0
+        response = await stub.EvaluateCandidate(_request(GOOD), timeout=120)
+        assert response.result.status == evaluator_pb2.EVALUATION_STATUS_OK
+
+
 def test_cli_evaluate_prints_json(tmp_path) -> None:  # type: ignore[no-untyped-def]
     model = tmp_path / "model.py"
     model.write_text(GOOD)
