@@ -53,11 +53,13 @@ def main() -> int:
         status = subprocess.run(command, cwd=ROOT).returncode
         minutes = (time.monotonic() - started) / 60
         failed += status != 0
-        rows.append(f"| `python bench/{name}.py {' '.join(extra)}` | {baseline} | "
+        shown = " ".join(["python", f"bench/{name}.py", *extra])
+        rows.append(f"| `{shown}` | {baseline} | "
                     f"{'ok' if status == 0 else f'exit {status}'} | {minutes:.1f} min |")  # fmt: skip
     section = "\n".join([
         SECTION_START,
-        "## Last `make bench` run",
+        f"## Last run of `{' '.join(['python bench/run_all.py', *sys.argv[1:]])}`"
+        " (`make bench` = no arguments)",
         "",
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()} ({platform.platform()}). Each benchmark",
         "below wrote its own section of this file in that run.",

@@ -70,15 +70,21 @@ def _request(candidate_id: str) -> evaluator_pb2.EvaluateCandidateRequest:
 
 
 async def _evaluate_all(pool: EvaluatorPool, ids: list[str]) -> list[str]:
-    """Evaluate concurrently through the pool's slots; the replica id that answered each."""
+    """Evaluate concurrently through the pool's slots (more candidates than slots: they queue); the
+    replica id that answered each. Every candidate is answered once, none is refused."""
+    busy: list[int] = []
 
-    async def one(candidate_id: str) -> str:
+    async def one(candidate_id: str) -> tuple[str, str]:
         async with pool.slot() as stub:
+            busy.append(pool.in_flight)
             response = await stub.EvaluateCandidate(_request(candidate_id), timeout=300)
         assert response.result.status == evaluator_pb2.EVALUATION_STATUS_OK, str(response.result)[:800]
-        return response.result.evaluator_replica
+        return response.result.candidate_id, response.result.evaluator_replica
 
-    return await asyncio.gather(*(one(i) for i in ids))
+    answers = await asyncio.gather(*(one(i) for i in ids))
+    assert sorted(candidate for candidate, _ in answers) == sorted(ids)  # none lost, none twice
+    assert max(busy) <= pool.capacity  # the queue waited for slots: nobody got RESOURCE_EXHAUSTED
+    return [replica for _, replica in answers]
 
 
 async def _until(predicate, seconds: float = 20.0) -> None:  # type: ignore[no-untyped-def]
@@ -107,7 +113,7 @@ async def test_scaling_evaluators_changes_the_pool_without_a_restart(start_servi
                                "--work-dir", str(tmp_path / "jobs-b"))  # fmt: skip
         dns.targets.append(f"127.0.0.3:{port}")
         await _until(lambda: pool.capacity == 2)
-        both = set(await _evaluate_all(pool, ["two-a", "two-b", "two-c", "two-d"]))
+        both = set(await _evaluate_all(pool, [f"two-{i}" for i in range(6)]))
         assert len(both) == 2 and alone < both  # both replicas took work
 
         # scale down: the first pod leaves DNS; new work goes to the second only
