@@ -20,6 +20,7 @@ Markdown (docs/reliability.md holds the last one).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -33,7 +34,7 @@ import grpc
 import psutil
 import pytest
 from programs import write_family
-from test_system import CYCLE_EVENTS, _free_port, _nats_events
+from test_system import CYCLE_EVENTS, _free_port, _nats_events, check_one_job_per_cycle
 
 from archloop.localstack import NatsServerProcess, ServiceProcess
 from archloop.v1 import (
@@ -41,8 +42,6 @@ from archloop.v1 import (
     controller_pb2_grpc,
     novelty_pb2,
     novelty_pb2_grpc,
-    trainer_pb2,
-    trainer_pb2_grpc,
 )
 from services.controller import config as experiment_config
 from services.controller.ledger import Ledger
@@ -330,18 +329,9 @@ def _check_invariants(stack: Stack, experiment_id: str, corpus_dir: Path) -> Non
     for cycle in range(1, CYCLES + 1):
         assert counts[f"{experiment_id}-c{cycle}"] == sum(c["cycle"] == cycle for c in valid)
 
-    import asyncio
-
     events = asyncio.run(_nats_events(f"nats://{stack.address['nats']}", experiment_id))
     expected = ["experiment_started"] + CYCLE_EVENTS * CYCLES + ["experiment_completed"]
     assert [e.WhichOneof("payload") for e in events] == expected
     assert len({e.event_id for e in events}) == len(events)
 
-    trainer = trainer_pb2_grpc.TrainerServiceStub(grpc.insecure_channel(stack.address["trainer"]))
-    jobs = [
-        j
-        for j in trainer.ListFineTunes(trainer_pb2.ListFineTunesRequest(), timeout=30).jobs
-        if j.experiment_id == experiment_id
-    ]
-    assert sorted(j.job_id for j in jobs) == [f"{experiment_id}-c{c}" for c in range(1, CYCLES + 1)]
-    assert all(j.state == trainer_pb2.FINE_TUNE_STATE_SUCCEEDED for j in jobs)
+    check_one_job_per_cycle(stack.address["trainer"], experiment_id, CYCLES)

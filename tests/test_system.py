@@ -154,6 +154,18 @@ async def _nats_events(url: str, experiment_id: str) -> list[events_pb2.Event]:
         await client.close()
 
 
+def check_one_job_per_cycle(trainer_address: str, experiment_id: str, cycles: int) -> None:
+    """The trainer ran exactly one fine-tune per cycle (job id <experiment>-c<cycle>), all SUCCEEDED."""
+    trainer = trainer_pb2_grpc.TrainerServiceStub(grpc.insecure_channel(trainer_address))
+    jobs = [
+        j
+        for j in trainer.ListFineTunes(trainer_pb2.ListFineTunesRequest(), timeout=30).jobs
+        if j.experiment_id == experiment_id
+    ]
+    assert sorted(j.job_id for j in jobs) == [f"{experiment_id}-c{c}" for c in range(1, cycles + 1)]
+    assert all(j.state == trainer_pb2.FINE_TUNE_STATE_SUCCEEDED for j in jobs)
+
+
 def _check_run(system: System, experiment_id: str, cycles: int, per_cycle: int) -> None:
     experiment = system.experiment(experiment_id)
     assert experiment.state == controller_pb2.EXPERIMENT_STATE_COMPLETED, experiment.error
@@ -190,14 +202,7 @@ def _check_run(system: System, experiment_id: str, cycles: int, per_cycle: int) 
     admitted = [c for c in candidates if c["decision"] == "admitted"]
     assert collections[f"{experiment_id}-corpus"].entry_count == lemur_models + len(admitted)
 
-    trainer = trainer_pb2_grpc.TrainerServiceStub(grpc.insecure_channel(system.addresses["trainer"]))
-    jobs = [
-        j
-        for j in trainer.ListFineTunes(trainer_pb2.ListFineTunesRequest(), timeout=30).jobs
-        if j.experiment_id == experiment_id
-    ]
-    assert sorted(j.job_id for j in jobs) == [f"{experiment_id}-c{c}" for c in range(1, cycles + 1)]
-    assert all(j.state == trainer_pb2.FINE_TUNE_STATE_SUCCEEDED for j in jobs)
+    check_one_job_per_cycle(system.addresses["trainer"], experiment_id, cycles)
 
     out = system.tmp / "report"
     report = system.stub.GetReport(

@@ -91,6 +91,7 @@ class EvaluatorPool:
         self._refresh_lock = asyncio.Lock()
         self._refreshed_at = 0.0
         self._task: asyncio.Task | None = None
+        self._pending: set[asyncio.Task] = set()
 
     # -- what the controller sees ----------------------------------------------------------------
     @property
@@ -174,9 +175,11 @@ class EvaluatorPool:
                 log.warning("evaluator_refresh_failed", error=str(exc))
 
     async def start(self) -> None:
+        """Resolve once and keep resolving in the background (idempotent; concurrent callers wait in
+        `slot` until the first resolution is in)."""
         if self._task is None:
-            await self.refresh()
             self._task = asyncio.create_task(self._keep_resolving())
+            await self.refresh()
 
     async def close(self) -> None:
         if self._task is not None:
@@ -184,6 +187,8 @@ class EvaluatorPool:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        for task in list(self._pending):
+            task.cancel()
         for replica in self.replicas.values():
             await replica.channel.close()
         self.replicas.clear()
@@ -203,7 +208,9 @@ class EvaluatorPool:
             if replica.stub is stub:
                 replica.capacity = 0
         if self._task is not None:
-            asyncio.get_running_loop().create_task(self.refresh())
+            task = asyncio.get_running_loop().create_task(self.refresh())
+            self._pending.add(task)  # a reference, so the task is not collected before it runs
+            task.add_done_callback(self._pending.discard)
 
     # -- dispatch --------------------------------------------------------------------------------
     def _pick(self) -> Replica | None:

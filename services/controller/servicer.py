@@ -60,6 +60,7 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
         self.notify = asyncio.Event()
         self._publisher: asyncio.Task | None = None
         self._channels: list = []
+        self.evaluators: EvaluatorPool | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -119,7 +120,8 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
             await self.events.close()
         for channel in self._channels:
             await channel.close()
-        await self.evaluators.close()
+        if self.evaluators is not None:
+            await self.evaluators.close()
         if self.ledger is not None:
             self.ledger.close()
 
