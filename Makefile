@@ -36,7 +36,7 @@ test: install  ## every test tier (what CI runs)
 test-fast: install  ## skip the slow tiers
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-bench: install  ## every benchmark, one after another; writes docs/benchmarks.md (about an hour)
+bench: install  ## every benchmark, one after another; writes docs/benchmarks.md (about 25 minutes)
 	$(BIN)/python bench/run_all.py
 
 lint: install

@@ -6,7 +6,8 @@ Each benchmark runs as its own process with `--write`, so each replaces its own 
 docs/benchmarks.md (its ratios against the baseline its service issue names, measured in the same
 run). This script then writes the run's header section: date, machine, and each benchmark's
 command, exit status and duration. Runs one benchmark at a time: they share the machine's cores.
-Takes about an hour on the 2-core machine (base-model quality and the 100k novelty size dominate).
+Takes about 25 minutes on the 2-core machine (the 100k novelty size, the load run and the trainer
+benchmark dominate).
 """
 
 from __future__ import annotations
