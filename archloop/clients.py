@@ -46,6 +46,18 @@ def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[
     ]
 
 
+def read_token_file(path: str) -> str:
+    """The bearer token in `path`, surrounding whitespace dropped; ValueError if unreadable or empty.
+    Servers (archloop.server) and clients read token files alike."""
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read the token file {path} ({exc.strerror})") from None
+    if not token:
+        raise ValueError(f"the token file {path} is empty")
+    return token
+
+
 @dataclass(frozen=True)
 class ChannelSecurity:
     """How to reach a service that serves TLS and/or wants a bearer token (archloop.server)."""
@@ -54,15 +66,7 @@ class ChannelSecurity:
     token_file: str = ""  # a file holding the bearer token; "" = none
 
     def token(self) -> str:
-        if not self.token_file:
-            return ""
-        try:
-            token = Path(self.token_file).read_text().strip()
-        except OSError as exc:
-            raise ValueError(f"cannot read the token file {self.token_file} ({exc.strerror})") from None
-        if not token:
-            raise ValueError(f"the token file {self.token_file} is empty")
-        return token
+        return read_token_file(self.token_file) if self.token_file else ""
 
     def credentials(self) -> grpc.ChannelCredentials | None:
         """TLS credentials carrying the token, or None for a plaintext channel."""

@@ -32,6 +32,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from archloop.clients import read_token_file
 from archloop.errors import ArchLoopError, InvalidArgument
 from archloop.processes import die_with_parent
 from archloop.settings import EXIT_BAD_CONFIG, ServiceSettings, SettingsError, flag_name, redacted
@@ -108,17 +109,6 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         log.warning("rpc_unauthenticated", rpc=handler_call_details.method.rsplit("/", 1)[-1])
         return _deny(handler, "authorization: a valid 'Bearer <token>' is required")
-
-
-def read_token(path: str, what: str) -> str:
-    """The token in `path` (surrounding whitespace dropped); SettingsError naming `what` otherwise."""
-    try:
-        token = Path(path).read_text().strip()
-    except OSError as exc:
-        raise SettingsError(f"{what}: cannot read {path} ({exc.strerror})") from None
-    if not token:
-        raise SettingsError(f"{what}: {path} is empty")
-    return token
 
 
 def _read_pem(path: str, what: str) -> bytes:
@@ -310,7 +300,10 @@ class GrpcService:
         self.credentials = server_credentials(settings)
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if settings.auth_token_file:
-            token = read_token(settings.auth_token_file, "--auth-token-file/ARCHLOOP_AUTH_TOKEN_FILE")
+            try:
+                token = read_token_file(settings.auth_token_file)
+            except ValueError as exc:
+                raise SettingsError(f"--auth-token-file/ARCHLOOP_AUTH_TOKEN_FILE: {exc}") from None
             interceptors.append(TokenAuthInterceptor(token))
         interceptors.append(RpcInterceptor(quiet_services=(health.SERVICE_NAME, "grpc.reflection")))
         self.server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))

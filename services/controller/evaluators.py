@@ -19,7 +19,7 @@ import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 import structlog
@@ -61,7 +61,6 @@ class Replica:
     in_flight: int = 0
     replica_id: str = ""
     listed: bool = True  # still in the latest resolution
-    described_at: float = field(default=0.0)
 
     @property
     def free(self) -> int:
@@ -111,15 +110,6 @@ class EvaluatorPool:
             if r.listed
         ]
 
-    @property
-    def any_stub(self) -> evaluator_pb2_grpc.EvaluatorServiceStub:
-        """A stub for calls that need no slot bookkeeping (e.g. DescribeCapacity from tools)."""
-        listed = [r for r in self.replicas.values() if r.listed] or list(self.replicas.values())
-        if not listed:
-            self._add(f"{self.host}:{self.port}")
-            listed = list(self.replicas.values())
-        return listed[0].stub
-
     # -- resolution ------------------------------------------------------------------------------
     def _add(self, target: str) -> Replica:
         channel = aio_channel(target)
@@ -164,7 +154,6 @@ class EvaluatorPool:
             return
         replica.capacity = max(1, answer.max_concurrent_evaluations)
         replica.replica_id = answer.replica
-        replica.described_at = time.monotonic()
 
     async def _keep_resolving(self) -> None:
         while True:

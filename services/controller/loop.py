@@ -368,14 +368,12 @@ class ExperimentRunner:
     async def _evaluation(
         self, request: evaluator_pb2.EvaluateCandidateRequest, timeout: float
     ) -> evaluator_pb2.EvaluateCandidateResponse:
-        """One evaluation on the replica with the most free slots, retried on another (or the same,
-        later) replica on UNAVAILABLE / RESOURCE_EXHAUSTED within the retry budget."""
+        """One evaluation on the replica with the most free slots; `_call` retries it (on whichever
+        replica is free then) on UNAVAILABLE / RESOURCE_EXHAUSTED within the retry budget."""
         pool = self.peers.evaluator
-        deadline = time.monotonic() + self.settings.retry_budget_seconds
-        delay = 0.2
-        while True:
-            self._check_stop()
-            if pool.capacity == 0 and not await pool.wait_capacity(max(0.0, deadline - time.monotonic())):
+
+        async def on_a_free_replica(request, timeout):  # type: ignore[no-untyped-def]
+            if pool.capacity == 0 and not await pool.wait_capacity(self.settings.retry_budget_seconds):
                 raise PeerFailed(
                     f"evaluator.DescribeCapacity: UNAVAILABLE: no evaluator replica at {pool.target} answered"
                     f" within {self.settings.retry_budget_seconds:g} s"
@@ -384,16 +382,11 @@ class ExperimentRunner:
                 try:
                     return await stub.EvaluateCandidate(request, timeout=timeout)
                 except grpc.aio.AioRpcError as exc:
-                    if exc.code() not in RETRYABLE or time.monotonic() > deadline:
-                        what = f"evaluator.EvaluateCandidate: {exc.code().name}: {exc.details()}"
-                        raise PeerFailed(what) from None
-                    pool.replica_failed(stub)
-                    log.warning(
-                        "peer_retry", experiment_id=self.id, call="evaluator.EvaluateCandidate",
-                        code=exc.code().name, delay_s=delay,
-                    )  # fmt: skip
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+                    if exc.code() in RETRYABLE:
+                        pool.replica_failed(stub)  # re-describe it before it gets more work
+                    raise
+
+        return await self._call("evaluator.EvaluateCandidate", on_a_free_replica, request, timeout)
 
     async def _generate_and_evaluate(self, cycle: int, row) -> None:  # type: ignore[no-untyped-def]
         started = time.monotonic()

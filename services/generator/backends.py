@@ -64,14 +64,21 @@ class AdapterInfo:
     weights_sha256: str
 
 
-def adapter_weights(path: str) -> tuple[Path, str]:
-    """(folder, weights sha256) of a peft adapter folder; FailedPrecondition when it is not one."""
+def adapter_weights(path: str, expected_sha256: str = "") -> tuple[Path, str]:
+    """(folder, weights sha256) of a peft adapter folder; FailedPrecondition when it is not one, or
+    when `expected_sha256` is given and the weights hash to something else."""
     folder = Path(path)
     if not (folder / "adapter_config.json").is_file():
         raise FailedPrecondition(f"adapter.path: {path} holds no adapter_config.json")
     if not any(folder.glob("*.safetensors")):
         raise FailedPrecondition(f"adapter.path: {path} holds no .safetensors weights")
-    return folder, basemodel.weights_sha256(folder)
+    actual = basemodel.weights_sha256(folder)
+    if expected_sha256 and expected_sha256 != actual:
+        raise FailedPrecondition(
+            f"adapter.weights_sha256: the weights in {path} hash to {actual[:12]}…,"
+            f" not {expected_sha256[:12]}…"
+        )
+    return folder, actual
 
 
 class LocalBackend:
@@ -111,12 +118,7 @@ class LocalBackend:
         return {"model_id": self.model_id, "model_sha256": self.model_sha256, "device": self.device}
 
     def load_adapter(self, name: str, path: str, weights_sha256: str = "") -> tuple[AdapterInfo, bool]:
-        folder, actual = adapter_weights(path)
-        if weights_sha256 and weights_sha256 != actual:
-            raise FailedPrecondition(
-                f"adapter.weights_sha256: the weights in {path} hash to {actual[:12]}…, "
-                f"not {weights_sha256[:12]}…"
-            )
+        folder, actual = adapter_weights(path, weights_sha256)
         with self._lock:
             have = self.adapters.get(name)
             if have and have.weights_sha256 == actual:
@@ -273,9 +275,7 @@ class ReplayBackend:
         return {"model_id": self.model_id, "model_sha256": self.model_sha256, "device": "cpu"}
 
     def load_adapter(self, name: str, path: str, weights_sha256: str = "") -> tuple[AdapterInfo, bool]:
-        folder, actual = adapter_weights(path)
-        if weights_sha256 and weights_sha256 != actual:
-            raise FailedPrecondition(f"adapter.weights_sha256: the weights in {path} hash to {actual[:12]}…")
+        folder, actual = adapter_weights(path, weights_sha256)
         fresh = self.adapters.get(name) != AdapterInfo(name, str(folder), actual)
         self.adapters[name] = AdapterInfo(name, str(folder), actual)
         return self.adapters[name], fresh
@@ -472,9 +472,7 @@ class TGIBackend:
             info = self.ensure_adapter(name)
             assert info is not None
             return info, False
-        folder, actual = adapter_weights(path) if path else (Path(), "")
-        if weights_sha256 and actual and weights_sha256 != actual:
-            raise FailedPrecondition(f"adapter.weights_sha256: the weights in {path} hash to {actual[:12]}…")
+        folder = adapter_weights(path, weights_sha256)[0] if path else Path()
         with self._lock:
             known = self.launcher.adapters.get(name)
             if known is not None and (not path or known == str(folder)) and name in self.adapters:
