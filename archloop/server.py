@@ -8,8 +8,9 @@ Life of a service process:
 5. SIGTERM/SIGINT: health NOT_SERVING, stop accepting, in-flight RPCs get the grace period,
    `servicer.stop()` releases resources (drains NATS), exit 0.
 
-One interceptor maps domain exceptions (archloop.errors) to status codes and logs one summary
-line per RPC; anything unexpected is INTERNAL with the traceback in the log.
+One wrapper around every RPC handler (RpcWrapper) maps domain exceptions (archloop.errors) to
+status codes and logs one summary line per RPC; anything unexpected is INTERNAL with the traceback
+in the log.
 """
 
 from __future__ import annotations
@@ -140,18 +141,43 @@ def server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials | No
     )
 
 
-class RpcInterceptor(grpc.aio.ServerInterceptor):
-    """Maps exceptions to status codes and logs one `rpc_finished` line per call."""
+class _HandlerCollector:
+    """Stands in for the server while a generated `add_XxxServicer_to_server` runs, keeping the
+    method handlers it registers so they can be wrapped before the real server sees them."""
 
-    def __init__(self, quiet_services: tuple[str, ...] = ()) -> None:
-        self._quiet = quiet_services
+    def __init__(self) -> None:
+        self.service = ""
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
 
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method.lstrip("/").startswith(self._quiet):
-            return handler
-        rpc = method.rsplit("/", 1)[-1]
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        """The generic form of the same handlers; add_registered_method_handlers carries them."""
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.service, self.handlers = service, handlers
+
+
+class RpcWrapper:
+    """Maps exceptions to status codes and logs one `rpc_finished` line per call.
+
+    Applied to each method handler once, when the servicer is registered (`register`), rather than
+    as a grpc.aio ServerInterceptor: an interceptor runs its coroutine chain and rebuilds the handler
+    on every call, which cost 0.13-0.16 ms of a 0.7 ms loopback round trip (measured here); a
+    novelty check is about 2 ms in all. The health and reflection services are registered unwrapped.
+    """
+
+    def register(
+        self, add_to_server: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server
+    ) -> None:
+        collected = _HandlerCollector()
+        add_to_server(servicer, collected)
+        assert collected.handlers, "the generated code registers its handlers by service name"
+        handlers = {name: self.wrap(name, handler) for name, handler in collected.handlers.items()}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(collected.service, handlers),))
+        server.add_registered_method_handlers(collected.service, handlers)
+
+    def wrap(self, rpc: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
@@ -305,9 +331,8 @@ class GrpcService:
             except ValueError as exc:
                 raise SettingsError(f"--auth-token-file/ARCHLOOP_AUTH_TOKEN_FILE: {exc}") from None
             interceptors.append(TokenAuthInterceptor(token))
-        interceptors.append(RpcInterceptor(quiet_services=(health.SERVICE_NAME, "grpc.reflection")))
-        self.server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
-        type(servicer).add_to_server(servicer, self.server)
+        self.server = grpc.aio.server(interceptors=interceptors or None, options=server_options(settings))
+        RpcWrapper().register(type(servicer).add_to_server, servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (servicer.service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server

@@ -22,7 +22,7 @@ SERVICE = "archloop.v1.NoveltyService"
 
 
 class RaisingNoveltyServicer(ServicerBase, novelty_pb2_grpc.NoveltyServiceServicer):
-    """Answers a few RPCs with the failures the interceptor must map; start() waits for a signal."""
+    """Answers a few RPCs with the failures the RPC wrapper must map; start() waits for a signal."""
 
     service_name = SERVICE
     add_to_server = staticmethod(novelty_pb2_grpc.add_NoveltyServiceServicer_to_server)

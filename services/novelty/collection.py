@@ -144,11 +144,15 @@ class ChannelIndex:
             self._free.append(row)
 
     def retrieve(self, signature: np.ndarray) -> set[int]:
-        """Rows sharing at least one LSH band with the signature (what MinHashLSH.query returns)."""
-        values = self._minhash(signature).hashvalues
+        """Rows sharing at least one LSH band with the signature (what MinHashLSH.query returns).
+
+        A band's key is datasketch's `_byteswap` of its slice of the signature (uint32 for the
+        affine32 scheme): the byte-swapped signature is made once and sliced per band.
+        """
+        swapped = np.asarray(signature, dtype=np.uint32).byteswap().tobytes()
         lsh = self.lsh
         buckets = [
-            table.get(lsh._H(values[start:end]))
+            table.get(swapped[4 * start : 4 * end])
             for (start, end), table in zip(lsh.hashranges, lsh.hashtables, strict=True)
         ]
         return set().union(*buckets)

@@ -22,6 +22,7 @@ import enum
 import hashlib
 import io
 import re
+import threading
 import tokenize
 from dataclasses import dataclass
 from functools import lru_cache
@@ -33,8 +34,9 @@ SCHEME = "affine32"  # datasketch 2.x permutation scheme; signatures of differen
 
 
 class NotPython(ValueError):
-    """tokenize would certainly reject this source too (brackets still open at the end: tokenize's
-    "EOF in multi-line statement"), so there is no need to ask it. Truncated LLM output ends so."""
+    """tokenize would certainly reject this source too (brackets unbalanced at the end: tokenize's
+    "EOF in multi-line statement"; an inconsistent dedent: its IndentationError), so there is no
+    need to ask it. Truncated LLM output ends so, and so does code with lines lost in an edit."""
 
 
 class Lexer(enum.Enum):
@@ -51,16 +53,17 @@ _DROPPED = {
     tokenize.ENDMARKER,
 }
 
-# Strings first so '#' inside a string is not a comment; comments are matched to be dropped.
+# Strings first so '#' inside a string is not a comment; comments are matched to be dropped. No
+# capturing groups: findall returns the matched texts.
 _FALLBACK_TOKEN = re.compile(
     r"""
-    (?P<string>[rRbBuUfF]{0,2}("""
+    [rRbBuUfF]{0,2}(?:"""
     r'''"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\''''
-    r"""|"(?:\\.|[^"\\\n])*"|'(?:\\.|[^'\\\n])*'))
-    | (?P<comment>\#[^\n]*)
-    | (?P<name>[^\W\d]\w*)
-    | (?P<number>\d[\w.]*)
-    | (?P<op>\*\*=?|//=?|->|<<=?|>>=?|[-+*/%&|^<>=!@:]=|\S)
+    r"""|"(?:\\.|[^"\\\n])*"|'(?:\\.|[^'\\\n])*')   # string
+    | \#[^\n]*                                        # comment
+    | [^\W\d]\w*                                      # name
+    | \d[\w.]*                                        # number
+    | \*\*=?|//=?|->|<<=?|>>=?|[-+*/%&|^<>=!@:]=|\S   # operator
     """,
     re.VERBOSE,
 )
@@ -90,7 +93,8 @@ def python_tokens(source: str) -> list[str]:
 
 def fallback_tokens(source: str) -> list[str]:
     """A forgiving regex lexer for text Python's lexer rejects (truncated output, prose, garbage)."""
-    return [m.group() for m in _FALLBACK_TOKEN.finditer(source) if m.lastgroup != "comment"]
+    # Only a comment match starts with "#" (strings are tried first, and "#" alone is a comment).
+    return [text for text in _FALLBACK_TOKEN.findall(source) if text[0] != "#"]
 
 
 def _non_capturing(pattern: str) -> str:
@@ -101,11 +105,14 @@ def _non_capturing(pattern: str) -> str:
 # checks every operator against tokenize.EXACT_TOKEN_TYPES.
 _OPERATOR_PATTERN = r"\*\*=?|//=?|>>=?|<<=?|\.\.\.|->|[-+*/%&|^@<>=!:]=|[(){}\[\],:;.+\-*/%&|^~<>=@]"
 
-# One pass of re.findall over tokenize's own sub-patterns (made non-capturing, so findall returns
-# plain strings). Names come first but never swallow a string prefix; numbers only where a digit
-# (or a dot and a digit) starts; anything unmatched is a one-character token caught below.
+# One pass of re.findall over tokenize's own sub-patterns (made non-capturing; the one group is
+# the token, so findall returns plain strings). Spaces before a token are consumed by the match
+# instead of failing every alternative once per space. Names come first but never swallow a string
+# prefix; numbers only where a digit (or a dot and a digit) starts; anything unmatched is a
+# one-character token caught below.
 _FAST_TOKEN = re.compile(
-    _non_capturing(
+    r"[ \t\f]*("
+    + _non_capturing(
         "|".join(
             [
                 r"(?![rRbBuUfF]{1,2}['\"])[^\W\d]\w*",
@@ -120,10 +127,16 @@ _FAST_TOKEN = re.compile(
             ]
         )
     )
+    + ")"
 )
 _OPERATORS = frozenset(tokenize.EXACT_TOKEN_TYPES)
 _OPENERS, _CLOSERS = frozenset("([{"), frozenset(")]}")
-_QUOTES = frozenset("'\"")
+
+# Token kinds for the loop in fast_python_tokens; a newline token's kind is the next line's
+# indentation column (>= 0).
+_PLAIN, _OPENER, _CLOSER, _STRING, _SKIPPED = -1, -2, -3, -4, -5
+_KINDS: dict[str, int] = {}
+_KIND_CACHE_LIMIT = 200_000
 
 
 def _indent_column(indentation: str) -> int:
@@ -141,59 +154,87 @@ def _indent_column(indentation: str) -> int:
     return column
 
 
+def _token_kind(text: str) -> int:
+    """The kind of one regex match; ValueError where only tokenize can say. Names, numbers,
+    operators and newlines repeat and are cached (comments and strings are not)."""
+    first = text[0]
+    if first == "#":
+        return _SKIPPED
+    if len(text) > 1 and text[-1] in "'\"":
+        return _STRING
+    if first == "\n" or first == "\r":
+        kind = _indent_column(text.lstrip("\r\n"))
+    elif first == "\\":
+        if len(text) == 1:
+            raise ValueError("a stray backslash needs tokenize")
+        kind = _SKIPPED  # a backslash continuation
+    elif first.isidentifier() or first.isdigit() or text in _OPERATORS or first == ".":
+        kind = _OPENER if text in _OPENERS else _CLOSER if text in _CLOSERS else _PLAIN
+    else:
+        raise ValueError(f"character {text!r} needs tokenize")
+    if len(_KINDS) >= _KIND_CACHE_LIMIT:
+        _KINDS.clear()
+    _KINDS[text] = kind
+    return kind
+
+
 def fast_python_tokens(source: str) -> list[str]:
     """The tokens `python_tokens` returns, several times faster: one regex pass built from
     tokenize's own sub-patterns, with bracket depth, logical lines and the dedent check done here.
 
-    Raises ValueError wherever it is not certain to agree with tokenize (a character tokenize calls
-    an error, unbalanced brackets, a string continued by a backslash, an inconsistent dedent); the
-    caller then asks tokenize itself. Tested against tokenize on the whole LEMUR corpus.
+    Raises NotPython where tokenize certainly fails too (brackets open or over-closed at the end:
+    "EOF in multi-line statement"; a dedent to a column no enclosing block has: IndentationError),
+    and ValueError wherever it is not certain to agree (a character tokenize calls an error, a
+    string continued by a backslash); the caller then asks tokenize itself. Tested against tokenize
+    on the whole LEMUR corpus and on thousands of edited and truncated variants.
+
+    More closers than openers is not an error to tokenize: its bracket level goes negative, every
+    line counts as a continuation (no indentation rules) and newlines still end logical lines,
+    until the level is back at zero. The loop below follows it there.
     """
     tokens: list[str] = []
-    line: list[str] = []
+    append = tokens.append
+    kinds = _KINDS
+    line_start = 0  # where the current logical line's tokens begin in `tokens`
+    in_line = False  # the current logical line has a token
     only_strings = True
     depth = 0
     indents = [0]
-    indentation = ""
+    column = 0
     # A newline token carries the next line's indentation; the leading "\n" gives line 1 one too.
     for text in _FAST_TOKEN.findall("\n" + source):
-        first = text[0]
-        if first == "#":
+        kind = kinds.get(text)
+        if kind is None:
+            kind = _token_kind(text)
+        if kind >= 0:  # a newline
+            column = kind
+            if depth <= 0 and in_line:
+                if only_strings:  # a docstring or a bare string statement
+                    del tokens[line_start:]
+                line_start, in_line, only_strings = len(tokens), False, True
             continue
-        if first == "\n" or first == "\r":
-            indentation = text.lstrip("\r\n")
-            if depth == 0 and line:
-                if not only_strings:
-                    tokens.extend(line)
-                line, only_strings = [], True
+        if kind == _SKIPPED:
             continue
-        if first == "\\":
-            if len(text) > 1:
-                continue  # a backslash continuation
-            raise ValueError("a stray backslash needs tokenize")
-        is_string = len(text) > 1 and text[-1] in _QUOTES
-        if not (is_string or first.isidentifier() or first.isdigit() or text in _OPERATORS or first == "."):
-            raise ValueError(f"character {text!r} needs tokenize")
-        if not line and depth == 0:
-            column = _indent_column(indentation)
-            if column > indents[-1]:
-                indents.append(column)
-            while column < indents[-1]:
-                indents.pop()
-            if column != indents[-1]:
-                raise ValueError("inconsistent dedent")
-        only_strings = only_strings and is_string
-        if text in _OPENERS:
-            depth += 1
-        elif text in _CLOSERS:
-            depth -= 1
-            if depth < 0:
-                raise ValueError("unbalanced brackets")
-        line.append(text)
+        if not in_line:
+            in_line = True
+            if depth == 0:
+                if column > indents[-1]:
+                    indents.append(column)
+                while column < indents[-1]:
+                    indents.pop()
+                if column != indents[-1]:
+                    raise NotPython("a dedent to a column no enclosing block has")
+        if kind != _STRING:
+            only_strings = False
+            if kind == _OPENER:
+                depth += 1
+            elif kind == _CLOSER:
+                depth -= 1
+        append(text)
     if depth:
-        raise NotPython("unclosed brackets at the end")
-    if line and not only_strings:
-        tokens.extend(line)
+        raise NotPython("unbalanced brackets at the end")
+    if in_line and only_strings:
+        del tokens[line_start:]
     return tokens
 
 
@@ -216,14 +257,20 @@ _TOKEN_CACHE_LIMIT = 1_000_000
 _POLY = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier (golden ratio)
 
 
-def _token_hash(token: str) -> int:
-    value = _TOKEN_HASHES.get(token)
-    if value is None:
-        if len(_TOKEN_HASHES) >= _TOKEN_CACHE_LIMIT:
-            _TOKEN_HASHES.clear()
-        digest = hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-        value = _TOKEN_HASHES[token] = int.from_bytes(digest, "little")
-    return value
+def _token_hashes(tokens: list[str]) -> np.ndarray:
+    """blake2b (64-bit) of every token, through a process-wide cache: only new tokens are hashed in
+    Python, the lookups run in C. A full cache is replaced, never cleared, so a thread reading the
+    old one meanwhile still finds every token it added."""
+    global _TOKEN_HASHES
+    cache = _TOKEN_HASHES
+    missing = set(tokens).difference(cache)
+    if missing:
+        if len(cache) + len(missing) > _TOKEN_CACHE_LIMIT:
+            cache = _TOKEN_HASHES = {}
+        for token in missing:
+            digest = hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+            cache[token] = int.from_bytes(digest, "little")
+    return np.fromiter(map(cache.__getitem__, tokens), dtype=np.uint64, count=len(tokens))
 
 
 def _mix(values: np.ndarray) -> np.ndarray:
@@ -233,21 +280,41 @@ def _mix(values: np.ndarray) -> np.ndarray:
     return values ^ (values >> np.uint64(31))
 
 
+_POWERS: tuple[np.ndarray, np.ndarray] = (np.ones(1, dtype=np.uint64), np.ones(1, dtype=np.uint64))
+
+
+def _powers(count: int) -> tuple[np.ndarray, np.ndarray]:
+    """P**j and P**-j (mod 2**64) for j < count; P is odd, so it has an inverse mod 2**64."""
+    global _POWERS
+    if len(_POWERS[0]) < count:
+        size = max(count, 2 * len(_POWERS[0]), 4096)
+        inverse = np.uint64(pow(int(_POLY), -1, 2**64))
+        one = np.ones(1, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            up = np.concatenate([one, np.cumprod(np.full(size - 1, _POLY, dtype=np.uint64))])
+            down = np.concatenate([one, np.cumprod(np.full(size - 1, inverse, dtype=np.uint64))])
+        _POWERS = (up, down)
+    return _POWERS
+
+
 def shingle_hashes(tokens: list[str], k: int) -> np.ndarray:
     """Sorted unique 64-bit hashes of the k-token shingles (one shingle if fewer than k tokens).
 
-    Each token is hashed once (blake2b, cached); a shingle's hash is a polynomial over its tokens'
-    hashes (mod 2**64), finalised by splitmix64, computed for all windows at once with numpy.
+    Each token is hashed once (blake2b, cached); a shingle's hash is the polynomial
+    sum_j t[i+j]·P**(w-1-j) over its w tokens' hashes (mod 2**64), finalised by splitmix64. All
+    windows at once: with u[j] = t[j]·P**-j and C its running sum, window i is
+    P**(i+w-1)·(C[i+w] - C[i]); five array operations whatever k is.
     """
     if not tokens:
         return np.empty(0, dtype=np.uint64)
-    token_hashes = np.fromiter(map(_token_hash, tokens), dtype=np.uint64, count=len(tokens))
-    width = min(k, len(tokens))
-    windows = len(tokens) - width + 1
+    token_hashes = _token_hashes(tokens)
+    count = len(tokens)
+    width = min(k, count)
+    windows = count - width + 1
+    up, down = _powers(count)
     with np.errstate(over="ignore"):
-        combined = np.zeros(windows, dtype=np.uint64)
-        for offset in range(width):
-            combined = combined * _POLY + token_hashes[offset : offset + windows]
+        running = np.concatenate([np.zeros(1, dtype=np.uint64), np.cumsum(token_hashes * down[:count])])
+        combined = up[width - 1 : width - 1 + windows] * (running[width:] - running[:windows])
         return np.unique(_mix(combined ^ np.uint64(width)))
 
 
@@ -256,22 +323,48 @@ def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return MinHash(num_perm=num_perm, seed=seed, scheme=SCHEME).permutations
 
 
-def _low32(value: int) -> int:
-    return value & 0xFFFFFFFF
+_FMIX32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16))
+_UPDATE_ROWS = 2048  # shingles per step: the (rows × permutations) scratch matrix is 2 MiB
+_SCRATCH = threading.local()
+
+
+def _scratch(num_perm: int) -> np.ndarray:
+    """This thread's (rows × permutations) work matrix, allocated once. A fresh 0.5 MB temporary
+    per check cost more in page faults (glibc maps and unmaps blocks that size) than the arithmetic."""
+    matrix = getattr(_SCRATCH, "matrix", None)
+    if matrix is None or matrix.shape[1] != num_perm:
+        matrix = _SCRATCH.matrix = np.empty((_UPDATE_ROWS, num_perm), dtype=np.uint32)
+    return matrix
 
 
 def minhash_signature(hashes: np.ndarray, num_perm: int, seed: int) -> np.ndarray:
-    """datasketch MinHash over the shingle hashes; the signature as uint32 (all values are < 2**32)."""
-    minhash = MinHash(
-        num_perm=num_perm,
-        seed=seed,
-        hashfunc=_low32,
-        permutations=_permutations(num_perm, seed),
-        scheme=SCHEME,
-    )
-    if hashes.size:
-        minhash.update_batch(hashes.tolist())
-    return minhash.hashvalues.astype(np.uint32)
+    """datasketch's MinHash ("affine32" scheme, its permutations) of the low 32 bits of the shingle
+    hashes, as uint32.
+
+    The same arithmetic as `MinHash(hashfunc=low32).update_batch(hashes)`, computed from the array
+    directly: update_batch calls the hash function once per value in Python, which was a quarter of
+    a check. A test holds the two bit-identical.
+    """
+    a, b = _permutations(num_perm, seed)
+    signature = np.full(num_perm, np.iinfo(np.uint32).max, dtype=np.uint32)
+    if not hashes.size:
+        return signature
+    s1, m1, s2, m2, s3 = _FMIX32
+    scratch = _scratch(num_perm)
+    with np.errstate(over="ignore"):
+        values = (hashes & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+        values ^= values >> s1  # MurmurHash3's finaliser, as datasketch pre-mixes every input
+        values *= m1
+        values ^= values >> s2
+        values *= m2
+        values ^= values >> s3
+        for start in range(0, values.size, _UPDATE_ROWS):
+            chunk = values[start : start + _UPDATE_ROWS]
+            permuted = scratch[: chunk.size]
+            np.multiply(chunk[:, None], a, out=permuted)  # uint32: the wrap-around is the modulus
+            permuted += b
+            np.minimum(signature, permuted.min(axis=0), out=signature)
+    return signature
 
 
 def estimated_jaccard(query: np.ndarray, signatures: np.ndarray) -> np.ndarray:

@@ -9,19 +9,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from datasketch import MinHash
 
 from archloop.lemur import iter_model_sources, lemur_wheel
 from services.novelty.fingerprint import (
+    _POLY,
     Lexer,
     NotPython,
+    _mix,
+    _token_hashes,
     exact_jaccard,
     fallback_tokens,
     fast_python_tokens,
     fingerprint_source,
+    minhash_signature,
     python_tokens,
     shingle_hashes,
     tokenize_source,
 )
+from services.novelty.tests.variants import make_variant
 
 EDGE_CASES = [
     '"""Module docstring."""\nimport torch\n',
@@ -124,6 +130,24 @@ def test_shingles() -> None:
     assert not np.intersect1d(shingle_hashes(tokens[:4], 10), shingle_hashes(tokens[:4], 3)).size
 
 
+def test_a_shingle_hash_is_the_polynomial_of_its_token_hashes() -> None:
+    """The all-windows-at-once computation equals the definition, window by window (stored
+    signatures depend on these exact values)."""
+    rng = __import__("random").Random(2)
+    poly, modulus = int(_POLY), 2**64
+    for count, k in [(1, 10), (9, 10), (10, 10), (11, 10), (300, 10), (40, 3), (25, 1)]:
+        tokens = [rng.choice(["x", "=", "nn", ".", "Conv2d", "(", ")", "self", "3"]) for _ in range(count)]
+        width = min(k, count)
+        values = []
+        for start in range(count - width + 1):
+            value = 0
+            for token in tokens[start : start + width]:
+                value = (value * poly + int(_token_hashes([token])[0])) % modulus
+            values.append(value ^ width)
+        expected = np.unique(_mix(np.array(values, dtype=np.uint64)))
+        assert np.array_equal(shingle_hashes(tokens, k), expected), (count, k)
+
+
 def test_estimate_tracks_exact_jaccard() -> None:
     models = [source for _, (_, source) in zip(range(60), iter_model_sources(lemur_wheel()), strict=False)]
     a = fingerprint_source(models[10], 10, 256, 1)
@@ -161,3 +185,38 @@ def test_sources_the_fast_lexer_calls_not_python_are_rejected_by_tokenize_too() 
         except ValueError:
             pass
     assert skipped > 50
+
+
+def test_edited_sources_the_fast_lexer_decides_agree_with_tokenize() -> None:
+    """Edits (deleted or copied lines) break indentation and brackets. Where the fast lexer answers
+    (tokens or NotPython) tokenize must give the same answer; it may only defer (ValueError)."""
+    rng = __import__("random").Random(11)
+    sources = [s for _, (_, s) in zip(range(300), iter_model_sources(lemur_wheel()), strict=False)]
+    decided = {"tokens": 0, "not_python": 0}
+    for _ in range(400):
+        variant = make_variant(rng.choice(sources), rng, rng.randint(1, 30))[0]
+        if rng.random() < 0.3:
+            variant = variant[: rng.randrange(len(variant) // 3, len(variant) + 1)]
+        expected = _tokens_or_none(python_tokens, variant)
+        try:
+            fast = fast_python_tokens(variant)
+        except NotPython:
+            decided["not_python"] += 1
+            assert expected is None
+            continue
+        except ValueError:
+            continue
+        decided["tokens"] += 1
+        if expected is None:  # tokenize 3.11 rejects lines holding only a backslash, as above
+            assert any(line.strip() == "\\" for line in variant.splitlines())
+        else:
+            assert fast == expected
+    assert decided["tokens"] > 100 and decided["not_python"] > 100, decided
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 600, 5000])
+def test_minhash_signature_is_datasketch_update_batch(size: int) -> None:
+    hashes = np.random.default_rng(size).integers(0, 2**64, size=size, dtype=np.uint64)
+    reference = MinHash(num_perm=256, seed=1, hashfunc=lambda value: value & 0xFFFFFFFF, scheme="affine32")
+    reference.update_batch(hashes.tolist())
+    assert np.array_equal(minhash_signature(hashes, 256, 1), reference.hashvalues.astype(np.uint32))
