@@ -53,10 +53,12 @@ _DROPPED = {
     tokenize.ENDMARKER,
 }
 
-# Strings first so '#' inside a string is not a comment; comments are matched to be dropped. No
-# capturing groups: findall returns the matched texts.
+# Strings first so '#' inside a string is not a comment; comments are matched to be dropped. One
+# capturing group, the token, so findall returns its text; whitespace before it is consumed by the
+# match (skipping it position by position tried every alternative at each space of an indentation).
 _FALLBACK_TOKEN = re.compile(
     r"""
+    \s*(
     [rRbBuUfF]{0,2}(?:"""
     r'''"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\''''
     r"""|"(?:\\.|[^"\\\n])*"|'(?:\\.|[^'\\\n])*')   # string
@@ -64,7 +66,7 @@ _FALLBACK_TOKEN = re.compile(
     | [^\W\d]\w*                                      # name
     | \d[\w.]*                                        # number
     | \*\*=?|//=?|->|<<=?|>>=?|[-+*/%&|^<>=!@:]=|\S   # operator
-    """,
+    )""",
     re.VERBOSE,
 )
 
@@ -204,6 +206,10 @@ def fast_python_tokens(source: str) -> list[str]:
     # A newline token carries the next line's indentation; the leading "\n" gives line 1 one too.
     for text in _FAST_TOKEN.findall("\n" + source):
         kind = kinds.get(text)
+        if kind == _PLAIN and in_line:  # most tokens: a name, number or operator inside a line
+            only_strings = False
+            append(text)
+            continue
         if kind is None:
             kind = _token_kind(text)
         if kind >= 0:  # a newline
