@@ -5,9 +5,9 @@ console otherwise. Standard-library loggers (grpc, nats, asyncio, torch, transfo
 the same processors, so every line of a service has one format and carries `service`.
 
 Our own events skip the standard library: structlog renders them and writes the line itself (to
-the same stream, under the same lock as the stdlib handler, so lines never interleave). Going
-through a LogRecord, a Handler and a Formatter cost a service ~0.15 ms per RPC summary line in a
-2 ms novelty check (measured with two servers side by side); this path takes about half.
+the same stream, under the same lock as the stdlib handler, so lines never interleave). Every RPC
+logs a summary line; through a LogRecord, a Handler and a ProcessorFormatter a line took 33 µs in a
+tight loop here, this way 15 µs (and more than that in a server between requests, caches cold).
 """
 
 from __future__ import annotations

@@ -162,9 +162,9 @@ class RpcWrapper:
     """Maps exceptions to status codes and logs one `rpc_finished` line per call.
 
     Applied to each method handler once, when the servicer is registered (`register`), rather than
-    as a grpc.aio ServerInterceptor: an interceptor runs its coroutine chain and rebuilds the handler
-    on every call, which cost 0.13-0.16 ms of a 0.7 ms loopback round trip (measured here); a
-    novelty check is about 2 ms in all. The health and reflection services are registered unwrapped.
+    as a grpc.aio ServerInterceptor, which runs its coroutine chain and builds new handler objects
+    on every call: a novelty check is under 2 ms end to end, and every RPC pays the interceptor
+    path. The health and reflection services are registered unwrapped.
     """
 
     def register(
