@@ -180,8 +180,7 @@ def markdown(results: list[dict]) -> str:
         "Jaccard (the baseline: the query's shingle set against every stored set, numpy; its queries",
         "run interleaved with the checks, 20 in each of 3 rounds of 1000 checks; the speed-up is",
         "p50 against median over all rounds, each round's own in brackets). Empty RPC: a health check",
-        "after every check,",
-        "the loopback round trip any RPC pays on this machine.",
+        "after every check, the loopback round trip any RPC pays on this machine.",
         "",
         "| entries | MinHash ms/source | import admits/s | LSH candidates/check | check p50 ms "
         "| check p99 ms | empty RPC p50 ms | brute force ms | speed-up | rebuild s | storage MiB | RSS MiB |",
@@ -202,10 +201,10 @@ def markdown(results: list[dict]) -> str:
     )
     lines += [
         "",
-        f"Of the check p50, the empty RPC's round trip takes {floor}: the Python gRPC stack's floor",
-        "on this machine (a raw TCP ping-pong between two processes here takes about 0.08 ms). This",
-        "VM's speed drifts by tens of per cent between minutes, which is why the baseline runs",
-        "interleaved with the checks. Raw figures: `bench/results/novelty.json`.",
+        f"Of the check p50, the empty RPC's round trip takes {floor}:",
+        "the Python gRPC stack's floor on this machine (a raw TCP ping-pong between two processes",
+        "here takes about 0.08 ms). This VM's speed drifts by tens of per cent between minutes, which",
+        "is why the baseline runs interleaved with the checks. Raw figures: `bench/results/novelty.json`.",
         SECTION_END,
     ]
     return "\n".join(lines)
