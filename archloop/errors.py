@@ -1,7 +1,7 @@
 """Domain exceptions. Domain code raises these; the servers' RPC wrapper maps each to one gRPC status.
 
 This module imports neither grpc nor nats, so domain modules can use it freely. `status` is the
-name of the gRPC status code (see archloop.server.RpcWrapper).
+name of the gRPC status code (see archloop.server.register_wrapped).
 """
 
 from __future__ import annotations

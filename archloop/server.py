@@ -8,7 +8,7 @@ Life of a service process:
 5. SIGTERM/SIGINT: health NOT_SERVING, stop accepting, in-flight RPCs get the grace period,
    `servicer.stop()` releases resources (drains NATS), exit 0.
 
-One wrapper around every RPC handler (RpcWrapper) maps domain exceptions (archloop.errors) to
+One wrapper around every RPC handler (`register_wrapped`) maps domain exceptions (archloop.errors) to
 status codes and logs one summary line per RPC; anything unexpected is INTERNAL with the traceback
 in the log.
 """
@@ -158,83 +158,76 @@ class _HandlerCollector:
         self.service, self.handlers = service, handlers
 
 
-class RpcWrapper:
-    """Maps exceptions to status codes and logs one `rpc_finished` line per call.
+def register_wrapped(
+    add_to_server: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server
+) -> None:
+    """Register the servicer with every method handler wrapped by `_wrapped`: exceptions mapped to
+    status codes, one `rpc_finished` line per call.
 
-    Applied to each method handler once, when the servicer is registered (`register`), rather than
-    as a grpc.aio ServerInterceptor, which runs its coroutine chain and builds new handler objects
-    on every call: a novelty check is under 2 ms end to end, and every RPC pays the interceptor
-    path. The health and reflection services are registered unwrapped.
+    The wrapping happens once, here, rather than in a grpc.aio ServerInterceptor, which runs its
+    coroutine chain and builds new handler objects on every call: a novelty check is under 2 ms end
+    to end, and every RPC pays the interceptor path. Health and reflection are registered unwrapped.
     """
+    collected = _HandlerCollector()
+    add_to_server(servicer, collected)
+    assert collected.handlers, "the generated code registers its handlers by service name"
+    handlers = {name: _wrapped(name, handler) for name, handler in collected.handlers.items()}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(collected.service, handlers),))
+    server.add_registered_method_handlers(collected.service, handlers)
 
-    def register(
-        self, add_to_server: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server
-    ) -> None:
-        collected = _HandlerCollector()
-        add_to_server(servicer, collected)
-        assert collected.handlers, "the generated code registers its handlers by service name"
-        handlers = {name: self.wrap(name, handler) for name, handler in collected.handlers.items()}
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(collected.service, handlers),))
-        server.add_registered_method_handlers(collected.service, handlers)
 
-    def wrap(self, rpc: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        deserializer = _tolerant(handler.request_deserializer)
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(rpc, _checked_request(handler.unary_unary)),
-                deserializer,
-                handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(rpc, _checked_request(handler.unary_stream)),
-                deserializer,
-                handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary(rpc, _checked_stream(handler.stream_unary)),
-                deserializer,
-                handler.response_serializer,
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            self._wrap_stream(rpc, _checked_stream(handler.stream_stream)),
-            deserializer,
-            handler.response_serializer,
+def _wrapped(rpc: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    deserializer = _tolerant(handler.request_deserializer)
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            _unary(rpc, _checked_request(handler.unary_unary)), deserializer, handler.response_serializer
         )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            _stream(rpc, _checked_request(handler.unary_stream)), deserializer, handler.response_serializer
+        )
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            _unary(rpc, _checked_stream(handler.stream_unary)), deserializer, handler.response_serializer
+        )
+    return grpc.stream_stream_rpc_method_handler(
+        _stream(rpc, _checked_stream(handler.stream_stream)), deserializer, handler.response_serializer
+    )
 
-    def _wrap_unary(self, rpc: str, behavior: Callable) -> Callable:
-        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started = time.perf_counter()
-            with structlog.contextvars.bound_contextvars(rpc=rpc):
-                try:
-                    result = behavior(request, context)
-                    if inspect.isawaitable(result):
-                        result = await result
-                except Exception as exc:
-                    await _abort(context, rpc, exc, started)
-                _log_finished(rpc, context, started)
-                return result
 
-        return call
+def _unary(rpc: str, behavior: Callable) -> Callable:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        with structlog.contextvars.bound_contextvars(rpc=rpc):
+            try:
+                result = behavior(request, context)
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception as exc:
+                await _abort(context, rpc, exc, started)
+            _log_finished(rpc, context, started)
+            return result
 
-    def _wrap_stream(self, rpc: str, behavior: Callable) -> Callable:
-        async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            started = time.perf_counter()
-            with structlog.contextvars.bound_contextvars(rpc=rpc):
-                try:
-                    result = behavior(request, context)
-                    if inspect.isasyncgen(result):
-                        async for item in result:
-                            yield item
-                    else:
-                        for item in result:
-                            yield item
-                except Exception as exc:
-                    await _abort(context, rpc, exc, started)
-                _log_finished(rpc, context, started)
+    return call
 
-        return call
+
+def _stream(rpc: str, behavior: Callable) -> Callable:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        started = time.perf_counter()
+        with structlog.contextvars.bound_contextvars(rpc=rpc):
+            try:
+                result = behavior(request, context)
+                if inspect.isasyncgen(result):
+                    async for item in result:
+                        yield item
+                else:
+                    for item in result:
+                        yield item
+            except Exception as exc:
+                await _abort(context, rpc, exc, started)
+            _log_finished(rpc, context, started)
+
+    return call
 
 
 class _Undecodable:
@@ -332,7 +325,7 @@ class GrpcService:
                 raise SettingsError(f"--auth-token-file/ARCHLOOP_AUTH_TOKEN_FILE: {exc}") from None
             interceptors.append(TokenAuthInterceptor(token))
         self.server = grpc.aio.server(interceptors=interceptors or None, options=server_options(settings))
-        RpcWrapper().register(type(servicer).add_to_server, servicer, self.server)
+        register_wrapped(type(servicer).add_to_server, servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (servicer.service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
