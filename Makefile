@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml requirements.lock setup.py $(wildcard protos/archloop/v
 	$(BIN)/pip install --disable-pip-version-check -q -c requirements.lock torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install --disable-pip-version-check -q -c requirements.lock -e ".[ml,dev]"
 	$(BIN)/archloop corpus fetch
+	$(BIN)/archloop base-model fetch
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install everything

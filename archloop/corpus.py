@@ -41,17 +41,28 @@ from pathlib import Path
 
 from archloop import forwardcheck, lemur, prompts
 
-CORPUS_VERSION = "lemur-v2"
+CORPUS_VERSION = "lemur-v3"  # what builds by default; lemur-v2 stays buildable (`--version lemur-v2`)
+CORPUS_VERSIONS = ("lemur-v2", "lemur-v3")
 STATS_PREFIX = "ab/nn/stat/train/"
 IMAGE_CLASSIFICATION = "img-classification"
-STAGES = ("file", "image_classification", "contract", "policy", "forward", "unique")
+STAGES_V2 = ("file", "image_classification", "contract", "policy", "forward", "unique")
+# lemur-v3 adds: budget (the canonical, lazily rewritten or width-scaled text meets the loop's budget at
+# the task's shapes) and distinct (no near-duplicate of a kept program, on the final text)
+STAGES = (*STAGES_V2, "budget", "distinct")
 DATASETS = ("cifar-10", "mnist")  # the user prompts of each kept model (001 §3.1), the first decides
+LOOP_BUDGET = 500_000  # the parameter budget of the loop's prompt (BRIEF §1), met by every v3 program
+MAX_WIDTH_SHIFT = 8  # width scaling tries divisors 2, 4, … 256
+REWRITE_TABLE = Path(__file__).parent / "data" / "lemur-rewrite-v1.json.gz"
 
 
-def default_corpus_dir() -> Path:
+def stages_of(version: str) -> tuple[str, ...]:
+    return STAGES_V2 if version == "lemur-v2" else STAGES
+
+
+def default_corpus_dir(version: str = CORPUS_VERSION) -> Path:
     from archloop.localstack import archloop_home
 
-    return Path(os.environ.get("ARCHLOOP_CORPUS_DIR") or archloop_home() / "corpus" / CORPUS_VERSION)
+    return Path(os.environ.get("ARCHLOOP_CORPUS_DIR") or archloop_home() / "corpus" / version)
 
 
 @dataclass(frozen=True)
@@ -163,6 +174,11 @@ class ModelOutcome:
     code_sha256: str = ""
     parameters: int = 0  # trainable parameters built for CIFAR-10 shapes (0 when it did not build)
     datasets: dict[str, int] = field(default_factory=dict)  # task it runs for → its parameters there
+    # lemur-v3 only: what the kept text is (see Rewrite); parameters / datasets then describe that text
+    lazy_layers: int = 0
+    width_divisor: int = 1
+    final_sha256: str = ""
+    source_parameters: int = 0  # the original program's at CIFAR-10 shapes
 
 
 ForwardLookup = Callable[[list[tuple[str, str]]], dict[str, dict[str, forwardcheck.ForwardResult]]]
@@ -192,6 +208,126 @@ def forward_lookup(
         return table
 
     return lookup
+
+
+RewriteLookup = Callable[[list[tuple[str, str, str, str | None]]], dict[str, forwardcheck.ForwardResult]]
+
+
+def rewrite_lookup(
+    table_path: Path | None = REWRITE_TABLE, recheck: bool = False, save: bool = False
+) -> RewriteLookup:
+    """A lookup {key: result} for (key, dataset, code, reference-or-None) checks of rewritten texts: from
+    the shipped table, running what it lacks (all of it with `recheck`) in worker processes; `save`
+    writes the merged table back. Keys are `check_key`s, so one table holds both kinds of check."""
+
+    stored = {} if recheck or table_path is None else forwardcheck.load_table(table_path)
+    table = {key: per[""] for key, per in stored.items() if "" in per}
+    used: dict[str, forwardcheck.ForwardResult] = {}  # what this build asked for: all a saved table holds
+
+    def lookup(items: list[tuple[str, str, str, str | None]]) -> dict[str, forwardcheck.ForwardResult]:
+        todo = {}
+        for key, dataset, code, reference in items:
+            if key not in table:
+                task = prompts.TASKS[dataset]
+                todo[key] = (key, code, task.input_shape, task.num_classes, reference)
+        table.update(forwardcheck.check_many(todo.values()))
+        answer = {key: table[key] for key, *_ in items}
+        used.update(answer)
+        if save and table_path is not None:
+            forwardcheck.save_table({key: {"": result} for key, result in used.items()}, table_path)
+        return answer
+
+    return lookup
+
+
+def check_key(dataset: str, code: str, reference: str | None = None) -> str:
+    """The identity of a check: a forward check of `code` at `dataset`'s shapes, or (with `reference`)
+    the check that `code` is the same network as `reference`."""
+    parts = [dataset, code] if reference is None else [dataset, code, reference]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+@dataclass
+class Rewrite:
+    """What lemur-v3 made of one unique LEMUR program (its provenance, kept in every example)."""
+
+    code: str = ""  # the final text; "" when the program was dropped
+    lazy_layers: int = 0  # layer calls rewritten to shape-inferring layers (0: the original's layers)
+    width_divisor: int = 1  # literal output widths divided by this (1: not scaled)
+    datasets: dict[str, int] = field(default_factory=dict)  # task → parameters of the final text there
+    reason: str = ""  # why it was dropped
+
+
+def rewrite_programs(
+    programs: list[tuple[str, str, dict[str, int]]], lookup: RewriteLookup, budget: int = LOOP_BUDGET
+) -> dict[str, Rewrite]:
+    """{model: Rewrite} for (model, code, {task: parameters}) programs that passed the v2 funnel.
+
+    1. canonical text, with shape-inferring layers when the lazy rewrite is proven the same network at
+       CIFAR-10 shapes (same parameter count and state, same output with the same weights);
+    2. a program over `budget` at CIFAR-10 shapes is width-scaled (lazy text only: an eager program's
+       input sizes would need the same bookkeeping the rewrite removes): the smallest 2**k that fits and
+       passes the forward check; none fits → dropped;
+    3. each task's pair is kept only when the final text passes the forward check there within `budget`.
+    """
+    from archloop import rewrite
+
+    main = DATASETS[0]
+    lazy_of = {}
+    identity = []
+    for model, code, _ in programs:
+        lazy, count = rewrite.to_lazy(code)
+        lazy_of[model] = (lazy, count)
+        if count:
+            identity.append((check_key(main, lazy, code), main, lazy, code))
+    proven = lookup(identity)
+
+    # the canonical (or proven lazy) text at every task's shapes
+    first: dict[str, tuple[str, int]] = {}
+    for model, code, _ in programs:
+        lazy, count = lazy_of[model]
+        if count and proven[check_key(main, lazy, code)].ok:
+            first[model] = (lazy, count)
+        else:
+            first[model] = (rewrite.canonical(code), 0)
+    checked = lookup([(check_key(d, text), d, text, None) for text, _ in first.values() for d in DATASETS])
+
+    # over budget at CIFAR-10 shapes and lazy: every width divisor, the smallest that fits is kept
+    scaled: dict[str, list[tuple[int, str]]] = {}
+    for model, (text, count) in first.items():
+        at_main = checked[check_key(main, text)]
+        if count and at_main.ok and at_main.parameters > budget:
+            scaled[model] = [(k, rewrite.scale_widths(text, k)[0]) for k in range(1, MAX_WIDTH_SHIFT + 1)]
+    checked.update(lookup([(check_key(main, t), main, t, None) for ts in scaled.values() for _, t in ts]))
+    final: dict[str, tuple[int, str]] = {}
+    for model, (text, _count) in first.items():
+        for shift, candidate in [(0, text), *scaled.get(model, [])]:
+            result = checked[check_key(main, candidate)]
+            if result.ok and result.parameters <= budget:
+                final[model] = (shift, candidate)
+                break
+    checked.update(lookup([(check_key(d, t), d, t, None) for _, t in final.values() for d in DATASETS[1:]]))
+
+    out = {}
+    for model, (text, count) in first.items():
+        result = Rewrite(lazy_layers=count)
+        if model in final:
+            shift, result.code = final[model]
+            result.width_divisor = 2**shift
+            for dataset in DATASETS:
+                there = checked[check_key(dataset, result.code)]
+                if there.ok and there.parameters <= budget:
+                    result.datasets[dataset] = there.parameters
+        else:
+            at_main = checked[check_key(main, text)]
+            result.reason = (
+                f"{main} {at_main.reason}"
+                if not at_main.ok
+                else f"{at_main.parameters:,} parameters > {budget:,}"
+                + (" and no width scale fits" if count else " (not rewritable to shape-inferring layers)")
+            )
+        out[model] = result
+    return out
 
 
 def screen_models(
@@ -268,25 +404,71 @@ def budget_for(parameters: int) -> int:
     return 10 ** math.ceil(math.log10(max(parameters, 1)))
 
 
-def example_records(model: str, code: str, datasets: dict[str, int]) -> list[dict]:
+def example_records(
+    model: str, code: str, datasets: dict[str, int], provenance: dict | None = None
+) -> list[dict]:
     """The chat pairs of one kept model, one per task it runs for (CIFAR-10 first), each prompt stating
-    the budget step its answer meets."""
+    the budget step its answer meets; lemur-v3 records say where the text came from (`provenance`)."""
     records = []
     for name in DATASETS:
         if name not in datasets:
             continue
         task = dataclasses.replace(prompts.TASKS[name], max_parameters=budget_for(datasets[name]))
-        records.append(
-            {
-                "id": f"{model}#{name}",
-                "model": model,
-                "dataset": name,
-                "source": "lemur",
-                "parameters": datasets[name],
-                "messages": prompts.chat_messages(task, code),
-            }
-        )
+        record = {
+            "id": f"{model}#{name}",
+            "model": model,
+            "dataset": name,
+            "source": "lemur",
+            "parameters": datasets[name],
+            "messages": prompts.chat_messages(task, code),
+        }
+        if provenance is not None:
+            record["provenance"] = provenance
+        records.append(record)
     return records
+
+
+def _provenance(outcome: ModelOutcome) -> dict:
+    return {
+        "source_file": f"{lemur.MODEL_PREFIX}{outcome.model}.py",
+        "source_sha256": outcome.code_sha256,
+        "rewritten": outcome.lazy_layers > 0,
+        "lazy_layers": outcome.lazy_layers,
+        "width_divisor": outcome.width_divisor,
+        "source_parameters": outcome.source_parameters,
+    }
+
+
+def _apply_rewrites(
+    kept: list[tuple[ModelOutcome, str]], lookup: RewriteLookup, threshold: float
+) -> list[tuple[ModelOutcome, str]]:
+    """lemur-v3's budget and distinct stages on the v2 funnel's unique models: (outcome, final text) of
+    those kept, in order; the others' outcomes say why they stopped."""
+    from services.novelty.collection import CollectionConfig
+    from services.novelty.index import NoveltyIndex, Submission
+    from services.novelty.store import EntryStore
+
+    rewrites = rewrite_programs([(o.model, code, o.datasets) for o, code in kept], lookup)
+    index = NoveltyIndex(EntryStore(":memory:"))
+    index.create_collection("final", CollectionConfig(near_duplicate_threshold=threshold), exist_ok=False)
+    out = []
+    for outcome, _code in kept:
+        result = rewrites[outcome.model]
+        outcome.lazy_layers, outcome.width_divisor = result.lazy_layers, result.width_divisor
+        outcome.source_parameters = outcome.parameters
+        if not result.code or DATASETS[0] not in result.datasets:
+            outcome.reason = result.reason or f"{DATASETS[0]}: the final text fails its forward check"
+            continue
+        outcome.stage, outcome.datasets = "budget", result.datasets
+        outcome.parameters = result.datasets[DATASETS[0]]
+        outcome.final_sha256 = hashlib.sha256(result.code.encode()).hexdigest()
+        admitted = index.check_and_admit("final", Submission(code=result.code, entry_id=outcome.model), [])
+        if not admitted.admitted:
+            outcome.reason = f"final text: {admitted.reason}"
+            continue
+        outcome.stage = "distinct"
+        out.append((outcome, result.code))
+    return out
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict]) -> tuple[int, str]:
@@ -308,25 +490,39 @@ class BuildReport:
 
 
 def build_corpus(
-    out_dir: Path, wheel: Path | None = None, threshold: float = 0.90, forward: ForwardLookup | None = None
+    out_dir: Path,
+    wheel: Path | None = None,
+    threshold: float = 0.90,
+    forward: ForwardLookup | None = None,
+    version: str = CORPUS_VERSION,
+    rewrites: RewriteLookup | None = None,
 ) -> BuildReport:
     """Build the corpus into `out_dir` (written to a temporary sibling, then renamed into place)."""
+    if version not in CORPUS_VERSIONS:
+        raise ValueError(f"version {version!r} is not one of {', '.join(CORPUS_VERSIONS)}")
     started = time.perf_counter()
     wheel = wheel or lemur.lemur_wheel()
     out_dir = Path(out_dir)
     staging = out_dir.with_name(out_dir.name + f".building-{os.getpid()}")
     staging.mkdir(parents=True, exist_ok=True)
-    funnel = dict.fromkeys(STAGES, 0)
+    stages = stages_of(version)
+    funnel = dict.fromkeys(stages, 0)
     outcomes: list[ModelOutcome] = []
     examples: list[dict] = []
     with zipfile.ZipFile(wheel) as archive:
         image_models = image_classification_models(archive)
-        for outcome, code in screen_models(lemur.iter_model_sources(wheel), image_models, threshold, forward):
-            outcomes.append(outcome)
-            for stage in STAGES[: STAGES.index(outcome.stage) + 1]:
-                funnel[stage] += 1
-            if outcome.stage == "unique":
+        screened = list(screen_models(lemur.iter_model_sources(wheel), image_models, threshold, forward))
+        outcomes = [outcome for outcome, _ in screened]
+        kept = [(outcome, code) for outcome, code in screened if outcome.stage == "unique"]
+        if version == "lemur-v2":
+            for outcome, code in kept:
                 examples.extend(example_records(outcome.model, code, outcome.datasets))
+        else:
+            for outcome, code in _apply_rewrites(kept, rewrites or rewrite_lookup(), threshold):
+                examples.extend(example_records(outcome.model, code, outcome.datasets, _provenance(outcome)))
+        for outcome in outcomes:
+            for stage in stages[: stages.index(outcome.stage) + 1]:
+                funnel[stage] += 1
         files = {}
         files["examples.jsonl"] = _write_jsonl(staging / "examples.jsonl", examples)
         files["models.jsonl"] = _write_jsonl(staging / "models.jsonl", (asdict(o) for o in outcomes))
@@ -334,7 +530,7 @@ def build_corpus(
             staging / "proxy_stats.jsonl", (run.row() for run in proxy_runs(archive))
         )
     manifest = {
-        "version": CORPUS_VERSION,
+        "version": version,
         "source": {"requirement": lemur.WHEEL_REQUIREMENT, "wheel_sha256": lemur.WHEEL_SHA256},
         "settings": {
             "near_duplicate_threshold": threshold,
@@ -348,8 +544,21 @@ def build_corpus(
             },
             "prompt_version": prompts.PROMPT_VERSION,
             "prompt_sha256": prompts.prompt_sha256(),
+            **(
+                {}
+                if version == "lemur-v2"
+                else {
+                    "rewrite": {
+                        "budget": LOOP_BUDGET,
+                        "max_width_divisor": 2**MAX_WIDTH_SHIFT,
+                        "identity_check": "lazy text vs original at cifar-10 shapes: parameters, "
+                        "state names, output bit for bit with the original's weights",
+                        "canonical_text": "ast.unparse",
+                    }
+                }
+            ),
         },
-        "funnel": {"files": funnel["file"], **{s: funnel[s] for s in STAGES[1:]}, "examples": len(examples)},
+        "funnel": {"files": funnel["file"], **{s: funnel[s] for s in stages[1:]}, "examples": len(examples)},
         "files": {name: {"records": n, "sha256": sha} for name, (n, sha) in files.items()},
     }
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

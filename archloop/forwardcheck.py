@@ -101,16 +101,66 @@ def _attempt(code: str, input_shape: tuple[int, ...], num_classes: int, device_n
     return ForwardResult(True, parameters, "", device_name)
 
 
-def check_forward(
-    code: str, input_shape: tuple[int, ...], num_classes: int, timeout_seconds: float = 60.0
+def _build(code: str, input_shape: tuple[int, ...], num_classes: int):  # type: ignore[no-untyped-def]
+    import torch
+
+    namespace: dict = {"__name__": "candidate"}
+    exec(compile(code, "<model>", "exec"), namespace)
+    torch.manual_seed(0)
+    return namespace["Net"]((1, *input_shape), (num_classes,), dict(PRM), torch.device("cpu")).eval()
+
+
+def _attempt_identical(
+    code: str, reference: str, input_shape: tuple[int, ...], num_classes: int
 ) -> ForwardResult:
-    """Check one file in this process (call it in a worker: the file's code is executed)."""
+    """Is `code` (a rewrite of `reference`) the same network? After a first forward materialises its
+    shape-inferring layers, it must have the reference's parameter count and state names, and with the
+    reference's weights loaded give the reference's output, bit for bit, on a random batch."""
+    import torch
+
+    stage = "reference"
+    try:
+        expected = _build(reference, input_shape, num_classes)
+        stage = "instantiate"
+        rewritten = _build(code, input_shape, num_classes)
+        stage = "forward"
+        inputs = torch.randn((2, *input_shape), generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            rewritten(inputs)
+            stage = "compare"
+            count = sum(p.numel() for p in rewritten.parameters() if p.requires_grad)
+            wanted = sum(p.numel() for p in expected.parameters() if p.requires_grad)
+            if count != wanted:
+                return ForwardResult(False, count, f"compare: {count} parameters, reference {wanted}", "cpu")
+            rewritten.load_state_dict(expected.state_dict(), strict=True)
+            same = torch.equal(rewritten(inputs), expected(inputs))
+    except _TimeLimit:
+        raise
+    except BaseException as exc:
+        message = " ".join(f"{type(exc).__name__}: {exc}".split())
+        return ForwardResult(False, 0, f"{stage}: {message}"[:_REASON_CHARS], "cpu")
+    if not same:
+        return ForwardResult(False, count, "compare: the output differs from the reference's", "cpu")
+    return ForwardResult(True, count, "", "cpu")
+
+
+def check_forward(
+    code: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    timeout_seconds: float = 60.0,
+    reference: str | None = None,
+) -> ForwardResult:
+    """Check one file in this process (call it in a worker: the file's code is executed); with
+    `reference`, check that the file is the same network as the reference (`_attempt_identical`)."""
     import torch
 
     torch.set_num_threads(1)
     previous = signal.signal(signal.SIGALRM, _on_alarm)
     signal.setitimer(signal.ITIMER_REAL, timeout_seconds)
     try:
+        if reference is not None:
+            return _attempt_identical(code, reference, input_shape, num_classes)
         try:
             return _attempt(code, input_shape, num_classes, "meta")
         except _TimeLimit:
@@ -139,8 +189,8 @@ def _serve() -> int:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     for line in sys.stdin:
-        code, shape, classes, timeout = json.loads(line)
-        result = check_forward(code, tuple(shape), classes, timeout)
+        code, shape, classes, timeout, reference = json.loads(line)
+        result = check_forward(code, tuple(shape), classes, timeout, reference)
         out.write(json.dumps(result.row()) + "\n")
     return 0
 
@@ -156,11 +206,14 @@ class _Worker:
             cwd=Path(__file__).resolve().parent.parent,
         )
 
-    def check(self, code: str, shape: tuple[int, ...], classes: int, timeout_seconds: float) -> ForwardResult:
+    def check(
+        self, code: str, shape: tuple[int, ...], classes: int, timeout_seconds: float, reference: str | None
+    ) -> ForwardResult:
         """The worker's answer; a worker that dies or hangs past the limit is killed and the item failed."""
         assert self.process.stdin and self.process.stdout
+        item = [code, list(shape), classes, timeout_seconds, reference]
         try:
-            self.process.stdin.write(json.dumps([code, list(shape), classes, timeout_seconds]) + "\n")
+            self.process.stdin.write(json.dumps(item) + "\n")
             self.process.stdin.flush()
             ready, _, _ = select.select([self.process.stdout], [], [], timeout_seconds + 30)
             line = self.process.stdout.readline() if ready else ""
@@ -184,9 +237,10 @@ class _Worker:
 
 
 def check_many(
-    items: Iterable[tuple[str, str, tuple[int, ...], int]], workers: int = 0, timeout_seconds: float = 60.0
+    items: Iterable[tuple], workers: int = 0, timeout_seconds: float = 60.0
 ) -> dict[str, ForwardResult]:
-    """Check (key, code, input_shape, num_classes) items in worker processes; {key: result}."""
+    """Check (key, code, input_shape, num_classes[, reference]) items in worker processes; {key: result}.
+    An item with a reference asks whether the code is the same network (see check_forward)."""
     todo = list(items)
     if not todo:
         return {}
@@ -200,12 +254,12 @@ def check_many(
         try:
             while True:
                 try:
-                    key, code, shape, classes = queue_.get_nowait()
+                    key, code, shape, classes, *reference = queue_.get_nowait()
                 except queue.Empty:
                     return
                 if worker.process.poll() is not None:
                     worker = _Worker()
-                results[key] = worker.check(code, shape, classes, timeout_seconds)
+                results[key] = worker.check(code, shape, classes, timeout_seconds, *(reference or [None]))
         finally:
             worker.close()
 

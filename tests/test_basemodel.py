@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -105,6 +106,8 @@ def test_the_train_command_trains_a_model_that_samples_token_by_token(tmp_path: 
         "1",
         "--eval-every-steps",
         "6",
+        "--checkpoint-dir",
+        str(tmp_path / "checkpoints"),
     ]
     result = run_cli(*args, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -131,3 +134,78 @@ def test_the_train_command_trains_a_model_that_samples_token_by_token(tmp_path: 
     assert bad.returncode == 1 and "archloop corpus build" in bad.stderr
     zero = run_cli("base-model", "train", "--corpus", str(corpus_dir), "--steps", "0")
     assert zero.returncode == 2 and "--steps" in zero.stderr
+
+
+def _tiny_corpus(tmp_path: Path, count: int = 24) -> Path:
+    rows = []
+    for name, code in iter_model_sources(lemur_wheel()):
+        if len(code) < 2200:
+            rows.extend(corpus.example_records(name, code, {"cifar-10": 100_000}))
+        if len(rows) >= count:
+            break
+    corpus_dir = tmp_path / "corpus"
+    corpus_dir.mkdir()
+    (corpus_dir / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (corpus_dir / "manifest.json").write_text(
+        json.dumps({"version": "test", "files": {"examples.jsonl": {"sha256": "x"}}})
+    )
+    return corpus_dir
+
+
+TINY = basemodel.BaseModelSettings(
+    steps=8, n_layer=1, n_embd=32, n_head=2, vocab_size=1500, context_tokens=1024, warmup_steps=2,
+    accumulation_steps=1, eval_every_steps=4, checkpoint_every_steps=3, holdout_share=0.25,
+)  # fmt: skip
+
+
+def test_only_the_answer_is_in_the_loss() -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(basemodel.TINY_MODEL_DIR)
+    messages = prompts.chat_messages(prompts.TASKS["cifar-10"], "import torch\n")
+    ids, mask = basemodel.encode_example(tokenizer, messages)
+    answer = tokenizer.decode([t for t, m in zip(ids, mask, strict=True) if m])
+    assert answer == "```python\nimport torch\n```<|end|>\n"
+    assert mask == sorted(mask)  # the prompt's tokens first, all masked
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_from_its_checkpoint_and_ends_where_an_unbroken_one_does(
+    tmp_path: Path,
+) -> None:
+    corpus_dir = _tiny_corpus(tmp_path, 40)
+    unbroken = basemodel.train_base_model(corpus_dir, tmp_path / "a", TINY, checkpoint_dir=tmp_path / "ca")
+
+    def stop_at_step_5(event: dict) -> None:
+        if event.get("step") == 5:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        basemodel.train_base_model(corpus_dir, tmp_path / "b", TINY, stop_at_step_5, tmp_path / "cb")
+    events: list[dict] = []
+    resumed = basemodel.train_base_model(corpus_dir, tmp_path / "b", TINY, events.append, tmp_path / "cb")
+    assert events[0]["event"] == "data_ready" and events[0]["resumed_at_step"] == 3  # the last checkpoint
+    assert [e["step"] for e in events[1:]] == [4, 5, 6, 7, 8]
+
+    def losses(record: dict) -> list[dict]:
+        return [{k: v for k, v in h.items() if k != "seconds"} for h in record["history"]]
+
+    assert losses(resumed) == losses(unbroken)  # same losses, step for step
+    assert all(h["held_out_loss"] > 0 for h in resumed["history"])
+    assert basemodel.weights_sha256(tmp_path / "b") == basemodel.weights_sha256(tmp_path / "a")
+    # another corpus or other settings never resume a checkpoint that is not theirs
+    other = dataclasses.replace(TINY, seed=7)
+    events.clear()
+    basemodel.train_base_model(corpus_dir, tmp_path / "c", other, events.append, tmp_path / "cb")
+    assert events[0]["resumed_at_step"] == 0
+
+
+def test_training_stops_once_the_held_out_loss_stalls() -> None:
+    flat = [{"held_out_loss": x} for x in (2.0, 1.0, 0.999, 0.998, 0.9991, 0.9995)]
+    assert basemodel._stalled(flat, 4)
+    falling = [{"held_out_loss": x} for x in (2.0, 1.0, 0.99, 0.97, 0.95, 0.93)]
+    assert not basemodel._stalled(falling, 4) and not basemodel._stalled(flat[:4], 4)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import json
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from archloop import corpus, prompts
+from archloop import corpus, forwardcheck, prompts, rewrite
 from archloop.lemur import iter_model_sources, lemur_wheel
 from archloop.testing import run_cli
 
@@ -24,22 +24,26 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> corpus.BuildReport:
 @pytest.mark.slow
 def test_funnel_narrows_stage_by_stage_and_every_file_is_accounted_for(built) -> None:  # type: ignore[no-untyped-def]
     funnel = built.manifest["funnel"]
-    counts = [funnel[k] for k in ("files", "image_classification", "contract", "policy", "forward", "unique")]
+    counts = [funnel[k] for k in ("files", *corpus.STAGES[1:])]
     assert counts[0] == sum(1 for _ in iter_model_sources(lemur_wheel())) == 10_482
     assert all(a >= b for a, b in itertools.pairwise(counts)) and counts[-1] > 1000
     # BRIEF §8: about 75 % of the files build for (1, 3, 32, 32) → 10
     assert 0.6 < funnel["forward"] / funnel["policy"] < 0.85
-    assert funnel["unique"] < funnel["examples"] <= 2 * funnel["unique"]
+    assert funnel["distinct"] < funnel["examples"] <= 2 * funnel["distinct"]
     outcomes = list(corpus.read_jsonl(built.out_dir / "models.jsonl"))
     assert len(outcomes) == funnel["files"]
-    assert sum(o["stage"] == "unique" for o in outcomes) == funnel["unique"]
-    assert all(o["reason"] for o in outcomes if o["stage"] != "unique")  # every drop says why
+    assert sum(o["stage"] == "distinct" for o in outcomes) == funnel["distinct"]
+    assert all(o["reason"] for o in outcomes if o["stage"] != "distinct")  # every drop says why
     dropped_as_copies = [o for o in outcomes if o["stage"] == "forward"]
     assert dropped_as_copies and all("near-duplicate of corpus/" in o["reason"] for o in dropped_as_copies)
     cannot_run = [o for o in outcomes if o["stage"] == "policy"]
     assert any("forward:" in o["reason"] for o in cannot_run)
-    kept = [o for o in outcomes if o["stage"] == "unique"]
-    assert all(o["parameters"] > 0 and "cifar-10" in o["datasets"] for o in kept)
+    kept = [o for o in outcomes if o["stage"] == "distinct"]
+    assert all(0 < o["parameters"] <= corpus.LOOP_BUDGET and "cifar-10" in o["datasets"] for o in kept)
+    over = [o for o in outcomes if o["stage"] == "unique"]  # no width scale fits, or not rewritable
+    assert over and all("parameters >" in o["reason"] or "cifar-10" in o["reason"] for o in over)
+    copies = [o for o in outcomes if o["stage"] == "budget"]  # distinct originals, same final text
+    assert all(o["reason"].startswith("final text: near-duplicate") for o in copies)
 
 
 @pytest.mark.slow
@@ -50,19 +54,13 @@ def test_examples_are_chat_pairs_with_real_newlines_and_the_manifest_hashes_them
     assert pairs and all((a["dataset"], b["dataset"]) == ("cifar-10", "mnist") for a, b in pairs)
     first = pairs[0][0]
     assert [m["role"] for m in first["messages"]] == ["system", "user", "assistant"]
-    task = dataclasses.replace(
-        prompts.TASKS["cifar-10"], max_parameters=corpus.budget_for(first["parameters"])
-    )
-    assert first["messages"][:2] == prompts.chat_messages(task)
+    assert first["messages"][:2] == prompts.chat_messages(prompts.TASKS["cifar-10"])  # 500k: the loop's
     answer = first["messages"][2]["content"]
     assert answer.startswith("```python\n") and answer.endswith("\n```")
-    # the prompt's budget is true to the answer: the first step at or above the model's parameters
-    for example in examples[:200]:
-        budget = corpus.budget_for(example["parameters"])
-        assert (
-            example["parameters"] <= budget
-            and f"at most {budget:,} parameters" in example["messages"][1]["content"]
-        )
+    # every program meets the loop's budget at its task's shapes, and the prompt says so
+    for example in examples:
+        assert example["parameters"] <= corpus.LOOP_BUDGET
+        assert "at most 500,000 parameters" in example["messages"][1]["content"]
     assert "\n" in answer and "\\n" not in answer.replace('"\\n"', "").replace("'\\n'", "")
     for name, entry in built.manifest["files"].items():
         data = (built.out_dir / name).read_bytes()
@@ -120,3 +118,87 @@ def test_screening_is_deterministic_and_drops_copies() -> None:
     copy = second[-1]
     assert copy.stage == "forward" and f"corpus/{sources[kept][0]}" in copy.reason
     assert copy.parameters == first[kept].parameters > 0
+
+
+@pytest.mark.slow
+def test_v3_provenance_says_where_each_program_came_from(built) -> None:  # type: ignore[no-untyped-def]
+    sources = dict(iter_model_sources(lemur_wheel()))
+    examples = list(corpus.read_jsonl(built.out_dir / "examples.jsonl"))
+    for example in examples:
+        p = example["provenance"]
+        name = p["source_file"].removeprefix("ab/nn/nn/").removesuffix(".py")
+        assert hashlib.sha256(sources[name].encode()).hexdigest() == p["source_sha256"]
+        assert p["rewritten"] == (p["lazy_layers"] > 0)
+        code = prompts.extract_code(example["messages"][-1]["content"])[0]
+        assert rewrite.lazy_layer_count(code) >= p["lazy_layers"]
+        assert code == rewrite.canonical(code)  # canonical text
+        divisor = p["width_divisor"]
+        assert divisor & (divisor - 1) == 0 and divisor <= 2**corpus.MAX_WIDTH_SHIFT
+        if divisor > 1:  # scaled only when the original was over the budget, and only lazy texts
+            assert p["source_parameters"] > corpus.LOOP_BUDGET and p["rewritten"]
+        else:
+            assert p["source_parameters"] == example["parameters"] or example["dataset"] != "cifar-10"
+    shares = Counter((e["provenance"]["rewritten"], e["provenance"]["width_divisor"] > 1) for e in examples)
+    assert shares[(True, False)] > 0 and shares[(True, True)] > 0 and shares[(False, False)] > 0
+
+
+@pytest.mark.slow
+def test_v3_rewrites_recheck_live_as_the_same_network(built) -> None:  # type: ignore[no-untyped-def]
+    """A sample of the shipped rewrite table's verdicts, checked again in worker processes."""
+    sources = dict(iter_model_sources(lemur_wheel()))
+    examples = [e for e in corpus.read_jsonl(built.out_dir / "examples.jsonl") if e["dataset"] == "cifar-10"]
+    lazy = [e for e in examples if e["provenance"]["rewritten"] and e["provenance"]["width_divisor"] == 1]
+    scaled = [e for e in examples if e["provenance"]["width_divisor"] > 1]
+    items = []
+    for e in lazy[:: max(1, len(lazy) // 4)][:4] + scaled[:: max(1, len(scaled) // 4)][:4]:
+        code = prompts.extract_code(e["messages"][-1]["content"])[0]
+        name = e["provenance"]["source_file"].removeprefix("ab/nn/nn/").removesuffix(".py")
+        reference = sources[name] if e["provenance"]["width_divisor"] == 1 else None
+        items.append((e["id"], code, (3, 32, 32), 10, reference))
+    results = forwardcheck.check_many(items)
+    for key, *_ in items:
+        parameters = next(e["parameters"] for e in examples if e["id"] == key)
+        assert results[key].ok and results[key].parameters == parameters, (key, results[key])
+
+
+@pytest.mark.slow
+def test_v3_programs_are_distinct_on_their_final_text(built) -> None:  # type: ignore[no-untyped-def]
+    from services.novelty.collection import CollectionConfig
+    from services.novelty.index import NoveltyIndex, Submission
+    from services.novelty.store import EntryStore
+
+    codes = {
+        e["model"]: prompts.extract_code(e["messages"][-1]["content"])[0]
+        for e in corpus.read_jsonl(built.out_dir / "examples.jsonl")
+    }
+    index = NoveltyIndex(EntryStore(":memory:"))
+    index.create_collection("all", CollectionConfig(), exist_ok=False)
+    index.import_entries("all", (Submission(c, m) for m, c in codes.items()), skip_near_duplicates=False)
+    for model, code in list(codes.items())[:: max(1, len(codes) // 60)]:
+        matches = index.check(Submission(code), ["all"]).matches[0]
+        # the program itself is its nearest entry; a second near-duplicate would have been dropped
+        assert matches.text.nearest_entry_id == model
+
+
+@pytest.mark.slow
+def test_the_previous_corpus_version_still_builds(tmp_path: Path) -> None:
+    report = corpus.build_corpus(tmp_path / "lemur-v2", version="lemur-v2")
+    funnel = report.manifest["funnel"]
+    assert report.manifest["version"] == "lemur-v2" and "distinct" not in funnel
+    assert (funnel["unique"], funnel["examples"]) == (2_836, 5_479)  # docs/base-model.md's v2 figures
+    example = next(corpus.read_jsonl(report.out_dir / "examples.jsonl"))
+    assert "provenance" not in example
+    with pytest.raises(ValueError, match="lemur-v9"):
+        corpus.build_corpus(tmp_path / "x", version="lemur-v9")
+
+
+@pytest.mark.slow
+def test_a_fresh_build_is_the_corpus_the_packaged_model_was_trained_on(built) -> None:  # type: ignore[no-untyped-def]
+    """Novelty is measured against the texts the model learned from: the packaged tiny model is bound to
+    this exact corpus (its manifest's sha256), so a fresh clone's build must reproduce it bit for bit."""
+    from archloop import basemodel
+
+    bound = basemodel.training_corpus(basemodel.TINY_MODEL_DIR)
+    assert bound is not None and bound["version"] == built.manifest["version"] == corpus.CORPUS_VERSION
+    assert bound["manifest_sha256"] == corpus.manifest_sha256(built.out_dir)
+    basemodel.check_corpus_binding("", built.out_dir)

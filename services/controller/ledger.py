@@ -88,6 +88,8 @@ CREATE TABLE IF NOT EXISTS candidates (
     final_accuracy REAL,
     created_ms INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL,
+    repaired INTEGER NOT NULL DEFAULT 0,
+    raw_eval_status TEXT NOT NULL DEFAULT '',
     UNIQUE (experiment_id, cycle, idx)
 );
 CREATE TABLE IF NOT EXISTS events (
@@ -103,6 +105,13 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_unpublished ON events (published, sequence);
 CREATE INDEX IF NOT EXISTS candidates_by_cycle ON candidates (experiment_id, cycle, idx);
 """
+
+# repaired: a post-generation repair changed the program (the code column holds the repaired one);
+# raw_eval_status: then, the status of the raw program the model wrote
+ADDED_CANDIDATE_COLUMNS = {
+    "repaired": "INTEGER NOT NULL DEFAULT 0",
+    "raw_eval_status": "TEXT NOT NULL DEFAULT ''",
+}
 
 
 def now_ms() -> int:
@@ -142,6 +151,7 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        self._add_missing_columns()
 
     def close(self) -> None:
         with self._lock:
@@ -266,6 +276,14 @@ class Ledger:
                 self._add_event(db, event)
 
     # -- candidates -----------------------------------------------------------------------------
+    def _add_missing_columns(self) -> None:
+        """Columns added after a ledger was first written (its rows get the defaults)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(candidates)")}
+        for name, declaration in ADDED_CANDIDATE_COLUMNS.items():
+            if name not in have:
+                self._db.execute(f"ALTER TABLE candidates ADD COLUMN {name} {declaration}")
+        self._db.commit()
+
     def add_candidate(self, row: dict) -> bool:
         """Insert a generated candidate; False if its id is already there (a resumed stream)."""
         t = now_ms()
@@ -281,6 +299,10 @@ class Ledger:
     def set_candidate(self, candidate_id: str, **fields: Any) -> None:
         with self._transaction() as db:
             self._update(db, "candidates", "candidate_id=?", (candidate_id,), fields)
+
+    def candidate(self, candidate_id: str) -> sqlite3.Row | None:
+        rows = self._query("SELECT * FROM candidates WHERE candidate_id=?", (candidate_id,))
+        return rows[0] if rows else None
 
     def candidates(self, experiment_id: str, cycle: int | None = None) -> list[sqlite3.Row]:
         if cycle is None:

@@ -350,6 +350,7 @@ class ExperimentRunner:
             baseline_code=g.baseline_code or self._default_baseline(),
             factors=list(g.factors),
             start_index=start,
+            repair=g.repair,
         )
 
     def _default_baseline(self) -> str:
@@ -474,6 +475,7 @@ class ExperimentRunner:
                             .lower(),
                             "factor": c.generation.factor,
                             "adapter_name": c.generation.adapter_name,
+                            "repaired": int(c.generation.repaired),
                         },
                     )
                     self.notify.set()
@@ -503,6 +505,20 @@ class ExperimentRunner:
             return
         protocol = common_pb2.EvaluationProtocol()
         protocol.CopyFrom(self.config.protocol)
+        timeout = self.config.protocol.time_limit_seconds + 120
+        raw_status = ""
+        row = self.ledger.candidate(candidate_id)
+        if row is not None and row["repaired"]:
+            # what the model itself wrote, evaluated too: reports put its valid rate beside the repaired one
+            raw_code = json.loads(row["generation_json"]).get("raw_code", "")
+            raw = evaluator_pb2.EvaluateCandidateRequest(
+                candidate_id=f"{candidate_id}-raw", code=raw_code, protocol=protocol,
+                experiment_id=self.id, cycle=cycle,
+            )  # fmt: skip
+            raw_result = (await self._evaluation(raw, timeout)).result
+            raw_status = evaluator_pb2.EvaluationStatus.Name(raw_result.status).removeprefix(
+                "EVALUATION_STATUS_"
+            )
         request = evaluator_pb2.EvaluateCandidateRequest(
             candidate_id=candidate_id,
             code=code,
@@ -511,13 +527,14 @@ class ExperimentRunner:
             experiment_id=self.id,
             cycle=cycle,
         )
-        response = await self._evaluation(request, self.config.protocol.time_limit_seconds + 120)
+        response = await self._evaluation(request, timeout)
         result = response.result
         status = evaluator_pb2.EvaluationStatus.Name(result.status).removeprefix("EVALUATION_STATUS_")
         await asyncio.to_thread(
             self.ledger.set_candidate,
             candidate_id,
             stage="evaluated",
+            raw_eval_status=raw_status,
             eval_status=status,
             valid=int(status == "OK"),
             accuracy=result.accuracy if status == "OK" else None,

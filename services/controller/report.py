@@ -40,6 +40,8 @@ CANDIDATE_COLUMNS = (
     "generation_error",
     "eval_status",
     "valid",
+    "repaired",
+    "raw_eval_status",
     "accuracy",
     "param_count",
     "eval_seconds",
@@ -82,6 +84,10 @@ def cycle_rows(ledger: Ledger, experiment_id: str, threshold: float) -> list[dic
         quality = sum(accuracies) / generated if generated else math.nan
         qualities.append(quality)
         admitted = sum(c["decision"] == "admitted" for c in candidates)
+        # the model's own valid rate: a repaired candidate counts by its raw program's verdict
+        raw_valid = sum(
+            (c["raw_eval_status"] == "OK") if c["repaired"] else bool(c["valid"]) for c in candidates
+        )
         j_train = [c["nn_jaccard_train"] for c in candidates if c["nn_jaccard_train"] is not None]
         j_gen = [c["nn_jaccard_gen"] for c in candidates if c["nn_jaccard_gen"] is not None]
         duration = (cycle.completed_ms - cycle.started_ms) / 1000 if cycle.completed_ms else math.nan
@@ -96,6 +102,9 @@ def cycle_rows(ledger: Ledger, experiment_id: str, threshold: float) -> list[dic
                 "valid_fraction": p,
                 "valid_ci_low": low,
                 "valid_ci_high": high,
+                "repaired": sum(bool(c["repaired"]) for c in candidates),
+                "raw_valid": raw_valid,
+                "raw_valid_fraction": raw_valid / generated if generated else math.nan,
                 "best_accuracy": max(accuracies, default=math.nan),
                 "mean_accuracy": mean,
                 "mean_ci_low": mean_low,
@@ -207,6 +216,8 @@ def summaries(rows: list[dict]) -> list[controller_pb2.CycleSummary]:
             mean_quality_smoothed=num(r["mean_quality_smoothed"]),
             fine_tune_final_loss=num(r["fine_tune_loss"]),
             duration_seconds=num(r["duration_seconds"]),
+            repaired=r["repaired"],
+            raw_valid_fraction=num(r["raw_valid_fraction"]),
         )
         for r in rows
     ]
@@ -320,6 +331,8 @@ CYCLE_TABLE = [
     "valid_fraction",
     "valid_ci_low",
     "valid_ci_high",
+    "repaired",
+    "raw_valid_fraction",
     "best_accuracy",
     "mean_accuracy",
     "mean_ci_low",

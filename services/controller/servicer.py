@@ -14,6 +14,7 @@ from pathlib import Path
 
 import structlog
 
+from archloop import basemodel
 from archloop.clients import ChannelSecurity, aio_channel
 from archloop.corpus import default_corpus_dir
 from archloop.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -220,6 +221,12 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
             raise FailedPrecondition(
                 f"no corpus at {self.loop_settings.corpus_dir}: run `archloop corpus build`"
             )
+        try:
+            basemodel.check_corpus_binding(config.base_model, self.loop_settings.corpus_dir)
+        except basemodel.BaseModelNotFound as exc:
+            raise InvalidArgument("config.base_model", str(exc)) from None
+        except basemodel.CorpusMismatch as exc:
+            raise FailedPrecondition(str(exc)) from None
         created = self.ledger.create_experiment(
             request.experiment_id, experiment_config.to_json(config), experiment_config.config_sha256(config)
         )

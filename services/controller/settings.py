@@ -21,7 +21,7 @@ class ControllerSettings(ServiceSettings):
         "", "NATS server(s) for cycle events, nats://host:port; empty = no events", check=nats_url
     )
     state_dir: str = setting("controller-state", "the ledger (ledger.sqlite3), training sets and reports")
-    corpus_dir: str = setting("", "the LEMUR corpus folder ('' = $ARCHLOOP_HOME/corpus/lemur-v2)")
+    corpus_dir: str = setting("", "the LEMUR corpus folder ('' = $ARCHLOOP_HOME/corpus/lemur-v3)")
     generator_addr: str = setting("127.0.0.1:50052", "generator service (host:port or dns:///host:port)")
     evaluator_addr: str = setting(
         "127.0.0.1:50053",

@@ -2,7 +2,9 @@
 
 Stages and their statuses (archloop.v1.EvaluationStage / EvaluationStatus): parse (PARSE_ERROR) →
 static screen (UNSAFE) → contract (CONTRACT_ERROR) → instantiate (INSTANTIATE_ERROR) → forward
-(FORWARD_ERROR, WRONG_OUTPUT_SHAPE) → parameter budget (OVER_BUDGET) → train (TRAIN_ERROR,
+(FORWARD_ERROR, WRONG_OUTPUT_SHAPE) → parameter budget (OVER_BUDGET; UNUSED_LAZY_LAYER when a shape-
+inferring layer was never called, so its size is unknown; parameters are counted after the forward
+pass has materialised the others) → train (TRAIN_ERROR,
 NON_FINITE_LOSS) → accuracy; whatever ends the child early is TIMEOUT, OUT_OF_MEMORY or CRASHED.
 Every message names its stage, is sanitized (no host paths) and truncated.
 

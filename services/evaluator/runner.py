@@ -123,6 +123,17 @@ def structural_tokens(model: torch.nn.Module, example: torch.Tensor) -> list[str
     return tokens
 
 
+def unmaterialised_layers(model: torch.nn.Module) -> list[str]:
+    """'name (Type)' of every module still holding uninitialised (lazy) parameters."""
+    from torch.nn.parameter import UninitializedParameter
+
+    return [
+        f"{name or 'the model'} ({type(module).__name__})"
+        for name, module in model.named_modules()
+        if any(isinstance(p, UninitializedParameter) for p in module.parameters(recurse=False))
+    ]
+
+
 def run_job(job_dir: Path, data: EvaluationData) -> dict:
     """Evaluate the candidate in job_dir/job.json; return (and write) the result dictionary."""
     job = json.loads((job_dir / "job.json").read_text())
@@ -185,6 +196,17 @@ def run_job(job_dir: Path, data: EvaluationData) -> dict:
             result["structural_tokens"] = structural_tokens(model, example[:1])
         finish_stage("forward")
 
+        unused = unmaterialised_layers(model)
+        if unused:
+            finish_stage(
+                "param_budget",
+                "UNUSED_LAZY_LAYER",
+                f"param_budget: {len(unused)} shape-inferring layer(s) never called by forward, so "
+                f"their size is unknown: {', '.join(unused[:5])}",
+            )
+            result["status"] = "UNUSED_LAZY_LAYER"
+            return result
+        # counted after the forward pass, which gave every shape-inferring layer its parameters
         params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         result["param_count"] = params
         if params > protocol["param_budget"]:

@@ -7,9 +7,10 @@
     factor  one factor per candidate (seeded choice from the request's list or the service's), an edit of
             that factor only → a complete program; which factors it touched, and whether it is entangled
 
-Candidate k of a request has index start_index + k and id `<experiment>-c<cycle>-<index:04d>`, so a
-resumed cycle continues its numbering. Every candidate records the raw answer(s), the prompt's sha256,
-adapter, tokens in and out, and latency.
+With `repair`, each program goes through archloop.repair; the candidate keeps the raw code, the repaired
+code and which repairs applied. Candidate k of a request has index start_index + k and id
+`<experiment>-c<cycle>-<index:04d>`, so a resumed cycle continues its numbering. Every candidate
+records the raw answer(s), the prompt's sha256, adapter, tokens in and out, and latency.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 
 from archloop import prompts
 from archloop.errors import InvalidArgument
+from archloop.repair import repair
 from archloop.v1 import common_pb2, generator_pb2
 from services.generator.backends import Completion, Decoding
 from services.generator.delta import DeltaError, apply_response
@@ -57,6 +59,7 @@ class Plan:
     factors: list[Factor] = field(default_factory=list)
     fallback: str = "reprompt"
     max_reprompts: int = DEFAULT_REPROMPTS
+    repair: bool = False  # archloop.repair on each program, recorded on the candidate
     adapter_sha256: str = ""  # filled in once the backend has the adapter
 
 
@@ -147,6 +150,7 @@ def plan_from_request(
         factors=chosen,
         fallback=fallback,
         max_reprompts=request.max_reprompts or DEFAULT_REPROMPTS,
+        repair=request.repair,
     )
 
 
@@ -302,13 +306,19 @@ class CandidateMaker:
                     touched = []
                 info.touched_factors.extend(touched)
                 info.entangled = any(name != work.factor.name for name in touched)
+        code = work.code
+        if plan.repair and code:
+            fixed = repair(code)
+            info.raw_code, info.repaired = code, fixed.changed
+            info.repairs.extend(fixed.applied)
+            code = fixed.code
         prefix = plan.experiment_id or "adhoc"
         return common_pb2.Candidate(
             candidate_id=f"{prefix}-c{plan.cycle}-{work.index:04d}",
             experiment_id=plan.experiment_id,
             cycle=plan.cycle,
             index=work.index,
-            code=work.code,
+            code=code,
             generation=info,
             generation_error=work.error,
         )

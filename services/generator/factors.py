@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from archloop.rewrite import LAZY_NAMES
+
 FACTORS_FILE = Path(__file__).with_name("factors.yaml")
 _SIZE_KEYWORDS = {
     "in_channels",
@@ -93,7 +95,10 @@ def _call_text(call: ast.Call) -> str:
 
 
 def _sizes(call: ast.Call) -> list[str]:
-    sizes = [ast.unparse(arg) for arg in call.args[:2]]
+    # an eager layer's first two arguments are sizes (in, out); a shape-inferring one has only its output
+    # size (nn.LazyConv2d(out, kernel_size), nn.LazyLinear(out))
+    positional = 1 if _name(call.func) in LAZY_NAMES else 2
+    sizes = [ast.unparse(arg) for arg in call.args[:positional]]
     sizes += [ast.unparse(k.value) for k in call.keywords if k.arg in _SIZE_KEYWORDS - {"inplace"}]
     return sizes
 

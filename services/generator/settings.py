@@ -16,7 +16,9 @@ class GeneratorSettings(ServiceSettings):
         check=one_of(*BACKENDS),
     )
     model: str = setting(
-        "", "local: base model folder or hub name ('' = the packaged tiny model); tgi: shown as model_id"
+        "",
+        "local: base model folder, smollm2-135m-instruct, or a hub name ('' = the packaged tiny model); "
+        "tgi: shown as model_id",
     )
     device: str = setting("auto", "local: cpu, cuda or auto", check=one_of("auto", "cpu", "cuda"))
     threads: int = setting(0, "local: torch threads (0: torch's default)", check=non_negative)

@@ -136,6 +136,37 @@ def test_each_failure_gets_its_status_and_stage(evaluator, name, edit, status, s
     assert time.monotonic() - started < 8 + 5
 
 
+LAZY = (
+    GOOD.replace(
+        "nn.Conv2d(in_shape[1], 16, 3, padding=1)", "nn.LazyConv2d(16, 3, padding=1), nn.LazyBatchNorm2d()"
+    )
+    .replace("nn.Conv2d(16, 32, 3, padding=1)", "nn.LazyConv2d(32, 3, padding=1)")
+    .replace(HEAD, "nn.LazyLinear(out_shape[0])")
+)
+
+
+def test_shape_inferring_layers_train_and_are_counted_after_the_forward_pass(evaluator) -> None:  # type: ignore[no-untyped-def]
+    eager = evaluator.evaluate("eager", GOOD, Protocol(time_limit_seconds=60))
+    lazy = evaluator.evaluate("lazy", LAZY, Protocol(time_limit_seconds=60))
+    assert eager.status == lazy.status == "OK", lazy.stages[-1]
+    # the same network as GOOD plus one batch norm over 16 channels (weight and bias)
+    assert lazy.param_count == eager.param_count + 2 * 16
+    assert lazy.accuracy > 0.2
+    over = evaluator.evaluate(
+        "lazy-over", LAZY.replace("nn.LazyLinear(out_shape[0])", "nn.LazyLinear(4000), nn.LazyLinear(10)"),
+        Protocol(time_limit_seconds=60),
+    )  # fmt: skip
+    assert over.status == "OVER_BUDGET" and over.param_count > 500_000
+
+
+def test_a_shape_inferring_layer_forward_never_calls_gets_its_own_status(evaluator) -> None:  # type: ignore[no-untyped-def]
+    unused = LAZY.replace("super().__init__()", "super().__init__()\n        self.spare = nn.LazyLinear(64)")
+    result = evaluator.evaluate("lazy-unused", unused, Protocol(time_limit_seconds=60))
+    last = result.stages[-1]
+    assert (result.status, last.stage) == ("UNUSED_LAZY_LAYER", "param_budget"), last
+    assert "never called by forward" in last.message and "spare (LazyLinear)" in last.message
+
+
 def _bypass(sandbox: Sandbox, body: str, time_limit: float = 8.0):  # type: ignore[no-untyped-def]
     """Run `body` inside Net.__init__ through the sandbox alone (no static screen)."""
     code = GOOD.replace(

@@ -204,3 +204,48 @@ def test_factor_choice_is_seeded_and_spread_over_the_list() -> None:
     again, _ = _run(list(answers), n=16, mode=common_pb2.GENERATION_MODE_FACTOR)
     chosen = [c.generation.factor for c in first]
     assert chosen == [c.generation.factor for c in again] and len(set(chosen)) >= 4
+
+
+def test_factor_signatures_read_shape_inferring_layers() -> None:
+    lazy = (
+        "import torch.nn as nn\n"
+        "layers = [nn.LazyConv2d(32, 3), nn.LazyBatchNorm2d(), nn.ReLU(), nn.LazyLinear(10)]\n"
+    )
+    wider = lazy.replace("LazyConv2d(32, 3)", "LazyConv2d(48, 3)")
+    deeper = lazy.replace("nn.ReLU()", "nn.ReLU(), nn.LazyConv2d(32, 3)")
+    no_norm = lazy.replace("nn.LazyBatchNorm2d(), ", "")
+    assert touched_factors(lazy, wider, FACTORS) == ["width"]  # the kernel size is not a width
+    assert touched_factors(lazy, deeper, FACTORS) == ["depth"]
+    assert touched_factors(lazy, no_norm, FACTORS) == ["normalisation"]
+
+
+SLOPPY = """\
+class Model(nn.Module):
+    def __init__(self, in_shape, out_shape, prm, device):
+        super(Model, self).__init__()
+        self.conv = nn.Conv2d(5, 16, 3)
+        self.fc = nn.Linear(999, out_shape[0])
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.relu(self.conv(x)), 1))
+"""
+
+
+def test_repair_is_recorded_beside_the_raw_code_and_only_when_asked() -> None:
+    answer = f"```python\n{SLOPPY}```"
+    plain, _ = _run([answer], n=1, mode=common_pb2.GENERATION_MODE_FULL)
+    assert plain[0].code == SLOPPY and not plain[0].generation.repaired and not plain[0].generation.raw_code
+    fixed, _ = _run(
+        [answer, "```python\nimport torch\n```"], n=2, mode=common_pb2.GENERATION_MODE_FULL, repair=True
+    )
+    info = fixed[0].generation
+    assert info.raw_code == SLOPPY and info.repaired
+    assert list(info.repairs) == ["imports", "class_name", "lazy"]
+    code = fixed[0].code
+    assert code.startswith("import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n")
+    assert "class Net(nn.Module)" in code and "super(Net, self)" in code
+    assert "nn.LazyConv2d(16, 3)" in code and "nn.LazyLinear(out_shape[0])" in code
+    # nothing to repair: raw code recorded, flag off
+    assert (
+        fixed[1].generation.raw_code == fixed[1].code == "import torch\n" and not fixed[1].generation.repaired
+    )
