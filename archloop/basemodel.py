@@ -311,6 +311,7 @@ def train_base_model(
             "tokens_seen": tokens_seen,
             "answer_tokens_seen": answer_tokens_seen,
             "seconds": seconds(),
+            "stopped_early": stopped_early,
         }
         torch.save(state, staging / "state.pt")
         if checkpoint_dir.exists():
@@ -318,8 +319,8 @@ def train_base_model(
         staging.rename(checkpoint_dir)  # a crash leaves the last whole checkpoint in place
 
     model.train()
-    stopped_early = False
-    for step in range(first_step, settings.steps):
+    stopped_early = bool(checkpoint and checkpoint.get("stopped_early"))
+    for step in range(first_step, first_step if stopped_early else settings.steps):
         step_loss = 0.0
         for _ in range(settings.accumulation_steps):
             if len(order) < settings.micro_batch_blocks:

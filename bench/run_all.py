@@ -35,7 +35,7 @@ BENCHMARKS = {
     "trainer_bench": ([], "a plain peft LoRA loop, same process"),
     "generator_bench": ([], "one-at-a-time sampling, same run"),
     "controller_bench": ([], "the ideal: work / slots"),
-    "base_model_quality": ([], "LEMUR itself (valid share, novelty)"),
+    "base_model_quality": ([], "its training corpus and the LEMUR originals (novelty); raw vs repaired"),
 }
 
 

@@ -66,13 +66,13 @@ def test_extracting_code_from_responses() -> None:
     assert prompts.extract_code("import torch") == ("import torch\n", "raw")
 
 
-@pytest.mark.slow
-def test_the_train_command_trains_a_model_that_samples_token_by_token(tmp_path: Path) -> None:
+def _tiny_corpus(tmp_path: Path, count: int, datasets: tuple[str, ...] = ("cifar-10",)) -> Path:
+    """A corpus folder of `count` chat pairs of short LEMUR models."""
     rows = []
     for name, code in iter_model_sources(lemur_wheel()):
-        if len(code) < 1500:
-            rows.extend(corpus.example_records(name, code, {"cifar-10": 100_000, "mnist": 100_000}))
-        if len(rows) >= 40:
+        if len(code) < 2200:
+            rows.extend(corpus.example_records(name, code, dict.fromkeys(datasets, 100_000)))
+        if len(rows) >= count:
             break
     corpus_dir = tmp_path / "corpus"
     corpus_dir.mkdir()
@@ -80,6 +80,12 @@ def test_the_train_command_trains_a_model_that_samples_token_by_token(tmp_path: 
     (corpus_dir / "manifest.json").write_text(
         json.dumps({"version": "test", "files": {"examples.jsonl": {"sha256": "x"}}})
     )
+    return corpus_dir
+
+
+@pytest.mark.slow
+def test_the_train_command_trains_a_model_that_samples_token_by_token(tmp_path: Path) -> None:
+    corpus_dir = _tiny_corpus(tmp_path, 6, ("cifar-10", "mnist"))
     out = tmp_path / "model"
     args = [
         "base-model",
@@ -134,22 +140,6 @@ def test_the_train_command_trains_a_model_that_samples_token_by_token(tmp_path: 
     assert bad.returncode == 1 and "archloop corpus build" in bad.stderr
     zero = run_cli("base-model", "train", "--corpus", str(corpus_dir), "--steps", "0")
     assert zero.returncode == 2 and "--steps" in zero.stderr
-
-
-def _tiny_corpus(tmp_path: Path, count: int = 24) -> Path:
-    rows = []
-    for name, code in iter_model_sources(lemur_wheel()):
-        if len(code) < 2200:
-            rows.extend(corpus.example_records(name, code, {"cifar-10": 100_000}))
-        if len(rows) >= count:
-            break
-    corpus_dir = tmp_path / "corpus"
-    corpus_dir.mkdir()
-    (corpus_dir / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (corpus_dir / "manifest.json").write_text(
-        json.dumps({"version": "test", "files": {"examples.jsonl": {"sha256": "x"}}})
-    )
-    return corpus_dir
 
 
 TINY = basemodel.BaseModelSettings(

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from archloop import corpus
-from archloop.basemodel import base_model_sha256, load_base, weights_sha256
+from archloop.basemodel import base_model_sha256, encode_example, load_base, weights_sha256
 from archloop.errors import FailedPrecondition, InvalidArgument
 from services.trainer.spec import TARGET_MODULES, FineTuneSpec
 
@@ -83,19 +83,16 @@ def encode_examples(path: Path, tokenizer, max_len: int) -> tuple[list[Example],
             raise InvalidArgument(
                 "corpus.path", f"example {row.get('id', '?')} does not end with an assistant message"
             )
-        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(messages, tokenize=False)
-        if not full.startswith(prompt):
+        try:
+            ids, mask = encode_example(tokenizer, messages)  # the base model's own encoding
+        except ValueError:
             raise FailedPrecondition(
                 "the tokenizer's chat template renders the prompt differently inside the chat"
-            )
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        answer_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
-        ids = prompt_ids + answer_ids
+            ) from None
         if len(ids) > max_len:
             too_long += 1
             continue
-        examples.append(Example(ids, [-100] * len(prompt_ids) + answer_ids))
+        examples.append(Example(ids, [t if m else -100 for t, m in zip(ids, mask, strict=True)]))
     return examples, too_long
 
 
