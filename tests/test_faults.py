@@ -178,6 +178,24 @@ class Stack:
     def controller(self) -> controller_pb2_grpc.ControllerServiceStub:
         return controller_pb2_grpc.ControllerServiceStub(grpc.insecure_channel(self.address["controller"]))
 
+    def run_experiment(
+        self, experiment_id: str, config: controller_pb2.ExperimentConfig, timeout_seconds: float
+    ) -> controller_pb2.Experiment:
+        """Start an experiment and wait until it is no longer pending or running."""
+        stub = self.controller()
+        stub.StartExperiment(
+            controller_pb2.StartExperimentRequest(experiment_id=experiment_id, config=config), timeout=60
+        )
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            experiment = stub.GetExperiment(
+                controller_pb2.GetExperimentRequest(experiment_id=experiment_id), timeout=30
+            ).experiment
+            running = (controller_pb2.EXPERIMENT_STATE_RUNNING, controller_pb2.EXPERIMENT_STATE_PENDING)
+            if experiment.state not in running or time.monotonic() > deadline:
+                return experiment
+            time.sleep(1)
+
 
 def _where(stack: Stack, experiment_id: str) -> tuple[int, str, controller_pb2.Experiment | None]:
     """(cycle, phase, experiment): the phase from the ledger file itself (a read every few ms catches

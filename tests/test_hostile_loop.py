@@ -9,7 +9,6 @@ service is still serving.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -49,21 +48,7 @@ def test_hostile_programs_as_generator_output_go_through_the_loop_harmlessly(
             "generation": {"mode": "full"}, "protocol": {"time_limit_seconds": 5, "max_train_images": 400},
             "lemur_examples_per_cycle": 4, "fine_tune_schedule": {"epochs": 1, "max_seq_len_tokens": 1024},
         })  # fmt: skip
-        stub = stack.controller()
-        stub.StartExperiment(
-            controller_pb2.StartExperimentRequest(experiment_id="hostile", config=config), timeout=60
-        )
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline:
-            experiment = stub.GetExperiment(
-                controller_pb2.GetExperimentRequest(experiment_id="hostile"), timeout=30
-            ).experiment
-            if experiment.state not in (
-                controller_pb2.EXPERIMENT_STATE_RUNNING,
-                controller_pb2.EXPERIMENT_STATE_PENDING,
-            ):
-                break
-            time.sleep(1)
+        experiment = stack.run_experiment("hostile", config, 900)
         assert experiment.state == controller_pb2.EXPERIMENT_STATE_COMPLETED, experiment.error
 
         candidates = Ledger(tmp_path / "controller" / "ledger.sqlite3").candidates("hostile")

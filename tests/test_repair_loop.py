@@ -5,7 +5,6 @@ too, and the report's raw-model valid rate stays apart from the repaired one."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -38,21 +37,7 @@ def test_a_repaired_candidate_is_evaluated_raw_and_repaired_and_reported_apart(
             "protocol": {"time_limit_seconds": 60, "max_train_images": 400},
             "lemur_examples_per_cycle": 4, "fine_tune_schedule": {"epochs": 1, "max_seq_len_tokens": 1024},
         })  # fmt: skip
-        stub = stack.controller()
-        stub.StartExperiment(
-            controller_pb2.StartExperimentRequest(experiment_id="repair", config=config), timeout=60
-        )
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            experiment = stub.GetExperiment(
-                controller_pb2.GetExperimentRequest(experiment_id="repair"), timeout=30
-            ).experiment
-            if experiment.state not in (
-                controller_pb2.EXPERIMENT_STATE_RUNNING,
-                controller_pb2.EXPERIMENT_STATE_PENDING,
-            ):
-                break
-            time.sleep(1)
+        experiment = stack.run_experiment("repair", config, 600)
         assert experiment.state == controller_pb2.EXPERIMENT_STATE_COMPLETED, experiment.error
 
         ledger = Ledger(tmp_path / "controller" / "ledger.sqlite3")
