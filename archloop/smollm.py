@@ -12,7 +12,7 @@ bf16 safetensors folder with the tokenizer and chat template. From then on it is
 folder like any other: the trainer's LoRA targets (q/k/v/o/gate/up/down projections) are those of the
 7B Llama-family models the cluster path uses.
 
-    base_model: smollm2-135m-instruct        in an experiment config, `archloop generate --base-model`, …
+    base_model: smollm2-135m-instruct     in an experiment config (and `--model` of the generator)
 """
 
 from __future__ import annotations
