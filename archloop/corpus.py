@@ -1,4 +1,5 @@
-"""The training corpus built from LEMUR (BRIEF §5, §8), and LEMUR's proxy-reliability table.
+"""The training corpus built from LEMUR (docs/method.md#corpus-and-fine-tuning, #the-lemur-wheel), and
+LEMUR's proxy-reliability table.
 
     archloop corpus build [--out DIR]     files → image classification → contract → policy → forward →
                                           unique → pairs
@@ -49,8 +50,10 @@ STAGES_V2 = ("file", "image_classification", "contract", "policy", "forward", "u
 # lemur-v3 adds: budget (the canonical, lazily rewritten or width-scaled text meets the loop's budget at
 # the task's shapes) and distinct (no near-duplicate of a kept program, on the final text)
 STAGES = (*STAGES_V2, "budget", "distinct")
-DATASETS = ("cifar-10", "mnist")  # the user prompts of each kept model (001 §3.1), the first decides
-LOOP_BUDGET = 500_000  # the parameter budget of the loop's prompt (BRIEF §1), met by every v3 program
+# the user prompts of each kept model (docs/method.md#corpus-and-fine-tuning), the first decides
+DATASETS = ("cifar-10", "mnist")
+# the parameter budget of the loop's prompt (docs/method.md#the-loop), met by every v3 program
+LOOP_BUDGET = 500_000
 MAX_WIDTH_SHIFT = 8  # width scaling tries divisors 2, 4, … 256
 REWRITE_TABLE = Path(__file__).parent / "data" / "lemur-rewrite-v1.json.gz"
 
@@ -601,7 +604,8 @@ def read_jsonl(path: Path) -> Iterator[dict]:
 
 
 def proxy_summary(rows: Iterable[dict], dataset: str = "cifar-10") -> dict:
-    """Counts and the epoch-1 vs epoch-5 rank correlation of one dataset's runs (BRIEF §8)."""
+    """Counts and the epoch-1 vs epoch-5 rank correlation of one dataset's runs
+    (docs/method.md#the-lemur-wheel)."""
     from scipy import stats
 
     runs = [r for r in rows if r["dataset"] == dataset and r["task"] == IMAGE_CLASSIFICATION]

@@ -1,10 +1,10 @@
 """Does a model file build for a task's shapes and run one forward pass? (the corpus's `forward` stage)
 
-BRIEF §8: only about 75 % of LEMUR's files build for (1, 3, 32, 32) → 10 (AlexNet-derived stems for 224 px
-fail). A file that cannot run for the task it is shown with is a bad lesson for the code LM, so the
-corpus keeps a chat pair only when the file passes the evaluator's first two run stages for that
-task: `Net(in_shape, out_shape, prm, device)` builds and `forward` of a batch of two in eval mode
-returns finite (2, num_classes) logits.
+Only about 75 % of LEMUR's files build for (1, 3, 32, 32) → 10 (AlexNet-derived stems for 224 px
+fail; docs/method.md#the-lemur-wheel). A file that cannot run for the task it is shown with is a bad
+lesson for the code LM, so the corpus keeps a chat pair only when the file passes the evaluator's
+first two run stages for that task: `Net(in_shape, out_shape, prm, device)` builds and `forward` of a
+batch of two in eval mode returns finite (2, num_classes) logits.
 
 The check runs first on PyTorch's `meta` device (shapes only: no memory, no arithmetic, so a 100M-
 parameter model costs milliseconds); a file that uses something the meta device cannot do (`.item()`,

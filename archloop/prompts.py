@@ -1,4 +1,5 @@
-"""The generator's prompt template: the one place that says what the LLM is asked (BRIEF §2).
+"""The generator's prompt template: the one place that says what the LLM is asked
+(docs/method.md#model-contract).
 
 The corpus builder renders every LEMUR training pair with it and the generator samples with it, so
 a prompt change shows up in both (and in the corpus manifest's `prompt_sha256`). A prompt is a chat:
@@ -33,7 +34,7 @@ class Task:
     max_parameters: int = 500_000
 
 
-# The two user descriptions per code of the paper (001 §3.1).
+# The two user descriptions per code of the paper (docs/method.md#corpus-and-fine-tuning).
 TASKS: dict[str, Task] = {
     "cifar-10": Task("cifar-10", (3, 32, 32), 10, "CIFAR-10 (32×32 colour photographs of 10 object classes)"),
     "mnist": Task("mnist", (1, 28, 28), 10, "MNIST (28×28 greyscale handwritten digits 0-9)"),
@@ -119,7 +120,8 @@ def prompt_sha256(messages: list[dict[str, str]] | None = None) -> str:
     return hashlib.sha256(f"{PROMPT_VERSION}\n{rendered}".encode()).hexdigest()
 
 
-# Delta mode (BRIEF §7): a unified diff against a baseline. Outputs are much shorter than full programs.
+# Delta mode (docs/method.md#generation-modes): a unified diff against a baseline. Outputs are much
+# shorter than full programs.
 BASELINE_NAME = "model.py"
 # The packaged baseline (a valid ~95k-parameter CNN) that delta / factor mode edit when none is given.
 BASELINE_FILE = Path(__file__).parent / "data" / "baseline_cnn.py"
@@ -147,7 +149,7 @@ def delta_messages(task: Task, baseline: str, error: str = "", previous: str = "
 
 
 def factor_messages(task: Task, baseline: str, factor: str, description: str) -> list[dict[str, str]]:
-    """SPARK (BRIEF §7): an edit of the baseline scoped to one functional factor."""
+    """SPARK (docs/method.md#generation-modes): an edit of the baseline scoped to one functional factor."""
     user = (
         f"{user_prompt(task).rsplit(chr(10), 1)[0]}\n"
         f"Here is the current program:\n{assistant_answer(baseline)}\n"

@@ -1,9 +1,9 @@
 """Post-generation repair of a generated program: an option an experiment turns on, never hidden.
 
 The reference implementation of the paper renamed the main class to `Net` and added a missing
-`import torch.nn.functional as F` without saying so (BRIEF §2). Here a repair is recorded on the
-candidate (its raw code, its repaired code, the list of repairs applied) and reports show the raw
-model's valid rate beside the repaired one, so a repair can never pass for what the model wrote.
+`import torch.nn.functional as F` without saying so (docs/method.md#model-contract). Here a repair is
+recorded on the candidate (its raw code, its repaired code, the list of repairs applied) and reports
+show the raw model's valid rate beside the repaired one, so a repair can never pass for what the model wrote.
 
 Repairs, each applied only when it changes something:
     imports     `import torch`, `import torch.nn as nn`, `import torch.nn.functional as F` when the

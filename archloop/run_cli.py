@@ -280,7 +280,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """From the controller when one runs, else straight from the ledger file. With several experiments,
-    also comparison.csv (001 Table 3: ablations, and the delta/full valid-rate ratio)."""
+    also comparison.csv (NNGPT Table 3: ablations, and the delta/full valid-rate ratio)."""
     from services.controller.report import comparison_rows, write_comparison
 
     out = Path(args.out) if args.out else Path("archloop-runs") / args.experiment[0]
@@ -300,7 +300,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         Console().print(_cycle_table(summaries, experiment_id))
     if len(items) > 1:
         rows = comparison_rows(items)
-        table = Table(title="comparison (001 Table 3)")
+        table = Table(title="comparison (NNGPT Table 3)")
         for column in ("experiment", "mode", "ablations", "valid_fraction", "best_accuracy", "admitted"):
             table.add_column(column)
         for r in rows:

@@ -27,7 +27,7 @@ def test_funnel_narrows_stage_by_stage_and_every_file_is_accounted_for(built) ->
     counts = [funnel[k] for k in ("files", *corpus.STAGES[1:])]
     assert counts[0] == sum(1 for _ in iter_model_sources(lemur_wheel())) == 10_482
     assert all(a >= b for a, b in itertools.pairwise(counts)) and counts[-1] > 1000
-    # BRIEF §8: about 75 % of the files build for (1, 3, 32, 32) → 10
+    # docs/method.md#the-lemur-wheel: about 75 % of the files build for (1, 3, 32, 32) → 10
     assert 0.6 < funnel["forward"] / funnel["policy"] < 0.85
     assert funnel["distinct"] < funnel["examples"] <= 2 * funnel["distinct"]
     outcomes = list(corpus.read_jsonl(built.out_dir / "models.jsonl"))
@@ -73,7 +73,7 @@ def test_examples_are_chat_pairs_with_real_newlines_and_the_manifest_hashes_them
 @pytest.mark.slow
 def test_proxy_table_matches_the_facts_of_the_wheel(built) -> None:  # type: ignore[no-untyped-def]
     summary = corpus.corpus_stats(built.out_dir)["proxy_stats"]
-    assert (summary["runs"], summary["models"]) == (19_058, 5_724)  # BRIEF §8, CIFAR-10
+    assert (summary["runs"], summary["models"]) == (19_058, 5_724)  # docs/method.md#the-lemur-wheel, CIFAR-10
     assert summary["spearman_epoch_1_vs_5"] == pytest.approx(0.81, abs=0.01)
     row = next(corpus.read_jsonl(built.out_dir / "proxy_stats.jsonl"))
     assert {

@@ -1,4 +1,5 @@
-"""One experiment's cycle loop: generate → evaluate → novelty → select → fine-tune → next (BRIEF §1).
+"""One experiment's cycle loop: generate → evaluate → novelty → select → fine-tune → next
+(docs/method.md#the-loop).
 
 Every step reads what is left to do from the ledger and records its result there before the next
 starts, so `run()` after a crash (or a stop) continues where the ledger says:

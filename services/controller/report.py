@@ -1,4 +1,4 @@
-"""An experiment's report from its ledger (001 Tables 2-3, 000 §4-6): files a person opens and files a
+"""An experiment's report from its ledger (docs/method.md#what-to-measure): files a person opens and files a
 program reads.
 
     cycles.csv       one row per cycle: valid % with its Wilson 95 % interval, best / mean (t 95 %) /
@@ -12,7 +12,8 @@ program reads.
     *.png            matplotlib plots
 
 C_t is the share of a cycle's generated candidates whose first-epoch accuracy reaches τ (invalid ones
-count as failures); Q_t is their mean quality (invalid = 0), smoothed over 3 cycles (000 §4).
+count as failures); Q_t is their mean quality (invalid = 0), smoothed over 3 cycles (CT §4;
+docs/method.md#what-to-measure).
 """
 
 from __future__ import annotations
@@ -295,7 +296,7 @@ def _plots(out: Path, rows: list[dict], candidates: list[dict], threshold: float
     ax.plot(cycles, [r["elite_concentration"] for r in rows], marker="o", label="C_t = P(q ≥ τ)")
     ax.plot(cycles, [r["mean_quality"] for r in rows], marker="s", label="Q_t (mean quality)")
     ax.plot(cycles, [r["mean_quality_smoothed"] for r in rows], linestyle="--", label="Q_t, 3-cycle smoother")
-    ax.set(xlabel="cycle", ylabel="share / accuracy", title="Loop dynamics (000 §4)", ylim=(0, 1))
+    ax.set(xlabel="cycle", ylabel="share / accuracy", title="Loop dynamics (CT §4)", ylim=(0, 1))
     ax.legend(fontsize=8)
     save(fig, "dynamics.png")
 
@@ -397,9 +398,9 @@ img{{max-width:48%;margin:4px}}</style></head><body>
 <h1>Experiment {html.escape(experiment_id)} ({html.escape(row["state"])})</h1>
 <p>{len(cycles)} cycles; dataset {html.escape(config.datasets[0])}; τ = {config.accuracy_threshold}, τ_nov =
 {config.novelty_threshold}; config sha256 {row["config_sha256"][:12]}…</p>
-<h2>Per cycle (001 Table 2)</h2>{_table(cycles, CYCLE_TABLE)}
+<h2>Per cycle (NNGPT Table 2)</h2>{_table(cycles, CYCLE_TABLE)}
 <h2>Plots</h2>{"".join(f'<img src="{p.name}" alt="{p.stem}">' for p in plots)}
-<h2>Proxy reliability (000 Theorem 8)</h2>{reliability_html or "<p>No fully trained models.</p>"}
+<h2>Proxy reliability (CT Theorem 8)</h2>{reliability_html or "<p>No fully trained models.</p>"}
 <h2>Candidates</h2>{
         _table(
             candidates,
@@ -423,7 +424,8 @@ img{{max-width:48%;margin:4px}}</style></head><body>
 
 
 def comparison_rows(items: list[tuple[str, controller_pb2.ExperimentConfig, list]]) -> list[dict]:
-    """001 Table 3 across experiments (ablations, modes): one row per experiment from its cycle summaries."""
+    """NNGPT Table 3 across experiments (ablations, modes): one row per experiment from its cycle
+    summaries."""
     from archloop.v1 import common_pb2
 
     rows = []
@@ -454,7 +456,7 @@ def comparison_rows(items: list[tuple[str, controller_pb2.ExperimentConfig, list
     full = [r for r in rows if r["mode"] == "full" and r["generated"]]
     for row in rows:
         if row["mode"] == "delta" and full and full[0]["valid_fraction"] > 0:
-            # 000 §5: the delta/full valid-rate ratio (Adhikari et al.: 1.41)
+            # docs/method.md#what-to-measure: the delta/full valid-rate ratio (Adhikari et al.: 1.41)
             row["valid_ratio_vs_full"] = row["valid_fraction"] / full[0]["valid_fraction"]
     return rows
 

@@ -1,12 +1,13 @@
-"""The statistics of the paper's reports (BRIEF §6): confidence intervals, the loop's dynamics and proxy
-reliability. Plain functions over numbers; scipy for distributions and rank correlations.
+"""The statistics of the paper's reports (docs/method.md#what-to-measure, whose sources CT and NNGPT
+are): confidence intervals, the loop's dynamics and proxy reliability. Plain functions over numbers;
+scipy for distributions and rank correlations.
 
-    wilson_interval        valid rate p = k/n with a Wilson 95 % interval (001 Table 2)
+    wilson_interval        valid rate p = k/n with a Wilson 95 % interval (NNGPT Table 2)
     mean_t_interval        mean with a t-based 95 % interval
-    elite_concentration    C_t = P(q ≥ τ) over a cycle's candidates (000 §4)
+    elite_concentration    C_t = P(q ≥ τ) over a cycle's candidates (CT §4)
     smoothed               a trailing moving average (Q_t with a 3-cycle smoother)
-    theorem8               SNR = Var(q) / Var(q − q̂), predicted Pearson and Spearman (000 Theorem 8)
-    corollary6             exp[(1 − α)·L·ln(1/λ)] (000 Corollary 6)
+    theorem8               SNR = Var(q) / Var(q − q̂), predicted Pearson and Spearman (CT Theorem 8)
+    corollary6             exp[(1 − α)·L·ln(1/λ)] (CT Corollary 6)
     correlations           Pearson, Spearman, Kendall with p-values, Bonferroni-adjusted over groups
 """
 

@@ -31,7 +31,7 @@ MAX_MESSAGE_CHARS = 500
 
 @dataclass(frozen=True)
 class Protocol:
-    """The fixed evaluation protocol of an experiment (BRIEF §3)."""
+    """The fixed evaluation protocol of an experiment (docs/method.md#evaluation-protocol)."""
 
     dataset: str = "digits"
     epochs: int = 1

@@ -5,7 +5,8 @@ screen, contract) in the service. It is called in a freshly forked, isolated chi
 sandbox.py), never in the service process. It writes progress lines to `progress.jsonl` and its
 verdict to `result.json` in `job_dir`; stage names and statuses match archloop.v1.EvaluationResult.
 
-The protocol follows BRIEF §2-3: `Net(in_shape, out_shape, prm, device)`, `train_setup(prm)` once,
+The protocol follows docs/method.md#model-contract and #evaluation-protocol: `Net(in_shape, out_shape,
+prm, device)`, `train_setup(prm)` once,
 `learn(batches)` once per epoch in train mode, accuracy in eval mode without gradients. The loss
 module the model installs (`criteria[0]`) is wrapped to record every loss value, so a non-finite
 loss stops training at once with its own status.

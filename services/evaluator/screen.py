@@ -3,7 +3,8 @@
 The policy is data (`policy.yaml` beside this file): allowed imports, forbidden names, forbidden
 attribute chains, allowed dunder attributes. The screen resolves import aliases (`import numpy as
 np` makes `np.load` mean `numpy.load`) and reports every violation with its rule, line and text,
-so a caller sees all of them at once. The contract check is structural (the LEMUR API, BRIEF §2):
+so a caller sees all of them at once. The contract check is structural (the LEMUR API,
+docs/method.md#model-contract):
 `supported_hyperparameters()` at module level and a class `Net` with `__init__(self, in_shape,
 out_shape, prm, device)`, `train_setup`, `learn` and `forward`.
 
@@ -205,7 +206,7 @@ INIT_PARAMETERS = ("self", "in_shape", "out_shape", "prm", "device")
 
 
 def check_contract(tree: ast.Module) -> ContractReport:
-    """The LEMUR model API, checked on the syntax tree (BRIEF §2)."""
+    """The LEMUR model API, checked on the syntax tree (docs/method.md#model-contract)."""
     report = ContractReport()
     functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
     classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}

@@ -30,7 +30,7 @@ _ISOLATION = {
 
 
 def protocol_from_proto(p: common_pb2.EvaluationProtocol) -> Protocol:
-    """Zero fields take the defaults (BRIEF §3)."""
+    """Zero fields take the defaults (docs/method.md#evaluation-protocol)."""
     return nonzero_over(Protocol(), p)
 
 

@@ -1,6 +1,7 @@
 """Delta mode: pull a unified diff out of an LLM answer and apply it to the baseline, robustly.
 
-LLM diffs are often broken in form (BRIEF §7), so the hunk headers' numbers are only hints:
+LLM diffs are often broken in form (docs/method.md#generation-modes), so the hunk headers' numbers are
+only hints:
 1. extract: the first ```diff / ```patch block, else the text from the first `---`/`@@` line;
 2. parse: every `@@` starts a hunk; body lines are context (' '), removed ('-') or added ('+'); a blank
    line counts as an empty context line (models drop the leading space); `\\ No newline` is ignored; a

@@ -39,7 +39,7 @@ FALLBACKS = {
     generator_pb2.DELTA_FALLBACK_REPROMPT: "reprompt",
     generator_pb2.DELTA_FALLBACK_FULL: "full",
 }
-DEFAULT_REPROMPTS = 2  # the reference re-prompted up to twice (BRIEF §7)
+DEFAULT_REPROMPTS = 2  # the reference re-prompted up to twice (docs/method.md#generation-modes)
 MAX_BASELINE_CHARS = 256 * 1024
 RESPONSE_SEPARATOR = "\n\n# ----- re-prompt -----\n\n"
 

@@ -1,4 +1,5 @@
-"""Factor mode (SPARK, BRIEF §7): the factor list (data, `factors.yaml`) and which factors an edit touched.
+"""Factor mode (SPARK, docs/method.md#generation-modes): the factor list (data, `factors.yaml`) and which
+factors an edit touched.
 
 Each factor has a signature: a multiset read from the program's syntax tree (the kinds are described at
 the top of factors.yaml). An edit touched a factor when the factor's signature differs between the

@@ -2,7 +2,7 @@
 
 Retrieval is datasketch's MinHashLSH; every retrieved entry is then verified with the
 MinHash-estimated Jaccard, and the source is a near-duplicate iff the best estimate exceeds the
-collection's threshold τ (BRIEF §4). The LSH threshold of 0.85 with datasketch's default
+collection's threshold τ (docs/method.md#novelty-filter). The LSH threshold of 0.85 with datasketch's default
 false-positive/false-negative weights (0.5/0.5) picks 13 bands × 19 rows, which retrieves a pair at
 J = 0.90 only 85 % of the time; the default weights here (0.01/0.99) pick 23 × 11, which retrieves
 it 99.98 % of the time at the price of verifying more candidates (cheap: one vectorised compare).

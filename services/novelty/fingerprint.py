@@ -1,6 +1,7 @@
 """Code fingerprints: lexer tokens → k-token shingles → 64-bit shingle hashes → MinHash signature.
 
-Following NNGPT (BRIEF §4): Python's own `tokenize` lexer supplies the tokens, with comments,
+Following NNGPT (docs/method.md#novelty-filter): Python's own `tokenize` lexer supplies the tokens, with
+comments,
 docstrings (and any other statement that is only a string), blank lines and indentation dropped;
 keywords, identifiers, literals and operators are kept verbatim. Shingles are k contiguous tokens
 (k = 10 by default); a source shorter than k tokens is one shingle. Sources Python's lexer rejects

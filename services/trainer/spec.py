@@ -1,4 +1,5 @@
-"""What a fine-tune job is asked to do: base model, corpus snapshot, LoRA settings, schedule (BRIEF §5).
+"""What a fine-tune job is asked to do: base model, corpus snapshot, LoRA settings, schedule
+(docs/method.md#corpus-and-fine-tuning).
 
 Defaults are the paper's: LoRA rank 32, alpha 32, dropout 0.05 on the attention and MLP projections;
 5 epochs, lr 1e-5, batch 1 × gradient accumulation 4, cosine schedule with 20 warm-up steps, weight

@@ -1,5 +1,5 @@
-"""The report's statistics against hand-computed values and scipy (BRIEF §6 gives the Theorem 8 and
-Corollary 6 check values)."""
+"""The report's statistics against hand-computed values and scipy (docs/method.md#what-to-measure gives
+the Theorem 8 and Corollary 6 check values)."""
 
 from __future__ import annotations
 
