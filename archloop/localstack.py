@@ -13,7 +13,6 @@ The same process classes start real servers for the test fixtures (archloop.test
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -29,6 +28,7 @@ from shutil import which
 
 import psutil
 
+from archloop import processes
 from archloop.clients import health_status
 from archloop.processes import child_env
 
@@ -55,7 +55,6 @@ PEERS = {"controller": ("generator", "evaluator", "novelty", "trainer")}
 """Services started after the others, with `--<peer>-addr` for each peer."""
 
 STATE_FILE = "stack.json"
-_PR_SET_PDEATHSIG = 1
 
 
 class StackError(RuntimeError):
@@ -70,9 +69,7 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None]:
     """For the child before exec: get SIGTERM when the supervisor dies, even by kill -9."""
 
     def arrange() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        if not processes.parent_death_signal(signal.SIGTERM, parent_pid):
             os._exit(1)
 
     return arrange

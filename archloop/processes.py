@@ -1,4 +1,6 @@
-"""Child processes that die with their parent, arranged by the child itself.
+"""Child processes that die with their parent, arranged by the child itself: the one home of
+PR_SET_PDEATHSIG (the local stack's services, the evaluator's template and sandboxed jobs, the
+trainer's workers all use `parent_death_signal`).
 
 A parent that runs gRPC threads must not start children with a `preexec_fn`: that makes Python fork()
 (not vfork/posix_spawn), so gRPC's fork handlers run while its threads may be busy, which can kill the
@@ -22,11 +24,17 @@ def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return {**(os.environ if env is None else env), PARENT_PID_ENV: str(os.getpid())}
 
 
+def parent_death_signal(signum: int, parent: int | None = None) -> bool:
+    """Ask the kernel to send this process `signum` when its parent dies, even by kill -9. Returns
+    False when the parent died before the request took effect (this process's parent is no longer
+    `parent`, or, without one, has become init), so the caller can exit at once. The setting is
+    cleared by setuid: call it after any change of user."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum)
+    return os.getppid() == parent if parent is not None else os.getppid() != 1
+
+
 def die_with_parent(signum: int = signal.SIGTERM) -> None:
     """In the child: get `signum` when the parent named in the environment dies (no-op without it)."""
     parent = os.environ.get(PARENT_PID_ENV)
-    if not parent:
-        return
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum)
-    if os.getppid() != int(parent):  # the parent died before prctl took effect
+    if parent and not parent_death_signal(signum, int(parent)):
         os._exit(1)

@@ -41,12 +41,12 @@ from pathlib import Path
 
 import psutil
 
-from archloop.processes import child_env
+from archloop.processes import child_env, parent_death_signal
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
 MS_REC, MS_PRIVATE = 0x4000, 1 << 18
-PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG = 38, 1
+PR_SET_NO_NEW_PRIVS = 38
 PRIVATE_TMP_MOUNTS = ("/tmp", "/var/tmp", "/dev/shm")
 OUTPUT_TAIL_BYTES = 4096
 EXIT_SETUP_FAILED = 120
@@ -135,8 +135,7 @@ def _enter_sandbox(
             os.setgid(uid)
             os.setuid(uid)
         # after setuid, which clears it: die with the template (and so with the service)
-        _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != template:
+        if not parent_death_signal(signal.SIGKILL, template):
             os._exit(EXIT_SETUP_FAILED)
     except Exception:
         os._exit(EXIT_SETUP_FAILED)

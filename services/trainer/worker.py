@@ -10,7 +10,6 @@ then stands.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import signal
@@ -18,7 +17,7 @@ import sys
 import traceback
 from pathlib import Path
 
-PR_SET_PDEATHSIG = 1
+from archloop import processes
 
 
 class _Flags:
@@ -35,8 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
 
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() == 1:  # the parent died before prctl took effect
+    if not processes.parent_death_signal(signal.SIGKILL):
         return 1
     events = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # library prints go to the log, not into the event stream
