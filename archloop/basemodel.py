@@ -109,7 +109,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):  # type: ignore[no-u
     return tokenizer
 
 
-def _split_by_model(examples: list[dict], share: float, seed: int) -> tuple[list[dict], list[dict]]:
+def split_by_model(examples: list[dict], share: float, seed: int) -> tuple[list[dict], list[dict]]:
     """Hold out whole models (both prompts of a code go to the same side)."""
     models = sorted({e["model"] for e in examples})
     random.Random(seed).shuffle(models)
@@ -144,7 +144,7 @@ def _pack(
     ]
 
 
-def _next_token_loss(model, batch, mask):  # type: ignore[no-untyped-def]
+def next_token_loss(model, batch, mask):  # type: ignore[no-untyped-def]
     """Mean cross-entropy of predicting token t+1 from tokens ≤ t over the targets the mask keeps;
     batch and mask are (B, T+1)."""
     import torch
@@ -199,7 +199,7 @@ def train_base_model(
     torch.set_num_threads(settings.threads)
     manifest = corpus.load_manifest(corpus_dir)
     examples = list(corpus.read_jsonl(Path(corpus_dir) / "examples.jsonl"))
-    train_examples, held_examples = _split_by_model(examples, settings.holdout_share, settings.seed)
+    train_examples, held_examples = split_by_model(examples, settings.holdout_share, settings.seed)
     checkpoint_dir = Path(checkpoint_dir or default_checkpoint_dir(out_dir))
     identity = {"settings": asdict(settings), "manifest_sha256": corpus.manifest_sha256(corpus_dir)}
     pretrained = None
@@ -288,7 +288,7 @@ def train_base_model(
         losses = []
         with torch.no_grad():
             for ids, mask in held_blocks:
-                losses.append(float(_next_token_loss(model, torch.tensor([ids]), torch.tensor([mask]))))
+                losses.append(float(next_token_loss(model, torch.tensor([ids]), torch.tensor([mask]))))
         model.train()
         return sum(losses) / len(losses) if losses else float("nan")
 
@@ -328,7 +328,7 @@ def train_base_model(
             picked = [train_blocks[order.pop()] for _ in range(settings.micro_batch_blocks)]
             batch = torch.tensor([ids for ids, _ in picked])
             mask = torch.tensor([m for _, m in picked])
-            loss = _next_token_loss(model, batch, mask) / settings.accumulation_steps
+            loss = next_token_loss(model, batch, mask) / settings.accumulation_steps
             loss.backward()
             step_loss += loss.item()
             tokens_seen += batch.numel() - batch.size(0)
