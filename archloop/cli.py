@@ -26,6 +26,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from archloop import datasets
+
 EXIT_OK, EXIT_FAILED = 0, 1
 
 
@@ -139,13 +141,13 @@ EXIT_NOT_VALID = 3
 def cmd_datasets_fetch(args: argparse.Namespace) -> int:
     """Download each named torchvision dataset (the Kubernetes setup Job runs this: evaluators have
     no internet egress)."""
-    from services.evaluator.datasets import TORCHVISION_DATASETS, DatasetUnavailable, load_torchvision
+    from services.evaluator.datasets import DatasetUnavailable, load_torchvision
 
-    unknown = [n for n in args.names if n not in TORCHVISION_DATASETS]
+    unknown = [n for n in args.names if n not in datasets.TORCHVISION]
     if unknown:
         print(
             f"archloop datasets fetch: unknown dataset {', '.join(unknown)} "
-            f"(one of {', '.join(TORCHVISION_DATASETS)}; digits ships with scikit-learn)",
+            f"(one of {', '.join(datasets.TORCHVISION)}; digits ships with scikit-learn)",
             file=sys.stderr,
         )
         return 2
@@ -237,10 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the EvaluationResult as JSON")
     evaluate.set_defaults(func=cmd_evaluate)
 
-    datasets = commands.add_parser("datasets", help="torchvision datasets for the evaluator")
-    datasets_sub = datasets.add_subparsers(dest="datasets_command", required=True)
+    datasets_command = commands.add_parser("datasets", help="torchvision datasets for the evaluator")
+    datasets_sub = datasets_command.add_subparsers(dest="datasets_command", required=True)
     fetch = datasets_sub.add_parser("fetch", help="download datasets into the evaluator's --data-dir")
-    fetch.add_argument("names", nargs="+", help="cifar10, cifar100, svhn, mnist, fashion_mnist")
+    fetch.add_argument("names", nargs="+", help=", ".join(datasets.TORCHVISION))
     fetch.add_argument("--data-dir", default="data", help="the evaluator's data directory")
     fetch.set_defaults(func=cmd_datasets_fetch)
 

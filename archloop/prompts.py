@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from archloop import datasets
+
 PROMPT_VERSION = "full-v1"
 
 SYSTEM_PROMPT = (
@@ -34,11 +36,16 @@ class Task:
     max_parameters: int = 500_000
 
 
-# The two user descriptions per code of the paper (docs/method.md#corpus-and-fine-tuning).
-TASKS: dict[str, Task] = {
-    "cifar-10": Task("cifar-10", (3, 32, 32), 10, "CIFAR-10 (32×32 colour photographs of 10 object classes)"),
-    "mnist": Task("mnist", (1, 28, 28), 10, "MNIST (28×28 greyscale handwritten digits 0-9)"),
-}
+def _paper_task(name: str) -> Task:
+    entry = datasets.lookup(name)
+    assert entry is not None, name
+    return Task(name, entry.input_shape, entry.num_classes, entry.description)
+
+
+# The two user descriptions per code of the paper (docs/method.md#corpus-and-fine-tuning), keyed by
+# LEMUR's spelling of the dataset, which their text keeps.
+TASKS: dict[str, Task] = {name: _paper_task(name) for name in ("cifar-10", "mnist")}
+_TASK_OF = {entry.name: task for name, task in TASKS.items() if (entry := datasets.lookup(name))}
 
 CONTRACT = """\
 The file must:
@@ -52,31 +59,19 @@ item is the loss);
 - define `forward(self, x)` returning the logits."""
 
 
-# Descriptions for the evaluator's dataset names (TaskSpec.dataset); others get a generic one.
-DESCRIPTIONS = {
-    "cifar10": TASKS["cifar-10"].description,
-    "cifar-10": TASKS["cifar-10"].description,
-    "mnist": TASKS["mnist"].description,
-    "cifar100": "CIFAR-100 (32×32 colour photographs of 100 object classes)",
-    "svhn": "SVHN (32×32 colour photographs of house-number digits 0-9)",
-    "fashion_mnist": "Fashion-MNIST (28×28 greyscale photographs of 10 kinds of clothing)",
-    "digits": "handwritten digits (8×8 greyscale scans of the digits 0-9 upsampled to 32×32 RGB)",
-}
-
-
 def task_for(dataset: str, input_shape: tuple[int, ...], num_classes: int, max_parameters: int = 0) -> Task:
     """The prompt's task for an evaluator dataset and shapes (input_shape (1, C, H, W) or (C, H, W))."""
     shape = tuple(input_shape[-3:])
     if len(shape) != 3:
         raise ValueError(f"input_shape {tuple(input_shape)} is not (1, C, H, W)")
-    known = TASKS.get(dataset) or TASKS.get({"cifar10": "cifar-10"}.get(dataset, ""))
+    entry = datasets.lookup(dataset)
+    known = _TASK_OF.get(entry.name) if entry else None
     if known and known.input_shape == shape and known.num_classes == num_classes:
         task = known
     else:
         c, h, w = shape
-        description = DESCRIPTIONS.get(
-            dataset, f"the {dataset} dataset ({h}×{w} images, {c} channels, {num_classes} classes)"
-        )
+        generic = f"the {dataset} dataset ({h}×{w} images, {c} channels, {num_classes} classes)"
+        description = entry.description if entry else generic
         task = Task(dataset, shape, num_classes, description)  # type: ignore[arg-type]
     if max_parameters and max_parameters != task.max_parameters:
         task = Task(task.dataset, task.input_shape, task.num_classes, task.description, max_parameters)

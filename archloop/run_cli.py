@@ -30,6 +30,7 @@ import grpc
 from rich.console import Console
 from rich.table import Table
 
+from archloop import datasets
 from archloop.errors import InvalidArgument
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -441,7 +442,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--config", help="experiment YAML (ExperimentConfig fields) [default: the embedded one]")
     run.add_argument("--cycles", type=int)
     run.add_argument("--candidates", type=int, help="candidates per cycle")
-    run.add_argument("--dataset", help="digits (offline), cifar10, cifar100, svhn, mnist, fashion_mnist")
+    run.add_argument("--dataset", help="digits (offline), " + ", ".join(datasets.TORCHVISION))
     run.add_argument("--mode", choices=("full", "delta", "factor"))
     run.add_argument("--seed", type=int)
     run.add_argument("--name", help="experiment id [default <config name>-<UTC time>]")

@@ -17,12 +17,13 @@ from typing import Any
 import yaml
 from google.protobuf import json_format
 
+from archloop import datasets
 from archloop.errors import InvalidArgument
 from archloop.v1 import common_pb2, controller_pb2, trainer_pb2
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 EMBEDDED = CONFIG_DIR / "embedded.yaml"
-KNOWN_DATASETS = ("digits", "cifar10", "cifar100", "svhn", "mnist", "fashion_mnist")
+
 _ENUMS = {
     "mode": ("GENERATION_MODE_", common_pb2.GenerationMode),
     "temperature_schedule": ("TEMPERATURE_SCHEDULE_", controller_pb2.TemperatureSchedule),
@@ -105,8 +106,8 @@ def validate(config: controller_pb2.ExperimentConfig) -> None:
             "datasets",
             f"one dataset per experiment (got {list(config.datasets)}); run one experiment per dataset",
         )
-    if config.datasets[0] not in KNOWN_DATASETS:
-        bad("datasets", f"{config.datasets[0]!r} is not one of {list(KNOWN_DATASETS)}")
+    if config.datasets[0] not in datasets.NAMES:
+        bad("datasets", f"{config.datasets[0]!r} is not one of {list(datasets.NAMES)}")
     if not 1 <= config.cycles <= 1000:
         bad("cycles", f"{config.cycles} is not in 1..1000")
     if not 1 <= config.candidates_per_cycle <= 10_000:
@@ -129,8 +130,8 @@ def validate(config: controller_pb2.ExperimentConfig) -> None:
                 "generation.temperature_period_cycles",
                 "a cyclic schedule needs a period of at least 2 cycles",
             )
-    if g.prompt_dataset and g.prompt_dataset not in KNOWN_DATASETS:
-        bad("generation.prompt_dataset", f"{g.prompt_dataset!r} is not one of {list(KNOWN_DATASETS)}")
+    if g.prompt_dataset and g.prompt_dataset not in datasets.NAMES:
+        bad("generation.prompt_dataset", f"{g.prompt_dataset!r} is not one of {list(datasets.NAMES)}")
     if config.selection_policy != controller_pb2.SELECTION_POLICY_THRESHOLD and config.selection_top_k < 1:
         bad("selection_top_k", "top-k selection policies need selection_top_k ≥ 1")
     p = config.protocol

@@ -37,7 +37,7 @@ import grpc
 import structlog
 from google.protobuf import json_format
 
-from archloop import corpus, prompts
+from archloop import corpus, datasets, prompts
 from archloop.v1 import (
     common_pb2,
     controller_pb2,
@@ -136,10 +136,11 @@ class ExperimentRunner:
         self.stop_requested = False
         self._stopped = asyncio.Event()
         self.dataset = config.datasets[0]
+        evaluated = datasets.CATALOGUE[self.dataset]  # config.validate has checked the name
         self.prompt_task = prompts.task_for(
             config.generation.prompt_dataset or self.dataset,
-            (1, 3, 32, 32) if self.dataset in ("digits", "cifar10", "cifar100", "svhn") else (1, 1, 28, 28),
-            100 if self.dataset == "cifar100" else 10,
+            evaluated.input_shape,
+            evaluated.num_classes,
             config.protocol.param_budget,
         )
         self.started = time.monotonic()

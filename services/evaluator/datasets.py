@@ -20,15 +20,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-# name: (torchvision class, expected files under the data directory, random crop, horizontal flip)
-TORCHVISION_DATASETS = {
-    "cifar10": ("CIFAR10", "cifar-10-batches-py/", True, True),
-    "cifar100": ("CIFAR100", "cifar-100-python/", True, True),
-    "svhn": ("SVHN", "train_32x32.mat and test_32x32.mat", True, False),
-    "mnist": ("MNIST", "MNIST/raw/", False, False),
-    "fashion_mnist": ("FashionMNIST", "FashionMNIST/raw/", False, False),
-}
-DATASETS = ("digits", *TORCHVISION_DATASETS)
+from archloop.datasets import CATALOGUE, NAMES
+
+DATASETS = NAMES  # the catalogue's (archloop.datasets): shapes, classes, torchvision class, files
 
 
 class DatasetUnavailable(RuntimeError):
@@ -96,8 +90,8 @@ def load_torchvision(
     import numpy as np
     import torchvision.datasets as tvd
 
-    class_name, expected, crop, flip = TORCHVISION_DATASETS[name]
-    cls = getattr(tvd, class_name)
+    entry = CATALOGUE[name]
+    cls = getattr(tvd, entry.torchvision_class)
     try:
         dataset = (
             cls(str(data_dir), split="train", download=allow_download)
@@ -106,7 +100,7 @@ def load_torchvision(
         )
     except RuntimeError as exc:
         raise DatasetUnavailable(
-            f"dataset {name} is not in {data_dir} (expected {expected}); "
+            f"dataset {name} is not in {data_dir} (expected {entry.expected_files}); "
             f"place the files there or allow downloads ({exc})"
         ) from None
     data = dataset.data
@@ -123,7 +117,9 @@ def load_torchvision(
     if max_train_images:
         train_x, train_y = train_x[:max_train_images], train_y[:max_train_images]
     train_x, val_x = _normalise(train_x, val_x)
-    return EvaluationData(name, train_x, train_y, val_x, val_y, int(labels.max()) + 1, crop, flip)
+    return EvaluationData(
+        name, train_x, train_y, val_x, val_y, int(labels.max()) + 1, entry.random_crop, entry.horizontal_flip
+    )
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, random_crop: bool, flip: bool) -> torch.Tensor:

@@ -62,3 +62,32 @@ def test_missing_torchvision_dataset_names_directory_and_files(tmp_path) -> None
     with pytest.raises(DatasetUnavailable) as info:
         load_torchvision("cifar10", tmp_path, allow_download=False)
     assert str(tmp_path) in str(info.value) and "cifar-10-batches-py" in str(info.value)
+
+
+def test_the_catalogue_is_the_one_home_of_datasets_and_their_spellings() -> None:
+    from archloop import datasets, prompts
+    from services.evaluator.datasets import DATASETS
+
+    assert DATASETS == datasets.NAMES == ("digits", "cifar10", "cifar100", "svhn", "mnist", "fashion_mnist")
+    assert datasets.lookup("cifar-10") is datasets.CATALOGUE["cifar10"]  # LEMUR's spelling
+    assert datasets.lookup("imagenet") is None
+    assert datasets.TORCHVISION == ("cifar10", "cifar100", "svhn", "mnist", "fashion_mnist")
+    # the digits loader delivers the catalogue's shape and classes
+    data = load_digits(max_train_images=10)
+    entry = datasets.CATALOGUE["digits"]
+    assert data.in_shape[1:] == entry.input_shape and data.num_classes == entry.num_classes
+    # the prompt keeps the paper's text for the evaluator's name and for LEMUR's
+    for name in ("cifar10", "cifar-10"):
+        assert prompts.task_for(name, (1, 3, 32, 32), 10) == prompts.TASKS["cifar-10"]
+    svhn = prompts.task_for("svhn", (1, 3, 32, 32), 10)
+    assert svhn.description == datasets.CATALOGUE["svhn"].description
+
+
+def test_an_experiment_naming_a_dataset_outside_the_catalogue_is_refused() -> None:
+    from archloop.errors import InvalidArgument
+    from services.controller import config
+
+    experiment = config.embedded()
+    experiment.datasets[:] = ["cifar-10"]  # an alias is not an experiment's name for it
+    with pytest.raises(InvalidArgument, match=r"datasets: 'cifar-10' is not one of \['digits', 'cifar10'"):
+        config.validate(experiment)
