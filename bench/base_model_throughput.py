@@ -1,22 +1,23 @@
 """Which base model the embedded experiment should use: valid-and-novel programs per minute of sampling.
 
     python bench/base_model_throughput.py [--model '' --model smollm2-135m-instruct] [--samples 8]
-        [--max-new-tokens 768] [--rounds 2] [--threads 2] [--write]
+        [--max-new-tokens 768] [--rounds 2] [--threads 2] [--temperature T] [--write]
 
 The embedded default is picked by measurement (issue 17): valid-and-novel programs per minute of wall
 time on 2 cores. Sampling is where a base model's minutes go (evaluating a program costs the same
 whichever model wrote it), so for each model, in this one process and with the same torch threads:
 
-- **tokens/s** of batched sampling (the generator's local backend, CIFAR-10 prompt, T 0.2, top-k 50,
-  top-p 0.9, batches of 8, at most --max-new-tokens each); rounds alternate between the models so CPU
-  drift hits all of them; the first model is the baseline of the ratio column;
+- **tokens/s** of batched sampling (the generator's local backend, CIFAR-10 prompt, T 0.2 (the
+  paper's; --temperature changes it), top-k 50, top-p 0.9, batches of 8, at most
+  --max-new-tokens each); rounds alternate between the models so CPU drift hits all of them; the
+  first model is the baseline of the ratio column;
 - **tokens per program**: the corpus's programs (the answers of its pairs) in the model's own tokenizer
   (vocabularies differ: 4,096 tokens for the tiny model, 49,152 for SmolLM2);
 - **ceiling**: programs per minute if every program were valid and novel (60 · tokens/s / tokens per
   program), an upper bound no fine-tune can beat;
-- **measured**: where `bench/base_model_quality.py` has results for the model (T 0.2), its raw
-  valid-and-novel share × the programs per minute this bench's tokens/s gives at the mean completion
-  length that bench measured.
+- **measured**: where `bench/base_model_quality.py` has results for the model at that temperature,
+  its raw valid-and-novel share × the programs per minute this bench's tokens/s gives at the mean
+  completion length that bench measured.
 
 A model whose ceiling is below another's measured rate cannot be the better default on this machine,
 whatever its valid rate after fine-tuning. `--write` replaces this bench's section of
@@ -48,12 +49,14 @@ def _label(reference: str) -> str:
     return Path(reference).name if reference else "archloop-tiny-coder"
 
 
-def sampling_rate(backend, samples: int, max_new_tokens: int, seed: int) -> tuple[int, float]:  # type: ignore[no-untyped-def]
+def sampling_rate(
+    backend, samples: int, max_new_tokens: int, temperature: float, seed: int
+) -> tuple[int, float]:  # type: ignore[no-untyped-def]
     """(completion tokens, seconds) of sampling `samples` programs in batches."""
     from services.generator.backends import Decoding
 
     chat = prompts.chat_messages(prompts.TASKS["cifar-10"])
-    decoding = Decoding(temperature=0.2, top_k=50, top_p=0.9, max_new_tokens=max_new_tokens)
+    decoding = Decoding(temperature=temperature, top_k=50, top_p=0.9, max_new_tokens=max_new_tokens)
     tokens, seconds = 0, 0.0
     for start in range(0, samples, BATCH):
         n = min(BATCH, samples - start)
@@ -76,12 +79,12 @@ def program_tokens(backend, corpus_dir: Path) -> float:  # type: ignore[no-untyp
     return statistics.mean(lengths)
 
 
-def measured_quality(label: str) -> dict | None:
-    """The T 0.2 row of bench/base_model_quality.py's results for this model, if it has been run."""
+def measured_quality(label: str, temperature: float) -> dict | None:
+    """The row at `temperature` of bench/base_model_quality.py's results for this model, if it has one."""
     path = ROOT / "bench" / "results" / f"base_model_quality-{label}.json"
     if not path.exists():
         return None
-    rows = [r for r in json.loads(path.read_text())["summary"] if r["temperature"] == 0.2]
+    rows = [r for r in json.loads(path.read_text())["summary"] if r["temperature"] == temperature]
     return rows[0] if rows else None
 
 
@@ -95,13 +98,14 @@ def markdown(result: dict) -> str:
         "",
         f"`python bench/base_model_throughput.py {result['args']}` on {result['date']} "
         f"({result['machine']}).",
-        f"Batched sampling (batches of {BATCH}, T 0.2, at most {result['max_new_tokens']} new tokens, "
+        f"Batched sampling (batches of {BATCH}, T {result['temperature']}, "
+        f"at most {result['max_new_tokens']} new tokens, "
         f"{result['samples']} programs × {result['rounds']} alternating rounds, {result['threads']} torch "
         "threads, one process); program length: the corpus's programs in each model's tokenizer; measured "
-        "rate: raw valid-and-novel share at T 0.2 from `bench/base_model_quality.py` × programs per minute.",
+        "rate: raw valid-and-novel share at that T from `bench/base_model_quality.py` × programs per minute.",
         "",
         "| model | tokens/s (median) | ratio to first | tokens per program | ceiling: programs/min if all "
-        "valid and novel | raw valid and novel (T 0.2) | **measured valid-and-novel programs/min** |",
+        "valid and novel | raw valid and novel | **measured valid-and-novel programs/min** |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in result["models"]:
@@ -148,6 +152,9 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=768)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--temperature", type=float, default=0.2, help="the paper's by default; the embedded runs at 0.5"
+    )
     parser.add_argument("--corpus", type=Path, default=corpus.default_corpus_dir())
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
@@ -167,14 +174,16 @@ def main() -> int:
     runs: dict[str, list[float]] = {ref: [] for ref in references}
     for round_ in range(args.rounds):
         for ref, backend in backends.items():
-            tokens, seconds = sampling_rate(backend, args.samples, args.max_new_tokens, 100 * round_)
+            tokens, seconds = sampling_rate(
+                backend, args.samples, args.max_new_tokens, args.temperature, 100 * round_
+            )
             runs[ref].append(tokens / seconds)
             print(f"round {round_}: {_label(ref)} {tokens / seconds:.1f} tokens/s", flush=True)
     models = []
     for ref, backend in backends.items():
         rate = statistics.median(runs[ref])
         length = program_tokens(backend, args.corpus)
-        quality = measured_quality(_label(ref))
+        quality = measured_quality(_label(ref), args.temperature)
         measured = None
         if quality is not None:
             # this bench's tokens/s (same process as the others) over the length its programs really had
@@ -200,6 +209,7 @@ def main() -> int:
         "max_new_tokens": args.max_new_tokens,
         "rounds": args.rounds,
         "threads": args.threads,
+        "temperature": args.temperature,
         "models": models,
         "verdict": verdict(models),
     }

@@ -36,6 +36,7 @@ BENCHMARKS = {
     "generator_bench": ([], "one-at-a-time sampling, same run"),
     "controller_bench": ([], "the ideal: work / slots"),
     "base_model_quality": ([], "its training corpus and the LEMUR originals (novelty); raw vs repaired"),
+    "base_model_throughput": ([], "the tiny model, same process, alternating rounds"),  # reads the above
 }
 
 

@@ -23,7 +23,6 @@ from archloop.v1 import common_pb2, controller_pb2, trainer_pb2
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 EMBEDDED = CONFIG_DIR / "embedded.yaml"
-
 _ENUMS = {
     "mode": ("GENERATION_MODE_", common_pb2.GenerationMode),
     "temperature_schedule": ("TEMPERATURE_SCHEDULE_", controller_pb2.TemperatureSchedule),
