@@ -43,6 +43,7 @@ bench: install  ## every benchmark, one after another; writes docs/benchmarks.md
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format .

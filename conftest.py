@@ -1,1 +1,1 @@
-pytest_plugins = ["archloop.testing"]
+pytest_plugins = ["tools.testing"]

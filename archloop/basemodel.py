@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from archloop import corpus
+from archloop.paths import archloop_home
 
 TINY_MODEL_NAME = "archloop-tiny-coder"
 TINY_MODEL_DIR = Path(__file__).resolve().parent / "models" / TINY_MODEL_NAME
@@ -166,8 +167,6 @@ def _learning_rate(step: int, s: BaseModelSettings) -> float:
 
 
 def default_checkpoint_dir(out_dir: Path) -> Path:
-    from archloop.localstack import archloop_home
-
     tag = hashlib.sha256(str(Path(out_dir).resolve()).encode()).hexdigest()[:12]
     return archloop_home() / "base-model-checkpoints" / tag
 

@@ -10,6 +10,7 @@ replica or back off.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,15 @@ _SERVICE_CONFIG = {
         }
     ],
 }
+
+
+def backoff_delays(first: float, maximum: float = 10.0) -> Iterator[float]:
+    """The waits between a caller's own retries: `first`, doubling, capped at `maximum` (the one
+    backoff rule of the controller's peer calls and its event outbox)."""
+    delay = first
+    while True:
+        yield delay
+        delay = min(delay * 2, maximum)
 
 
 def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, object]]:

@@ -9,12 +9,13 @@ the cache ($ARCHLOOP_CACHE, default ~/.cache/archloop) and its sha256 is checked
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from archloop.paths import cache_dir
 
 WHEEL_REQUIREMENT = "nn-dataset==2.1.2"
 WHEEL_FILENAME = "nn_dataset-2.1.2-py3-none-any.whl"
@@ -28,10 +29,6 @@ class WheelUnavailable(RuntimeError):
 
 class LemurUnavailable(WheelUnavailable):
     """The LEMUR wheel is not cached (and fetching was not allowed or failed) or is corrupt."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("ARCHLOOP_CACHE") or Path.home() / ".cache" / "archloop")
 
 
 def sha256_of(path: Path) -> str:

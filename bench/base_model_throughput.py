@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from archloop import corpus, prompts  # noqa: E402
+from archloop import corpus, paths, prompts  # noqa: E402
 from bench.report import machine, publish  # noqa: E402
 
 SECTION_START = "<!-- base-model-throughput:start -->"
@@ -53,7 +53,7 @@ def sampling_rate(
     backend, samples: int, max_new_tokens: int, temperature: float, seed: int
 ) -> tuple[int, float]:  # type: ignore[no-untyped-def]
     """(completion tokens, seconds) of sampling `samples` programs in batches."""
-    from services.generator.backends import Decoding
+    from services.generator.backend import Decoding
 
     chat = prompts.chat_messages(prompts.TASKS["cifar-10"])
     decoding = Decoding(temperature=temperature, top_k=50, top_p=0.9, max_new_tokens=max_new_tokens)
@@ -155,7 +155,7 @@ def main() -> int:
     parser.add_argument(
         "--temperature", type=float, default=0.2, help="the paper's by default; the embedded runs at 0.5"
     )
-    parser.add_argument("--corpus", type=Path, default=corpus.default_corpus_dir())
+    parser.add_argument("--corpus", type=Path, default=paths.corpus_dir())
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
     references = args.model if args.model is not None else ["", "smollm2-135m-instruct"]
@@ -164,7 +164,7 @@ def main() -> int:
         return 2
 
     from archloop import basemodel
-    from services.generator.backends import LocalBackend
+    from services.generator.local import LocalBackend
 
     try:
         backends = {ref: LocalBackend(ref, device="cpu", threads=args.threads) for ref in references}

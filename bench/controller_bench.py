@@ -35,7 +35,6 @@ sys.path.insert(0, str(ROOT))
 from archloop import corpus  # noqa: E402
 from archloop.clients import aio_channel  # noqa: E402
 from archloop.lemur import iter_model_sources, lemur_wheel  # noqa: E402
-from archloop.localstack import ServiceProcess  # noqa: E402
 from archloop.v1 import (  # noqa: E402
     common_pb2,
     evaluator_pb2,
@@ -51,7 +50,9 @@ from bench.report import publish  # noqa: E402
 from services.controller import config as experiment_config  # noqa: E402
 from services.controller.evaluators import EvaluatorPool  # noqa: E402
 from services.controller.ledger import Ledger  # noqa: E402
-from services.controller.loop import ExperimentRunner, LoopSettings, Peers  # noqa: E402
+from services.controller.loop import ExperimentRunner, LoopSettings  # noqa: E402
+from services.controller.peers import Peers  # noqa: E402
+from tools.localstack import ServiceProcess  # noqa: E402
 
 SECTION_START = "<!-- controller-bench:start -->"
 SECTION_END = "<!-- controller-bench:end -->"
@@ -191,7 +192,7 @@ async def run_once(
     finally:
         child.terminate()
         child.join()
-    assert state == "COMPLETED", ledger.experiment(experiment_id)["error"]
+    assert state == "COMPLETED", ledger.experiment(experiment_id).error
     cycle = ledger.cycle(experiment_id, 1)
     stamps = json.loads(cycle.phase_ms)
     generate_evaluate = (stamps["FILTERING"] - cycle.started_ms) / 1000

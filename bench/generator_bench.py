@@ -96,8 +96,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
-    from services.generator.backends import LocalBackend
     from services.generator.factors import load_factors
+    from services.generator.local import LocalBackend
 
     backend = LocalBackend("", "cpu", THREADS)
     factors = load_factors()

@@ -36,16 +36,16 @@ SECTION_END = "<!-- loop-dynamics:end -->"
 
 def pooled(rows: list, threshold: float) -> dict:  # type: ignore[type-arg]
     """The figures of a group of candidates (ledger rows)."""
-    valid = [r for r in rows if r["valid"]]
-    accuracies = [r["accuracy"] for r in valid]
+    valid = [r for r in rows if r.valid]
+    accuracies = [r.accuracy for r in valid]
     elite = sum(a >= threshold for a in accuracies)
-    duplicates = sum(r["decision"] == "rejected" and "near-duplicate" in (r["reason"] or "") for r in rows)
+    duplicates = sum(r.decision == "rejected" and "near-duplicate" in (r.reason or "") for r in rows)
     return {
         "candidates": len(rows),
         "valid": stats.wilson_interval(len(valid), len(rows)),
         "mean_accuracy": stats.mean_t_interval(accuracies),
         "elite_concentration": stats.wilson_interval(elite, len(rows)),
-        "admitted": sum(r["decision"] == "admitted" for r in rows),
+        "admitted": sum(r.decision == "admitted" for r in rows),
         "near_duplicate_share": duplicates / len(rows) if rows else 0.0,
     }
 
@@ -103,7 +103,7 @@ def main() -> int:
         return 2
     ledger = Ledger(path)
     rows = ledger.candidates(args.experiment)
-    cycles = sorted({r["cycle"] for r in rows})
+    cycles = sorted({r.cycle for r in rows})
     if len(cycles) < 2 * args.cycles:
         print(
             f"experiment {args.experiment} has {len(cycles)} cycles with candidates; "
@@ -111,13 +111,13 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    threshold = config.from_json(ledger.experiment(args.experiment)["config_json"]).accuracy_threshold
+    threshold = config.from_json(ledger.experiment(args.experiment).config_json).accuracy_threshold
     per_cycle = []
     for cycle in cycles:
-        mine = [r for r in rows if r["cycle"] == cycle]
-        good = sum(bool(r["valid"]) and r["accuracy"] >= threshold for r in mine)
-        valid = sum(bool(r["valid"]) for r in mine)
-        admitted = sum(r["decision"] == "admitted" for r in mine)
+        mine = [r for r in rows if r.cycle == cycle]
+        good = sum(bool(r.valid) and r.accuracy >= threshold for r in mine)
+        valid = sum(bool(r.valid) for r in mine)
+        admitted = sum(r.decision == "admitted" for r in mine)
         per_cycle.append(f"{cycle}: {valid} / {good} / {admitted} of {len(mine)}")
     result = {
         "date": datetime.now(UTC).date().isoformat(),
@@ -127,8 +127,8 @@ def main() -> int:
         "cycles": len(cycles),
         "cycles_pooled": args.cycles,
         "threshold": threshold,
-        "first": pooled([r for r in rows if r["cycle"] in cycles[: args.cycles]], threshold),
-        "last": pooled([r for r in rows if r["cycle"] in cycles[-args.cycles :]], threshold),
+        "first": pooled([r for r in rows if r.cycle in cycles[: args.cycles]], threshold),
+        "last": pooled([r for r in rows if r.cycle in cycles[-args.cycles :]], threshold),
         "per_cycle": per_cycle,
     }
     publish("loop_dynamics", result, markdown(result), SECTION_START, SECTION_END, args.write)

@@ -31,12 +31,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from archloop.lemur import iter_model_sources, lemur_wheel  # noqa: E402
-from archloop.localstack import ServiceProcess  # noqa: E402
 from archloop.novelty_client import NoveltyClient  # noqa: E402
 from bench.report import machine as report_machine  # noqa: E402
 from bench.report import publish  # noqa: E402
 from services.novelty.fingerprint import exact_jaccard, fingerprint_source  # noqa: E402
 from services.novelty.tests.variants import make_variant  # noqa: E402
+from tools.localstack import ServiceProcess  # noqa: E402
 
 SECTION_START = "<!-- novelty-bench:start -->"
 SECTION_END = "<!-- novelty-bench:end -->"

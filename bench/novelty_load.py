@@ -32,13 +32,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from archloop.clients import aio_channel  # noqa: E402
-from archloop.localstack import ServiceProcess  # noqa: E402
 from archloop.novelty_client import NoveltyClient  # noqa: E402
 from archloop.v1 import novelty_pb2, novelty_pb2_grpc  # noqa: E402
 from bench.novelty_bench import realistic_sources  # noqa: E402
 from bench.report import machine as report_machine  # noqa: E402
 from bench.report import publish  # noqa: E402
 from services.novelty.tests.variants import make_variant  # noqa: E402
+from tools.localstack import ServiceProcess  # noqa: E402
 
 SECTION_START = "<!-- novelty-load:start -->"
 SECTION_END = "<!-- novelty-load:end -->"

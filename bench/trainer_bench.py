@@ -27,9 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from archloop import corpus  # noqa: E402
-from archloop.localstack import ServiceProcess  # noqa: E402
 from bench.report import machine as report_machine  # noqa: E402
 from bench.report import publish  # noqa: E402
+from tools import corpus_build  # noqa: E402
+from tools.localstack import ServiceProcess  # noqa: E402
 
 SECTION_START = "<!-- trainer-bench:start -->"
 SECTION_END = "<!-- trainer-bench:end -->"
@@ -208,7 +209,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="trainer-bench-") as tmp:
         workdir = Path(tmp)
-        built = corpus.build_corpus(workdir / "corpus")
+        built = corpus_build.build_corpus(workdir / "corpus")
         print(f"corpus build: {built.seconds:.0f} s", flush=True)
         examples = bench_examples(workdir / "corpus", args.examples, workdir / "bench.jsonl")
         baseline, service = [], []

@@ -10,6 +10,7 @@ import pytest
 
 from archloop import corpus
 from archloop.lemur import iter_model_sources, lemur_wheel
+from tools import corpus_build
 
 
 @pytest.fixture(scope="session")
@@ -17,10 +18,10 @@ def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A corpus folder of the first LEMUR models that pass every stage (the real funnel, fewer files)."""
     out = tmp_path_factory.mktemp("corpus")
     with zipfile.ZipFile(lemur_wheel()) as archive:
-        models = corpus.image_classification_models(archive)
+        models = corpus_build.image_classification_models(archive)
     sources = list(iter_model_sources(lemur_wheel()))[:200]
     rows = []
-    for outcome, code in corpus.screen_models(sources, models, 0.90):
+    for outcome, code in corpus_build.screen_models(sources, models, 0.90):
         if outcome.stage == "unique":
             rows.extend(corpus.example_records(outcome.model, code, outcome.datasets))
     (out / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

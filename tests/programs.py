@@ -1,5 +1,5 @@
 """Candidate programs for the whole-loop tests that need the loop to admit, reject and fail candidates
-without a large model: the generator's replay backend serves them (services/generator/backends.py).
+without a large model: the generator's replay backend serves them (services/generator/replay.py).
 
 `family(n)` writes n valid classifiers that differ in structure (blocks, widths, activation, pooling,
 normalisation, head, optimiser, names), so their code is far apart (token 10-shingle Jaccard well

@@ -11,7 +11,7 @@ import pytest
 
 from archloop import basemodel, corpus, prompts
 from archloop.lemur import iter_model_sources, lemur_wheel
-from archloop.testing import run_cli
+from tools.testing import run_cli
 
 
 def test_packaged_model_is_small_and_its_record_matches_its_files() -> None:

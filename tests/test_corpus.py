@@ -13,12 +13,13 @@ import pytest
 
 from archloop import corpus, forwardcheck, prompts, rewrite
 from archloop.lemur import iter_model_sources, lemur_wheel
-from archloop.testing import run_cli
+from tools import corpus_build
+from tools.testing import run_cli
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> corpus.BuildReport:
-    return corpus.build_corpus(tmp_path_factory.mktemp("corpus") / corpus.CORPUS_VERSION)
+def built(tmp_path_factory: pytest.TempPathFactory) -> corpus_build.BuildReport:
+    return corpus_build.build_corpus(tmp_path_factory.mktemp("corpus") / corpus.CORPUS_VERSION)
 
 
 @pytest.mark.slow
@@ -107,13 +108,13 @@ def test_cli_stats_and_missing_corpus(built, tmp_path: Path) -> None:  # type: i
 def test_screening_is_deterministic_and_drops_copies() -> None:
     sources = list(iter_model_sources(lemur_wheel()))[:150]
     with zipfile.ZipFile(lemur_wheel()) as archive:
-        models = corpus.image_classification_models(archive)
-    first = [o for o, _ in corpus.screen_models(sources, models, 0.90)]
+        models = corpus_build.image_classification_models(archive)
+    first = [o for o, _ in corpus_build.screen_models(sources, models, 0.90)]
     kept = next(i for i, o in enumerate(first) if o.stage == "unique")
     # a copy the packaged forward table has never seen: checked live in a worker
     sources.append(("copy-of-kept", sources[kept][1] + "\n# a trailing comment\n"))
     models.add("copy-of-kept")
-    second = [o for o, _ in corpus.screen_models(sources, models, 0.90)]
+    second = [o for o, _ in corpus_build.screen_models(sources, models, 0.90)]
     assert second[:-1] == first
     copy = second[-1]
     assert copy.stage == "forward" and f"corpus/{sources[kept][0]}" in copy.reason
@@ -133,7 +134,7 @@ def test_v3_provenance_says_where_each_program_came_from(built) -> None:  # type
         assert rewrite.lazy_layer_count(code) >= p["lazy_layers"]
         assert code == rewrite.canonical(code)  # canonical text
         divisor = p["width_divisor"]
-        assert divisor & (divisor - 1) == 0 and divisor <= 2**corpus.MAX_WIDTH_SHIFT
+        assert divisor & (divisor - 1) == 0 and divisor <= 2**corpus_build.MAX_WIDTH_SHIFT
         if divisor > 1:  # scaled only when the original was over the budget, and only lazy texts
             assert p["source_parameters"] > corpus.LOOP_BUDGET and p["rewritten"]
         else:
@@ -182,14 +183,14 @@ def test_v3_programs_are_distinct_on_their_final_text(built) -> None:  # type: i
 
 @pytest.mark.slow
 def test_the_previous_corpus_version_still_builds(tmp_path: Path) -> None:
-    report = corpus.build_corpus(tmp_path / "lemur-v2", version="lemur-v2")
+    report = corpus_build.build_corpus(tmp_path / "lemur-v2", version="lemur-v2")
     funnel = report.manifest["funnel"]
     assert report.manifest["version"] == "lemur-v2" and "distinct" not in funnel
     assert (funnel["unique"], funnel["examples"]) == (2_836, 5_479)  # docs/base-model.md's v2 figures
     example = next(corpus.read_jsonl(report.out_dir / "examples.jsonl"))
     assert "provenance" not in example
     with pytest.raises(ValueError, match="lemur-v9"):
-        corpus.build_corpus(tmp_path / "x", version="lemur-v9")
+        corpus_build.build_corpus(tmp_path / "x", version="lemur-v9")
 
 
 @pytest.mark.slow

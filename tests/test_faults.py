@@ -36,7 +36,6 @@ import pytest
 from programs import write_family
 from test_system import CYCLE_EVENTS, _free_port, _nats_events, check_one_job_per_cycle
 
-from archloop.localstack import NatsServerProcess, ServiceProcess
 from archloop.v1 import (
     controller_pb2,
     controller_pb2_grpc,
@@ -45,6 +44,7 @@ from archloop.v1 import (
 )
 from services.controller import config as experiment_config
 from services.controller.ledger import Ledger
+from tools.localstack import NatsServerProcess, ServiceProcess
 
 pytestmark = pytest.mark.slow
 
@@ -316,16 +316,16 @@ def test_kill_9_of_every_component_loses_doubles_and_leaves_nothing(
 def _check_invariants(stack: Stack, experiment_id: str, corpus_dir: Path) -> None:
     ledger = Ledger(stack.tmp / "controller" / "ledger.sqlite3")
     candidates = ledger.candidates(experiment_id)
-    assert sorted((c["cycle"], c["idx"]) for c in candidates) == [
+    assert sorted((c.cycle, c.idx) for c in candidates) == [
         (cycle, i) for cycle in range(1, CYCLES + 1) for i in range(PER_CYCLE)
     ]
-    assert all(c["stage"] == "decided" and c["eval_status"] for c in candidates)
-    assert {c["decision"] for c in candidates} <= {"admitted", "rejected", "invalid"}
-    admitted = [c for c in candidates if c["decision"] == "admitted"]
-    valid = [c for c in candidates if c["valid"]]
+    assert all(c.stage == "decided" and c.eval_status for c in candidates)
+    assert {c.decision for c in candidates} <= {"admitted", "rejected", "invalid"}
+    admitted = [c for c in candidates if c.decision == "admitted"]
+    valid = [c for c in candidates if c.valid]
     assert admitted, "nothing was admitted: the admit path was not exercised"
-    assert any(not c["valid"] for c in candidates) and len(valid) > len(admitted)
-    assert len({c["code"] for c in admitted}) == len(admitted), "a program was admitted twice"
+    assert any(not c.valid for c in candidates) and len(valid) > len(admitted)
+    assert len({c.code for c in admitted}) == len(admitted), "a program was admitted twice"
 
     novelty = novelty_pb2_grpc.NoveltyServiceStub(grpc.insecure_channel(stack.address["novelty"]))
     counts = {
@@ -335,17 +335,15 @@ def _check_invariants(stack: Stack, experiment_id: str, corpus_dir: Path) -> Non
     lemur = len({json.loads(line)["model"] for line in (corpus_dir / "examples.jsonl").open()})
     assert counts[f"{experiment_id}-corpus"] == lemur + len(admitted)
     for c in valid:
-        request = novelty_pb2.GetEntryRequest(
-            collection=f"{experiment_id}-corpus", entry_id=c["candidate_id"]
-        )
-        if c["decision"] == "admitted":
+        request = novelty_pb2.GetEntryRequest(collection=f"{experiment_id}-corpus", entry_id=c.candidate_id)
+        if c.decision == "admitted":
             novelty.GetEntry(request, timeout=30)
         else:
             with pytest.raises(grpc.RpcError) as caught:
                 novelty.GetEntry(request, timeout=30)
             assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     for cycle in range(1, CYCLES + 1):
-        assert counts[f"{experiment_id}-c{cycle}"] == sum(c["cycle"] == cycle for c in valid)
+        assert counts[f"{experiment_id}-c{cycle}"] == sum(c.cycle == cycle for c in valid)
 
     events = asyncio.run(_nats_events(f"nats://{stack.address['nats']}", experiment_id))
     expected = ["experiment_started"] + CYCLE_EVENTS * CYCLES + ["experiment_completed"]

@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 from programs import write_family
 from test_system import _free_port
 
-from archloop.localstack import ServiceProcess
 from archloop.v1 import controller_pb2, evaluator_pb2, generator_pb2, novelty_pb2, trainer_pb2
+from tools.localstack import ServiceProcess
 
 pytestmark = pytest.mark.slow
 

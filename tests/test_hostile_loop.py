@@ -15,7 +15,6 @@ import pytest
 from test_faults import Stack
 
 from archloop.clients import health_status
-from archloop.localstack import SERVICE_NAMES
 from archloop.v1 import controller_pb2
 from services.controller import config as experiment_config
 from services.controller.ledger import Ledger
@@ -26,6 +25,7 @@ from services.evaluator.tests.test_hostile import (  # noqa: F401 (listener is a
     _sandbox_processes,
     listener,
 )
+from tools.localstack import SERVICE_NAMES
 
 pytestmark = pytest.mark.slow
 
@@ -55,11 +55,11 @@ def test_hostile_programs_as_generator_output_go_through_the_loop_harmlessly(
         by_code = {code.strip(): name for name, code in programs.items()}
         seen = {}
         for c in candidates:
-            name = by_code[c["code"].strip()]
+            name = by_code[c.code.strip()]
             seen[name] = c
             allowed = CORPUS[name][1]  # the verdicts the evaluator's own corpus test allows
-            assert c["eval_status"] in allowed, (name, c["eval_status"])
-            assert c["decision"] != "admitted", name
+            assert c.eval_status in allowed, (name, c.eval_status)
+            assert c.decision != "admitted", name
         assert set(seen) == set(programs)  # each program exactly once
         assert len(candidates) == len(programs)
         assert not Path(ESCAPE).exists()

@@ -14,7 +14,8 @@ import pytest
 
 from archloop import basemodel, corpus, prompts, smollm
 from archloop.lemur import iter_model_sources, lemur_wheel
-from services.generator.backends import Decoding, LocalBackend
+from services.generator.backend import Decoding
+from services.generator.local import LocalBackend
 from services.trainer.lora import run_fine_tune
 from services.trainer.spec import FineTuneSpec, LoraConfig, Schedule
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from archloop.localstack import SERVICES
-from archloop.testing import run_cli
+from tools.localstack import SERVICES
+from tools.testing import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 def _start_up(home: Path) -> tuple[subprocess.Popen, dict]:
     env = {**os.environ, "ARCHLOOP_HOME": str(home)}
     up = subprocess.Popen(
-        [sys.executable, "-m", "archloop.cli", "up"],
+        [sys.executable, "-m", "tools.cli", "up"],
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,

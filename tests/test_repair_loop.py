@@ -41,13 +41,13 @@ def test_a_repaired_candidate_is_evaluated_raw_and_repaired_and_reported_apart(
         assert experiment.state == controller_pb2.EXPERIMENT_STATE_COMPLETED, experiment.error
 
         ledger = Ledger(tmp_path / "controller" / "ledger.sqlite3")
-        rows = {json.loads(c["generation_json"])["raw_code"]: c for c in ledger.candidates("repair")}
+        rows = {json.loads(c.generation_json)["raw_code"]: c for c in ledger.candidates("repair")}
         broken, fine = rows[wrong_channels], rows[valid]
-        assert broken["repaired"] and broken["raw_eval_status"] == "FORWARD_ERROR"
-        assert broken["eval_status"] == "OK" and "nn.LazyConv2d" in broken["code"]
-        assert json.loads(broken["generation_json"])["repairs"] == ["lazy"]
+        assert broken.repaired and broken.raw_eval_status == "FORWARD_ERROR"
+        assert broken.eval_status == "OK" and "nn.LazyConv2d" in broken.code
+        assert json.loads(broken.generation_json)["repairs"] == ["lazy"]
         # a valid program is repaired too (lazy layers), and its raw program is valid
-        assert fine["repaired"] and fine["raw_eval_status"] == "OK" and fine["eval_status"] == "OK"
+        assert fine.repaired and fine.raw_eval_status == "OK" and fine.eval_status == "OK"
         summary = cycle_rows(ledger, "repair", 0.4)[0]
         assert summary["valid_fraction"] == 1.0 and summary["raw_valid_fraction"] == 0.5
     finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from archloop.testing import run_cli
+from tools.testing import run_cli
 
 
 def test_bad_configs_exit_2_naming_the_field_and_start_nothing(tmp_path: Path) -> None:

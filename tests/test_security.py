@@ -15,8 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from archloop.clients import ChannelSecurity, sync_channel
 from archloop.novelty_client import NoveltyClient
-from archloop.testing import run_cli
 from archloop.v1 import novelty_pb2, novelty_pb2_grpc
+from tools.testing import run_cli
 
 TOKEN = "s3cret-token-for-tests"
 

@@ -12,8 +12,8 @@ from google.protobuf import descriptor_pool, message_factory
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from archloop.clients import health_status
-from archloop.localstack import SERVICE_NAMES
 from archloop.v1 import controller_pb2, evaluator_pb2, generator_pb2, novelty_pb2, trainer_pb2
+from tools.localstack import SERVICE_NAMES
 
 PROTO_MODULES = {
     "controller": controller_pb2,

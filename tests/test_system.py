@@ -21,7 +21,6 @@ import grpc
 import pytest
 
 from archloop.eventbus import SUBJECT_PREFIX, connect_nats
-from archloop.localstack import NatsServerProcess
 from archloop.v1 import (
     controller_pb2,
     controller_pb2_grpc,
@@ -33,6 +32,7 @@ from archloop.v1 import (
 )
 from services.controller import config as experiment_config
 from services.controller.ledger import Ledger
+from tools.localstack import NatsServerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -172,13 +172,11 @@ def _check_run(system: System, experiment_id: str, cycles: int, per_cycle: int) 
     ledger = Ledger(system.tmp / "controller" / "ledger.sqlite3")
     candidates = ledger.candidates(experiment_id)
     assert len(candidates) == cycles * per_cycle
-    assert sorted((c["cycle"], c["idx"]) for c in candidates) == [
+    assert sorted((c.cycle, c.idx) for c in candidates) == [
         (cycle, i) for cycle in range(1, cycles + 1) for i in range(per_cycle)
     ]
-    assert all(
-        c["stage"] == "decided" and c["decision"] in ("admitted", "rejected", "invalid") for c in candidates
-    )
-    assert all(c["eval_status"] for c in candidates)
+    assert all(c.stage == "decided" and c.decision in ("admitted", "rejected", "invalid") for c in candidates)
+    assert all(c.eval_status for c in candidates)
 
     expected = ["experiment_started"] + CYCLE_EVENTS * cycles + ["experiment_completed"]
     events = asyncio.run(_nats_events(system.nats.url, experiment_id))
@@ -199,7 +197,7 @@ def _check_run(system: System, experiment_id: str, cycles: int, per_cycle: int) 
         for c in novelty.ListCollections(novelty_pb2.ListCollectionsRequest(), timeout=30).collections
     }
     lemur_models = len({json.loads(line)["model"] for line in (system.corpus_dir / "examples.jsonl").open()})
-    admitted = [c for c in candidates if c["decision"] == "admitted"]
+    admitted = [c for c in candidates if c.decision == "admitted"]
     assert collections[f"{experiment_id}-corpus"].entry_count == lemur_models + len(admitted)
 
     check_one_job_per_cycle(system.addresses["trainer"], experiment_id, cycles)

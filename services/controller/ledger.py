@@ -15,11 +15,15 @@ import json
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from archloop.v1 import events_pb2
+from google.protobuf import json_format
+
+from archloop.v1 import common_pb2, evaluator_pb2, events_pb2, novelty_pb2
+from services.controller.selection import Candidate, Decision, Verdict
+from services.controller.states import ExperimentState, Phase, Stage, short_name
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiments (
@@ -118,11 +122,123 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-@dataclass
+def _optional_bool(value: int | None) -> bool | None:
+    return None if value is None else bool(value)
+
+
+@dataclass(frozen=True)
+class CandidateRow:
+    """One candidate as the ledger holds it; fields not yet reached are None ('' for text)."""
+
+    candidate_id: str
+    experiment_id: str
+    cycle: int
+    idx: int
+    code: str
+    generation_json: str
+    generation_error: str
+    mode: str
+    factor: str
+    adapter_name: str
+    stage: Stage
+    eval_status: str
+    valid: bool | None
+    accuracy: float | None
+    param_count: int | None
+    eval_seconds: float | None
+    eval_replica: str
+    eval_json: str
+    eval_attempts: int
+    nn_jaccard_train: float | None
+    near_dup_text_train: bool | None
+    nearest_train: str
+    nn_jaccard_gen: float | None
+    near_dup_text_gen: bool | None
+    nearest_gen: str
+    structural_jaccard_train: float | None
+    rejection_count: int | None
+    decision: Verdict | None
+    reason: str
+    final_accuracy: float | None
+    created_ms: int
+    updated_ms: int
+    repaired: bool
+    raw_eval_status: str
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> CandidateRow:
+        values = {name: row[name] for name in _CANDIDATE_FIELDS}
+        values["stage"] = Stage(values["stage"])
+        values["decision"] = Verdict(values["decision"]) if values["decision"] else None
+        for name in ("valid", "near_dup_text_train", "near_dup_text_gen"):
+            values[name] = _optional_bool(values[name])
+        values["repaired"] = bool(values["repaired"])
+        return cls(**values)
+
+    def stored(self) -> dict[str, Any]:
+        """The row as the ledger stores it (0/1 flags, '' for no decision): what reports write."""
+        out: dict[str, Any] = {name: getattr(self, name) for name in _CANDIDATE_FIELDS}
+        for name, value in out.items():
+            if isinstance(value, bool):
+                out[name] = int(value)
+        out["decision"] = out["decision"] or ""
+        return out
+
+    @property
+    def admitted(self) -> bool:
+        return self.decision is Verdict.ADMITTED
+
+    def for_selection(self) -> Candidate:
+        """What selection reads of the row."""
+        return Candidate(
+            candidate_id=self.candidate_id,
+            index=self.idx,
+            valid=bool(self.valid),
+            eval_status=self.eval_status,
+            accuracy=self.accuracy or 0.0,
+            near_duplicate_train=bool(self.near_dup_text_train),
+            near_duplicate_generation=bool(self.near_dup_text_gen),
+            nearest_train=self.nearest_train,
+            nearest_generation=self.nearest_gen,
+            jaccard_train=self.nn_jaccard_train or 0.0,
+            jaccard_generation=self.nn_jaccard_gen or 0.0,
+        )
+
+    @property
+    def raw_valid(self) -> bool:
+        """Whether what the model itself wrote was valid (before any repair)."""
+        return self.raw_eval_status == "OK" if self.repaired else bool(self.valid)
+
+
+_CANDIDATE_FIELDS = tuple(f.name for f in fields(CandidateRow))
+
+
+@dataclass(frozen=True)
+class ExperimentRow:
+    experiment_id: str
+    config_json: str
+    config_sha256: str
+    state: ExperimentState
+    current_cycle: int
+    current_phase: Phase | None
+    error: str
+    created_ms: int
+    updated_ms: int
+    finished_ms: int
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> ExperimentRow:
+        values = dict(row)
+        values["state"] = ExperimentState(values["state"])
+        values["current_phase"] = Phase(values["current_phase"]) if values["current_phase"] else None
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class CycleRow:
     experiment_id: str
     cycle: int
-    phase: str
+    phase: Phase
     adapter_name: str
     adapter_path: str
     adapter_sha256: str
@@ -138,6 +254,12 @@ class CycleRow:
     started_ms: int
     phase_ms: str
     completed_ms: int
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> CycleRow:
+        values = dict(row)
+        values["phase"] = Phase(values["phase"])
+        return cls(**values)
 
 
 class Ledger:
@@ -175,17 +297,18 @@ class Ledger:
             db.execute(
                 "INSERT INTO experiments"
                 " (experiment_id, config_json, config_sha256, state, created_ms, updated_ms)"
-                " VALUES (?, ?, ?, 'PENDING', ?, ?)",
-                (experiment_id, config_json, config_sha256, t, t),
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (experiment_id, config_json, config_sha256, ExperimentState.PENDING, t, t),
             )
             return True
 
-    def experiment(self, experiment_id: str) -> sqlite3.Row | None:
+    def experiment(self, experiment_id: str) -> ExperimentRow | None:
         rows = self._query("SELECT * FROM experiments WHERE experiment_id=?", (experiment_id,))
-        return rows[0] if rows else None
+        return ExperimentRow.from_row(rows[0]) if rows else None
 
-    def experiments(self) -> list[sqlite3.Row]:
-        return self._query("SELECT * FROM experiments ORDER BY created_ms, experiment_id")
+    def experiments(self) -> list[ExperimentRow]:
+        rows = self._query("SELECT * FROM experiments ORDER BY created_ms, experiment_id")
+        return [ExperimentRow.from_row(r) for r in rows]
 
     def set_experiment(
         self, experiment_id: str, event: events_pb2.Event | None = None, **fields: Any
@@ -207,10 +330,10 @@ class Ledger:
     def counts(self, experiment_id: str) -> dict[str, int]:
         row = self._query(
             "SELECT COUNT(*) AS generated,"
-            " SUM(stage IN ('evaluated', 'decided')) AS evaluated,"
+            " SUM(stage IN (?, ?)) AS evaluated,"
             " SUM(valid = 1) AS valid,"
-            " SUM(decision = 'admitted') AS admitted FROM candidates WHERE experiment_id=?",
-            (experiment_id,),
+            " SUM(decision = ?) AS admitted FROM candidates WHERE experiment_id=?",
+            (Stage.EVALUATED, Stage.DECIDED, Verdict.ADMITTED, experiment_id),
         )[0]
         return {k: int(row[k] or 0) for k in ("generated", "evaluated", "valid", "admitted")}
 
@@ -223,9 +346,8 @@ class Ledger:
                 "SELECT 1 FROM cycles WHERE experiment_id=? AND cycle=?", (experiment_id, cycle)
             ).fetchone():
                 db.execute(
-                    "INSERT INTO cycles (experiment_id, cycle, phase, started_ms)"
-                    " VALUES (?, ?, 'GENERATING', ?)",
-                    (experiment_id, cycle, now_ms()),
+                    "INSERT INTO cycles (experiment_id, cycle, phase, started_ms) VALUES (?, ?, ?, ?)",
+                    (experiment_id, cycle, Phase.GENERATING, now_ms()),
                 )
                 self._update(db, "cycles", "experiment_id=? AND cycle=?", (experiment_id, cycle), fields)
                 self._add_event(db, event)
@@ -242,15 +364,27 @@ class Ledger:
 
     def cycle(self, experiment_id: str, cycle: int) -> CycleRow | None:
         rows = self._query("SELECT * FROM cycles WHERE experiment_id=? AND cycle=?", (experiment_id, cycle))
-        return CycleRow(**dict(rows[0])) if rows else None
+        return CycleRow.from_row(rows[0]) if rows else None
 
     def cycles(self, experiment_id: str) -> list[CycleRow]:
         return [
-            CycleRow(**dict(r))
+            CycleRow.from_row(r)
             for r in self._query(
                 "SELECT * FROM cycles WHERE experiment_id=? ORDER BY cycle", (experiment_id,)
             )
         ]
+
+    def adapter_before(self, experiment_id: str, cycle: int) -> common_pb2.AdapterRef:
+        """The adapter of the last fine-tune before `cycle`: the one that generates it (none: the base
+        model)."""
+        for previous in reversed(self.cycles(experiment_id)):
+            if previous.cycle < cycle and previous.fine_tune_adapter_name and not previous.fine_tune_skipped:
+                return common_pb2.AdapterRef(
+                    name=previous.fine_tune_adapter_name,
+                    path=previous.fine_tune_adapter_path,
+                    weights_sha256=previous.fine_tune_adapter_sha256,
+                )
+        return common_pb2.AdapterRef()
 
     def set_cycle(
         self, experiment_id: str, cycle: int, event: events_pb2.Event | None = None, **fields: Any
@@ -269,7 +403,7 @@ class Ledger:
                 self._update(
                     db, "experiments", "experiment_id=?", (experiment_id,), {"current_phase": fields["phase"]}
                 )
-                if fields["phase"] == "COMPLETED":
+                if fields["phase"] == Phase.COMPLETED:
                     fields["completed_ms"] = now_ms()
             self._update(db, "cycles", "experiment_id=? AND cycle=?", (experiment_id, cycle), fields)
             if event is not None:
@@ -284,42 +418,119 @@ class Ledger:
                 self._db.execute(f"ALTER TABLE candidates ADD COLUMN {name} {declaration}")
         self._db.commit()
 
-    def add_candidate(self, row: dict) -> bool:
-        """Insert a generated candidate; False if its id is already there (a resumed stream)."""
+    def record_generated(self, experiment_id: str, candidate: common_pb2.Candidate) -> bool:
+        """Insert a candidate as the generator sent it; False if its id is already there (a resumed
+        stream re-sends none, but a restart may)."""
+        g = candidate.generation
+        return self._insert_candidate(
+            {
+                "candidate_id": candidate.candidate_id,
+                "experiment_id": experiment_id,
+                "cycle": candidate.cycle,
+                "idx": candidate.index,
+                "code": candidate.code,
+                "generation_json": json_format.MessageToJson(g, preserving_proto_field_name=True),
+                "generation_error": candidate.generation_error,
+                "mode": short_name(common_pb2.GenerationMode, g.mode).lower(),
+                "factor": g.factor,
+                "adapter_name": g.adapter_name,
+                "repaired": int(g.repaired),
+            }
+        )
+
+    def _insert_candidate(self, row: dict) -> bool:
         t = now_ms()
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM candidates WHERE candidate_id=?", (row["candidate_id"],)).fetchone():
                 return False
-            row = {**row, "stage": "generated", "created_ms": t, "updated_ms": t}
+            row = {**row, "stage": Stage.GENERATED, "created_ms": t, "updated_ms": t}
             names = ", ".join(row)
             marks = ", ".join("?" for _ in row)
             db.execute(f"INSERT INTO candidates ({names}) VALUES ({marks})", tuple(row.values()))
             return True
 
-    def set_candidate(self, candidate_id: str, **fields: Any) -> None:
+    def record_evaluation(
+        self, candidate_id: str, result: evaluator_pb2.EvaluationResult, raw_status: str = ""
+    ) -> None:
+        """The evaluator's result (raw_status: that of the model's own text, when it was repaired)."""
+        status = short_name(evaluator_pb2.EvaluationStatus, result.status)
+        self._set_candidate(
+            candidate_id,
+            stage=Stage.EVALUATED,
+            raw_eval_status=raw_status,
+            eval_status=status,
+            valid=int(status == "OK"),
+            accuracy=result.accuracy if status == "OK" else None,
+            param_count=result.param_count,
+            eval_seconds=result.total_duration_seconds,
+            eval_replica=result.evaluator_replica,
+            eval_json=json_format.MessageToJson(result, preserving_proto_field_name=True),
+        )
+
+    def record_generation_error(self, candidate_id: str) -> None:
+        """A candidate with no program to evaluate."""
+        self._set_candidate(candidate_id, stage=Stage.EVALUATED, valid=0, eval_status="GENERATION_ERROR")
+
+    def record_novelty(
+        self, candidate_id: str, train: novelty_pb2.CollectionMatch, generation: novelty_pb2.CollectionMatch
+    ) -> None:
+        """Its nearest neighbour in the corpus (J_train) and among the cycle's earlier ones (J_gen)."""
+        self._set_candidate(
+            candidate_id,
+            nn_jaccard_train=train.max_jaccard,
+            near_dup_text_train=int(train.near_duplicate),
+            nearest_train=train.nearest_entry_id,
+            nn_jaccard_gen=generation.max_jaccard,
+            near_dup_text_gen=int(generation.near_duplicate),
+            nearest_gen=generation.nearest_entry_id,
+        )
+
+    def record_decision(self, candidate_id: str, decision: Decision) -> None:
+        self._set_candidate(
+            candidate_id,
+            decision=decision.verdict,
+            reason=decision.reason,
+            rejection_count=decision.rejection_count,
+        )
+
+    def record_late_rejection(self, candidate_id: str, reason: str) -> None:
+        """Selected, but the corpus had meanwhile admitted a near-duplicate of it (check-and-admit)."""
+        self._set_candidate(candidate_id, decision=Verdict.REJECTED, reason=reason)
+
+    def record_decided(self, candidate_id: str) -> None:
+        """Its decision has reached the corpus collection: the candidate is done."""
+        self._set_candidate(candidate_id, stage=Stage.DECIDED)
+
+    def record_final_accuracy(self, candidate_id: str, accuracy: float) -> None:
+        self._set_candidate(candidate_id, final_accuracy=accuracy)
+
+    def _set_candidate(self, candidate_id: str, **fields: Any) -> None:
         with self._transaction() as db:
             self._update(db, "candidates", "candidate_id=?", (candidate_id,), fields)
 
-    def candidate(self, candidate_id: str) -> sqlite3.Row | None:
+    def candidate(self, candidate_id: str) -> CandidateRow | None:
         rows = self._query("SELECT * FROM candidates WHERE candidate_id=?", (candidate_id,))
-        return rows[0] if rows else None
+        return CandidateRow.from_row(rows[0]) if rows else None
 
-    def candidates(self, experiment_id: str, cycle: int | None = None) -> list[sqlite3.Row]:
+    def candidates(self, experiment_id: str, cycle: int | None = None) -> list[CandidateRow]:
         if cycle is None:
-            return self._query(
+            rows = self._query(
                 "SELECT * FROM candidates WHERE experiment_id=? ORDER BY cycle, idx", (experiment_id,)
             )
-        return self._query(
-            "SELECT * FROM candidates WHERE experiment_id=? AND cycle=? ORDER BY idx", (experiment_id, cycle)
-        )
+        else:
+            rows = self._query(
+                "SELECT * FROM candidates WHERE experiment_id=? AND cycle=? ORDER BY idx",
+                (experiment_id, cycle),
+            )
+        return [CandidateRow.from_row(r) for r in rows]
 
-    def admitted(self, experiment_id: str, before_cycle: int | None = None) -> list[sqlite3.Row]:
-        sql = "SELECT * FROM candidates WHERE experiment_id=? AND decision='admitted'"
-        args: tuple = (experiment_id,)
+    def admitted(self, experiment_id: str, before_cycle: int | None = None) -> list[CandidateRow]:
+        sql = "SELECT * FROM candidates WHERE experiment_id=? AND decision=?"
+        args: tuple = (experiment_id, Verdict.ADMITTED)
         if before_cycle is not None:
             sql += " AND cycle<=?"
             args += (before_cycle,)
-        return self._query(sql + " ORDER BY cycle, idx", args)
+        return [CandidateRow.from_row(r) for r in self._query(sql + " ORDER BY cycle, idx", args)]
 
     # -- events (outbox) ------------------------------------------------------------------------
     def add_event(self, event: events_pb2.Event) -> None:

@@ -30,6 +30,7 @@ from archloop.v1 import controller_pb2
 from services.controller import config as experiment_config
 from services.controller import stats
 from services.controller.ledger import Ledger
+from services.controller.states import short_name
 
 CANDIDATE_COLUMNS = (
     "candidate_id",
@@ -79,18 +80,16 @@ def cycle_rows(ledger: Ledger, experiment_id: str, threshold: float) -> list[dic
     for cycle in ledger.cycles(experiment_id):
         candidates = ledger.candidates(experiment_id, cycle.cycle)
         generated = len(candidates)
-        accuracies = [c["accuracy"] for c in candidates if c["valid"]]
+        accuracies = [c.accuracy for c in candidates if c.valid]
         p, low, high = stats.wilson_interval(len(accuracies), generated)
         mean, mean_low, mean_high = stats.mean_t_interval(accuracies)
         quality = sum(accuracies) / generated if generated else math.nan
         qualities.append(quality)
-        admitted = sum(c["decision"] == "admitted" for c in candidates)
+        admitted = sum(c.admitted for c in candidates)
         # the model's own valid rate: a repaired candidate counts by its raw program's verdict
-        raw_valid = sum(
-            (c["raw_eval_status"] == "OK") if c["repaired"] else bool(c["valid"]) for c in candidates
-        )
-        j_train = [c["nn_jaccard_train"] for c in candidates if c["nn_jaccard_train"] is not None]
-        j_gen = [c["nn_jaccard_gen"] for c in candidates if c["nn_jaccard_gen"] is not None]
+        raw_valid = sum(c.raw_valid for c in candidates)
+        j_train = [c.nn_jaccard_train for c in candidates if c.nn_jaccard_train is not None]
+        j_gen = [c.nn_jaccard_gen for c in candidates if c.nn_jaccard_gen is not None]
         duration = (cycle.completed_ms - cycle.started_ms) / 1000 if cycle.completed_ms else math.nan
         rows.append(
             {
@@ -103,7 +102,7 @@ def cycle_rows(ledger: Ledger, experiment_id: str, threshold: float) -> list[dic
                 "valid_fraction": p,
                 "valid_ci_low": low,
                 "valid_ci_high": high,
-                "repaired": sum(bool(c["repaired"]) for c in candidates),
+                "repaired": sum(c.repaired for c in candidates),
                 "raw_valid": raw_valid,
                 "raw_valid_fraction": raw_valid / generated if generated else math.nan,
                 "best_accuracy": max(accuracies, default=math.nan),
@@ -118,8 +117,8 @@ def cycle_rows(ledger: Ledger, experiment_id: str, threshold: float) -> list[dic
                 "corpus_size": cycle.corpus_size_start + admitted,
                 "elite_concentration": stats.elite_concentration(accuracies, generated, threshold),
                 "mean_quality": quality,
-                "near_duplicates_train": sum(bool(c["near_dup_text_train"]) for c in candidates),
-                "near_duplicates_gen": sum(bool(c["near_dup_text_gen"]) for c in candidates),
+                "near_duplicates_train": sum(bool(c.near_dup_text_train) for c in candidates),
+                "near_duplicates_gen": sum(bool(c.near_dup_text_gen) for c in candidates),
                 "median_j_train": stats.median(j_train),
                 "median_j_gen": stats.median(j_gen),
                 "fine_tune_loss": cycle.fine_tune_loss if cycle.fine_tune_loss is not None else math.nan,
@@ -135,9 +134,9 @@ def cycle_rows(ledger: Ledger, experiment_id: str, threshold: float) -> list[dic
 def candidate_rows(ledger: Ledger, experiment_id: str) -> list[dict]:
     out = []
     for c in ledger.candidates(experiment_id):
-        columns = set(c.keys())  # sqlite3.Row: `in` would test the values
-        row = {k: c[k] for k in CANDIDATE_COLUMNS if k in columns}
-        generation = json.loads(c["generation_json"] or "{}")
+        stored = c.stored()
+        row = {k: stored[k] for k in CANDIDATE_COLUMNS if k in stored}
+        generation = json.loads(c.generation_json or "{}")
         for key in (
             "prompt_tokens",
             "completion_tokens",
@@ -158,9 +157,7 @@ def proxy_reliability(ledger: Ledger, experiment_id: str, corpus_dir: Path) -> d
     """Theorem 8 on the fully trained top-k (when the experiment ran a final stage) and on LEMUR's stats."""
     result: dict = {}
     full = [
-        (c["accuracy"], c["final_accuracy"])
-        for c in ledger.admitted(experiment_id)
-        if c["final_accuracy"] is not None
+        (c.accuracy, c.final_accuracy) for c in ledger.admitted(experiment_id) if c.final_accuracy is not None
     ]
     if len(full) >= 3:
         proxy, final = zip(*full, strict=True)
@@ -353,7 +350,7 @@ def write_report(
     ledger: Ledger, experiment_id: str, out: Path, corpus_dir: Path
 ) -> tuple[list[controller_pb2.CycleSummary], list[Path]]:
     row = ledger.experiment(experiment_id)
-    config = experiment_config.from_json(row["config_json"])
+    config = experiment_config.from_json(row.config_json)
     out.mkdir(parents=True, exist_ok=True)
     cycles = cycle_rows(ledger, experiment_id, config.accuracy_threshold)
     candidates = candidate_rows(ledger, experiment_id)
@@ -376,8 +373,8 @@ def write_report(
     _write_csv(files[1], candidates, CANDIDATE_COLUMNS)
     document = {
         "experiment_id": experiment_id,
-        "state": row["state"],
-        "config": json.loads(row["config_json"]),
+        "state": row.state.value,
+        "config": json.loads(row.config_json),
         "cycles": [{k: _nan_to_none(v) for k, v in r.items()} for r in cycles],
         "proxy_reliability": reliability,
         "candidates": candidates,
@@ -395,9 +392,9 @@ def write_report(
 table{{border-collapse:collapse;font-size:12px}}
 td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}
 img{{max-width:48%;margin:4px}}</style></head><body>
-<h1>Experiment {html.escape(experiment_id)} ({html.escape(row["state"])})</h1>
+<h1>Experiment {html.escape(experiment_id)} ({html.escape(row.state.value)})</h1>
 <p>{len(cycles)} cycles; dataset {html.escape(config.datasets[0])}; τ = {config.accuracy_threshold}, τ_nov =
-{config.novelty_threshold}; config sha256 {row["config_sha256"][:12]}…</p>
+{config.novelty_threshold}; config sha256 {row.config_sha256[:12]}…</p>
 <h2>Per cycle (NNGPT Table 2)</h2>{_table(cycles, CYCLE_TABLE)}
 <h2>Plots</h2>{"".join(f'<img src="{p.name}" alt="{p.stem}">' for p in plots)}
 <h2>Proxy reliability (CT Theorem 8)</h2>{reliability_html or "<p>No fully trained models.</p>"}
@@ -438,9 +435,7 @@ def comparison_rows(items: list[tuple[str, controller_pb2.ExperimentConfig, list
         rows.append(
             {
                 "experiment": experiment_id,
-                "mode": common_pb2.GenerationMode.Name(config.generation.mode)
-                .removeprefix("GENERATION_MODE_")
-                .lower(),
+                "mode": short_name(common_pb2.GenerationMode, config.generation.mode).lower(),
                 "ablations": " ".join(ablations) or "none",
                 "cycles": len(cycles),
                 "generated": generated,

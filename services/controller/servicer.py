@@ -15,9 +15,9 @@ from pathlib import Path
 import structlog
 
 from archloop import basemodel
-from archloop.clients import ChannelSecurity, aio_channel
-from archloop.corpus import default_corpus_dir
+from archloop.clients import ChannelSecurity, aio_channel, backoff_delays
 from archloop.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from archloop.paths import corpus_dir
 from archloop.server import ServicerBase
 from archloop.settings import SettingsError
 from archloop.v1 import (
@@ -32,21 +32,20 @@ from services.controller import config as experiment_config
 from services.controller.evaluators import EvaluatorPool
 from services.controller.events import EventPublisher
 from services.controller.ledger import Ledger
-from services.controller.loop import ExperimentRunner, LoopSettings, Peers
+from services.controller.loop import ExperimentRunner, LoopSettings
+from services.controller.peers import Peers
 from services.controller.settings import ControllerSettings
+from services.controller.states import (
+    EXPERIMENT_STATE_TO_PROTO,
+    PHASE_TO_PROTO,
+    TERMINAL,
+    ExperimentState,
+    Phase,
+)
 
 log = structlog.get_logger("archloop.controller")
 
 EXPERIMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-TERMINAL = {"COMPLETED", "FAILED", "STOPPED"}
-PHASES = {
-    "GENERATING": controller_pb2.CYCLE_PHASE_GENERATING,
-    "EVALUATING": controller_pb2.CYCLE_PHASE_EVALUATING,
-    "FILTERING": controller_pb2.CYCLE_PHASE_FILTERING,
-    "FINE_TUNING": controller_pb2.CYCLE_PHASE_FINE_TUNING,
-    "FINE_TUNED": controller_pb2.CYCLE_PHASE_FINE_TUNING,
-    "COMPLETED": controller_pb2.CYCLE_PHASE_COMPLETED,
-}
 
 
 class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServicer):
@@ -95,17 +94,17 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
         )
         self.loop_settings = LoopSettings(
             work_dir=Path(self.settings.training_sets_dir or state / "experiments"),
-            corpus_dir=Path(self.settings.corpus_dir) if self.settings.corpus_dir else default_corpus_dir(),
+            corpus_dir=Path(self.settings.corpus_dir) if self.settings.corpus_dir else corpus_dir(),
             retry_budget_seconds=self.settings.retry_budget_seconds,
         )
         if self.settings.resume_on_start:
             for row in self.ledger.experiments():
-                if row["state"] in ("RUNNING", "PENDING", "STOPPING"):
-                    if row["state"] == "STOPPING":
-                        self.ledger.set_experiment(row["experiment_id"], state="STOPPED")
+                if row.state in (ExperimentState.RUNNING, ExperimentState.PENDING, ExperimentState.STOPPING):
+                    if row.state is ExperimentState.STOPPING:
+                        self.ledger.set_experiment(row.experiment_id, state=ExperimentState.STOPPED)
                         continue
-                    log.info("experiment_resumed_on_start", experiment_id=row["experiment_id"])
-                    self._spawn(row["experiment_id"])
+                    log.info("experiment_resumed_on_start", experiment_id=row.experiment_id)
+                    self._spawn(row.experiment_id)
 
     async def stop(self) -> None:
         for runner, _task in self.runners.values():
@@ -129,18 +128,18 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
     async def _publish_forever(self) -> None:
         """The outbox: unpublished ledger events to NATS in order; an outage only delays them."""
         assert self.ledger is not None and self.events is not None
-        delay = 0.5
+        delays = backoff_delays(0.5)
         while True:
             pending = self.ledger.unpublished()
             try:
                 for event in pending:
                     await self.events.publish(event)
                     self.ledger.mark_published(event.event_id)
-                delay = 0.5
+                delays = backoff_delays(0.5)
             except Exception as exc:
+                delay = next(delays)
                 log.warning("event_publish_delayed", error=str(exc), retry_s=delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
                 continue
             if not pending:
                 self.notify.clear()
@@ -150,7 +149,7 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
     def _spawn(self, experiment_id: str) -> None:
         assert self.ledger is not None
         row = self.ledger.experiment(experiment_id)
-        config = experiment_config.from_json(row["config_json"])
+        config = experiment_config.from_json(row.config_json)
         runner = ExperimentRunner(
             experiment_id, config, self.ledger, self.peers, self.loop_settings, self.notify
         )
@@ -165,7 +164,7 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
             return
         error = f"controller bug: {type(task.exception()).__name__}: {task.exception()}"
         log.error("experiment_runner_crashed", experiment_id=experiment_id, error=error)
-        self.ledger.set_experiment(experiment_id, state="FAILED", error=error)
+        self.ledger.set_experiment(experiment_id, state=ExperimentState.FAILED, error=error)
 
     # -- RPCs -----------------------------------------------------------------------------------
     def _experiment(self, experiment_id: str) -> controller_pb2.Experiment:
@@ -178,23 +177,21 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
         corpus_size = 0
         if cycles:
             last = cycles[-1]
-            admitted_now = sum(
-                c["decision"] == "admitted" for c in self.ledger.candidates(experiment_id, last.cycle)
-            )
+            admitted_now = sum(c.admitted for c in self.ledger.candidates(experiment_id, last.cycle))
             corpus_size = last.corpus_size_start + admitted_now
         return controller_pb2.Experiment(
             experiment_id=experiment_id,
-            config=experiment_config.from_json(row["config_json"]),
-            state=controller_pb2.ExperimentState.Value(f"EXPERIMENT_STATE_{row['state']}"),
-            current_cycle=row["current_cycle"],
-            current_phase=PHASES.get(row["current_phase"], controller_pb2.CYCLE_PHASE_UNSPECIFIED),
+            config=experiment_config.from_json(row.config_json),
+            state=EXPERIMENT_STATE_TO_PROTO[row.state],
+            current_cycle=row.current_cycle,
+            current_phase=PHASE_TO_PROTO.get(row.current_phase, controller_pb2.CYCLE_PHASE_UNSPECIFIED),
             candidates_generated=counts["generated"],
             candidates_evaluated=counts["evaluated"],
             candidates_admitted=counts["admitted"],
             corpus_size=corpus_size,
-            error=row["error"],
-            created_unix_ms=row["created_ms"],
-            updated_unix_ms=row["updated_ms"],
+            error=row.error,
+            created_unix_ms=row.created_ms,
+            updated_unix_ms=row.updated_ms,
             fine_tune=self._fine_tune_step(experiment_id),
         )
 
@@ -204,7 +201,7 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
             return None
         return (
             running[0].fine_tune_step
-            if self.ledger.experiment(experiment_id)["current_phase"] == "FINE_TUNING"
+            if self.ledger.experiment(experiment_id).current_phase is Phase.FINE_TUNING
             else None
         )
 
@@ -232,7 +229,7 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
         )
         if not created:
             existing = self.ledger.experiment(request.experiment_id)
-            if existing["config_sha256"] != experiment_config.config_sha256(config):
+            if existing.config_sha256 != experiment_config.config_sha256(config):
                 raise AlreadyExists(f"experiment {request.experiment_id!r} exists with another config")
         elif request.experiment_id not in self.runners:
             self._spawn(request.experiment_id)
@@ -247,7 +244,7 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
     async def ListExperiments(self, request, context) -> controller_pb2.ListExperimentsResponse:  # type: ignore[no-untyped-def]
         assert self.ledger is not None
         return controller_pb2.ListExperimentsResponse(
-            experiments=[self._experiment(row["experiment_id"]) for row in self.ledger.experiments()]
+            experiments=[self._experiment(row.experiment_id) for row in self.ledger.experiments()]
         )
 
     async def StopExperiment(self, request, context) -> controller_pb2.StopExperimentResponse:  # type: ignore[no-untyped-def]
@@ -256,7 +253,7 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
         running = self.runners.get(request.experiment_id)
         if running is not None:
             running[0].request_stop()
-            self.ledger.set_experiment(request.experiment_id, state="STOPPING")
+            self.ledger.set_experiment(request.experiment_id, state=ExperimentState.STOPPING)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(running[1]), 30.0)
             experiment = self._experiment(request.experiment_id)
@@ -265,14 +262,13 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
             controller_pb2.EXPERIMENT_STATE_PENDING,
             controller_pb2.EXPERIMENT_STATE_STOPPING,
         ):  # no runner in this process (its runner died with a bug): record the stop
-            self.ledger.set_experiment(request.experiment_id, state="STOPPED")
+            self.ledger.set_experiment(request.experiment_id, state=ExperimentState.STOPPED)
             experiment = self._experiment(request.experiment_id)
         return controller_pb2.StopExperimentResponse(experiment=experiment)
 
     async def ResumeExperiment(self, request, context) -> controller_pb2.ResumeExperimentResponse:  # type: ignore[no-untyped-def]
         experiment = self._experiment(request.experiment_id)
-        state = controller_pb2.ExperimentState.Name(experiment.state).removeprefix("EXPERIMENT_STATE_")
-        if state == "COMPLETED":
+        if experiment.state == EXPERIMENT_STATE_TO_PROTO[ExperimentState.COMPLETED]:
             raise FailedPrecondition(f"experiment {request.experiment_id!r} is completed")
         if request.experiment_id not in self.runners:
             self._spawn(request.experiment_id)
@@ -290,7 +286,7 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
                 after = event.sequence
                 yield controller_pb2.WatchExperimentResponse(event=event)
             row = self.ledger.experiment(request.experiment_id)
-            ended = row["state"] in TERMINAL and request.experiment_id not in self.runners
+            ended = row.state in TERMINAL and request.experiment_id not in self.runners
             if ended and not self.ledger.events(request.experiment_id, after):
                 return
             await asyncio.sleep(0.2)

@@ -20,9 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from archloop.datasets import CATALOGUE, NAMES
-
-DATASETS = NAMES  # the catalogue's (archloop.datasets): shapes, classes, torchvision class, files
+from archloop.datasets import CATALOGUE
 
 
 class DatasetUnavailable(RuntimeError):

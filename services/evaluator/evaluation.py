@@ -20,10 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from archloop.datasets import NAMES as DATASETS
 from archloop.errors import InvalidArgument
-from services.evaluator.datasets import DATASETS
 from services.evaluator.sandbox import EXIT_SETUP_FAILED, Sandbox, SandboxOutcome
-from services.evaluator.screen import check_contract, parse_source, screen
+from services.evaluator.screen import STATIC_STAGES, static_check
 
 MAX_CODE_BYTES = 256 * 1024
 MAX_MESSAGE_CHARS = 500
@@ -101,29 +101,28 @@ class Evaluation:
 
 
 def _static(candidate_id: str, code: str) -> Evaluation | tuple[Evaluation, None]:
-    """Parse, screen and contract; returns a finished Evaluation when one of them fails."""
+    """Parse, screen and contract (screen.static_check); returns a finished Evaluation when one fails."""
     evaluation = Evaluation(candidate_id)
-    started = time.monotonic()
-    try:
-        tree = parse_source(code)
-    except SyntaxError as exc:
-        return evaluation.fail("parse", "PARSE_ERROR", f"parse: {exc.msg} (line {exc.lineno})")
-    evaluation.stages.append(StageResult("parse", "OK", time.monotonic() - started))
-    started = time.monotonic()
-    violations = screen(tree)
-    if violations:
+    check = static_check(code)
+    failed = check.failed_stage
+    for stage in STATIC_STAGES:
+        if stage == failed:
+            break
+        evaluation.stages.append(StageResult(stage, "OK", check.seconds[stage]))
+    if failed == "parse":
+        error = check.syntax_error
+        return evaluation.fail("parse", "PARSE_ERROR", f"parse: {error.msg} (line {error.lineno})")
+    if failed == "static_screen":
+        violations = check.violations
         evaluation.violations = [(v.rule, v.line, v.detail) for v in violations]
         first = violations[0]
         more = f" (+{len(violations) - 1} more)" if len(violations) > 1 else ""
         return evaluation.fail(
             "static_screen", "UNSAFE", f"static_screen: line {first.line}: {first.detail}{more}"
         )
-    evaluation.stages.append(StageResult("static_screen", "OK", time.monotonic() - started))
-    started = time.monotonic()
-    contract = check_contract(tree)
-    if not contract.ok:
-        return evaluation.fail("contract", "CONTRACT_ERROR", "contract: " + "; ".join(contract.problems))
-    evaluation.stages.append(StageResult("contract", "OK", time.monotonic() - started))
+    if failed == "contract":
+        problems = "; ".join(check.contract.problems)
+        return evaluation.fail("contract", "CONTRACT_ERROR", f"contract: {problems}")
     return evaluation, None
 
 

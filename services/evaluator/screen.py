@@ -15,6 +15,7 @@ it never executes candidate code.
 from __future__ import annotations
 
 import ast
+import time
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -229,3 +230,50 @@ def check_contract(tree: ast.Module) -> ContractReport:
                 f"({', '.join(INIT_PARAMETERS)})"
             )
     return report
+
+
+STATIC_STAGES = ("parse", "static_screen", "contract")
+"""The static funnel, in the order a failure is reported: a program that is both unsafe and off the
+contract is UNSAFE."""
+
+
+@dataclass
+class StaticCheck:
+    """All three static checks of one program (each runs whenever the program parses: both are cheap
+    passes over the syntax tree), with the seconds each took."""
+
+    syntax_error: SyntaxError | None = None
+    violations: list[Violation] = field(default_factory=list)
+    contract: ContractReport = field(default_factory=ContractReport)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def failed_stage(self) -> str | None:
+        """The first stage of STATIC_STAGES that fails, or None when the program passes all three."""
+        if self.syntax_error is not None:
+            return "parse"
+        if self.violations:
+            return "static_screen"
+        if not self.contract.ok:
+            return "contract"
+        return None
+
+
+def static_check(code: str, policy: Policy | None = None) -> StaticCheck:
+    """Parse, screen and contract-check `code`: the one static funnel, shared by the evaluator and the
+    corpus builder (which must keep a program the evaluator would refuse out of the training data)."""
+    result = StaticCheck()
+    started = time.monotonic()
+    try:
+        tree = parse_source(code)
+    except SyntaxError as exc:
+        result.syntax_error = exc
+        return result
+    result.seconds["parse"] = time.monotonic() - started
+    started = time.monotonic()
+    result.violations = screen(tree, policy)
+    result.seconds["static_screen"] = time.monotonic() - started
+    started = time.monotonic()
+    result.contract = check_contract(tree)
+    result.seconds["contract"] = time.monotonic() - started
+    return result

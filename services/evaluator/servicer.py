@@ -14,11 +14,11 @@ import socket
 import threading
 from pathlib import Path
 
+from archloop.datasets import NAMES as DATASETS
 from archloop.defaults import nonzero_over
 from archloop.errors import ResourceExhausted
 from archloop.server import ServicerBase
 from archloop.v1 import common_pb2, evaluator_pb2, evaluator_pb2_grpc
-from services.evaluator.datasets import DATASETS
 from services.evaluator.evaluation import Evaluation, Evaluator, Protocol
 from services.evaluator.sandbox import Sandbox, SandboxLimits
 from services.evaluator.settings import EvaluatorSettings

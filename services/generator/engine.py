@@ -23,7 +23,7 @@ from archloop import prompts
 from archloop.errors import InvalidArgument
 from archloop.repair import repair
 from archloop.v1 import common_pb2, generator_pb2
-from services.generator.backends import Completion, Decoding
+from services.generator.backend import Completion, Decoding
 from services.generator.delta import DeltaError, apply_response
 from services.generator.factors import Factor, touched_factors
 

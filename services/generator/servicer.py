@@ -1,8 +1,8 @@
 """gRPC surface of the generator: validate → adapter check → candidates streamed as batches finish.
 
-The backend (services.generator.backends) is blocking (torch, HTTP), so generation runs in a thread
-and hands candidates to the RPC through a queue; a cancelled RPC stops the thread after the batch in
-flight.
+The backend (services.generator.backend.Backend, built by services.generator.factory) blocks (torch,
+HTTP), so generation runs in a thread and hands candidates to the RPC through a queue; a cancelled RPC
+stops the thread after the batch in flight.
 """
 
 from __future__ import annotations
@@ -18,31 +18,14 @@ from archloop.errors import FailedPrecondition, InvalidArgument
 from archloop.server import ServicerBase
 from archloop.settings import SettingsError
 from archloop.v1 import generator_pb2, generator_pb2_grpc
-from services.generator.backends import AdapterInfo, LocalBackend, ReplayBackend, TGIBackend, TGILauncher
+from services.generator.backend import AdapterInfo, Backend
 from services.generator.engine import CandidateMaker, plan_from_request
 from services.generator.factors import FactorFileError, load_factors
+from services.generator.factory import make_backend
 from services.generator.settings import GeneratorSettings
 
 log = structlog.get_logger("archloop.generator")
 _DONE = object()
-
-
-def make_backend(settings: GeneratorSettings) -> LocalBackend | TGIBackend | ReplayBackend:
-    if settings.backend == "local":
-        return LocalBackend(settings.model, settings.device, settings.threads)
-    if settings.backend == "replay":
-        return ReplayBackend(settings.replay_dir, settings.replay_seconds_per_candidate)
-    launcher = None
-    if settings.tgi_launcher:
-        launcher = TGILauncher(
-            settings.tgi_launcher,
-            settings.tgi_model_id or settings.model,
-            settings.tgi_url,
-            settings.tgi_startup_seconds,
-        )
-    return TGIBackend(
-        settings.tgi_url, settings.model, settings.tgi_timeout_seconds, settings.tgi_concurrency, launcher
-    )
 
 
 def _adapter_pb(info: AdapterInfo) -> generator_pb2.LoadedAdapter:
@@ -56,7 +39,7 @@ class GeneratorServicer(ServicerBase, generator_pb2_grpc.GeneratorServiceService
     def __init__(self, settings: GeneratorSettings) -> None:
         self.settings = settings
         self.factors: dict = {}
-        self.backend: LocalBackend | TGIBackend | ReplayBackend | None = None
+        self.backend: Backend | None = None
 
     async def start(self) -> None:
         try:
@@ -64,9 +47,7 @@ class GeneratorServicer(ServicerBase, generator_pb2_grpc.GeneratorServiceService
         except FactorFileError as exc:
             raise SettingsError(f"--factors-file/ARCHLOOP_FACTORS_FILE: {exc}") from None
         self.backend = await asyncio.to_thread(make_backend, self.settings)
-        launcher = getattr(self.backend, "launcher", None)
-        if launcher is not None:
-            await asyncio.to_thread(launcher.start, {})
+        await asyncio.to_thread(self.backend.start)
         log.info(
             "backend_ready", backend=self.backend.name, **await asyncio.to_thread(self._describe_quietly)
         )
@@ -84,9 +65,8 @@ class GeneratorServicer(ServicerBase, generator_pb2_grpc.GeneratorServiceService
 
     def _maker(self) -> CandidateMaker:
         assert self.backend is not None
-        batch = self.settings.tgi_concurrency if self.backend.name == "tgi" else self.settings.batch_size
-        model_id = getattr(self.backend, "model_id", "") or self.settings.model or self.settings.tgi_model_id
-        return CandidateMaker(self.backend.generate, self.backend.name, model_id, batch, self.factors)
+        b = self.backend
+        return CandidateMaker(b.generate, b.name, b.model_id, b.batch_size, self.factors)
 
     def _adapter(self, name: str, path: str, sha: str) -> AdapterInfo | None:
         """The request's adapter, loaded (local, with a path) and proven present."""
@@ -99,7 +79,7 @@ class GeneratorServicer(ServicerBase, generator_pb2_grpc.GeneratorServiceService
             return self.backend.ensure_adapter(name)
         if not path and self.settings.adapters_dir and (Path(self.settings.adapters_dir) / name).is_dir():
             path = str(Path(self.settings.adapters_dir) / name)
-        if path and (self.backend.name != "tgi" or getattr(self.backend, "launcher", None) is not None):
+        if path and self.backend.loads_adapters_from_path:
             return self.backend.load_adapter(name, path, sha)[0]
         info = self.backend.ensure_adapter(name)
         if info is not None and sha and info.weights_sha256 and info.weights_sha256 != sha:

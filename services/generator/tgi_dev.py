@@ -27,7 +27,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from archloop.errors import ArchLoopError
-from services.generator.backends import Decoding, LocalBackend
+from services.generator.backend import Decoding
+from services.generator.local import LocalBackend
 
 VERSION = "archloop-tgi-dev-1"
 

@@ -15,7 +15,10 @@ from archloop.lemur import iter_model_sources, lemur_wheel
 from archloop.v1 import controller_pb2, novelty_pb2, novelty_pb2_grpc
 from services.controller import config as experiment_config
 from services.controller.ledger import Ledger
-from services.controller.loop import ExperimentRunner, LoopSettings, Peers, _event
+from services.controller.loop import ExperimentRunner, LoopSettings
+from services.controller.peers import Peers
+from services.controller.requests import event
+from services.controller.tests.seed import add_evaluated
 from services.evaluator.screen import check_contract, parse_source
 from services.novelty.tests.variants import make_variant
 
@@ -55,30 +58,13 @@ def _runner(
 
 
 def _add(runner: ExperimentRunner, idx: int, code: str, accuracy: float | None) -> None:
-    runner.ledger.add_candidate(
-        {
-            "candidate_id": f"exp-c1-{idx:04d}",
-            "experiment_id": "exp",
-            "cycle": 1,
-            "idx": idx,
-            "code": code,
-            "generation_json": "{}",
-        }
-    )
-    valid = accuracy is not None
-    runner.ledger.set_candidate(
-        f"exp-c1-{idx:04d}",
-        stage="evaluated",
-        valid=int(valid),
-        accuracy=accuracy,
-        eval_status="OK" if valid else "FORWARD_ERROR",
-    )
+    add_evaluated(runner.ledger, "exp", 1, idx, code, accuracy)
 
 
 async def _setup_cycle(runner: ExperimentRunner, codes: list[tuple[str, str]]) -> None:
     """Cycle 1 of: a copy of a corpus model (J_train), two near-copies of each other (J_gen), novel ones."""
     await runner._prepare_corpus()
-    runner.ledger.start_cycle("exp", 1, _event("exp", 1, "cycle_started"))
+    runner.ledger.start_cycle("exp", 1, event("exp", 1, "cycle_started"))
     rng = random.Random(0)
     novel_a, novel_b, novel_c = codes[7][1], codes[8][1], codes[9][1]
     _add(runner, 0, make_variant(codes[0][1], rng, 1)[0], 0.55)  # near-duplicate of corpus model 0
@@ -97,11 +83,11 @@ async def test_threshold_policy_with_j_train_j_gen_and_rejection_count(
     runner = _runner(tmp_path, novelty.address, lemur_codes)
     await _setup_cycle(runner, lemur_codes)
     await runner._filter(1)
-    rows = {c["idx"]: c for c in runner.ledger.candidates("exp", 1)}
-    assert rows[0]["near_dup_text_train"] == 1 and rows[0]["nearest_train"] == lemur_codes[0][0]
-    assert rows[3]["near_dup_text_gen"] == 1 and rows[3]["nearest_gen"] == "exp-c1-0002"
-    assert rows[2]["near_dup_text_gen"] == 0 and rows[2]["nn_jaccard_train"] < 0.9
-    assert [rows[i]["decision"] for i in range(6)] == [
+    rows = {c.idx: c for c in runner.ledger.candidates("exp", 1)}
+    assert rows[0].near_dup_text_train == 1 and rows[0].nearest_train == lemur_codes[0][0]
+    assert rows[3].near_dup_text_gen == 1 and rows[3].nearest_gen == "exp-c1-0002"
+    assert rows[2].near_dup_text_gen == 0 and rows[2].nn_jaccard_train < 0.9
+    assert [rows[i].decision for i in range(6)] == [
         "rejected",
         "rejected",
         "admitted",
@@ -109,9 +95,9 @@ async def test_threshold_policy_with_j_train_j_gen_and_rejection_count(
         "invalid",
         "admitted",
     ]
-    assert [rows[i]["rejection_count"] for i in range(6)] == [1, 1, 1, 2, 2, 2]
-    assert "near-duplicate" in rows[0]["reason"] and "< τ" in rows[1]["reason"]
-    assert all(r["stage"] == "decided" for r in rows.values())
+    assert [rows[i].rejection_count for i in range(6)] == [1, 1, 1, 2, 2, 2]
+    assert "near-duplicate" in rows[0].reason and "< τ" in rows[1].reason
+    assert all(r.stage == "decided" for r in rows.values())
     stub = novelty_pb2_grpc.NoveltyServiceStub(aio_channel(novelty.address))
     for idx, present in ((2, True), (5, True), (1, False), (3, False)):
         request = novelty_pb2.GetEntryRequest(collection="exp-corpus", entry_id=f"exp-c1-{idx:04d}")
@@ -123,8 +109,8 @@ async def test_threshold_policy_with_j_train_j_gen_and_rejection_count(
         assert found == present, idx
     # a second pass (a resumed step) changes nothing
     await runner._filter(1)
-    assert {c["idx"]: c["decision"] for c in runner.ledger.candidates("exp", 1)} == {
-        i: rows[i]["decision"] for i in rows
+    assert {c.idx: c.decision for c in runner.ledger.candidates("exp", 1)} == {
+        i: rows[i].decision for i in rows
     }
 
 
@@ -157,7 +143,7 @@ async def test_selection_policies_and_ablations(
     runner = _runner(tmp_path, novelty.address, lemur_codes, **overrides)
     await _setup_cycle(runner, lemur_codes)
     await runner._filter(1)
-    assert [c["decision"] for c in runner.ledger.candidates("exp", 1)] == decisions
+    assert [c.decision for c in runner.ledger.candidates("exp", 1)] == decisions
 
 
 def test_selection_policy_enum_names_are_accepted_short() -> None:

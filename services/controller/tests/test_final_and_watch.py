@@ -18,7 +18,11 @@ from archloop.prompts import BASELINE_FILE as BASELINE
 from services.controller import config as experiment_config
 from services.controller.evaluators import EvaluatorPool
 from services.controller.ledger import Ledger
-from services.controller.loop import ExperimentRunner, LoopSettings, Peers, _event
+from services.controller.loop import ExperimentRunner, LoopSettings
+from services.controller.peers import Peers
+from services.controller.requests import event
+from services.controller.selection import Decision, Verdict
+from services.controller.tests.seed import add_evaluated
 
 pytestmark = pytest.mark.slow
 
@@ -40,18 +44,16 @@ async def test_the_final_stage_trains_the_top_k_admitted_models_longer(start_ser
     ledger.create_experiment(
         "fin", experiment_config.to_json(config), experiment_config.config_sha256(config)
     )
-    ledger.start_cycle("fin", 1, _event("fin", 1, "cycle_started"))
+    ledger.start_cycle("fin", 1, event("fin", 1, "cycle_started"))
     wider = BASELINE.read_text().replace(
         "nn.Linear(128, out_shape[0])", "nn.Linear(128, out_shape[0], bias=True)"
     )
     for idx, (code_i, accuracy) in enumerate(
         [(BASELINE.read_text(), 0.5), (wider, 0.6), (BASELINE.read_text(), 0.1)]
     ):
-        cid = f"fin-c1-{idx:04d}"
-        row = {"candidate_id": cid, "experiment_id": "fin", "cycle": 1, "idx": idx, "code": code_i}
-        ledger.add_candidate({**row, "generation_json": "{}"})
-        ledger.set_candidate(cid, stage="decided", valid=1, accuracy=accuracy,
-                             decision="admitted" if accuracy > 0.4 else "rejected")  # fmt: skip
+        cid = add_evaluated(ledger, "fin", 1, idx, code_i, accuracy)
+        ledger.record_decision(cid, Decision(Verdict.ADMITTED if accuracy > 0.4 else Verdict.REJECTED, "", 0))
+        ledger.record_decided(cid)
     peers = Peers(None, EvaluatorPool(evaluator.address), None, None)  # type: ignore[arg-type]
     runner = ExperimentRunner(
         "fin", config, ledger, peers, LoopSettings(tmp_path / "work", tmp_path / "corpus")
@@ -60,7 +62,7 @@ async def test_the_final_stage_trains_the_top_k_admitted_models_longer(start_ser
         await runner._final_training()
     finally:
         await peers.evaluator.close()
-    final = {c["candidate_id"]: c["final_accuracy"] for c in ledger.candidates("fin")}
+    final = {c.candidate_id: c.final_accuracy for c in ledger.candidates("fin")}
     assert final["fin-c1-0000"] is not None and final["fin-c1-0001"] is not None
     assert 0.0 <= final["fin-c1-0000"] <= 1.0
     assert final["fin-c1-0002"] is None  # not admitted
@@ -72,12 +74,12 @@ def test_watch_prints_each_event_and_ends_with_the_experiment(nats_server, tmp_p
         js = client.jetstream()
         await ensure_stream(js)
         for cycle, kind in ((0, "experiment_started"), (1, "cycle_started"), (1, "experiment_completed")):
-            await publish_event(js, _event("watch-1", cycle, kind))
+            await publish_event(js, event("watch-1", cycle, kind))
         await client.close()
 
     asyncio.run(publish())
     result = subprocess.run(
-        [sys.executable, "-m", "archloop.cli", "watch", "watch-1", "--nats-url", nats_server.url],
+        [sys.executable, "-m", "tools.cli", "watch", "watch-1", "--nats-url", nats_server.url],
         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

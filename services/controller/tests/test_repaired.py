@@ -11,6 +11,7 @@ import pytest
 from archloop.v1 import events_pb2
 from services.controller.ledger import ADDED_CANDIDATE_COLUMNS, SCHEMA, Ledger
 from services.controller.report import cycle_rows
+from services.controller.tests.seed import add_evaluated
 
 
 def test_a_ledger_written_before_the_repair_columns_gains_them_and_keeps_its_rows(tmp_path: Path) -> None:
@@ -27,26 +28,14 @@ def test_a_ledger_written_before_the_repair_columns_gains_them_and_keeps_its_row
         )
     ledger = Ledger(path)
     row = ledger.candidate("c")
-    assert row is not None and row["code"] == "x = 1"
-    assert (row["repaired"], row["raw_eval_status"]) == (0, "")
+    assert row is not None and row.code == "x = 1"
+    assert (row.repaired, row.raw_eval_status) == (0, "")
     ledger.close()
     Ledger(path).close()  # a second open finds them and adds nothing
 
 
 def _candidate(ledger: Ledger, index: int, valid: bool, repaired: bool = False, raw: str = "") -> None:
-    candidate_id = f"e-c1-{index:04d}"
-    ledger.add_candidate(
-        {"candidate_id": candidate_id, "experiment_id": "e", "cycle": 1, "idx": index, "code": "x",
-         "generation_json": "{}", "repaired": int(repaired)}
-    )  # fmt: skip
-    ledger.set_candidate(
-        candidate_id,
-        stage="evaluated",
-        valid=int(valid),
-        eval_status="OK" if valid else "FORWARD_ERROR",
-        accuracy=0.5 if valid else None,
-        raw_eval_status=raw,
-    )
+    add_evaluated(ledger, "e", 1, index, "x", 0.5 if valid else None, repaired=repaired, raw_status=raw)
 
 
 def test_the_report_counts_a_repaired_candidate_by_what_the_model_wrote(tmp_path: Path) -> None:

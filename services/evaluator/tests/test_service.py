@@ -10,9 +10,9 @@ import grpc
 import pytest
 
 from archloop.clients import aio_channel
-from archloop.testing import run_cli
 from archloop.v1 import common_pb2, evaluator_pb2, evaluator_pb2_grpc
 from services.evaluator.tests.test_evaluation import GOOD
+from tools.testing import run_cli
 
 pytestmark = pytest.mark.slow
 

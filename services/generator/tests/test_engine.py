@@ -14,7 +14,7 @@ import pytest
 from archloop.errors import InvalidArgument
 from archloop.prompts import BASELINE_FILE as BASELINE
 from archloop.v1 import common_pb2, generator_pb2
-from services.generator.backends import Completion
+from services.generator.backend import Completion
 from services.generator.engine import CandidateMaker, plan_from_request
 from services.generator.factors import FactorFileError, load_factors, touched_factors
 

@@ -15,10 +15,10 @@ import pytest
 from archloop.clients import aio_channel
 from archloop.lemur import iter_model_sources, lemur_wheel
 from archloop.novelty_client import NoveltyClient
-from archloop.testing import run_cli
 from archloop.v1 import novelty_pb2, novelty_pb2_grpc
 from services.novelty.fingerprint import exact_jaccard, fingerprint_source
 from services.novelty.tests.variants import make_variant
+from tools.testing import run_cli
 
 
 @pytest.fixture(scope="module")

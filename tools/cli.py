@@ -32,7 +32,7 @@ EXIT_OK, EXIT_FAILED = 0, 1
 
 
 def _home(args: argparse.Namespace) -> Path:
-    from archloop.localstack import archloop_home
+    from archloop.paths import archloop_home
 
     return Path(args.home) if args.home else archloop_home()
 
@@ -54,7 +54,7 @@ def _components_table(rows: list[dict[str, object]], title: str) -> Table:
 
 
 def _status_rows(state) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
-    from archloop.localstack import component_health
+    from tools.localstack import component_health
 
     return [
         {"component": c.name, "address": c.address, "health": component_health(c), "pid": c.pid, "log": c.log}
@@ -63,7 +63,7 @@ def _status_rows(state) -> list[dict[str, object]]:  # type: ignore[no-untyped-d
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from archloop.localstack import Stack, StackError
+    from tools.localstack import Stack, StackError
 
     console = Console(stderr=not sys.stdout.isatty())
     stack = Stack(_home(args), start_timeout_seconds=args.timeout)
@@ -95,7 +95,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from archloop.localstack import StackState
+    from tools.localstack import StackState
 
     state = StackState.load(_home(args))
     if state is None or not state.supervisor_alive():
@@ -125,7 +125,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from archloop.localstack import stop_stack
+    from tools.localstack import stop_stack
 
     state = stop_stack(_home(args), timeout_seconds=args.timeout)
     if state is None:
@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a clean stop")
     down.set_defaults(func=cmd_down)
 
-    from archloop.corpus_cli import add_parsers as add_corpus_parsers
+    from tools.corpus_cli import add_parsers as add_corpus_parsers
 
     add_corpus_parsers(commands)
 
@@ -246,15 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--data-dir", default="data", help="the evaluator's data directory")
     fetch.set_defaults(func=cmd_datasets_fetch)
 
-    from archloop.novelty_cli import add_parser as add_novelty_parser
+    from tools.novelty_cli import add_parser as add_novelty_parser
 
     add_novelty_parser(commands)
 
-    from archloop.generate_cli import add_parser as add_generate_parser
+    from tools.generate_cli import add_parser as add_generate_parser
 
     add_generate_parser(commands)
 
-    from archloop.run_cli import add_parsers as add_run_parsers
+    from tools.run_cli import add_parsers as add_run_parsers
 
     add_run_parsers(commands)
     return parser

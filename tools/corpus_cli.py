@@ -33,19 +33,20 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def _corpus_dir(args: argparse.Namespace) -> Path:
-    from archloop.corpus import default_corpus_dir
+    from archloop.paths import corpus_dir
 
-    return Path(args.corpus) if args.corpus else default_corpus_dir()
+    return Path(args.corpus) if args.corpus else corpus_dir()
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from archloop.corpus import build_corpus, default_corpus_dir, forward_lookup, rewrite_lookup
     from archloop.lemur import LemurUnavailable
+    from archloop.paths import corpus_dir
+    from tools.corpus_build import build_corpus, forward_lookup, rewrite_lookup
 
     if not 0 < args.threshold <= 1:
         print(f"archloop corpus build: --threshold {args.threshold} must be in (0, 1]", file=sys.stderr)
         return EXIT_USAGE
-    out = Path(args.out) if args.out else default_corpus_dir(args.version)
+    out = Path(args.out) if args.out else corpus_dir(args.version)
     try:
         forward = forward_lookup(recheck=args.recheck_forward, save=args.save_forward_table)
         rewrites = (  # lemur-v2 rewrites nothing: its table is not even read

@@ -7,7 +7,7 @@ is SERVING, writes `<home>/stack.json` for other `archloop` commands, and on Ctr
 in their own process groups (a terminal's Ctrl-C reaches only the supervisor, which stops them in
 order) and get SIGTERM from the kernel if the supervisor itself dies, so nothing is left behind.
 
-The same process classes start real servers for the test fixtures (archloop.testing).
+The same process classes start real servers for the test fixtures (tools.testing).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from shutil import which
 
 import psutil
 
-from archloop import processes
+from archloop import paths, processes
 from archloop.clients import health_status
 from archloop.processes import child_env
 
@@ -59,10 +59,6 @@ STATE_FILE = "stack.json"
 
 class StackError(RuntimeError):
     """The stack could not start or a component failed; the message says which and why."""
-
-
-def archloop_home() -> Path:
-    return Path(os.environ.get("ARCHLOOP_HOME") or Path.home() / ".archloop")
 
 
 def _die_with_parent(parent_pid: int) -> Callable[[], None]:
@@ -324,12 +320,8 @@ class Stack:
         grace_seconds: float = 15.0,
         corpus_dir: Path | None = None,
     ) -> None:
-        from archloop.corpus import CORPUS_VERSION
-
         self.home = home
-        self.corpus_dir = corpus_dir or Path(
-            os.environ.get("ARCHLOOP_CORPUS_DIR") or home / "corpus" / CORPUS_VERSION
-        )
+        self.corpus_dir = corpus_dir or paths.corpus_dir(home=home)
         self.run_dir = home / "run"
         self.log_dir = home / "logs"
         self.start_timeout_seconds = start_timeout_seconds

@@ -1,0 +1,240 @@
+"""The controller's four peers as typed clients, and the one retry rule they share.
+
+`Peers` holds what the servicer connects once (three stubs and the evaluator pool); an experiment's
+runner binds them to its own `Retry` (`Clients(peers, retry)`): every call is retried with
+exponential backoff on UNAVAILABLE / RESOURCE_EXHAUSTED until the retry budget is spent, then fails
+the experiment with `PeerFailed` naming the call; a stop request is honoured before each attempt.
+The phase machine (services.controller.loop) calls these methods and imports no grpc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+import structlog
+
+from archloop.clients import backoff_delays
+from archloop.v1 import (
+    common_pb2,
+    evaluator_pb2,
+    generator_pb2,
+    generator_pb2_grpc,
+    novelty_pb2,
+    novelty_pb2_grpc,
+    trainer_pb2,
+    trainer_pb2_grpc,
+)
+from services.controller.evaluators import EvaluatorPool
+
+log = structlog.get_logger("archloop.controller")
+
+T = TypeVar("T")
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+STREAM_TIMEOUT_SECONDS = 24 * 3600  # a generation or a fine-tune is followed as long as it runs
+TRAINER_TERMINAL = {
+    trainer_pb2.FINE_TUNE_STATE_SUCCEEDED,
+    trainer_pb2.FINE_TUNE_STATE_FAILED,
+    trainer_pb2.FINE_TUNE_STATE_CANCELLED,
+    trainer_pb2.FINE_TUNE_STATE_INTERRUPTED,
+}
+
+
+class StopRequested(Exception):
+    """The experiment was asked to stop; the ledger holds everything done so far."""
+
+
+class PeerFailed(Exception):
+    """A service kept failing past the retry budget; the experiment fails with this message."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Backoff for one experiment's calls: 0.2 s (0.5 s for streams) doubling to 10 s, within
+    `budget_seconds` from the call's first attempt."""
+
+    budget_seconds: float
+    rpc_timeout_seconds: float = 60.0
+    stopped: Callable[[], bool] = lambda: False
+    experiment_id: str = ""
+
+    def check_stop(self) -> None:
+        if self.stopped():
+            raise StopRequested()
+
+    async def __call__(self, what: str, attempt: Callable[[], Awaitable[T]], first_delay: float = 0.2) -> T:
+        deadline = time.monotonic() + self.budget_seconds
+        delays = backoff_delays(first_delay)
+        while True:
+            self.check_stop()
+            try:
+                return await attempt()
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in RETRYABLE or time.monotonic() > deadline:
+                    raise PeerFailed(f"{what}: {exc.code().name}: {exc.details()}") from None
+                delay = next(delays)
+                log.warning(
+                    "peer_retry",
+                    experiment_id=self.experiment_id,
+                    call=what,
+                    code=exc.code().name,
+                    delay_s=delay,
+                )
+                await asyncio.sleep(delay)
+
+    async def unary(self, what: str, method, request, timeout: float | None = None):  # type: ignore[no-untyped-def]
+        return await self(what, lambda: method(request, timeout=timeout or self.rpc_timeout_seconds))
+
+
+@dataclass
+class Peers:
+    """The connections the servicer makes once and every experiment shares."""
+
+    generator: generator_pb2_grpc.GeneratorServiceStub
+    evaluator: EvaluatorPool
+    novelty: novelty_pb2_grpc.NoveltyServiceStub
+    trainer: trainer_pb2_grpc.TrainerServiceStub
+
+
+class GeneratorClient:
+    def __init__(self, stub: generator_pb2_grpc.GeneratorServiceStub, retry: Retry) -> None:
+        self.stub, self.retry = stub, retry
+
+    async def max_candidates_per_request(self) -> int:
+        described = await self.retry.unary(
+            "generator.DescribeBackend", self.stub.DescribeBackend, generator_pb2.DescribeBackendRequest()
+        )
+        return max(1, described.max_candidates_per_request)
+
+    async def stream(
+        self,
+        request: generator_pb2.GenerateCandidatesRequest,
+        on_candidate: Callable[[common_pb2.Candidate], Awaitable[None]],
+    ) -> None:
+        """Every candidate of `request` to `on_candidate`, in order; a dropped stream is reopened at the
+        next index (`request` is advanced as candidates arrive), so none is generated twice."""
+
+        async def attempt() -> None:
+            try:
+                async for response in self.stub.GenerateCandidates(request, timeout=STREAM_TIMEOUT_SECONDS):
+                    await on_candidate(response.candidate)
+                    request.start_index = response.candidate.index + 1
+                    request.n -= 1
+                    self.retry.check_stop()
+            except grpc.aio.AioRpcError:
+                if request.n > 0:
+                    raise  # a stream that failed after its last candidate has delivered everything
+
+        await self.retry("generator.GenerateCandidates", attempt, first_delay=0.5)
+
+
+class EvaluatorClient:
+    def __init__(self, pool: EvaluatorPool, retry: Retry) -> None:
+        self.pool, self.retry = pool, retry
+
+    async def evaluate(
+        self, request: evaluator_pb2.EvaluateCandidateRequest, timeout: float
+    ) -> evaluator_pb2.EvaluationResult:
+        """One evaluation on the replica with the most free slots, retried (on whichever replica is
+        free then) within the retry budget."""
+        pool, budget = self.pool, self.retry.budget_seconds
+
+        async def on_a_free_replica() -> evaluator_pb2.EvaluateCandidateResponse:
+            if pool.capacity == 0 and not await pool.wait_capacity(budget):
+                raise PeerFailed(
+                    f"evaluator.DescribeCapacity: UNAVAILABLE: no evaluator replica at {pool.target} answered"
+                    f" within {budget:g} s"
+                )
+            async with pool.slot() as stub:
+                try:
+                    return await stub.EvaluateCandidate(request, timeout=timeout)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() in RETRYABLE:
+                        pool.replica_failed(stub)  # re-describe it before it gets more work
+                    raise
+
+        return (await self.retry("evaluator.EvaluateCandidate", on_a_free_replica)).result
+
+
+class NoveltyClient:
+    def __init__(self, stub: novelty_pb2_grpc.NoveltyServiceStub, retry: Retry) -> None:
+        self.stub, self.retry = stub, retry
+
+    async def create_collection(self, name: str, near_duplicate_threshold: float) -> None:
+        """Created with τ_nov, or kept as it is (a resumed run)."""
+        settings = novelty_pb2.CollectionSettings(near_duplicate_threshold=near_duplicate_threshold)
+        request = novelty_pb2.CreateCollectionRequest(name=name, settings=settings, exist_ok=True)
+        await self.retry.unary("novelty.CreateCollection", self.stub.CreateCollection, request)
+
+    async def import_entries(
+        self, collection: str, codes: dict[str, str]
+    ) -> novelty_pb2.ImportEntriesResponse:
+        """Idempotent by entry id; one client stream, not retried (a rerun imports nothing twice)."""
+        requests = (
+            novelty_pb2.ImportEntriesRequest(
+                entry=novelty_pb2.AdmitEntryRequest(collection=collection, entry_id=entry_id, code=code)
+            )
+            for entry_id, code in codes.items()
+        )
+        return await self.stub.ImportEntries(requests, timeout=600)
+
+    async def check(self, code: str, collections: list[str]) -> list[novelty_pb2.CollectionMatch]:
+        """The nearest entry of each collection, in the order given."""
+        request = novelty_pb2.CheckNoveltyRequest(code=code, collections=collections)
+        return list((await self.retry.unary("novelty.CheckNovelty", self.stub.CheckNovelty, request)).matches)
+
+    async def admit(self, entry: novelty_pb2.AdmitEntryRequest) -> None:
+        await self.retry.unary("novelty.AdmitEntry", self.stub.AdmitEntry, entry)
+
+    async def check_and_admit(
+        self, entry: novelty_pb2.AdmitEntryRequest, check_collections: list[str]
+    ) -> novelty_pb2.CheckAndAdmitResponse:
+        request = novelty_pb2.CheckAndAdmitRequest(entry=entry, check_collections=check_collections)
+        return await self.retry.unary("novelty.CheckAndAdmit", self.stub.CheckAndAdmit, request)
+
+
+class TrainerClient:
+    def __init__(self, stub: trainer_pb2_grpc.TrainerServiceStub, retry: Retry) -> None:
+        self.stub, self.retry = stub, retry
+
+    async def start(self, request: trainer_pb2.StartFineTuneRequest) -> trainer_pb2.FineTuneJob:
+        return (await self.retry.unary("trainer.StartFineTune", self.stub.StartFineTune, request)).job
+
+    async def follow(
+        self,
+        job: trainer_pb2.FineTuneJob,
+        on_step: Callable[[trainer_pb2.FineTuneStep], None] = lambda step: None,
+    ) -> trainer_pb2.FineTuneJob:
+        """Follow the job until it is terminal, re-attaching after a dropped stream."""
+        while job.state not in TRAINER_TERMINAL:
+
+            async def attempt(job: trainer_pb2.FineTuneJob = job) -> trainer_pb2.FineTuneJob:
+                request = trainer_pb2.WatchFineTuneRequest(job_id=job.job_id)
+                async for update in self.stub.WatchFineTune(request, timeout=STREAM_TIMEOUT_SECONDS):
+                    if update.HasField("job"):
+                        job = update.job
+                    elif update.HasField("step"):
+                        on_step(update.step)
+                    self.retry.check_stop()
+                    if job.state in TRAINER_TERMINAL:
+                        return job
+                request = trainer_pb2.GetFineTuneRequest(job_id=job.job_id)
+                got = await self.stub.GetFineTune(request, timeout=self.retry.rpc_timeout_seconds)
+                return got.job
+
+            job = await self.retry("trainer.WatchFineTune", attempt, first_delay=0.5)
+        return job
+
+
+class Clients:
+    """The four peers bound to one experiment's retry rule."""
+
+    def __init__(self, peers: Peers, retry: Retry) -> None:
+        self.generator = GeneratorClient(peers.generator, retry)
+        self.evaluator = EvaluatorClient(peers.evaluator, retry)
+        self.novelty = NoveltyClient(peers.novelty, retry)
+        self.trainer = TrainerClient(peers.trainer, retry)

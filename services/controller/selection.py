@@ -1,0 +1,120 @@
+"""Which of a cycle's candidates join the corpus: a pure function of the candidates and the experiment's
+policy, thresholds and ablations (docs/method.md#the-loop, #novelty-filter).
+
+    invalid    the evaluator did not pass it
+    rejected   a near-duplicate of the corpus (J_train) or of an earlier candidate of the cycle (J_gen),
+               unless the novelty filter is ablated; or not selected by the policy
+    admitted   valid, novel and selected:
+                 threshold              first-epoch accuracy ≥ τ (every candidate, when the threshold is
+                                        ablated)
+                 threshold_top_k_fill   those, then the best of the rest up to k in all
+                 top_k                  the k most accurate (ties: lower index first)
+
+`rejection_count` is the paper's: how many near-duplicates that were good enough (≥ τ) the cycle had
+rejected up to and including this candidate.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+class Policy(enum.Enum):
+    THRESHOLD = "threshold"
+    THRESHOLD_TOP_K_FILL = "threshold_top_k_fill"
+    TOP_K = "top_k"
+
+
+class Verdict(enum.StrEnum):
+    ADMITTED = "admitted"
+    REJECTED = "rejected"
+    INVALID = "invalid"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    accuracy: float  # τ
+    top_k: int
+
+
+@dataclass(frozen=True)
+class Ablations:
+    no_accuracy_threshold: bool = False
+    no_novelty_filter: bool = False
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What selection reads of a candidate (its ledger row after evaluation and novelty)."""
+
+    candidate_id: str
+    index: int
+    valid: bool
+    eval_status: str = ""
+    accuracy: float = 0.0
+    near_duplicate_train: bool = False
+    near_duplicate_generation: bool = False
+    nearest_train: str = ""
+    nearest_generation: str = ""
+    jaccard_train: float = 0.0
+    jaccard_generation: float = 0.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    reason: str
+    rejection_count: int
+
+
+def decide(
+    candidates: Iterable[Candidate], policy: Policy, thresholds: Thresholds, ablations: Ablations
+) -> dict[str, Decision]:
+    """{candidate_id: Decision} for the whole cycle, in index order."""
+    tau, k = thresholds.accuracy, thresholds.top_k
+    decisions: dict[str, Decision] = {}
+    rejections = 0
+    eligible: list[tuple[Candidate, bool, int]] = []  # (candidate, reaches τ, rejection count)
+    for c in sorted(candidates, key=lambda c: c.index):
+        if not c.valid:
+            decisions[c.candidate_id] = Decision(Verdict.INVALID, f"not valid: {c.eval_status}", rejections)
+            continue
+        good = ablations.no_accuracy_threshold or c.accuracy >= tau
+        if not ablations.no_novelty_filter and (c.near_duplicate_train or c.near_duplicate_generation):
+            which, j = (
+                (c.nearest_train, c.jaccard_train)
+                if c.near_duplicate_train
+                else (c.nearest_generation, c.jaccard_generation)
+            )
+            rejections += good
+            decisions[c.candidate_id] = Decision(
+                Verdict.REJECTED, f"near-duplicate of {which} (J={j:.3f})", rejections
+            )
+            continue
+        eligible.append((c, good, rejections))
+    ranked = sorted(eligible, key=lambda item: (-item[0].accuracy, item[0].index))
+    if policy is Policy.TOP_K:
+        chosen = {c.candidate_id for c, _, _ in ranked[:k]}
+    else:
+        chosen = {c.candidate_id for c, good, _ in eligible if good}
+        if policy is Policy.THRESHOLD_TOP_K_FILL:
+            fill = [c for c, good, _ in ranked if not good][: max(0, k - len(chosen))]
+            chosen |= {c.candidate_id for c in fill}
+    for c, good, count in eligible:
+        if c.candidate_id in chosen:
+            if ablations.no_accuracy_threshold and policy is Policy.THRESHOLD:
+                why = "novel (no accuracy threshold)"
+            elif good and not ablations.no_accuracy_threshold:
+                why = "accuracy ≥ τ and novel"
+            else:
+                why = f"novel, top {k} by accuracy"
+            decisions[c.candidate_id] = Decision(Verdict.ADMITTED, why, count)
+        elif policy is Policy.TOP_K:
+            decisions[c.candidate_id] = Decision(Verdict.REJECTED, f"not in the top {k} by accuracy", count)
+        else:
+            decisions[c.candidate_id] = Decision(
+                Verdict.REJECTED, f"accuracy {c.accuracy:.4f} < τ {tau}", count
+            )
+    return decisions
