@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from archloop import corpus
 from archloop.paths import archloop_home
@@ -85,7 +86,7 @@ def model_hash(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int):  # type: ignore[no-untyped-def]
+def train_tokenizer(texts: Iterable[str], vocab_size: int):
     """A byte-level BPE tokenizer with the chat special tokens, as a transformers fast tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -118,7 +119,7 @@ def split_by_model(examples: list[dict], share: float, seed: int) -> tuple[list[
     return [e for e in examples if e["model"] not in held], [e for e in examples if e["model"] in held]
 
 
-def encode_example(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:  # type: ignore[no-untyped-def]
+def encode_example(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
     """(token ids of the rendered chat, loss mask): 1 for the answer's tokens (the code and the token that
     ends the turn), 0 for the prompt's, which is nearly the same in every pair and would only teach the
     model to recite it."""
@@ -145,7 +146,7 @@ def _pack(
     ]
 
 
-def next_token_loss(model, batch, mask):  # type: ignore[no-untyped-def]
+def next_token_loss(model, batch, mask):
     """Mean cross-entropy of predicting token t+1 from tokens ≤ t over the targets the mask keeps;
     batch and mask are (B, T+1)."""
     import torch
@@ -337,7 +338,7 @@ def train_base_model(
             group["lr"] = _learning_rate(step, settings)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        record = {
+        record: dict[str, Any] = {
             "step": step + 1,
             "loss": round(step_loss, 4),
             "lr": _learning_rate(step, settings),
@@ -496,7 +497,7 @@ def weights_sha256(adapter_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def load_base(reference: str, device: str):  # type: ignore[no-untyped-def]
+def load_base(reference: str, device: str):
     """(model, tokenizer, path-or-name) of a base model reference ('' = the tiny packaged model)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -103,15 +103,15 @@ class _TokenMetadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInt
     def __init__(self, token: str) -> None:
         self.metadata = (("authorization", f"Bearer {token}"),)
 
-    def _with_token(self, details):  # type: ignore[no-untyped-def]
+    def _with_token(self, details):
         return details._replace(metadata=tuple(details.metadata or ()) + self.metadata)
 
-    def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+    def intercept_unary_unary(self, continuation, details, request):
         return continuation(self._with_token(details), request)
 
     intercept_unary_stream = intercept_unary_unary
 
-    def intercept_stream_unary(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
+    def intercept_stream_unary(self, continuation, details, request_iterator):
         return continuation(self._with_token(details), request_iterator)
 
     intercept_stream_stream = intercept_stream_unary
@@ -126,21 +126,21 @@ class _AioTokenMetadata(
     def __init__(self, token: str) -> None:
         self.metadata = ("authorization", f"Bearer {token}")
 
-    def _with_token(self, details):  # type: ignore[no-untyped-def]
+    def _with_token(self, details):
         metadata = grpc.aio.Metadata(*(details.metadata or ()))
         metadata.add(*self.metadata)
         return details._replace(metadata=metadata)
 
-    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+    async def intercept_unary_unary(self, continuation, details, request):
         return await continuation(self._with_token(details), request)
 
-    async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+    async def intercept_unary_stream(self, continuation, details, request):
         return await continuation(self._with_token(details), request)
 
-    async def intercept_stream_unary(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
+    async def intercept_stream_unary(self, continuation, details, request_iterator):
         return await continuation(self._with_token(details), request_iterator)
 
-    async def intercept_stream_stream(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
+    async def intercept_stream_stream(self, continuation, details, request_iterator):
         return await continuation(self._with_token(details), request_iterator)
 
 

@@ -101,7 +101,7 @@ def _attempt(code: str, input_shape: tuple[int, ...], num_classes: int, device_n
     return ForwardResult(True, parameters, "", device_name)
 
 
-def _build(code: str, input_shape: tuple[int, ...], num_classes: int):  # type: ignore[no-untyped-def]
+def _build(code: str, input_shape: tuple[int, ...], num_classes: int):
     import torch
 
     namespace: dict = {"__name__": "candidate"}

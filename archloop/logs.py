@@ -22,7 +22,7 @@ import structlog
 class _HandlerStream:
     """structlog's logger: writes rendered lines to a stdlib handler's stream under its lock."""
 
-    def __init__(self, handler: logging.StreamHandler) -> None:  # type: ignore[type-arg]
+    def __init__(self, handler: logging.StreamHandler) -> None:
         self._handler = handler
 
     def msg(self, message: str) -> None:

@@ -14,6 +14,7 @@ so a retried admit is harmless); other errors surface as grpc.RpcError with the 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from archloop.clients import ChannelSecurity, sync_channel
 from archloop.v1 import novelty_pb2, novelty_pb2_grpc
@@ -56,7 +57,7 @@ class NoveltyClient:
         self.close()
 
     def create_collection(
-        self, name: str, *, exist_ok: bool = False, **settings: object
+        self, name: str, *, exist_ok: bool = False, **settings: Any
     ) -> novelty_pb2.Collection:
         """settings: any CollectionSettings field, e.g. near_duplicate_threshold=0.9, store_shingles=True."""
         request = novelty_pb2.CreateCollectionRequest(

@@ -72,7 +72,7 @@ def task_for(dataset: str, input_shape: tuple[int, ...], num_classes: int, max_p
         c, h, w = shape
         generic = f"the {dataset} dataset ({h}×{w} images, {c} channels, {num_classes} classes)"
         description = entry.description if entry else generic
-        task = Task(dataset, shape, num_classes, description)  # type: ignore[arg-type]
+        task = Task(dataset, shape, num_classes, description)
     if max_parameters and max_parameters != task.max_parameters:
         task = Task(task.dataset, task.input_shape, task.num_classes, task.description, max_parameters)
     return task

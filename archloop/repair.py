@@ -41,7 +41,7 @@ class Repair:
 
 
 def _bound_names(tree: ast.Module) -> set[str]:
-    bound = set()
+    bound: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import | ast.ImportFrom):
             bound.update((alias.asname or alias.name).split(".")[0] for alias in node.names)

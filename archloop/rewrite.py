@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
+from typing import cast
 
 # eager layer → (its lazy twin, the keyword of the input size the lazy layer infers)
 LAZY_TWINS: dict[str, tuple[str, str]] = {
@@ -151,8 +152,8 @@ def scale_widths(code: str, shift: int) -> tuple[str, int]:
         if width.call is logits:
             continue
         slot = width.holder[width.index]
-        literal = slot.value if isinstance(slot, ast.keyword) else slot
-        scaled = max(1, literal.value >> shift)
+        literal = cast(ast.Constant, slot.value if isinstance(slot, ast.keyword) else slot)  # see _widths
+        scaled = max(1, cast(int, literal.value) >> shift)
         if scaled != literal.value:
             replacement = ast.Constant(scaled)
             if isinstance(slot, ast.keyword):

@@ -54,8 +54,8 @@ class ServicerBase:
     service_name: ClassVar[str]
     """Full proto name, e.g. archloop.v1.NoveltyService; also the health-check service name."""
 
-    add_to_server: ClassVar[Callable[[Any, grpc.aio.Server], None]]
-    """The generated add_XxxServiceServicer_to_server function."""
+    add_to_server: ClassVar[Any]
+    """The generated add_XxxServiceServicer_to_server(servicer, server), as a staticmethod."""
 
     async def start(self) -> None:
         """Work to finish before the service reports SERVING."""
@@ -101,7 +101,7 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, token: str) -> None:
         self._expected = f"Bearer {token}".encode()
 
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+    async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(self.OPEN):
             return handler

@@ -17,7 +17,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 ENV_PREFIX = "ARCHLOOP_"
@@ -122,7 +122,8 @@ def load_settings(
     environ = os.environ if environ is None else environ
     hints = typing.get_type_hints(cls)
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    for field in dataclasses.fields(cls):
+    fields = dataclasses.fields(cast(Any, cls))  # cls is a settings dataclass
+    for field in fields:
         default = field.default
         parser.add_argument(
             flag_name(field.name),
@@ -134,7 +135,7 @@ def load_settings(
     namespace = parser.parse_args(argv)
 
     values: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):
+    for field in fields:
         flag_value = getattr(namespace, field.name)
         if flag_value is not None:
             raw, source = flag_value, flag_name(field.name)

@@ -34,7 +34,7 @@ SECTION_START = "<!-- adapter-effect:start -->"
 SECTION_END = "<!-- adapter-effect:end -->"
 
 
-def code_loss(model, tokenizer, examples: list[dict], context: int) -> float:  # type: ignore[no-untyped-def]
+def code_loss(model, tokenizer, examples: list[dict], context: int) -> float:
     """Mean next-token loss over the answers' tokens of `examples` (each cut to the context)."""
     import torch
 

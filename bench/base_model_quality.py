@@ -49,7 +49,7 @@ def _slug(reference: str, adapter: str) -> str:
     return name + (f"+{Path(adapter).name}" if adapter else "")
 
 
-def sample_programs(backend, count: int, temperature: float, seed: int, adapter: str) -> list[dict]:  # type: ignore[no-untyped-def]
+def sample_programs(backend, count: int, temperature: float, seed: int, adapter: str) -> list[dict]:
     from services.generator.backend import Decoding
 
     chat = prompts.chat_messages(prompts.TASKS["cifar-10"])
@@ -101,7 +101,7 @@ def evaluate_all(samples: list[dict], workdir: Path) -> None:
         sandbox.stop()
 
 
-def _index(name: str, sources):  # type: ignore[no-untyped-def]
+def _index(name: str, sources):
     from services.novelty.collection import CollectionConfig
     from services.novelty.index import NoveltyIndex, Submission
     from services.novelty.store import EntryStore
@@ -112,7 +112,7 @@ def _index(name: str, sources):  # type: ignore[no-untyped-def]
     return index
 
 
-def _shingles(code: str):  # type: ignore[no-untyped-def]
+def _shingles(code: str):
     from services.novelty.collection import CollectionConfig
     from services.novelty.fingerprint import fingerprint_source
 
@@ -144,7 +144,7 @@ def novelty_all(samples: list[dict], trained: dict[str, str]) -> None:
         sample["topology_similarity"] = topology.nearest(layers, known)
 
 
-def _share(items: list[dict], predicate) -> float | None:  # type: ignore[no-untyped-def]
+def _share(items: list[dict], predicate) -> float | None:
     return sum(bool(predicate(s)) for s in items) / len(items) if items else None
 
 

@@ -51,7 +51,7 @@ def _label(reference: str) -> str:
 
 def sampling_rate(
     backend, samples: int, max_new_tokens: int, temperature: float, seed: int
-) -> tuple[int, float]:  # type: ignore[no-untyped-def]
+) -> tuple[int, float]:
     """(completion tokens, seconds) of sampling `samples` programs in batches."""
     from services.generator.backend import Decoding
 
@@ -66,7 +66,7 @@ def sampling_rate(
     return tokens, seconds
 
 
-def program_tokens(backend, corpus_dir: Path) -> float:  # type: ignore[no-untyped-def]
+def program_tokens(backend, corpus_dir: Path) -> float:
     """Mean length, in this model's tokens, of the corpus's programs (the first PROGRAMS_FOR_LENGTH)."""
     lengths, seen = [], set()
     for example in corpus.read_jsonl(corpus_dir / "examples.jsonl"):

@@ -62,10 +62,10 @@ class SimulatedGenerator(generator_pb2_grpc.GeneratorServiceServicer):
     def __init__(self, codes: list[str]) -> None:
         self.codes = codes
 
-    async def DescribeBackend(self, request, context):  # type: ignore[no-untyped-def]
+    async def DescribeBackend(self, request, context):
         return generator_pb2.DescribeBackendResponse(backend="simulated", max_candidates_per_request=10_000)
 
-    async def GenerateCandidates(self, request, context):  # type: ignore[no-untyped-def]
+    async def GenerateCandidates(self, request, context):
         for k in range(request.n):
             index = request.start_index + k
             yield generator_pb2.GenerateCandidatesResponse(
@@ -85,12 +85,12 @@ class SimulatedEvaluator(evaluator_pb2_grpc.EvaluatorServiceServicer):
         self.slots, self.work = slots, work_seconds
         self.running = 0
 
-    async def DescribeCapacity(self, request, context):  # type: ignore[no-untyped-def]
+    async def DescribeCapacity(self, request, context):
         return evaluator_pb2.DescribeCapacityResponse(
             max_concurrent_evaluations=self.slots, replica="simulated"
         )
 
-    async def EvaluateCandidate(self, request, context):  # type: ignore[no-untyped-def]
+    async def EvaluateCandidate(self, request, context):
         if self.running >= self.slots:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "all slots busy")
         self.running += 1
@@ -117,17 +117,17 @@ class SimulatedTrainer(trainer_pb2_grpc.TrainerServiceServicer):
             adapter=common_pb2.AdapterRef(name=job_id, path="/simulated"),
         )
 
-    async def StartFineTune(self, request, context):  # type: ignore[no-untyped-def]
+    async def StartFineTune(self, request, context):
         return trainer_pb2.StartFineTuneResponse(job=self._job(request.job_id))
 
-    async def WatchFineTune(self, request, context):  # type: ignore[no-untyped-def]
+    async def WatchFineTune(self, request, context):
         yield trainer_pb2.WatchFineTuneResponse(job=self._job(request.job_id))
 
-    async def GetFineTune(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetFineTune(self, request, context):
         return trainer_pb2.GetFineTuneResponse(job=self._job(request.job_id))
 
 
-async def _serve(servicer, add) -> tuple[grpc.aio.Server, str]:  # type: ignore[no-untyped-def]
+async def _serve(servicer, add) -> tuple[grpc.aio.Server, str]:
     server = grpc.aio.server()
     add(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -135,7 +135,7 @@ async def _serve(servicer, add) -> tuple[grpc.aio.Server, str]:  # type: ignore[
     return server, f"127.0.0.1:{port}"
 
 
-def _simulated_servers(codes: list[str], replicas: int, work_seconds: float, addresses) -> None:  # type: ignore[no-untyped-def]
+def _simulated_servers(codes: list[str], replicas: int, work_seconds: float, addresses) -> None:
     """Child process: the simulated generator, evaluator and trainer, so they do not share the
     controller's event loop and CPU time slice."""
 

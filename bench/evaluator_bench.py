@@ -87,7 +87,7 @@ def dataloader_images_per_second() -> tuple[float, float]:
         def __len__(self) -> int:
             return len(pil)
 
-        def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
+        def __getitem__(self, i: int):
             return transform(pil[i]), labels[i]
 
     torch.manual_seed(0)

@@ -33,7 +33,7 @@ SECTION_END = "<!-- generator-bench:end -->"
 THREADS = 2
 
 
-def run_once(backend, factors, batch: int, candidates: int, max_new_tokens: int, seed: int) -> dict:  # type: ignore[no-untyped-def]
+def run_once(backend, factors, batch: int, candidates: int, max_new_tokens: int, seed: int) -> dict:
     from services.generator.engine import CandidateMaker, plan_from_request
 
     maker = CandidateMaker(backend.generate, "local", backend.model_id, batch, factors)

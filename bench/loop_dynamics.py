@@ -34,7 +34,7 @@ SECTION_START = "<!-- loop-dynamics:start -->"
 SECTION_END = "<!-- loop-dynamics:end -->"
 
 
-def pooled(rows: list, threshold: float) -> dict:  # type: ignore[type-arg]
+def pooled(rows: list, threshold: float) -> dict:
     """The figures of a group of candidates (ledger rows)."""
     valid = [r for r in rows if r.valid]
     accuracies = [r.accuracy for r in valid]

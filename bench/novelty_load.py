@@ -45,7 +45,7 @@ SECTION_END = "<!-- novelty-load:end -->"
 CLIENT_PROCESSES = 4
 
 
-def _client_process(address: str, probes: list[str], clients: int, checks: int, out) -> None:  # type: ignore[no-untyped-def]
+def _client_process(address: str, probes: list[str], clients: int, checks: int, out) -> None:
     """`clients` concurrent tasks sending `checks` checks in all; puts (latencies ms, errors)."""
 
     async def main() -> tuple[list[float], list[str]]:

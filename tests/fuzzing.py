@@ -36,7 +36,7 @@ def random_text(rng: random.Random) -> str:
     return "x" * rng.choice((HUGE, 64 * 1024))
 
 
-def random_scalar(field: FieldDescriptor, rng: random.Random):  # type: ignore[no-untyped-def]
+def random_scalar(field: FieldDescriptor, rng: random.Random):
     t = field.type
     if t == FieldDescriptor.TYPE_STRING:
         return random_text(rng)

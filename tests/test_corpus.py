@@ -23,7 +23,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> corpus_build.BuildReport:
 
 
 @pytest.mark.slow
-def test_funnel_narrows_stage_by_stage_and_every_file_is_accounted_for(built) -> None:  # type: ignore[no-untyped-def]
+def test_funnel_narrows_stage_by_stage_and_every_file_is_accounted_for(built) -> None:
     funnel = built.manifest["funnel"]
     counts = [funnel[k] for k in ("files", *corpus.STAGES[1:])]
     assert counts[0] == sum(1 for _ in iter_model_sources(lemur_wheel())) == 10_482
@@ -48,7 +48,7 @@ def test_funnel_narrows_stage_by_stage_and_every_file_is_accounted_for(built) ->
 
 
 @pytest.mark.slow
-def test_examples_are_chat_pairs_with_real_newlines_and_the_manifest_hashes_them(built) -> None:  # type: ignore[no-untyped-def]
+def test_examples_are_chat_pairs_with_real_newlines_and_the_manifest_hashes_them(built) -> None:
     examples = list(corpus.read_jsonl(built.out_dir / "examples.jsonl"))
     # a model's pairs are adjacent, CIFAR-10 first; MNIST only when it also runs at 1×28×28
     pairs = [(a, b) for a, b in itertools.pairwise(examples) if a["model"] == b["model"]]
@@ -72,7 +72,7 @@ def test_examples_are_chat_pairs_with_real_newlines_and_the_manifest_hashes_them
 
 
 @pytest.mark.slow
-def test_proxy_table_matches_the_facts_of_the_wheel(built) -> None:  # type: ignore[no-untyped-def]
+def test_proxy_table_matches_the_facts_of_the_wheel(built) -> None:
     summary = corpus.corpus_stats(built.out_dir)["proxy_stats"]
     assert (summary["runs"], summary["models"]) == (19_058, 5_724)  # docs/method.md#the-lemur-wheel, CIFAR-10
     assert summary["spearman_epoch_1_vs_5"] == pytest.approx(0.81, abs=0.01)
@@ -93,7 +93,7 @@ def test_proxy_table_matches_the_facts_of_the_wheel(built) -> None:  # type: ign
 
 
 @pytest.mark.slow
-def test_cli_stats_and_missing_corpus(built, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_stats_and_missing_corpus(built, tmp_path: Path) -> None:
     result = run_cli("corpus", "stats", "--corpus", str(built.out_dir), "--json")
     assert result.returncode == 0, result.stderr
     stats = json.loads(result.stdout)
@@ -122,7 +122,7 @@ def test_screening_is_deterministic_and_drops_copies() -> None:
 
 
 @pytest.mark.slow
-def test_v3_provenance_says_where_each_program_came_from(built) -> None:  # type: ignore[no-untyped-def]
+def test_v3_provenance_says_where_each_program_came_from(built) -> None:
     sources = dict(iter_model_sources(lemur_wheel()))
     examples = list(corpus.read_jsonl(built.out_dir / "examples.jsonl"))
     for example in examples:
@@ -144,7 +144,7 @@ def test_v3_provenance_says_where_each_program_came_from(built) -> None:  # type
 
 
 @pytest.mark.slow
-def test_v3_rewrites_recheck_live_as_the_same_network(built) -> None:  # type: ignore[no-untyped-def]
+def test_v3_rewrites_recheck_live_as_the_same_network(built) -> None:
     """A sample of the shipped rewrite table's verdicts, checked again in worker processes."""
     sources = dict(iter_model_sources(lemur_wheel()))
     examples = [e for e in corpus.read_jsonl(built.out_dir / "examples.jsonl") if e["dataset"] == "cifar-10"]
@@ -163,7 +163,7 @@ def test_v3_rewrites_recheck_live_as_the_same_network(built) -> None:  # type: i
 
 
 @pytest.mark.slow
-def test_v3_programs_are_distinct_on_their_final_text(built) -> None:  # type: ignore[no-untyped-def]
+def test_v3_programs_are_distinct_on_their_final_text(built) -> None:
     from services.novelty.collection import CollectionConfig
     from services.novelty.index import NoveltyIndex, Submission
     from services.novelty.store import EntryStore
@@ -194,7 +194,7 @@ def test_the_previous_corpus_version_still_builds(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_fresh_build_is_the_corpus_the_packaged_model_was_trained_on(built) -> None:  # type: ignore[no-untyped-def]
+def test_a_fresh_build_is_the_corpus_the_packaged_model_was_trained_on(built) -> None:
     """Novelty is measured against the texts the model learned from: the packaged tiny model is bound to
     this exact corpus (its manifest's sha256), so a fresh clone's build must reproduce it bit for bit."""
     from archloop import basemodel

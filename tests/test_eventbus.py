@@ -29,7 +29,7 @@ def _event(experiment_id: str, sequence: int) -> events_pb2.Event:
     )
 
 
-async def test_publish_twice_with_same_id_is_stored_and_delivered_once(nats_server) -> None:  # type: ignore[no-untyped-def]
+async def test_publish_twice_with_same_id_is_stored_and_delivered_once(nats_server) -> None:
     experiment = "exp-" + uuid.uuid4().hex[:8]
     client = await connect_nats(nats_server.url, name="test")
     try:
@@ -69,7 +69,7 @@ def test_subject_rejects_ids_that_are_not_one_token() -> None:
         event_subject(events_pb2.Event(event_id="x/1", experiment_id="x"))
 
 
-async def test_controller_creates_the_stream(nats_server, start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_controller_creates_the_stream(nats_server, start_service) -> None:
     client = await connect_nats(nats_server.url, name="test")
     try:
         js = client.jetstream()

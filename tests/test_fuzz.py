@@ -119,7 +119,7 @@ def call(
 @given(rng=st.randoms(use_true_random=False), garbage=st.booleans())
 def test_every_rpc_answers_hostile_input_with_a_proper_status(
     services, service, method, rng, garbage
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     with grpc.insecure_channel(services[service].address) as channel:
         error = call(channel, service, method, rng, garbage)
     if error is not None:
@@ -135,7 +135,7 @@ def _rss(proc: ServiceProcess) -> float:
 
 
 @pytest.mark.parametrize("service", list(PROTOS))
-def test_ten_thousand_hostile_calls_leak_no_memory(services, service) -> None:  # type: ignore[no-untyped-def]
+def test_ten_thousand_hostile_calls_leak_no_memory(services, service) -> None:
     """RSS is sampled every 500 calls. Freed memory is not always returned to the OS, so RSS moves
     up and down by tens of MiB around a plateau; a leak instead keeps raising it. The test: the
     highest sample of the second 5,000 calls is within 32 MiB of the highest of the first 5,000."""

@@ -34,7 +34,7 @@ def test_hostile_programs_as_generator_output_go_through_the_loop_harmlessly(
     tmp_path: Path,
     small_corpus: Path,
     listener,  # noqa: F811 (the imported fixture)
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     port, accepted = listener
     programs = {name: code.replace(PORT_PLACEHOLDER, str(port)) for name, (code, _allowed) in CORPUS.items()}
     replay = tmp_path / "hostile"

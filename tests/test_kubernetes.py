@@ -327,7 +327,10 @@ def test_network_policies_deny_by_default_and_allow_by_name(variant: str) -> Non
     assert {"from": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": 50054}]} in rules
 
 
-# -- Dockerfiles --------------------------------------------------------------------------------
+# -- Dockerfile ---------------------------------------------------------------------------------
+
+DOCKERFILE = ROOT / "Dockerfile"
+IMAGES = (*SERVICES, "generator-tgi")  # one build target each
 
 
 def parse_dockerfile(path: Path) -> list[tuple[str, str]]:
@@ -344,66 +347,102 @@ def parse_dockerfile(path: Path) -> list[tuple[str, str]]:
     return instructions
 
 
-def dockerfile_for(image: str) -> Path:
-    name = image.removeprefix("ghcr.io/archloop/").partition(":")[0]
-    if name == "generator-tgi":
-        return ROOT / "services/generator/Dockerfile.tgi"
-    return ROOT / "services" / name / "Dockerfile"
+def stages(path: Path = DOCKERFILE) -> tuple[dict[str, str], dict[str, tuple[str, list[tuple[str, str]]]]]:
+    """(global ARGs, {stage name: (its base, its instructions)}); bases with ${ARG}s filled in."""
+    args: dict[str, str] = {}
+    found: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+    current: list[tuple[str, str]] | None = None
+    for keyword, rest in parse_dockerfile(path):
+        if keyword == "FROM":
+            base, _, name = rest.partition(" AS ")
+            base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], base.strip())
+            current = []
+            found[name.strip()] = (base, current)
+        elif current is None:
+            if keyword == "ARG" and "=" in rest:
+                key, _, value = rest.partition("=")
+                args[key] = value
+        else:
+            current.append((keyword, rest))
+    return args, found
 
 
-DOCKERFILES = sorted(ROOT.glob("services/*/Dockerfile*"))
+def image_instructions(target: str) -> list[tuple[str, str]]:
+    """What the target image runs with: its stage and the stages it is built FROM, base first."""
+    _, found = stages()
+    chain: list[tuple[str, str]] = []
+    name = target
+    while name in found:
+        base, instructions = found[name]
+        chain = instructions + chain
+        name = base
+    return chain
 
 
-def test_every_service_has_a_dockerfile() -> None:
-    assert {p.parent.name for p in DOCKERFILES} == set(SERVICES)
+def target_for(image: str) -> str:
+    return image.removeprefix("ghcr.io/archloop/").partition(":")[0]
 
 
-@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
-def test_dockerfile_is_pinned_non_root_and_copies_what_exists(path: Path) -> None:
-    instructions = parse_dockerfile(path)
-    args = {}
-    for keyword, rest in instructions:
-        if keyword == "ARG" and "=" in rest:
-            key, _, value = rest.partition("=")
-            args[key] = value
-    stages = [rest for keyword, rest in instructions if keyword == "FROM"]
-    assert len(stages) >= 2, "multi-stage: a build stage and a runtime stage"
-    stage_names = {s.split()[-1] for s in stages if " AS " in s.upper()}
-    for stage in stages:
-        image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], stage.split()[0])
-        if image in stage_names:
+def test_one_dockerfile_builds_every_image_from_shared_stages() -> None:
+    _, found = stages()
+    assert set(IMAGES) <= set(found), f"targets missing: {set(IMAGES) - set(found)}"
+    assert not list(ROOT.glob("services/*/Dockerfile*")), "the images are targets of the root Dockerfile"
+    # the sources every image installs are copied once, in one stage, and shared
+    copies = [
+        (name, rest)
+        for name, (_, ins) in found.items()
+        for k, rest in ins
+        if k == "COPY" and "--from" not in rest
+    ]
+    assert {name for name, _ in copies} == {"sources"}
+    bases = {name: base for name, (base, _) in found.items() if name in IMAGES}
+    assert bases["evaluator"] == bases["trainer"] == "cuda-runtime"
+    assert bases["controller"] == bases["generator"] == bases["novelty"] == "cpu-runtime"
+
+
+def test_every_base_image_is_pinned() -> None:
+    _, found = stages()
+    for name, (base, _) in found.items():
+        if base in found:
             continue
-        repository, _, tag = image.rpartition(":")
-        assert repository and re.search(r"\d+\.\d+", tag) and tag != "latest", (
-            f"{path.name}: {image} is not pinned"
-        )
-    final = instructions[[i for i, (k, _) in enumerate(instructions) if k == "FROM"][-1] :]
-    users = [rest for keyword, rest in final if keyword == "USER"]
-    assert users and users[-1].split(":")[0] == str(APP_UID), "the runtime stage runs as the app user"
-    (entrypoint,) = [rest for keyword, rest in final if keyword == "ENTRYPOINT"]
+        repository, _, tag = base.rpartition(":")
+        assert repository and re.search(r"\d+\.\d+", tag) and tag != "latest", f"{name}: {base} is not pinned"
+
+
+@pytest.mark.parametrize("target", IMAGES)
+def test_image_runs_its_service_as_the_app_user(target: str) -> None:
+    instructions = image_instructions(target)
+    users = [rest for keyword, rest in instructions if keyword == "USER"]
+    assert users and users[-1].split(":")[0] == str(APP_UID), "the image runs as the app user"
+    (entrypoint,) = [rest for keyword, rest in instructions if keyword == "ENTRYPOINT"]
     command = yaml.safe_load(entrypoint)  # exec form: a JSON list
     assert isinstance(command, list)
+    service = target.removesuffix("-tgi")
     assert Path(command[0]).name in PYPROJECT["project"]["scripts"]
-    assert Path(command[0]).name == f"archloop-{path.parent.name}"
-    (exposed,) = [int(rest) for keyword, rest in final if keyword == "EXPOSE"]
-    settings_cls = SERVICES[path.parent.name][0]
+    assert Path(command[0]).name == f"archloop-{service}"
+    (exposed,) = [int(rest) for keyword, rest in instructions if keyword == "EXPOSE"]
+    settings_cls = SERVICES[service][0]
     assert exposed == next(f.default for f in dataclasses.fields(settings_cls) if f.name == "port")
+    ports = [rest for keyword, rest in instructions if keyword == "ENV" and "ARCHLOOP_PORT=" in rest]
+    assert ports and f"ARCHLOOP_PORT={exposed}" in ports[-1]
+
+
+def test_copies_exist_are_let_through_and_installs_are_locked() -> None:
     allowed = [
         line[1:].rstrip("/*")
         for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line.startswith("!")
     ]
-    for keyword, rest in instructions:
+    for keyword, rest in parse_dockerfile(DOCKERFILE):
         if keyword == "COPY" and "--from=" not in rest:
             *sources, _destination = shlex.split(rest)
             for source in sources:
-                assert (ROOT / source).exists(), f"{path.name} copies {source}, which does not exist"
+                assert (ROOT / source).exists(), f"the Dockerfile copies {source}, which does not exist"
                 assert any(source == a or source.startswith(a + "/") for a in allowed), (
-                    f"{path.name} copies {source}, which .dockerignore leaves out"
+                    f"the Dockerfile copies {source}, which .dockerignore leaves out"
                 )
-    for keyword, rest in instructions:
         if keyword == "RUN" and "pip install" in rest:
-            assert "-c requirements.lock" in rest, f"{path.name}: installs must be pinned by the lock"
+            assert "-c requirements.lock" in rest, "installs must be pinned by the lock"
 
 
 @variants
@@ -413,9 +452,8 @@ def test_images_are_the_dockerfiles_builds_and_third_party_images_are_pinned(var
             image = container["image"]
             if image.startswith("ghcr.io/archloop/"):
                 assert image.endswith(f":{VERSION}"), image
-                dockerfile = dockerfile_for(image)
-                assert dockerfile.exists(), image
-                final = parse_dockerfile(dockerfile)
+                assert target_for(image) in IMAGES, image
+                final = image_instructions(target_for(image))
                 (exposed,) = [int(rest) for keyword, rest in final if keyword == "EXPOSE"]
                 ports = [p["containerPort"] for p in container.get("ports", [])]
                 assert workload["kind"] == "Job" or exposed in ports, image

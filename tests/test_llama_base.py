@@ -62,7 +62,7 @@ def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_a_llama_base_trains_a_lora_adapter_that_the_generator_samples_with(
     tiny_llama, pairs, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     spec = FineTuneSpec(
         job_id="llama-1",
         adapter_name="llama-adapter",
@@ -96,7 +96,7 @@ def test_a_llama_base_trains_a_lora_adapter_that_the_generator_samples_with(
     assert [c.text for c in tuned] != [c.text for c in base]  # the adapter is in the sampling path
 
 
-def test_smollm2_is_a_named_base_model_whose_missing_wheel_is_a_clear_error(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_smollm2_is_a_named_base_model_whose_missing_wheel_is_a_clear_error(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("ARCHLOOP_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(
         basemodel.BaseModelNotFound, match=r"smollm2-135m-instruct: .*archloop base-model fetch"

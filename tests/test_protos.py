@@ -42,14 +42,14 @@ def test_one_service_per_file_named_service() -> None:
 
 
 @pytest.mark.parametrize("module", SERVICE_MODULES, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
-def test_every_rpc_has_its_own_request_and_response(module) -> None:  # type: ignore[no-untyped-def]
+def test_every_rpc_has_its_own_request_and_response(module) -> None:
     for service in module.DESCRIPTOR.services_by_name.values():
         for method in service.methods:
             assert method.input_type.name == f"{method.name}Request", method.full_name
             assert method.output_type.name == f"{method.name}Response", method.full_name
 
 
-def _all_enums(module):  # type: ignore[no-untyped-def]
+def _all_enums(module):
     yield from module.DESCRIPTOR.enum_types_by_name.values()
     for message in module.DESCRIPTOR.message_types_by_name.values():
         yield from message.enum_types

@@ -123,7 +123,7 @@ def test_a_proven_lazy_rewrite_has_the_same_parameters_and_output() -> None:
         ),
     ],
 )
-def test_a_rewrite_that_changes_the_network_is_not_proven(edit, reason: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_rewrite_that_changes_the_network_is_not_proven(edit, reason: str) -> None:
     lazy, _ = rewrite.to_lazy(CNN)
     result = forwardcheck.check_forward(edit(lazy), (3, 32, 32), 10, reference=CNN)
     assert not result.ok and result.reason.startswith(reason), result

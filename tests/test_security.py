@@ -46,13 +46,13 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                                         "other-ca.pem")}  # fmt: skip
 
 
-def _code(call) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
+def _code(call) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as caught:
         call()
     return caught.value.code()
 
 
-def test_tls_and_token_guard_every_rpc_but_health(start_service, pki, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_tls_and_token_guard_every_rpc_but_health(start_service, pki, tmp_path: Path) -> None:
     proc = start_service(
         "novelty", "--db-path", str(tmp_path / "n.sqlite3"),
         "--tls-cert-file", str(pki["server.pem"]), "--tls-key-file", str(pki["server.key"]),
@@ -104,7 +104,7 @@ def test_tls_and_token_guard_every_rpc_but_health(start_service, pki, tmp_path: 
     assert missing.returncode == 2 and "nope.pem" in missing.stderr
 
 
-def test_a_token_alone_works_over_plaintext(start_service, pki, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_token_alone_works_over_plaintext(start_service, pki, tmp_path: Path) -> None:
     proc = start_service(
         "novelty", "--db-path", str(tmp_path / "n.sqlite3"), "--auth-token-file", str(pki["token"])
     )
@@ -127,7 +127,7 @@ def test_a_token_alone_works_over_plaintext(start_service, pki, tmp_path: Path) 
         (["--auth-token-file", "/nonexistent/token"], "--auth-token-file"),
     ],
 )
-def test_half_configured_security_is_a_configuration_error(pki, tmp_path: Path, args, complaint) -> None:  # type: ignore[no-untyped-def]
+def test_half_configured_security_is_a_configuration_error(pki, tmp_path: Path, args, complaint) -> None:
     args = [a.replace("CERT", str(pki["server.pem"])).replace("KEY", str(pki["server.key"]))
             .replace("CA", str(pki["ca.pem"])) if a.isupper() else a for a in args]  # fmt: skip
     db = tmp_path / "n.sqlite3"

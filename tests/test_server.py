@@ -37,15 +37,15 @@ class RaisingNoveltyServicer(ServicerBase, novelty_pb2_grpc.NoveltyServiceServic
     async def stop(self) -> None:
         self.stopped = True
 
-    async def CheckNovelty(self, request, context):  # type: ignore[no-untyped-def]
+    async def CheckNovelty(self, request, context):
         if not request.code:
             raise InvalidArgument("code", "must not be empty")
         raise ValueError("secret internals")
 
-    async def GetEntry(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetEntry(self, request, context):
         raise NotFound(f"collection {request.collection!r} does not exist")
 
-    async def StreamCheckNovelty(self, request_iterator, context):  # type: ignore[no-untyped-def]
+    async def StreamCheckNovelty(self, request_iterator, context):
         async for item in request_iterator:
             yield novelty_pb2.StreamCheckNoveltyResponse(request_id=item.request_id)
         raise InvalidArgument("check.code", "stream ended badly")
@@ -57,7 +57,7 @@ async def _health(stub: health_pb2_grpc.HealthStub) -> int:
 
 
 @pytest.fixture
-async def running():  # type: ignore[no-untyped-def]
+async def running():
     servicer = RaisingNoveltyServicer()
     service = GrpcService(ServiceSettings(port=0, grace_period_seconds=1), servicer)
     address = service.bind()
@@ -70,7 +70,7 @@ async def running():  # type: ignore[no-untyped-def]
         task.cancel()
 
 
-async def test_not_serving_until_start_finishes(running) -> None:  # type: ignore[no-untyped-def]
+async def test_not_serving_until_start_finishes(running) -> None:
     servicer, _service, channel, _task = running
     stub = health_pb2_grpc.HealthStub(channel)
     for _ in range(50):
@@ -88,7 +88,7 @@ async def test_not_serving_until_start_finishes(running) -> None:  # type: ignor
     assert await _health(stub) == health_pb2.HealthCheckResponse.SERVING
 
 
-async def test_domain_errors_map_to_status_codes(running) -> None:  # type: ignore[no-untyped-def]
+async def test_domain_errors_map_to_status_codes(running) -> None:
     servicer, _service, channel, _task = running
     servicer.release_start.set()
     stub = novelty_pb2_grpc.NoveltyServiceStub(channel)
@@ -112,7 +112,7 @@ async def test_domain_errors_map_to_status_codes(running) -> None:  # type: igno
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
-async def test_streaming_errors_after_messages(running) -> None:  # type: ignore[no-untyped-def]
+async def test_streaming_errors_after_messages(running) -> None:
     servicer, _service, channel, _task = running
     servicer.release_start.set()
     stub = novelty_pb2_grpc.NoveltyServiceStub(channel)
@@ -126,7 +126,7 @@ async def test_streaming_errors_after_messages(running) -> None:  # type: ignore
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_shutdown_sets_not_serving_and_stops_servicer(running) -> None:  # type: ignore[no-untyped-def]
+async def test_shutdown_sets_not_serving_and_stops_servicer(running) -> None:
     servicer, service, _channel, task = running
     servicer.release_start.set()
     await asyncio.sleep(0.2)

@@ -26,7 +26,7 @@ PROTO_MODULES = {
 CRASH_CODES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNIMPLEMENTED}
 
 
-def _call_empty(channel: grpc.Channel, method) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
+def _call_empty(channel: grpc.Channel, method) -> grpc.StatusCode:
     """Call `method` with an empty request of its input type; return the status code."""
     request_cls = message_factory.GetMessageClass(method.input_type)
     response_cls = message_factory.GetMessageClass(method.output_type)
@@ -50,7 +50,7 @@ def _call_empty(channel: grpc.Channel, method) -> grpc.StatusCode:  # type: igno
 
 
 @pytest.mark.parametrize("name", sorted(SERVICE_NAMES))
-def test_service_starts_serves_and_stops(name: str, start_service, grpc_channel) -> None:  # type: ignore[no-untyped-def]
+def test_service_starts_serves_and_stops(name: str, start_service, grpc_channel) -> None:
     proc = start_service(name, "--grace-period-seconds", "3")
     service_name = SERVICE_NAMES[name]
     assert health_status(proc.address, service_name) == "SERVING"

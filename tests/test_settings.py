@@ -26,7 +26,7 @@ def test_flag_beats_env_beats_default() -> None:
 def test_settings_are_frozen() -> None:
     settings = load_settings(NoveltySettings, [], {})
     with pytest.raises(AttributeError):
-        settings.port = 1  # type: ignore[misc]
+        settings.port = 1
 
 
 @pytest.mark.parametrize(
@@ -43,7 +43,7 @@ def test_settings_are_frozen() -> None:
         ),
     ],
 )
-def test_bad_values_name_their_source(argv, env, named, problem) -> None:  # type: ignore[no-untyped-def]
+def test_bad_values_name_their_source(argv, env, named, problem) -> None:
     with pytest.raises(SettingsError) as info:
         load_settings(NoveltySettings, argv, env)
     assert str(info.value).startswith(named + ":")

@@ -63,7 +63,7 @@ def _free_port() -> int:
 class System:
     """The five services and nats-server as processes, for one test."""
 
-    def __init__(self, start_service, tmp_path: Path, corpus_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, start_service, tmp_path: Path, corpus_dir: Path) -> None:
         self.start_service = start_service
         self.tmp = tmp_path
         self.nats_port = _free_port()
@@ -97,7 +97,7 @@ class System:
         nats.wait_ready()
         return nats
 
-    def start_controller(self):  # type: ignore[no-untyped-def]
+    def start_controller(self):
         peers = [arg for name, address in self.addresses.items() for arg in (f"--{name}-addr", address)]
         proc = self.start_service(
             "controller",
@@ -120,7 +120,7 @@ class System:
         request = controller_pb2.GetExperimentRequest(experiment_id=experiment_id)
         return self.stub.GetExperiment(request, timeout=30).experiment
 
-    def wait(self, experiment_id: str, until, timeout: float = 900) -> controller_pb2.Experiment:  # type: ignore[no-untyped-def]
+    def wait(self, experiment_id: str, until, timeout: float = 900) -> controller_pb2.Experiment:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             experiment = self.experiment(experiment_id)
@@ -229,7 +229,7 @@ def _start(system: System, experiment_id: str) -> None:
 
 def test_two_cycles_run_end_to_end_with_events_ledger_and_report(
     start_service, tmp_path, small_corpus
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     system = System(start_service, tmp_path, small_corpus)
     try:
         _start(system, "sys-a")
@@ -255,7 +255,7 @@ def test_two_cycles_run_end_to_end_with_events_ledger_and_report(
 
 def test_kill_9_of_the_controller_and_a_nats_outage_lose_nothing(
     start_service, tmp_path, small_corpus
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     system = System(start_service, tmp_path, small_corpus)
     try:
         _start(system, "sys-b")
@@ -279,7 +279,7 @@ def test_kill_9_of_the_controller_and_a_nats_outage_lose_nothing(
 
 def test_unreachable_services_fail_the_experiment_with_a_clear_error(
     start_service, tmp_path, small_corpus
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     closed = f"127.0.0.1:{_free_port()}"
     peers = [
         arg for name in ("generator", "evaluator", "novelty", "trainer") for arg in (f"--{name}-addr", closed)
@@ -319,7 +319,7 @@ def test_unreachable_services_fail_the_experiment_with_a_clear_error(
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_stop_then_resume_completes_with_nothing_lost(start_service, tmp_path, small_corpus) -> None:  # type: ignore[no-untyped-def]
+def test_stop_then_resume_completes_with_nothing_lost(start_service, tmp_path, small_corpus) -> None:
     system = System(start_service, tmp_path, small_corpus)
     try:
         _start(system, "sys-e")

@@ -53,7 +53,7 @@ def _components_table(rows: list[dict[str, object]], title: str) -> Table:
     return table
 
 
-def _status_rows(state) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
+def _status_rows(state) -> list[dict[str, object]]:
     from tools.localstack import component_health
 
     return [

@@ -269,7 +269,7 @@ def rewrite_programs(
 
     main = DATASETS[0]
     lazy_of = {}
-    identity = []
+    identity: list[tuple[str, str, str, str | None]] = []
     for model, code, _ in programs:
         lazy, count = rewrite.to_lazy(code)
         lazy_of[model] = (lazy, count)
@@ -303,25 +303,25 @@ def rewrite_programs(
                 break
     checked.update(lookup([(check_key(d, t), d, t, None) for _, t in final.values() for d in DATASETS[1:]]))
 
-    out = {}
+    out: dict[str, Rewrite] = {}
     for model, (text, count) in first.items():
-        result = Rewrite(lazy_layers=count)
+        rewritten = Rewrite(lazy_layers=count)
         if model in final:
-            shift, result.code = final[model]
-            result.width_divisor = 2**shift
+            shift, rewritten.code = final[model]
+            rewritten.width_divisor = 2**shift
             for dataset in DATASETS:
-                there = checked[check_key(dataset, result.code)]
+                there = checked[check_key(dataset, rewritten.code)]
                 if there.ok and there.parameters <= budget:
-                    result.datasets[dataset] = there.parameters
+                    rewritten.datasets[dataset] = there.parameters
         else:
             at_main = checked[check_key(main, text)]
-            result.reason = (
+            rewritten.reason = (
                 f"{main} {at_main.reason}"
                 if not at_main.ok
                 else f"{at_main.parameters:,} parameters > {budget:,}"
                 + (" and no width scale fits" if count else " (not rewritable to shape-inferring layers)")
             )
-        out[model] = result
+        out[model] = rewritten
     return out
 
 

@@ -24,11 +24,11 @@ from archloop.errors import ArchLoopError, InvalidArgument
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SOME_EMPTY = 0, 1, 2, 3
 BASELINE = prompts.BASELINE_FILE
-_MODES = {"full": 1, "delta": 2, "factor": 3}
-_FALLBACKS = {"none": 1, "reprompt": 2, "full": 3}
+_MODES = ("full", "delta", "factor")  # GenerationMode values, named without their prefix
+_FALLBACKS = ("none", "reprompt", "full")  # DeltaFallback values
 
 
-def _request(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _request(args: argparse.Namespace):
     from archloop.v1 import common_pb2, generator_pb2
 
     baseline = ""
@@ -47,7 +47,7 @@ def _request(args: argparse.Namespace):  # type: ignore[no-untyped-def]
             num_classes=args.num_classes,
             param_budget=args.param_budget,
         ),
-        mode=_MODES[args.mode],
+        mode=f"GENERATION_MODE_{args.mode.upper()}",
         decoding=common_pb2.DecodingParams(
             temperature=args.temperature,
             top_k=args.top_k,
@@ -59,13 +59,13 @@ def _request(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         n=args.n,
         baseline_code=baseline,
         factors=args.factor or [],
-        delta_fallback=_FALLBACKS[args.delta_fallback],
+        delta_fallback=f"DELTA_FALLBACK_{args.delta_fallback.upper()}",
         max_reprompts=args.max_reprompts,
         repair=args.repair,
     )
 
 
-async def _local(args: argparse.Namespace, request) -> list:  # type: ignore[no-untyped-def]
+async def _local(args: argparse.Namespace, request) -> list:
     from services.generator.servicer import GeneratorServicer
     from services.generator.settings import GeneratorSettings
 
@@ -85,7 +85,7 @@ async def _local(args: argparse.Namespace, request) -> list:  # type: ignore[no-
         await servicer.stop()
 
 
-def _remote(target: str, request) -> list:  # type: ignore[no-untyped-def]
+def _remote(target: str, request) -> list:
     import grpc
 
     from archloop.clients import channel_options

@@ -84,7 +84,7 @@ def nats_server_binary() -> str:
     return found
 
 
-def _wait_for(predicate, timeout_seconds: float, proc: subprocess.Popen, what: str, log_path: Path):  # type: ignore[no-untyped-def]
+def _wait_for(predicate, timeout_seconds: float, proc: subprocess.Popen, what: str, log_path: Path):
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
         value = predicate()

@@ -39,7 +39,7 @@ def _read_source(path: str) -> str:
         raise SystemExit(f"archloop novelty: cannot read {path}: {exc.strerror}") from None
 
 
-def _print(message, as_json: bool, text: str) -> None:  # type: ignore[no-untyped-def]
+def _print(message, as_json: bool, text: str) -> None:
     from google.protobuf.json_format import MessageToJson
 
     if as_json:
@@ -52,7 +52,7 @@ def _print(message, as_json: bool, text: str) -> None:  # type: ignore[no-untype
         print(text)
 
 
-def cmd_create(args: argparse.Namespace, client) -> int:  # type: ignore[no-untyped-def]
+def cmd_create(args: argparse.Namespace, client) -> int:
     settings = {
         "near_duplicate_threshold": args.threshold,
         "shingle_size": args.shingle_size,
@@ -66,7 +66,7 @@ def cmd_create(args: argparse.Namespace, client) -> int:  # type: ignore[no-unty
     return 0
 
 
-def cmd_check(args: argparse.Namespace, client) -> int:  # type: ignore[no-untyped-def]
+def cmd_check(args: argparse.Namespace, client) -> int:
     result = client.check(_read_source(args.file), args.collection)
     lines = [
         f"{m.collection}: max J={m.max_jaccard:.3f} nearest={m.nearest_entry_id or '-'} "
@@ -77,7 +77,7 @@ def cmd_check(args: argparse.Namespace, client) -> int:  # type: ignore[no-untyp
     return 0
 
 
-def cmd_add(args: argparse.Namespace, client) -> int:  # type: ignore[no-untyped-def]
+def cmd_add(args: argparse.Namespace, client) -> int:
     entry_id = args.id or (Path(args.file).stem if args.file != "-" else "")
     if args.check:
         result = client.check_and_admit(args.collection, entry_id, _read_source(args.file), args.check)
@@ -100,7 +100,7 @@ def _sources(paths: list[str]) -> Iterator[tuple[str, str]]:
             yield file.stem, _read_source(str(file))
 
 
-def cmd_import(args: argparse.Namespace, client) -> int:  # type: ignore[no-untyped-def]
+def cmd_import(args: argparse.Namespace, client) -> int:
     summary = client.import_entries(
         args.collection, _sources(args.paths), skip_near_duplicates=args.skip_near_duplicates
     )
@@ -112,7 +112,7 @@ def cmd_import(args: argparse.Namespace, client) -> int:  # type: ignore[no-unty
     return 0
 
 
-def cmd_stats(args: argparse.Namespace, client) -> int:  # type: ignore[no-untyped-def]
+def cmd_stats(args: argparse.Namespace, client) -> int:
     stats = client.stats()
     lines = [
         f"{c.collection.name}: {c.collection.entry_count} entries (LSH {c.lsh_bands}×{c.lsh_rows})"
@@ -138,7 +138,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     sub = novelty.add_subparsers(dest="novelty_command", required=True, metavar="COMMAND")
 
-    def command(name: str, func, help: str) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
+    def command(name: str, func, help: str) -> argparse.ArgumentParser:
         parser = sub.add_parser(name, help=help)
         parser.add_argument("--json", action="store_true", help="print the response as JSON")
         parser.set_defaults(novelty_func=func)

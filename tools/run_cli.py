@@ -28,6 +28,7 @@ from pathlib import Path
 
 import grpc
 from rich.console import Console
+from rich.progress import TaskID
 from rich.table import Table
 
 from archloop import datasets
@@ -58,7 +59,7 @@ def _controller_address(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _stub(address: str):  # type: ignore[no-untyped-def]
+def _stub(address: str):
     from archloop.clients import channel_options
     from archloop.v1 import controller_pb2_grpc
 
@@ -66,7 +67,7 @@ def _stub(address: str):  # type: ignore[no-untyped-def]
     return controller_pb2_grpc.ControllerServiceStub(channel)
 
 
-def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _config(args: argparse.Namespace):
     from services.controller import config as experiment_config
 
     base = experiment_config.load_file(Path(args.config)) if args.config else experiment_config.embedded()
@@ -94,7 +95,7 @@ def _ensure_corpus(home: Path) -> Path:
     return corpus_dir
 
 
-def _cycle_table(summaries, title: str) -> Table:  # type: ignore[no-untyped-def]
+def _cycle_table(summaries, title: str) -> Table:
     table = Table(title=title)
     repaired = any(s.repaired for s in summaries)
     for column in (
@@ -140,9 +141,9 @@ class _ProgressView:
             TimeElapsedColumn(),
             console=console,
         )
-        self.tasks: dict[str, int] = {}
+        self.tasks: dict[str, TaskID] = {}
 
-    def update(self, e) -> None:  # type: ignore[no-untyped-def]
+    def update(self, e) -> None:
         from archloop.v1 import controller_pb2
 
         total = e.config.cycles * e.config.candidates_per_cycle
@@ -169,7 +170,7 @@ class _ProgressView:
             self.progress.update(self.tasks[name], completed=done, total=whole, info=info)
 
 
-def _follow(stub, experiment_id: str) -> str:  # type: ignore[no-untyped-def]
+def _follow(stub, experiment_id: str) -> str:
     """Show progress until the experiment ends; Ctrl-C stops it. Returns the final state name."""
     from archloop.v1 import controller_pb2
 
@@ -203,7 +204,7 @@ def _follow(stub, experiment_id: str) -> str:  # type: ignore[no-untyped-def]
         signal.signal(signal.SIGINT, previous)
 
 
-def _finish(stub, experiment_id: str, state: str, out: Path) -> int:  # type: ignore[no-untyped-def]
+def _finish(stub, experiment_id: str, state: str, out: Path) -> int:
     from archloop.v1 import controller_pb2
 
     if state == "STOPPED":
@@ -267,8 +268,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path("archloop-runs") / experiment_id
         return _finish(stub, experiment_id, state, out)
     except grpc.RpcError as exc:
-        code = exc.code()  # type: ignore[attr-defined]
-        print(f"archloop run: {code.name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        code = exc.code()
+        print(f"archloop run: {code.name}: {exc.details()}", file=sys.stderr)
         return (
             EXIT_USAGE
             if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
@@ -324,7 +325,7 @@ def _report_from_controller(address: str, experiment_id: str, out: Path) -> tupl
         request = controller_pb2.GetReportRequest(experiment_id=experiment_id, output_dir=str(out.resolve()))
         report = stub.GetReport(request, timeout=600)
     except grpc.RpcError as exc:
-        raise LookupError(f"{exc.code().name}: {exc.details()}") from None  # type: ignore[attr-defined]
+        raise LookupError(f"{exc.code().name}: {exc.details()}") from None
     return experiment_id, config, list(report.cycles)
 
 
@@ -386,7 +387,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
             )
             print(short_name(controller_pb2.ExperimentState, e.experiment.state))
     except grpc.RpcError as exc:
-        print(f"archloop experiments: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        print(f"archloop experiments: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 from google.protobuf import json_format
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from archloop import datasets
 from archloop.errors import InvalidArgument
@@ -23,7 +24,7 @@ from archloop.v1 import common_pb2, controller_pb2, trainer_pb2
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 EMBEDDED = CONFIG_DIR / "embedded.yaml"
-_ENUMS = {
+_ENUMS: dict[str, tuple[str, EnumTypeWrapper]] = {
     "mode": ("GENERATION_MODE_", common_pb2.GenerationMode),
     "temperature_schedule": ("TEMPERATURE_SCHEDULE_", controller_pb2.TemperatureSchedule),
     "selection_policy": ("SELECTION_POLICY_", controller_pb2.SelectionPolicy),

@@ -306,6 +306,13 @@ class Ledger:
         rows = self._query("SELECT * FROM experiments WHERE experiment_id=?", (experiment_id,))
         return ExperimentRow.from_row(rows[0]) if rows else None
 
+    def experiment_of(self, experiment_id: str) -> ExperimentRow:
+        """The experiment's row; LookupError when there is none (a caller that created it)."""
+        row = self.experiment(experiment_id)
+        if row is None:
+            raise LookupError(f"no experiment {experiment_id!r} in the ledger")
+        return row
+
     def experiments(self) -> list[ExperimentRow]:
         rows = self._query("SELECT * FROM experiments ORDER BY created_ms, experiment_id")
         return [ExperimentRow.from_row(r) for r in rows]
@@ -365,6 +372,13 @@ class Ledger:
     def cycle(self, experiment_id: str, cycle: int) -> CycleRow | None:
         rows = self._query("SELECT * FROM cycles WHERE experiment_id=? AND cycle=?", (experiment_id, cycle))
         return CycleRow.from_row(rows[0]) if rows else None
+
+    def cycle_of(self, experiment_id: str, cycle: int) -> CycleRow:
+        """The cycle's row; LookupError when it was never started."""
+        row = self.cycle(experiment_id, cycle)
+        if row is None:
+            raise LookupError(f"experiment {experiment_id!r} has no cycle {cycle}")
+        return row
 
     def cycles(self, experiment_id: str) -> list[CycleRow]:
         return [

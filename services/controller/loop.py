@@ -106,8 +106,7 @@ class ExperimentRunner:
     # -- the loop -------------------------------------------------------------------------------
     async def run(self) -> str:
         """Run to the end (or a stop); returns the final state name."""
-        row = self.ledger.experiment(self.id)
-        assert row is not None
+        row = self.ledger.experiment_of(self.id)
         self.ledger.set_experiment(
             self.id,
             requests.event(
@@ -134,7 +133,7 @@ class ExperimentRunner:
             return ExperimentState.STOPPED
         except Exception as exc:
             message = str(exc) or type(exc).__name__
-            cycle = self.ledger.experiment(self.id).current_cycle
+            cycle = self.ledger.experiment_of(self.id).current_cycle
             log.error(
                 "experiment_failed",
                 experiment_id=self.id,
@@ -195,15 +194,14 @@ class ExperimentRunner:
             corpus_size_start=corpus_size,
         )
         self.notify.set()
-        row = self.ledger.cycle(self.id, cycle)
-        assert row is not None
+        row = self.ledger.cycle_of(self.id, cycle)
         if row.phase in (Phase.GENERATING, Phase.EVALUATING):
             await self._generate_and_evaluate(cycle, row)
-        if self.ledger.cycle(self.id, cycle).phase == Phase.FILTERING:
+        if self.ledger.cycle_of(self.id, cycle).phase == Phase.FILTERING:
             await self._filter(cycle)
-        if self.ledger.cycle(self.id, cycle).phase == Phase.FINE_TUNING:
+        if self.ledger.cycle_of(self.id, cycle).phase == Phase.FINE_TUNING:
             await self._fine_tune(cycle)
-        if self.ledger.cycle(self.id, cycle).phase != Phase.COMPLETED:
+        if self.ledger.cycle_of(self.id, cycle).phase != Phase.COMPLETED:
             admitted = sum(c.admitted for c in self.ledger.candidates(self.id, cycle))
             started = row.started_ms / 1000
             self._step(
@@ -218,7 +216,7 @@ class ExperimentRunner:
             )
 
     # -- generate + evaluate --------------------------------------------------------------------
-    async def _generate_and_evaluate(self, cycle: int, row) -> None:  # type: ignore[no-untyped-def]
+    async def _generate_and_evaluate(self, cycle: int, row) -> None:
         started = time.monotonic()
         tasks: list[asyncio.Task] = []
 
@@ -266,7 +264,7 @@ class ExperimentRunner:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
         evaluated = self.ledger.candidates(self.id, cycle)
-        accuracies = [c.accuracy for c in evaluated if c.valid]
+        accuracies = [c.accuracy for c in evaluated if c.valid and c.accuracy is not None]
         self._step(
             cycle,
             "cycle_evaluated",
@@ -280,7 +278,7 @@ class ExperimentRunner:
             phase=Phase.FILTERING,
         )
 
-    def _recorder(self, evaluate_later):  # type: ignore[no-untyped-def]
+    def _recorder(self, evaluate_later):
         """For each streamed candidate: the ledger row, then its evaluation started (once: a candidate
         the ledger already holds, re-sent after a restart, is not evaluated twice)."""
 
@@ -349,8 +347,8 @@ class ExperimentRunner:
         self.notify.set()
         final = self.ledger.candidates(self.id, cycle)
         admitted = sum(c.admitted for c in final)
-        above = sum(bool(c.valid) and c.accuracy >= self.config.accuracy_threshold for c in final)
-        corpus_size = self.ledger.cycle(self.id, cycle).corpus_size_start + admitted
+        above = sum((c.accuracy or 0.0) >= self.config.accuracy_threshold for c in final if c.valid)
+        corpus_size = self.ledger.cycle_of(self.id, cycle).corpus_size_start + admitted
         self._step(
             cycle,
             "cycle_filtered",

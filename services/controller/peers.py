@@ -86,7 +86,7 @@ class Retry:
                 )
                 await asyncio.sleep(delay)
 
-    async def unary(self, what: str, method, request, timeout: float | None = None):  # type: ignore[no-untyped-def]
+    async def unary(self, what: str, method, request, timeout: float | None = None):
         return await self(what, lambda: method(request, timeout=timeout or self.rpc_timeout_seconds))
 
 

@@ -80,7 +80,7 @@ def cycle_rows(ledger: Ledger, experiment_id: str, threshold: float) -> list[dic
     for cycle in ledger.cycles(experiment_id):
         candidates = ledger.candidates(experiment_id, cycle.cycle)
         generated = len(candidates)
-        accuracies = [c.accuracy for c in candidates if c.valid]
+        accuracies = [c.accuracy for c in candidates if c.valid and c.accuracy is not None]
         p, low, high = stats.wilson_interval(len(accuracies), generated)
         mean, mean_low, mean_high = stats.mean_t_interval(accuracies)
         quality = sum(accuracies) / generated if generated else math.nan
@@ -243,7 +243,7 @@ def _plots(out: Path, rows: list[dict], candidates: list[dict], threshold: float
     cycles = [r["cycle"] for r in rows]
     files = []
 
-    def save(fig, name: str) -> None:  # type: ignore[no-untyped-def]
+    def save(fig, name: str) -> None:
         path = out / name
         fig.tight_layout()
         fig.savefig(path, dpi=110)
@@ -349,7 +349,7 @@ CYCLE_TABLE = [
 def write_report(
     ledger: Ledger, experiment_id: str, out: Path, corpus_dir: Path
 ) -> tuple[list[controller_pb2.CycleSummary], list[Path]]:
-    row = ledger.experiment(experiment_id)
+    row = ledger.experiment_of(experiment_id)
     config = experiment_config.from_json(row.config_json)
     out.mkdir(parents=True, exist_ok=True)
     cycles = cycle_rows(ledger, experiment_id, config.accuracy_threshold)

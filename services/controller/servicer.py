@@ -148,8 +148,7 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
 
     def _spawn(self, experiment_id: str) -> None:
         assert self.ledger is not None
-        row = self.ledger.experiment(experiment_id)
-        config = experiment_config.from_json(row.config_json)
+        config = experiment_config.from_json(self.ledger.experiment_of(experiment_id).config_json)
         runner = ExperimentRunner(
             experiment_id, config, self.ledger, self.peers, self.loop_settings, self.notify
         )
@@ -184,7 +183,9 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
             config=experiment_config.from_json(row.config_json),
             state=EXPERIMENT_STATE_TO_PROTO[row.state],
             current_cycle=row.current_cycle,
-            current_phase=PHASE_TO_PROTO.get(row.current_phase, controller_pb2.CYCLE_PHASE_UNSPECIFIED),
+            current_phase=PHASE_TO_PROTO[row.current_phase]
+            if row.current_phase
+            else controller_pb2.CYCLE_PHASE_UNSPECIFIED,
             candidates_generated=counts["generated"],
             candidates_evaluated=counts["evaluated"],
             candidates_admitted=counts["admitted"],
@@ -201,11 +202,11 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
             return None
         return (
             running[0].fine_tune_step
-            if self.ledger.experiment(experiment_id).current_phase is Phase.FINE_TUNING
+            if self.ledger.experiment_of(experiment_id).current_phase is Phase.FINE_TUNING
             else None
         )
 
-    async def StartExperiment(self, request, context) -> controller_pb2.StartExperimentResponse:  # type: ignore[no-untyped-def]
+    async def StartExperiment(self, request, context) -> controller_pb2.StartExperimentResponse:
         assert self.ledger is not None
         if not EXPERIMENT_ID.match(request.experiment_id):
             raise InvalidArgument(
@@ -228,7 +229,7 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
             request.experiment_id, experiment_config.to_json(config), experiment_config.config_sha256(config)
         )
         if not created:
-            existing = self.ledger.experiment(request.experiment_id)
+            existing = self.ledger.experiment_of(request.experiment_id)
             if existing.config_sha256 != experiment_config.config_sha256(config):
                 raise AlreadyExists(f"experiment {request.experiment_id!r} exists with another config")
         elif request.experiment_id not in self.runners:
@@ -238,16 +239,16 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
             experiment=self._experiment(request.experiment_id), created=created
         )
 
-    async def GetExperiment(self, request, context) -> controller_pb2.GetExperimentResponse:  # type: ignore[no-untyped-def]
+    async def GetExperiment(self, request, context) -> controller_pb2.GetExperimentResponse:
         return controller_pb2.GetExperimentResponse(experiment=self._experiment(request.experiment_id))
 
-    async def ListExperiments(self, request, context) -> controller_pb2.ListExperimentsResponse:  # type: ignore[no-untyped-def]
+    async def ListExperiments(self, request, context) -> controller_pb2.ListExperimentsResponse:
         assert self.ledger is not None
         return controller_pb2.ListExperimentsResponse(
             experiments=[self._experiment(row.experiment_id) for row in self.ledger.experiments()]
         )
 
-    async def StopExperiment(self, request, context) -> controller_pb2.StopExperimentResponse:  # type: ignore[no-untyped-def]
+    async def StopExperiment(self, request, context) -> controller_pb2.StopExperimentResponse:
         assert self.ledger is not None
         experiment = self._experiment(request.experiment_id)
         running = self.runners.get(request.experiment_id)
@@ -266,7 +267,7 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
             experiment = self._experiment(request.experiment_id)
         return controller_pb2.StopExperimentResponse(experiment=experiment)
 
-    async def ResumeExperiment(self, request, context) -> controller_pb2.ResumeExperimentResponse:  # type: ignore[no-untyped-def]
+    async def ResumeExperiment(self, request, context) -> controller_pb2.ResumeExperimentResponse:
         experiment = self._experiment(request.experiment_id)
         if experiment.state == EXPERIMENT_STATE_TO_PROTO[ExperimentState.COMPLETED]:
             raise FailedPrecondition(f"experiment {request.experiment_id!r} is completed")
@@ -276,7 +277,7 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
 
     async def WatchExperiment(
         self, request, context
-    ) -> AsyncIterator[controller_pb2.WatchExperimentResponse]:  # type: ignore[no-untyped-def]
+    ) -> AsyncIterator[controller_pb2.WatchExperimentResponse]:
         """The experiment's events from the ledger in order, live, until it ends (or the caller leaves)."""
         assert self.ledger is not None
         self._experiment(request.experiment_id)
@@ -285,13 +286,13 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
             for event in self.ledger.events(request.experiment_id, after):
                 after = event.sequence
                 yield controller_pb2.WatchExperimentResponse(event=event)
-            row = self.ledger.experiment(request.experiment_id)
+            row = self.ledger.experiment_of(request.experiment_id)
             ended = row.state in TERMINAL and request.experiment_id not in self.runners
             if ended and not self.ledger.events(request.experiment_id, after):
                 return
             await asyncio.sleep(0.2)
 
-    async def GetReport(self, request, context) -> controller_pb2.GetReportResponse:  # type: ignore[no-untyped-def]
+    async def GetReport(self, request, context) -> controller_pb2.GetReportResponse:
         from services.controller.report import write_report
 
         assert self.ledger is not None

@@ -105,7 +105,7 @@ def correlations(full: Sequence[float], proxy: Sequence[float], groups: int = 1)
 
     if len(full) != len(proxy) or len(full) < 3:
         raise ValueError("correlations need two equally long sequences of at least 3 values")
-    out = {"n": len(full)}
+    out: dict[str, float] = {"n": len(full)}
     for name, test in (
         ("pearson", stats.pearsonr),
         ("spearman", stats.spearmanr),

@@ -53,7 +53,7 @@ class EvaluationData:
                               self.num_classes, self.random_crop, self.horizontal_flip)  # fmt: skip
 
 
-def _split(images: torch.Tensor, labels: torch.Tensor, validation_fraction: float, seed: int):  # type: ignore[no-untyped-def]
+def _split(images: torch.Tensor, labels: torch.Tensor, validation_fraction: float, seed: int):
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     cut = len(labels) - max(1, round(len(labels) * validation_fraction))
     return images[order[:cut]], labels[order[:cut]], images[order[cut:]], labels[order[cut:]]

@@ -109,7 +109,7 @@ def _static(candidate_id: str, code: str) -> Evaluation | tuple[Evaluation, None
         if stage == failed:
             break
         evaluation.stages.append(StageResult(stage, "OK", check.seconds[stage]))
-    if failed == "parse":
+    if check.syntax_error is not None:
         error = check.syntax_error
         return evaluation.fail("parse", "PARSE_ERROR", f"parse: {error.msg} (line {error.lineno})")
     if failed == "static_screen":

@@ -229,7 +229,7 @@ def run_job(job_dir: Path, data: EvaluationData) -> dict:
         for epoch in range(1, protocol["epochs"] + 1):
             progress.epoch = epoch
 
-            def counted(epoch: int = epoch):  # type: ignore[no-untyped-def]
+            def counted(epoch: int = epoch):
                 for inputs, labels in training_batches(data, protocol["batch_size"], epoch, protocol["seed"]):
                     progress.batch(len(labels))
                     yield inputs, labels

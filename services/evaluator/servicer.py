@@ -103,7 +103,7 @@ class EvaluatorServicer(ServicerBase, evaluator_pb2_grpc.EvaluatorServiceService
 
     async def _evaluate(
         self, request: evaluator_pb2.EvaluateCandidateRequest, on_progress=None
-    ) -> Evaluation:  # type: ignore[no-untyped-def]
+    ) -> Evaluation:
         protocol = protocol_from_proto(request.protocol)
         self._admit()
         cancel = threading.Event()

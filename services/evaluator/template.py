@@ -48,7 +48,7 @@ def _reaper() -> None:
             _report_exit(key, status)
 
 
-def _load(spec: dict, cache: dict):  # type: ignore[no-untyped-def]
+def _load(spec: dict, cache: dict):
     from services.evaluator.datasets import load_digits, load_torchvision
 
     key = json.dumps(spec, sort_keys=True)
@@ -126,7 +126,7 @@ def main() -> int:
     return 0
 
 
-def _run_child(job: dict, job_dir: Path, data, namespaces: bool) -> None:  # type: ignore[no-untyped-def]
+def _run_child(job: dict, job_dir: Path, data, namespaces: bool) -> None:
     """The forked child: isolate, run the candidate, report; never returns."""
     from services.evaluator.runner import run_job
     from services.evaluator.sandbox import SandboxLimits, _enter_sandbox

@@ -111,7 +111,7 @@ def _is_tensor_term(node: ast.expr) -> bool:
 def signatures(code: str, factors: dict[str, Factor]) -> dict[str, Counter]:
     """Per factor, the multiset that stands for it in `code` (SyntaxError when it does not parse)."""
     tree = ast.parse(code)
-    result = {name: Counter() for name in factors}
+    result: dict[str, Counter] = {name: Counter() for name in factors}
     forward_nodes = [
         node
         for fn in ast.walk(tree)

@@ -88,7 +88,7 @@ class GeneratorServicer(ServicerBase, generator_pb2_grpc.GeneratorServiceService
 
     async def GenerateCandidates(
         self, request: generator_pb2.GenerateCandidatesRequest, context
-    ) -> AsyncIterator[generator_pb2.GenerateCandidatesResponse]:  # type: ignore[no-untyped-def]
+    ) -> AsyncIterator[generator_pb2.GenerateCandidatesResponse]:
         plan = plan_from_request(request, self.settings.max_candidates, self.factors)
         adapter = request.adapter
         info = await asyncio.to_thread(self._adapter, adapter.name, adapter.path, adapter.weights_sha256)
@@ -124,7 +124,7 @@ class GeneratorServicer(ServicerBase, generator_pb2_grpc.GeneratorServiceService
                 "generated", experiment=plan.experiment_id, cycle=plan.cycle, mode=plan.mode, candidates=count
             )
 
-    async def DescribeBackend(self, request, context) -> generator_pb2.DescribeBackendResponse:  # type: ignore[no-untyped-def]
+    async def DescribeBackend(self, request, context) -> generator_pb2.DescribeBackendResponse:
         assert self.backend is not None
         described = await asyncio.to_thread(self.backend.describe)
         return generator_pb2.DescribeBackendResponse(
@@ -137,7 +137,7 @@ class GeneratorServicer(ServicerBase, generator_pb2_grpc.GeneratorServiceService
             factors=list(self.factors),
         )
 
-    async def LoadAdapter(self, request, context) -> generator_pb2.LoadAdapterResponse:  # type: ignore[no-untyped-def]
+    async def LoadAdapter(self, request, context) -> generator_pb2.LoadAdapterResponse:
         assert self.backend is not None
         adapter = request.adapter
         if not adapter.name:

@@ -120,7 +120,7 @@ class ChannelIndex:
         self._free: list[int] = []
         self._matrix = np.zeros((64, config.num_permutations), dtype=np.uint32)
 
-    def _minhash(self, signature: np.ndarray):  # type: ignore[no-untyped-def]
+    def _minhash(self, signature: np.ndarray):
         return as_minhash(signature, self.config.num_permutations, self.config.minhash_seed)
 
     def add(self, entry_id: str, signature: np.ndarray) -> None:
@@ -172,7 +172,7 @@ class ChannelIndex:
         ranked = sorted(
             ((self._ids[rows[i]], float(similarities[i])) for i in keep), key=lambda pair: (-pair[1], pair[0])
         )
-        return ranked, len(found)  # type: ignore[return-value]
+        return ranked, len(found)
 
     def nearest(self, signature: np.ndarray) -> ChannelMatch:
         """The best candidate decided by its estimate alone (the paper's rule)."""

@@ -124,7 +124,7 @@ class JobStore:
         rows = self._execute(f"SELECT {self._COLUMNS} FROM jobs WHERE job_id = ?", (job_id,))
         return self._job(rows[0]) if rows else None
 
-    def list(self, experiment_id: str = "") -> list[Job]:
+    def jobs(self, experiment_id: str = "") -> list[Job]:
         jobs = [
             self._job(r) for r in self._execute(f"SELECT {self._COLUMNS} FROM jobs ORDER BY created_unix_ms")
         ]
@@ -151,7 +151,7 @@ class JobStore:
 
     def adapter_owner(self, adapter_name: str) -> str | None:
         """The job that claims an adapter name (every job does from its start)."""
-        for job in self.list():
+        for job in self.jobs():
             if job.spec.adapter_name == adapter_name:
                 return job.job_id
         return None
@@ -160,10 +160,10 @@ class JobStore:
         """After a restart: RUNNING → INTERRUPTED; returns (interrupted, still queued)."""
         interrupted = [
             self.update(j, state=INTERRUPTED, error="the trainer stopped while the job ran")
-            for j in self.list()
+            for j in self.jobs()
             if j.state == RUNNING
         ]
-        return interrupted, [j for j in self.list() if j.state == QUEUED]
+        return interrupted, [j for j in self.jobs() if j.state == QUEUED]
 
     def add_adapter(self, metadata: dict) -> None:
         self._execute(

@@ -54,7 +54,7 @@ class Example:
     labels: list[int]  # -100 where no loss is taken
 
 
-def default_target_modules(model) -> list[str]:  # type: ignore[no-untyped-def]
+def default_target_modules(model) -> list[str]:
     """The attention and MLP projections of the architecture at hand."""
     known = TARGET_MODULES.get(model.config.model_type)
     if known:
@@ -74,7 +74,7 @@ def default_target_modules(model) -> list[str]:  # type: ignore[no-untyped-def]
     return sorted(names)
 
 
-def encode_examples(path: Path, tokenizer, max_len: int) -> tuple[list[Example], int]:  # type: ignore[no-untyped-def]
+def encode_examples(path: Path, tokenizer, max_len: int) -> tuple[list[Example], int]:
     """Chat examples → token ids with prompt-masked labels; also how many were too long."""
     examples, too_long = [], 0
     for row in corpus.read_jsonl(path):
@@ -102,7 +102,7 @@ def _batches(examples: list[Example], batch_size: int, seed: int, epoch: int) ->
     return [[examples[i] for i in order[j : j + batch_size]] for j in range(0, len(order), batch_size)]
 
 
-def _collate(batch: list[Example], pad_id: int, device: str):  # type: ignore[no-untyped-def]
+def _collate(batch: list[Example], pad_id: int, device: str):
     import torch
 
     width = max(len(e.input_ids) for e in batch)
@@ -116,7 +116,7 @@ def _collate(batch: list[Example], pad_id: int, device: str):  # type: ignore[no
     return ids.to(device), labels.to(device), mask.to(device)
 
 
-def _optimizer(model, spec: FineTuneSpec, device: str):  # type: ignore[no-untyped-def]
+def _optimizer(model, spec: FineTuneSpec, device: str):
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -134,7 +134,7 @@ def _optimizer(model, spec: FineTuneSpec, device: str):  # type: ignore[no-untyp
     ), "adamw"
 
 
-def _save_checkpoint(job_dir: Path, model, optimizer, scheduler, state: dict) -> None:  # type: ignore[no-untyped-def]
+def _save_checkpoint(job_dir: Path, model, optimizer, scheduler, state: dict) -> None:
     import torch
 
     tmp = job_dir / f"{CHECKPOINT}.tmp"

@@ -138,7 +138,7 @@ class TrainerServicer(ServicerBase, trainer_pb2_grpc.TrainerServiceServicer):
             self.settings.cancel_grace_seconds,
         )
         interrupted = self.runner.start()
-        log.info("trainer_ready", jobs=len(self.store.list()), interrupted=[j.job_id for j in interrupted])
+        log.info("trainer_ready", jobs=len(self.store.jobs()), interrupted=[j.job_id for j in interrupted])
 
     async def stop(self) -> None:
         if self.runner is not None:
@@ -256,7 +256,7 @@ class TrainerServicer(ServicerBase, trainer_pb2_grpc.TrainerServiceServicer):
 
     async def ListFineTunes(self, request, context):
         return trainer_pb2.ListFineTunesResponse(
-            jobs=[self._job_proto(j) for j in self._store.list(request.experiment_id)]
+            jobs=[self._job_proto(j) for j in self._store.jobs(request.experiment_id)]
         )
 
     async def ListAdapters(self, request, context):

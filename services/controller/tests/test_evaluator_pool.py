@@ -87,7 +87,7 @@ async def _evaluate_all(pool: EvaluatorPool, ids: list[str]) -> list[str]:
     return [replica for _, replica in answers]
 
 
-async def _until(predicate, seconds: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+async def _until(predicate, seconds: float = 20.0) -> None:
     for _ in range(int(seconds / 0.1)):
         if predicate():
             return

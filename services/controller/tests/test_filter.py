@@ -41,7 +41,7 @@ def lemur_codes() -> list[tuple[str, str]]:
 
 def _runner(
     tmp_path: Path, novelty_address: str, codes: list[tuple[str, str]], **overrides
-) -> ExperimentRunner:  # type: ignore[no-untyped-def]
+) -> ExperimentRunner:
     corpus_dir = tmp_path / "corpus"
     corpus_dir.mkdir(exist_ok=True)
     rows = [r for name, code in codes[:6] for r in corpus.example_records(name, code, {"cifar-10": 100_000})]
@@ -53,7 +53,7 @@ def _runner(
         "exp", experiment_config.to_json(config), experiment_config.config_sha256(config)
     )
     novelty = novelty_pb2_grpc.NoveltyServiceStub(aio_channel(novelty_address))
-    peers = Peers(None, None, novelty, None)  # type: ignore[arg-type]  # only novelty is called by _filter
+    peers = Peers(None, None, novelty, None)  # only novelty is called by _filter
     return ExperimentRunner("exp", config, ledger, peers, LoopSettings(tmp_path / "work", corpus_dir))
 
 
@@ -78,7 +78,7 @@ async def _setup_cycle(runner: ExperimentRunner, codes: list[tuple[str, str]]) -
 
 async def test_threshold_policy_with_j_train_j_gen_and_rejection_count(
     start_service, tmp_path, lemur_codes
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     novelty = start_service("novelty", "--db-path", str(tmp_path / "novelty.sqlite3"))
     runner = _runner(tmp_path, novelty.address, lemur_codes)
     await _setup_cycle(runner, lemur_codes)
@@ -138,7 +138,7 @@ async def test_threshold_policy_with_j_train_j_gen_and_rejection_count(
 )
 async def test_selection_policies_and_ablations(
     start_service, tmp_path, lemur_codes, overrides, decisions
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     novelty = start_service("novelty", "--db-path", str(tmp_path / "novelty.sqlite3"))
     runner = _runner(tmp_path, novelty.address, lemur_codes, **overrides)
     await _setup_cycle(runner, lemur_codes)

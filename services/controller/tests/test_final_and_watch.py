@@ -54,7 +54,7 @@ async def test_the_final_stage_trains_the_top_k_admitted_models_longer(start_ser
         cid = add_evaluated(ledger, "fin", 1, idx, code_i, accuracy)
         ledger.record_decision(cid, Decision(Verdict.ADMITTED if accuracy > 0.4 else Verdict.REJECTED, "", 0))
         ledger.record_decided(cid)
-    peers = Peers(None, EvaluatorPool(evaluator.address), None, None)  # type: ignore[arg-type]
+    peers = Peers(None, EvaluatorPool(evaluator.address), None, None)
     runner = ExperimentRunner(
         "fin", config, ledger, peers, LoopSettings(tmp_path / "work", tmp_path / "corpus")
     )

@@ -58,7 +58,7 @@ def test_augment_crops_and_flips_whole_batches() -> None:
         assert torch.equal(result, original) or torch.equal(result, original.flip(2))
 
 
-def test_missing_torchvision_dataset_names_directory_and_files(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_missing_torchvision_dataset_names_directory_and_files(tmp_path) -> None:
     with pytest.raises(DatasetUnavailable) as info:
         load_torchvision("cifar10", tmp_path, allow_download=False)
     assert str(tmp_path) in str(info.value) and "cifar-10-batches-py" in str(info.value)

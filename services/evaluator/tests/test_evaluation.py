@@ -66,7 +66,7 @@ LEMUR_EXPECTED = {
 
 
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):  # type: ignore[no-untyped-def]
+def sandbox(tmp_path_factory):
     box = Sandbox(tmp_path_factory.mktemp("evaluator") / "jobs")
     box.start()
     if box.network_isolation != "namespace" or not box.is_root:
@@ -77,11 +77,11 @@ def sandbox(tmp_path_factory):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def evaluator(sandbox, tmp_path_factory) -> Evaluator:  # type: ignore[no-untyped-def]
+def evaluator(sandbox, tmp_path_factory) -> Evaluator:
     return Evaluator(sandbox, tmp_path_factory.mktemp("data"))
 
 
-def test_a_small_model_learns_and_is_deterministic(evaluator) -> None:  # type: ignore[no-untyped-def]
+def test_a_small_model_learns_and_is_deterministic(evaluator) -> None:
     protocol = Protocol(epochs=3, learning_rate=0.05)  # ~0.9 validation accuracy on digits
     first = evaluator.evaluate("good", GOOD, protocol, want_structural_tokens=True)
     assert first.status == "OK", first.stages
@@ -97,7 +97,7 @@ def test_a_small_model_learns_and_is_deterministic(evaluator) -> None:  # type: 
     assert other_seed.accuracy != first.accuracy
 
 
-def test_real_lemur_models_get_the_right_verdicts(evaluator) -> None:  # type: ignore[no-untyped-def]
+def test_real_lemur_models_get_the_right_verdicts(evaluator) -> None:
     sources = dict(iter_model_sources(lemur_wheel()))
     for name, expected in LEMUR_EXPECTED.items():
         result = evaluator.evaluate(name, sources[name], Protocol(epochs=2, time_limit_seconds=120))
@@ -127,7 +127,7 @@ FAILURES = [
 
 
 @pytest.mark.parametrize(("name", "edit", "status", "stage"), FAILURES, ids=[f[0] for f in FAILURES])
-def test_each_failure_gets_its_status_and_stage(evaluator, name, edit, status, stage) -> None:  # type: ignore[no-untyped-def]
+def test_each_failure_gets_its_status_and_stage(evaluator, name, edit, status, stage) -> None:
     started = time.monotonic()
     result = evaluator.evaluate(name, edit(GOOD), Protocol(time_limit_seconds=8))
     assert (result.status, result.stages[-1].stage) == (status, stage), result.stages[-1]
@@ -145,7 +145,7 @@ LAZY = (
 )
 
 
-def test_shape_inferring_layers_train_and_are_counted_after_the_forward_pass(evaluator) -> None:  # type: ignore[no-untyped-def]
+def test_shape_inferring_layers_train_and_are_counted_after_the_forward_pass(evaluator) -> None:
     eager = evaluator.evaluate("eager", GOOD, Protocol(time_limit_seconds=60))
     lazy = evaluator.evaluate("lazy", LAZY, Protocol(time_limit_seconds=60))
     assert eager.status == lazy.status == "OK", lazy.stages[-1]
@@ -159,7 +159,7 @@ def test_shape_inferring_layers_train_and_are_counted_after_the_forward_pass(eva
     assert over.status == "OVER_BUDGET" and over.param_count > 500_000
 
 
-def test_a_shape_inferring_layer_forward_never_calls_gets_its_own_status(evaluator) -> None:  # type: ignore[no-untyped-def]
+def test_a_shape_inferring_layer_forward_never_calls_gets_its_own_status(evaluator) -> None:
     unused = LAZY.replace("super().__init__()", "super().__init__()\n        self.spare = nn.LazyLinear(64)")
     result = evaluator.evaluate("lazy-unused", unused, Protocol(time_limit_seconds=60))
     last = result.stages[-1]
@@ -167,7 +167,7 @@ def test_a_shape_inferring_layer_forward_never_calls_gets_its_own_status(evaluat
     assert "never called by forward" in last.message and "spare (LazyLinear)" in last.message
 
 
-def _bypass(sandbox: Sandbox, body: str, time_limit: float = 8.0):  # type: ignore[no-untyped-def]
+def _bypass(sandbox: Sandbox, body: str, time_limit: float = 8.0):
     """Run `body` inside Net.__init__ through the sandbox alone (no static screen)."""
     code = GOOD.replace(
         "super().__init__()",
@@ -182,7 +182,7 @@ def _bypass(sandbox: Sandbox, body: str, time_limit: float = 8.0):  # type: igno
     return outcome, time.monotonic() - started
 
 
-def _instantiate_message(outcome) -> str:  # type: ignore[no-untyped-def]
+def _instantiate_message(outcome) -> str:
     return (outcome.result or {}).get("stages", [{}])[-1].get("message", "")
 
 
@@ -195,13 +195,13 @@ def _sandbox_processes() -> list[psutil.Process]:
     ]  # fmt: skip
 
 
-def test_sandbox_has_no_network(sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_sandbox_has_no_network(sandbox) -> None:
     outcome, _ = _bypass(sandbox, "import socket\nsocket.socket().connect(('127.0.0.1', 22))")
     assert outcome.network_isolation == "namespace"
     assert "Network is unreachable" in _instantiate_message(outcome)
 
 
-def test_sandbox_writes_nothing_outside_its_directory(sandbox, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_sandbox_writes_nothing_outside_its_directory(sandbox, tmp_path) -> None:
     targets = [tmp_path / "escaped.txt", Path("/tmp/archloop-escaped.txt"), Path("/dev/shm/archloop-escaped")]
     # /tmp and /dev/shm are private, empty tmpfs mounts inside the sandbox: writing there works but
     # nothing reaches the host's directories.
@@ -214,7 +214,7 @@ def test_sandbox_writes_nothing_outside_its_directory(sandbox, tmp_path) -> None
     assert not targets[0].exists()
 
 
-def test_sandbox_environment_is_scrubbed(sandbox, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_sandbox_environment_is_scrubbed(sandbox, monkeypatch) -> None:
     os.environ["ARCHLOOP_TEST_SECRET"] = "hunter2"
     try:
         outcome, _ = _bypass(sandbox, "import os\nprint(sorted(os.environ.items()))")
@@ -235,14 +235,14 @@ def test_sandbox_environment_is_scrubbed(sandbox, monkeypatch) -> None:  # type:
     ],
     ids=["os_exit", "segfault", "sleep", "memory_bomb", "huge_stdout", "fork_bomb"],
 )
-def test_sandbox_survives_hostile_programs(sandbox, body, check) -> None:  # type: ignore[no-untyped-def]
+def test_sandbox_survives_hostile_programs(sandbox, body, check) -> None:
     outcome, seconds = _bypass(sandbox, body, time_limit=6.0)
     assert check(outcome), outcome
     assert seconds < 6.0 + 5
     assert not _sandbox_processes()
 
 
-def test_processes_that_outlive_the_candidate_are_killed(sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_processes_that_outlive_the_candidate_are_killed(sandbox) -> None:
     body = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(300)\n"
     outcome, _ = _bypass(sandbox, body)
     assert outcome.result is not None

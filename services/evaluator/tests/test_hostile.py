@@ -95,7 +95,7 @@ CORPUS: dict[str, tuple[str, set[str]]] = {
 
 
 @pytest.fixture(scope="module")
-def listener():  # type: ignore[no-untyped-def]
+def listener():
     """A loopback server on the host that counts every connection it accepts."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -130,7 +130,7 @@ def test_corpus_is_large_enough() -> None:
     assert len(CORPUS) >= 30
 
 
-def test_hostile_corpus_through_the_service(start_service, tmp_path, listener) -> None:  # type: ignore[no-untyped-def]
+def test_hostile_corpus_through_the_service(start_service, tmp_path, listener) -> None:
     port, accepted = listener
     proc = start_service("evaluator", "--work-dir", str(tmp_path / "jobs"))
     service = "archloop.v1.EvaluatorService"

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def evaluator_address(start_service, tmp_path) -> str:  # type: ignore[no-untyped-def]
+def evaluator_address(start_service, tmp_path) -> str:
     proc = start_service(
         "evaluator", "--work-dir", str(tmp_path / "jobs"), "--max-concurrent-evaluations", "1"
     )
@@ -30,13 +30,13 @@ UNKNOWN_DATASET = evaluator_pb2.EvaluateCandidateRequest(
 )
 
 
-def _request(code: str, **protocol) -> evaluator_pb2.EvaluateCandidateRequest:  # type: ignore[no-untyped-def]
+def _request(code: str, **protocol) -> evaluator_pb2.EvaluateCandidateRequest:
     return evaluator_pb2.EvaluateCandidateRequest(
         candidate_id="c1", code=code, protocol=common_pb2.EvaluationProtocol(dataset="digits", **protocol)
     )
 
 
-async def test_evaluate_stream_capacity_and_bad_input(evaluator_address) -> None:  # type: ignore[no-untyped-def]
+async def test_evaluate_stream_capacity_and_bad_input(evaluator_address) -> None:
     async with aio_channel(evaluator_address) as channel:
         stub = evaluator_pb2_grpc.EvaluatorServiceStub(channel)
         capacity = await stub.DescribeCapacity(evaluator_pb2.DescribeCapacityRequest(), timeout=10)
@@ -79,7 +79,7 @@ async def test_evaluate_stream_capacity_and_bad_input(evaluator_address) -> None
             assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in bad.value.details()
 
 
-async def test_a_caller_that_goes_away_frees_its_slot_and_kills_its_job(evaluator_address) -> None:  # type: ignore[no-untyped-def]
+async def test_a_caller_that_goes_away_frees_its_slot_and_kills_its_job(evaluator_address) -> None:
     """A client deadline (or a client that dies) cancels the RPC: the sandboxed job is killed and the
     slot is free for the next request, which must not fail."""
     spin = GOOD.replace("return self.body(x)", "while True:\n            pass")
@@ -98,7 +98,7 @@ async def test_a_caller_that_goes_away_frees_its_slot_and_kills_its_job(evaluato
         assert response.result.status == evaluator_pb2.EVALUATION_STATUS_OK
 
 
-def test_cli_evaluate_prints_json(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_evaluate_prints_json(tmp_path) -> None:
     model = tmp_path / "model.py"
     model.write_text(GOOD)
     env = {**os.environ, "ARCHLOOP_CACHE": str(tmp_path / "cache")}

@@ -84,7 +84,7 @@ def test_the_factor_file_is_checked(tmp_path: Path) -> None:
             load_factors(bad)
 
 
-def _request(**fields) -> generator_pb2.GenerateCandidatesRequest:  # type: ignore[no-untyped-def]
+def _request(**fields) -> generator_pb2.GenerateCandidatesRequest:
     values = {"experiment_id": "e", "cycle": 2, "n": 3, "mode": common_pb2.GENERATION_MODE_FULL, "seed": 5}
     values.update(fields)
     return generator_pb2.GenerateCandidatesRequest(**values)
@@ -130,7 +130,7 @@ class ScriptedLLM:
         self.answers = list(answers)
         self.prompts: list[list[dict[str, str]]] = []
 
-    def __call__(self, chats, decoding, seeds, adapter):  # type: ignore[no-untyped-def]
+    def __call__(self, chats, decoding, seeds, adapter):
         self.prompts.extend(chats)
         return [Completion(self.answers.pop(0), 100, 20, 0.5, True) for _ in chats]
 
@@ -146,7 +146,7 @@ def _diff(new: str) -> str:
 GELU = _edit(("nn.ReLU(inplace=True)", "nn.GELU()"))
 
 
-def _run(answers: list[str], **fields) -> tuple[list[common_pb2.Candidate], ScriptedLLM]:  # type: ignore[no-untyped-def]
+def _run(answers: list[str], **fields) -> tuple[list[common_pb2.Candidate], ScriptedLLM]:
     llm = ScriptedLLM(answers)
     maker = CandidateMaker(llm, "scripted", "scripted", 8, FACTORS)
     fields.setdefault("mode", common_pb2.GENERATION_MODE_DELTA)

@@ -45,7 +45,7 @@ def adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _request(**fields) -> generator_pb2.GenerateCandidatesRequest:  # type: ignore[no-untyped-def]
+def _request(**fields) -> generator_pb2.GenerateCandidatesRequest:
     values = {
         "experiment_id": "exp",
         "cycle": 1,
@@ -58,11 +58,11 @@ def _request(**fields) -> generator_pb2.GenerateCandidatesRequest:  # type: igno
     return generator_pb2.GenerateCandidatesRequest(**values)
 
 
-def _generate(stub, **fields) -> list[common_pb2.Candidate]:  # type: ignore[no-untyped-def]
+def _generate(stub, **fields) -> list[common_pb2.Candidate]:
     return [r.candidate for r in stub.GenerateCandidates(_request(**fields), timeout=600)]
 
 
-def _status(stub, **fields) -> grpc.RpcError:  # type: ignore[no-untyped-def]
+def _status(stub, **fields) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as caught:
         _generate(stub, **fields)
     return caught.value
@@ -70,7 +70,7 @@ def _status(stub, **fields) -> grpc.RpcError:  # type: ignore[no-untyped-def]
 
 def test_local_backend_streams_seeded_candidates_and_adapters_change_them(
     start_service, grpc_channel, adapter_dir
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     proc = start_service("generator", "--batch-size", "3", "--max-candidates", "16", "--threads", "1")
     stub = generator_pb2_grpc.GeneratorServiceStub(grpc_channel(proc.address))
 
@@ -111,7 +111,7 @@ def test_local_backend_streams_seeded_candidates_and_adapters_change_them(
 
 def test_local_backend_refuses_bad_requests_and_unknown_adapters(
     start_service, grpc_channel, adapter_dir, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     proc = start_service("generator", "--max-candidates", "8", "--threads", "1")
     stub = generator_pb2_grpc.GeneratorServiceStub(grpc_channel(proc.address))
     for fields, name in [
@@ -177,7 +177,7 @@ def _wait_http(url: str, process: subprocess.Popen, timeout: float = 120.0) -> N
 
 
 @pytest.fixture
-def tgi_dev(adapter_dir, tmp_path):  # type: ignore[no-untyped-def]
+def tgi_dev(adapter_dir, tmp_path):
     """The TGI-compatible dev server (test double for TGI) with adapter cycle-1 loaded at start."""
     port = _free_port()
     log = open(tmp_path / "tgi-dev.log", "wb")  # noqa: SIM115 - closed below
@@ -206,7 +206,7 @@ def tgi_dev(adapter_dir, tmp_path):  # type: ignore[no-untyped-def]
 
 def test_tgi_backend_proves_the_adapter_is_live_and_reports_a_dead_server(
     start_service, grpc_channel, tgi_dev, adapter_dir
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     url, server = tgi_dev
     proc = start_service("generator", "--backend", "tgi", "--tgi-url", url, "--tgi-concurrency", "2")
     stub = generator_pb2_grpc.GeneratorServiceStub(grpc_channel(proc.address))
@@ -236,7 +236,7 @@ def test_tgi_backend_proves_the_adapter_is_live_and_reports_a_dead_server(
     assert down.code() == grpc.StatusCode.UNAVAILABLE and url in down.details()
 
 
-def test_managed_tgi_is_restarted_with_each_new_adapter(start_service, grpc_channel, adapter_dir) -> None:  # type: ignore[no-untyped-def]
+def test_managed_tgi_is_restarted_with_each_new_adapter(start_service, grpc_channel, adapter_dir) -> None:
     url = f"http://127.0.0.1:{_free_port()}"
     launcher = f"{sys.executable} -m services.generator.tgi_dev --threads 1"
     proc = start_service(

@@ -59,21 +59,21 @@ def _rates(pairs: list[tuple[float, str, str]], verification: str) -> tuple[floa
     return true_pos / positives, false_pos / negatives, positives, negatives
 
 
-def test_labelled_set_spans_the_threshold(labelled_pairs) -> None:  # type: ignore[no-untyped-def]
+def test_labelled_set_spans_the_threshold(labelled_pairs) -> None:
     exact = [j for j, _, _ in labelled_pairs]
     assert sum(0.90 < j <= 0.93 for j in exact) >= 40  # the hard band is well represented
     assert sum(j > 0.90 for j in exact) >= 250
     assert sum(j < 0.80 for j in exact) >= 400
 
 
-def test_default_verification_meets_the_goals(labelled_pairs) -> None:  # type: ignore[no-untyped-def]
+def test_default_verification_meets_the_goals(labelled_pairs) -> None:
     recall, false_positive_rate, positives, negatives = _rates(labelled_pairs, "exact")
     print(f"exact near τ: recall {recall:.4f} of {positives}, FP {false_positive_rate:.4f} of {negatives}")
     assert recall >= 0.98
     assert false_positive_rate <= 0.01
 
 
-def test_estimate_only_rule_keeps_false_positives_low(labelled_pairs) -> None:  # type: ignore[no-untyped-def]
+def test_estimate_only_rule_keeps_false_positives_low(labelled_pairs) -> None:
     """The paper's rule: no false positives either, but its recall suffers from estimator noise."""
     recall, false_positive_rate, positives, _ = _rates(labelled_pairs, "estimated")
     print(f"estimated: recall {recall:.4f} of {positives}, FP {false_positive_rate:.4f}")

@@ -55,7 +55,7 @@ EDGE_CASES = [
 ]
 
 
-def _tokens_or_none(lexer, source: str) -> list[str] | None:  # type: ignore[no-untyped-def]
+def _tokens_or_none(lexer, source: str) -> list[str] | None:
     """The lexer's tokens, or None where it declines (tokenize rejects; the fast lexer defers)."""
     try:
         return lexer(source)

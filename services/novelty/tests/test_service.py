@@ -29,7 +29,7 @@ def models() -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-def novelty(start_service, tmp_path):  # type: ignore[no-untyped-def]
+def novelty(start_service, tmp_path):
     proc = start_service(
         "novelty", "--db-path", str(tmp_path / "n.sqlite3"), "--sqlite-busy-timeout-ms", "300"
     )
@@ -45,7 +45,7 @@ def _code(err: pytest.ExceptionInfo) -> grpc.StatusCode:
     return err.value.code()
 
 
-def test_check_admit_and_idempotency(novelty, models) -> None:  # type: ignore[no-untyped-def]
+def test_check_admit_and_idempotency(novelty, models) -> None:
     _, client = novelty
     client.create_collection("corpus", store_shingles=True)
     (name_a, code_a), (_, code_b) = models[0], models[1]
@@ -77,7 +77,7 @@ def test_check_admit_and_idempotency(novelty, models) -> None:  # type: ignore[n
     assert _code(err) == grpc.StatusCode.NOT_FOUND
 
 
-def test_fallback_tokenizer_and_garbage(novelty) -> None:  # type: ignore[no-untyped-def]
+def test_fallback_tokenizer_and_garbage(novelty) -> None:
     _, client = novelty
     client.create_collection("c")
     result = client.check("def broken(:\n  x = [1, 2\n\x00 ☃ \udcff"[:-1] + "é" * 10, ["c"])
@@ -87,7 +87,7 @@ def test_fallback_tokenizer_and_garbage(novelty) -> None:  # type: ignore[no-unt
     assert client.check(garbage, ["c"]).matches[0].near_duplicate
 
 
-def test_bad_input_gets_clear_errors(novelty) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_gets_clear_errors(novelty) -> None:
     proc, client = novelty
     client.create_collection("c")
     cases = [
@@ -117,7 +117,7 @@ def test_bad_input_gets_clear_errors(novelty) -> None:  # type: ignore[no-untype
     assert client.stats().collections[0].collection.name == "c"  # still serving, nothing lost
 
 
-def test_storage_failure_leaves_no_trace(novelty, tmp_path, models) -> None:  # type: ignore[no-untyped-def]
+def test_storage_failure_leaves_no_trace(novelty, tmp_path, models) -> None:
     _, client = novelty
     client.create_collection("c")
     blocker = sqlite3.connect(tmp_path / "n.sqlite3", isolation_level=None)
@@ -137,7 +137,7 @@ def test_storage_failure_leaves_no_trace(novelty, tmp_path, models) -> None:  # 
     assert client.admit("c", "x", models[0][1]) is True  # works again once storage does
 
 
-def test_batch_stream_import_and_structural_channel(novelty, models) -> None:  # type: ignore[no-untyped-def]
+def test_batch_stream_import_and_structural_channel(novelty, models) -> None:
     _, client = novelty
     client.create_collection("corpus")
     entries = list(models[:20])
@@ -186,7 +186,7 @@ def test_batch_stream_import_and_structural_channel(novelty, models) -> None:  #
     assert client.stats().collections[0].structural_entry_count == 1
 
 
-async def test_concurrent_check_and_admit_admits_one_per_group(novelty, models) -> None:  # type: ignore[no-untyped-def]
+async def test_concurrent_check_and_admit_admits_one_per_group(novelty, models) -> None:
     proc, client = novelty
     client.create_collection("cycle", store_shingles=True)
     rng = random.Random(11)
@@ -222,7 +222,7 @@ async def test_concurrent_check_and_admit_admits_one_per_group(novelty, models) 
     assert client.stats().collections[0].collection.entry_count == len(groups)
 
 
-def test_kill_9_then_restart_loses_nothing(start_service, tmp_path, models) -> None:  # type: ignore[no-untyped-def]
+def test_kill_9_then_restart_loses_nothing(start_service, tmp_path, models) -> None:
     db = str(tmp_path / "durable.sqlite3")
     proc = start_service("novelty", "--db-path", db)
     with NoveltyClient(proc.address) as client:
@@ -243,7 +243,7 @@ def test_kill_9_then_restart_loses_nothing(start_service, tmp_path, models) -> N
     assert after == before
 
 
-def test_cli_create_add_check_import_stats(novelty, tmp_path, models) -> None:  # type: ignore[no-untyped-def]
+def test_cli_create_add_check_import_stats(novelty, tmp_path, models) -> None:
     proc, _ = novelty
     env = {**os.environ, "ARCHLOOP_NOVELTY_ADDR": proc.address}
     folder = tmp_path / "models"

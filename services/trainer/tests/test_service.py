@@ -42,8 +42,8 @@ def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def trainer(start_service, tmp_path):  # type: ignore[no-untyped-def]
-    def start(*extra: str):  # type: ignore[no-untyped-def]
+def trainer(start_service, tmp_path):
+    def start(*extra: str):
         proc = start_service(
             "trainer",
             "--state-dir",
@@ -62,7 +62,7 @@ def trainer(start_service, tmp_path):  # type: ignore[no-untyped-def]
 
 def request(
     corpus_path: Path, job_id: str = "job-1", adapter: str = "exp-1-cycle-1", **schedule
-) -> trainer_pb2.StartFineTuneRequest:  # type: ignore[no-untyped-def]
+) -> trainer_pb2.StartFineTuneRequest:
     return trainer_pb2.StartFineTuneRequest(
         job_id=job_id,
         experiment_id="exp-1",
@@ -82,7 +82,7 @@ def request(
     )
 
 
-def watch_until_done(stub, job_id: str, timeout: float = 300) -> tuple[list, trainer_pb2.FineTuneJob]:  # type: ignore[no-untyped-def]
+def watch_until_done(stub, job_id: str, timeout: float = 300) -> tuple[list, trainer_pb2.FineTuneJob]:
     steps, last = [], None
     for update in stub.WatchFineTune(trainer_pb2.WatchFineTuneRequest(job_id=job_id), timeout=timeout):
         if update.HasField("step"):
@@ -93,7 +93,7 @@ def watch_until_done(stub, job_id: str, timeout: float = 300) -> tuple[list, tra
     return steps, last
 
 
-def wait_for_step(stub, job_id: str, step: int, timeout: float = 120) -> trainer_pb2.FineTuneJob:  # type: ignore[no-untyped-def]
+def wait_for_step(stub, job_id: str, step: int, timeout: float = 120) -> trainer_pb2.FineTuneJob:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = stub.GetFineTune(trainer_pb2.GetFineTuneRequest(job_id=job_id), timeout=5).job
@@ -103,7 +103,7 @@ def wait_for_step(stub, job_id: str, step: int, timeout: float = 120) -> trainer
     raise AssertionError(f"job {job_id} never reached step {step}")
 
 
-def code_loss_and_logits(adapter_path: str | None, corpus_path: Path):  # type: ignore[no-untyped-def]
+def code_loss_and_logits(adapter_path: str | None, corpus_path: Path):
     """Mean loss on the code tokens of the corpus, and the logits, of the base model (+ adapter)."""
     import torch
     from peft import PeftModel
@@ -127,7 +127,7 @@ def code_loss_and_logits(adapter_path: str | None, corpus_path: Path):  # type: 
     return sum(losses) / len(losses), logits
 
 
-def test_lora_job_completes_loss_falls_and_adapter_changes_the_model(trainer, small_corpus) -> None:  # type: ignore[no-untyped-def]
+def test_lora_job_completes_loss_falls_and_adapter_changes_the_model(trainer, small_corpus) -> None:
     _, stub = trainer()
     started = stub.StartFineTune(request(small_corpus), timeout=30)
     assert started.created and started.job.state == trainer_pb2.FINE_TUNE_STATE_QUEUED
@@ -159,7 +159,7 @@ def test_lora_job_completes_loss_falls_and_adapter_changes_the_model(trainer, sm
     assert max(float((a - b).abs().max()) for a, b in zip(tuned_logits, base_logits, strict=True)) > 1e-2
 
 
-def test_cancel_stops_within_seconds(trainer, small_corpus) -> None:  # type: ignore[no-untyped-def]
+def test_cancel_stops_within_seconds(trainer, small_corpus) -> None:
     _, stub = trainer()
     stub.StartFineTune(request(small_corpus, epochs=50), timeout=30)
     wait_for_step(stub, "job-1", 1)
@@ -172,7 +172,7 @@ def test_cancel_stops_within_seconds(trainer, small_corpus) -> None:  # type: ig
 
 def test_crash_marks_the_job_interrupted_and_resume_continues_from_the_checkpoint(
     trainer, small_corpus
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     proc, stub = trainer()
     stub.StartFineTune(request(small_corpus, epochs=2), timeout=30)
     wait_for_step(stub, "job-1", 3)  # a checkpoint at step 2
@@ -194,7 +194,7 @@ def test_crash_marks_the_job_interrupted_and_resume_continues_from_the_checkpoin
     assert steps[-1].step == 12
 
 
-def _fields(message) -> dict:  # type: ignore[no-untyped-def]
+def _fields(message) -> dict:
     return {f.name: v for f, v in message.ListFields()}
 
 
@@ -221,7 +221,7 @@ def _fields(message) -> dict:  # type: ignore[no-untyped-def]
 )
 def test_bad_input_is_rejected_with_the_field_named(
     trainer, small_corpus, tmp_path, change, code, field
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     _, stub = trainer()
     if change.get("corpus") == "EMPTY":
         (tmp_path / "empty.jsonl").write_text("\n")
@@ -236,7 +236,7 @@ def test_bad_input_is_rejected_with_the_field_named(
     assert [j.job_id for j in jobs] == (["job-1"] if code == "ALREADY_EXISTS" else [])
 
 
-def test_unknown_job_is_not_found(trainer) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_job_is_not_found(trainer) -> None:
     _, stub = trainer()
     for call, message in (
         (stub.GetFineTune, trainer_pb2.GetFineTuneRequest(job_id="nope")),

@@ -11,7 +11,7 @@ from services.trainer.spec import FineTuneSpec, LoraConfig, Schedule
 
 
 def spec(**changes: object) -> FineTuneSpec:
-    return dataclasses.replace(FineTuneSpec("job", "adapter-1", "/c/examples.jsonl"), **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(FineTuneSpec("job", "adapter-1", "/c/examples.jsonl"), **changes)
 
 
 def test_defaults_are_the_papers() -> None:
