@@ -188,8 +188,9 @@ def train_base_model(
 
     Every `checkpoint_every_steps` the model, optimizer, sampling order and history are saved to
     `checkpoint_dir` (default under $ARCHLOOP_HOME); a run started again with the same corpus and
-    settings resumes there. Training stops at `steps`, or earlier once the held-out code loss has not
-    improved by 0.5 % over `patience_evals` evaluations.
+    settings resumes there, with any `steps`: a longer run continues, one no longer than the checkpoint
+    writes the checkpoint's model (`steps_run` says how far it went). Training stops at `steps`, or
+    earlier once the held-out code loss has not improved by 0.5 % over `patience_evals` evaluations.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
@@ -410,14 +411,22 @@ def _stalled(history: list[dict], patience: int) -> bool:
 
 
 def _load_checkpoint(checkpoint_dir: Path, identity: dict) -> dict | None:
-    """The saved state when it belongs to this corpus and these settings, else None (a fresh start)."""
+    """The saved state when it belongs to this corpus and these settings (any --steps), else None (a
+    fresh start)."""
     import torch
 
     path = checkpoint_dir / "state.pt"
     if not path.exists():
         return None
     state = torch.load(path, weights_only=False)
-    return state if state.get("identity") == identity else None
+    return state if _without_steps(state.get("identity") or {}) == _without_steps(identity) else None
+
+
+def _without_steps(identity: dict) -> dict:
+    """A run's identity less its length: a resumed run may be given another --steps (cut short or
+    extended; the learning-rate schedule follows the new total from the step it resumes at)."""
+    settings = {k: v for k, v in identity.get("settings", {}).items() if k != "steps"}
+    return {**identity, "settings": settings}
 
 
 class BaseModelNotFound(ValueError):

