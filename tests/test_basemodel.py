@@ -163,6 +163,12 @@ class _Interrupt(Exception):
     pass
 
 
+def _stop_at_step_5(event: dict) -> None:
+    """A progress callback that interrupts training as step 5 ends (after the checkpoint of step 3)."""
+    if event.get("step") == 5:
+        raise _Interrupt
+
+
 @pytest.mark.slow
 def test_an_interrupted_run_resumes_from_its_checkpoint_and_ends_where_an_unbroken_one_does(
     tmp_path: Path,
@@ -170,12 +176,8 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_and_ends_where_an_unbrok
     corpus_dir = _tiny_corpus(tmp_path, 40)
     unbroken = basemodel.train_base_model(corpus_dir, tmp_path / "a", TINY, checkpoint_dir=tmp_path / "ca")
 
-    def stop_at_step_5(event: dict) -> None:
-        if event.get("step") == 5:
-            raise _Interrupt
-
     with pytest.raises(_Interrupt):
-        basemodel.train_base_model(corpus_dir, tmp_path / "b", TINY, stop_at_step_5, tmp_path / "cb")
+        basemodel.train_base_model(corpus_dir, tmp_path / "b", TINY, _stop_at_step_5, tmp_path / "cb")
     events: list[dict] = []
     resumed = basemodel.train_base_model(corpus_dir, tmp_path / "b", TINY, events.append, tmp_path / "cb")
     assert events[0]["event"] == "data_ready" and events[0]["resumed_at_step"] == 3  # the last checkpoint
@@ -198,12 +200,8 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_and_ends_where_an_unbrok
 def test_a_resumed_run_may_be_cut_short_or_extended(tmp_path: Path) -> None:
     corpus_dir = _tiny_corpus(tmp_path, 40)
 
-    def stop_at_step_5(event: dict) -> None:
-        if event.get("step") == 5:
-            raise _Interrupt
-
     with pytest.raises(_Interrupt):
-        basemodel.train_base_model(corpus_dir, tmp_path / "m", TINY, stop_at_step_5, tmp_path / "c")
+        basemodel.train_base_model(corpus_dir, tmp_path / "m", TINY, _stop_at_step_5, tmp_path / "c")
     events: list[dict] = []
     shorter = dataclasses.replace(TINY, steps=3)
     cut = basemodel.train_base_model(corpus_dir, tmp_path / "m", shorter, events.append, tmp_path / "c")
