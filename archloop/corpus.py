@@ -16,9 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from archloop import prompts
-from archloop.paths import CORPUS_VERSION
-
-__all__ = ["CORPUS_VERSION"]
+from archloop.paths import CORPUS_VERSION as CORPUS_VERSION  # re-exported: the format's default version
 
 CORPUS_VERSIONS = ("lemur-v2", "lemur-v3")
 IMAGE_CLASSIFICATION = "img-classification"
