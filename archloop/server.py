@@ -34,7 +34,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from archloop.clients import read_token_file
-from archloop.errors import ArchLoopError, InvalidArgument
+from archloop.errors import ArchLoopError, InvalidArgument, Unavailable
 from archloop.processes import die_with_parent
 from archloop.settings import EXIT_BAD_CONFIG, ServiceSettings, SettingsError, flag_name, redacted
 
@@ -56,6 +56,10 @@ class ServicerBase:
 
     add_to_server: ClassVar[Any]
     """The generated add_XxxServiceServicer_to_server(servicer, server), as a staticmethod."""
+
+    serving: bool = False
+    """Set once start() has finished; until then every RPC answers UNAVAILABLE (clients retry), so a
+    request that reaches a restarted service still loading its model never meets a half-built servicer."""
 
     async def start(self) -> None:
         """Work to finish before the service reports SERVING."""
@@ -171,28 +175,45 @@ def register_wrapped(
     collected = _HandlerCollector()
     add_to_server(servicer, collected)
     assert collected.handlers, "the generated code registers its handlers by service name"
-    handlers = {name: _wrapped(name, handler) for name, handler in collected.handlers.items()}
+    handlers = {name: _wrapped(name, handler, servicer) for name, handler in collected.handlers.items()}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(collected.service, handlers),))
     server.add_registered_method_handlers(collected.service, handlers)
 
 
-def _wrapped(rpc: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _wrapped(rpc: str, handler: grpc.RpcMethodHandler, servicer: Any) -> grpc.RpcMethodHandler:
     deserializer = _tolerant(handler.request_deserializer)
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(
-            _unary(rpc, _checked_request(handler.unary_unary)), deserializer, handler.response_serializer
+            _unary(rpc, _started(servicer, _checked_request(handler.unary_unary))),
+            deserializer,
+            handler.response_serializer,
         )
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(
-            _stream(rpc, _checked_request(handler.unary_stream)), deserializer, handler.response_serializer
+            _stream(rpc, _started(servicer, _checked_request(handler.unary_stream))),
+            deserializer,
+            handler.response_serializer,
         )
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(
-            _unary(rpc, _checked_stream(handler.stream_unary)), deserializer, handler.response_serializer
+            _unary(rpc, _started(servicer, _checked_stream(handler.stream_unary))),
+            deserializer,
+            handler.response_serializer,
         )
     return grpc.stream_stream_rpc_method_handler(
-        _stream(rpc, _checked_stream(handler.stream_stream)), deserializer, handler.response_serializer
+        _stream(rpc, _started(servicer, _checked_stream(handler.stream_stream))),
+        deserializer,
+        handler.response_serializer,
     )
+
+
+def _started(servicer: Any, behavior: Callable) -> Callable:
+    def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if not servicer.serving:
+            raise Unavailable(f"{servicer.service_name} is still starting (health NOT_SERVING); retry")
+        return behavior(request, context)
+
+    return call
 
 
 def _unary(rpc: str, behavior: Callable) -> Callable:
@@ -382,6 +403,7 @@ class GrpcService:
             log.error("service_start_failed", exc_info=exc)
             return EXIT_FAILED
         if not stop.is_set():
+            self.servicer.serving = True
             await self.set_health(health_pb2.HealthCheckResponse.SERVING)
             _write_ready_file(self.settings.ready_file, self.address)
             log.info("service_ready", address=self.address, health="SERVING")

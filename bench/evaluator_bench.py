@@ -5,9 +5,10 @@ same run.
     python bench/evaluator_bench.py [--write]
 
 (a) Wall time of Evaluator.evaluate (static stages, fork from the template, isolation, training,
-    accuracy, clean-up) vs the same training loop in this plain process, on a 10,052-image
-    training run (7 epochs of digits' 1,436 training images); and the fixed per-candidate overhead
-    (evaluation wall time minus the child's own training and accuracy time).
+    accuracy, clean-up) under each sandbox (namespaces; gVisor where runsc runs, else the column says
+    why not) vs the same training loop in this plain process, on a 10,052-image training run (7 epochs
+    of digits' 1,436 training images); the fixed per-candidate overhead (evaluation wall time minus the
+    child's own training and accuracy time); and the sandbox's start-up (the template, once).
 (b) Training images/s of the evaluator's in-memory tensor batches vs a DataLoader over PIL images
     with RandomCrop + RandomHorizontalFlip + ToTensor + Normalize per sample.
 """
@@ -30,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from bench.report import publish  # noqa: E402
 from services.evaluator.datasets import load_digits, training_batches  # noqa: E402
 from services.evaluator.evaluation import Evaluator, Protocol  # noqa: E402
-from services.evaluator.sandbox import Sandbox  # noqa: E402
+from services.evaluator.sandbox import SANDBOXES, Sandbox, SandboxUnavailable  # noqa: E402
 from services.evaluator.tests.test_evaluation import GOOD  # noqa: E402
 
 SECTION_START = "<!-- evaluator-bench:start -->"
@@ -114,6 +115,34 @@ def tensor_pipeline_images_per_second() -> float:
     return EPOCHS * len(data.train_labels) / (time.perf_counter() - started)
 
 
+def sandboxed(kind: str, work: Path, repeats: int) -> dict | str:
+    """Median figures of `repeats` evaluations under one sandbox, or why it could not run here."""
+    sandbox = Sandbox(work / "jobs", kind=kind)
+    started = time.perf_counter()
+    try:
+        sandbox.start()
+    except SandboxUnavailable as exc:
+        return str(exc)
+    start_seconds = time.perf_counter() - started
+    try:
+        evaluator = Evaluator(sandbox, work)
+        evaluator.evaluate("warm-up", GOOD, Protocol(epochs=1))
+        runs = []
+        for _ in range(repeats):
+            evaluation = evaluator.evaluate("bench", GOOD, Protocol(epochs=EPOCHS, learning_rate=0.01))
+            assert evaluation.status == "OK", evaluation.stages
+            inside = sum(s.duration_seconds for s in evaluation.stages if s.stage in ("train", "accuracy"))
+            runs.append((evaluation.total_duration_seconds, inside, evaluation.train_images_per_second))
+    finally:
+        sandbox.stop()
+    return {
+        "seconds": statistics.median(r[0] for r in runs),
+        "overhead_seconds": statistics.median(r[0] - r[1] for r in runs),
+        "images_per_second": statistics.median(r[2] for r in runs),
+        "start_seconds": round(start_seconds, 2),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -121,24 +150,13 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)  # the evaluator's default: one torch thread per evaluation
 
+    bares = [bare_loop_seconds() for _ in range(args.repeats)]
+    bare, images = statistics.median(b[0] for b in bares), bares[0][1]
     with tempfile.TemporaryDirectory(prefix="evaluator-bench-") as tmp:
-        sandbox = Sandbox(Path(tmp) / "jobs")
-        sandbox.start()
-        evaluator = Evaluator(sandbox, Path(tmp))
-        protocol = Protocol(epochs=EPOCHS, learning_rate=0.01)
-        evaluator.evaluate("warm-up", GOOD, Protocol(epochs=1))
-        runs = []
-        for _ in range(args.repeats):
-            bare, images = bare_loop_seconds()
-            evaluation = evaluator.evaluate("bench", GOOD, protocol)
-            assert evaluation.status == "OK", evaluation.stages
-            inside = sum(s.duration_seconds for s in evaluation.stages if s.stage in ("train", "accuracy"))
-            runs.append((bare, evaluation.total_duration_seconds, inside, evaluation.train_images_per_second))
-        sandbox.stop()
-    bare = statistics.median(r[0] for r in runs)
-    total = statistics.median(r[1] for r in runs)
-    overhead = statistics.median(r[1] - r[2] for r in runs)
-    tensor_ips = statistics.median(r[3] for r in runs)
+        kinds = {kind: sandboxed(kind, Path(tmp) / kind, args.repeats) for kind in SANDBOXES}
+    ns = kinds["namespaces"]
+    assert isinstance(ns, dict), ns
+    total, overhead, tensor_ips = ns["seconds"], ns["overhead_seconds"], ns["images_per_second"]
     loader_pipeline_ips, loader_ips = dataloader_images_per_second()
     tensor_pipeline_ips = tensor_pipeline_images_per_second()
     results = {
@@ -150,6 +168,7 @@ def main() -> int:
         "tensor_batches_images_per_second": round(tensor_ips, 1),
         "dataloader_images_per_second": round(loader_ips, 1),
         "tensor_vs_dataloader": round(tensor_ips / loader_ips, 2),
+        "sandboxes": kinds,
         "tensor_pipeline_images_per_second": round(tensor_pipeline_ips, 1),
         "dataloader_pipeline_images_per_second": round(loader_pipeline_ips, 1),
         "pipeline_ratio": round(tensor_pipeline_ips / loader_pipeline_ips, 1),
@@ -163,10 +182,14 @@ def main() -> int:
         "Goals (issue 5): evaluator / bare loop ≤ 1.10 on a ~10,000-image run; fixed overhead ≤ 0.3 s;",
         "tensor batches ≥ 2× the images/s of a DataLoader with per-sample transforms.",
         "",
-        "| training images | bare loop s | evaluator s | ratio | fixed overhead s |",
-        "|---|---|---|---|---|",
-        f"| {images:,} | {results['bare_loop_seconds']} | {results['evaluator_seconds']} "
-        f"| {results['evaluator_vs_bare']} | {results['fixed_overhead_seconds']} |",
+        "| training images | bare loop s | namespaces s (× bare) | gVisor s (× bare) |",
+        "|---|---|---|---|",
+        f"| {images:,} | {bare:.2f} | " + " | ".join(_cell(kinds[k], bare) for k in SANDBOXES) + " |",
+        "",
+        "| sandbox | fixed overhead per candidate s | start-up (template, once) s |",
+        "|---|---|---|",
+        *[f"| {k} | {v['overhead_seconds']:.2f} | {v['start_seconds']:.1f} |"
+          for k, v in kinds.items() if isinstance(v, dict)],
         "",
         "| images/s | tensor batches | DataLoader + per-sample transforms | ratio |",
         "|---|---|---|---|",
@@ -180,6 +203,12 @@ def main() -> int:
     ])  # fmt: skip
     publish("evaluator", results, text, SECTION_START, SECTION_END, args.write)
     return 0
+
+
+def _cell(figures: dict | str, bare: float) -> str:
+    if isinstance(figures, str):
+        return f"not run: {figures}"
+    return f"{figures['seconds']:.2f} ({figures['seconds'] / bare:.2f}×)"
 
 
 if __name__ == "__main__":

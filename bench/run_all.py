@@ -32,6 +32,8 @@ BENCHMARKS = {
     "novelty_bench": (["--entries", "10000", "--entries", "100000"], "brute-force exact Jaccard, same run"),
     "novelty_load": ([], "one sequential client, same run"),
     "evaluator_bench": ([], "a bare training loop, same process"),
+    "stage_durations": (["--programs", "2200"], "the programs' own p99.9 (deadline defaults)"),
+    "screen_false_positives": ([], "the old screen policy, same run"),
     "trainer_bench": ([], "a plain peft LoRA loop, same process"),
     "generator_bench": ([], "one-at-a-time sampling, same run"),
     "controller_bench": ([], "the ideal: work / slots"),

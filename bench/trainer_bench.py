@@ -55,8 +55,9 @@ def bench_examples(corpus_dir: Path, count: int, out: Path) -> Path:
     return out
 
 
-def plain_loop(examples_path: Path, epochs: int, seed: int) -> dict:
-    """The baseline: load, wrap with LoRA, and train with an ordinary loop."""
+def plain_loop(examples_path: Path, epochs: int, seed: int, device: str = "cpu") -> dict:
+    """The baseline: load, wrap with LoRA, and train with an ordinary loop (bf16 on CUDA, as the
+    trainer does there)."""
     import random
 
     import torch
@@ -69,7 +70,8 @@ def plain_loop(examples_path: Path, epochs: int, seed: int) -> dict:
     torch.set_num_threads(THREADS)
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL_DIR)
-    model = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, dtype=torch.float32)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, dtype=dtype).to(device)
     model = get_peft_model(
         model,
         LoraConfig(
@@ -98,10 +100,9 @@ def plain_loop(examples_path: Path, epochs: int, seed: int) -> dict:
         random.Random(seed * 1_000_003 + epoch).shuffle(order)
         for i, index in enumerate(order):
             e = examples[index]
-            ids = torch.tensor([e.input_ids])
-            loss = model(
-                input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([e.labels])
-            ).loss
+            ids = torch.tensor([e.input_ids], device=device)
+            labels = torch.tensor([e.labels], device=device)
+            loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
             (loss / accumulation).backward()
             tokens += ids.numel()
             if (i + 1) % accumulation == 0 or i + 1 == len(order):

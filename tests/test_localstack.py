@@ -95,3 +95,22 @@ def test_killed_supervisor_leaves_no_orphans(tmp_path: Path) -> None:
     assert run_cli("status", env=env).returncode == 1
     assert run_cli("down", env=env).returncode == 0  # cleans the stale state file
     assert not (tmp_path / "stack.json").exists()
+
+
+def test_a_killed_service_comes_back_on_its_address(tmp_path: Path) -> None:
+    up, status = _start_up(tmp_path)
+    env = {**os.environ, "ARCHLOOP_HOME": str(tmp_path)}
+    before = {c["component"]: c for c in status["components"]}
+    os.kill(before["novelty"]["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        after = json.loads(run_cli("status", "--json", env=env).stdout)
+        novelty = next(c for c in after["components"] if c["component"] == "novelty")
+        if novelty["pid"] != before["novelty"]["pid"] and novelty["health"] == "SERVING":
+            break
+        time.sleep(0.5)
+    assert novelty["address"] == before["novelty"]["address"], novelty
+    assert novelty["pid"] != before["novelty"]["pid"] and novelty["health"] == "SERVING", novelty
+    assert run_cli("down", env=env).returncode == 0
+    assert up.wait(timeout=30) == 0
+    assert "novelty died (killed by SIGKILL); restarting it" in " ".join(up.stdout.read().split())

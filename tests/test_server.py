@@ -80,6 +80,15 @@ async def test_not_serving_until_start_finishes(running) -> None:
         except grpc.aio.AioRpcError:
             await asyncio.sleep(0.05)
     assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    # an RPC that arrives meanwhile (a client of a restarted service) meets UNAVAILABLE, which clients
+    # retry, never a half-built servicer
+    async with grpc.aio.insecure_channel(_service.address) as plain:  # no automatic retries
+        with pytest.raises(grpc.aio.AioRpcError) as early:
+            await novelty_pb2_grpc.NoveltyServiceStub(plain).GetEntry(
+                novelty_pb2.GetEntryRequest(), timeout=5
+            )
+    assert early.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert early.value.details() == f"{SERVICE} is still starting (health NOT_SERVING); retry"
     servicer.release_start.set()
     for _ in range(100):
         if await _health(stub) == health_pb2.HealthCheckResponse.SERVING:

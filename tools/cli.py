@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +29,7 @@ from rich.table import Table
 
 from archloop import datasets
 
-EXIT_OK, EXIT_FAILED = 0, 1
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def _home(args: argparse.Namespace) -> Path:
@@ -63,10 +64,16 @@ def _status_rows(state) -> list[dict[str, object]]:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from tools.localstack import Stack, StackError
+    from tools.localstack import RestartPolicy, Stack, StackError
+    from tools.stack_ledger import record_failure, unfinished_experiments
 
     console = Console(stderr=not sys.stdout.isatty())
-    stack = Stack(_home(args), start_timeout_seconds=args.timeout)
+    try:
+        policy = RestartPolicy.from_env(args.max_restarts)
+    except StackError as exc:
+        print(f"archloop up: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    stack = Stack(_home(args), start_timeout_seconds=args.timeout, restart_policy=policy)
     stack.install_signal_handlers()
     try:
         with console.status("starting nats-server and the five services…"):
@@ -82,13 +89,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         + "; Ctrl-C or `archloop down` stops everything"
     )
     sys.stdout.flush()
-    died = stack.wait()
+    failure = stack.supervise(on_event=lambda line: console.print(f"[yellow]supervisor:[/] {line}"))
+    running = unfinished_experiments(stack.home) if failure else []
     stack.stop()
-    if died:
-        print(
-            f"archloop up: {died} exited unexpectedly; stopped the stack (logs in {stack.log_dir})",
-            file=sys.stderr,
-        )
+    if failure:
+        failed = record_failure(stack.home, failure.sentence, running)
+        print(f"archloop up: {failure.sentence}; stopped the stack", file=sys.stderr)
+        for experiment_id in failed:
+            resume = f"archloop run --resume {experiment_id}"
+            print(f"archloop up: {experiment_id} FAILED (continue with `{resume}`)", file=sys.stderr)
         return EXIT_FAILED
     console.print("local stack stopped")
     return EXIT_OK
@@ -164,12 +173,15 @@ def cmd_datasets_fetch(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate one file locally in the same sandbox the evaluator service uses."""
+    from dataclasses import replace
+
     from google.protobuf.json_format import MessageToJson
 
     from archloop.errors import InvalidArgument
     from services.evaluator.evaluation import Evaluator, Protocol
-    from services.evaluator.sandbox import Sandbox
+    from services.evaluator.sandbox import Sandbox, SandboxUnavailable
     from services.evaluator.servicer import result_to_proto
+    from services.evaluator.watchdog import Deadlines
 
     try:
         code = Path(args.file).read_text(encoding="utf-8", errors="replace")
@@ -178,10 +190,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     protocol = Protocol(dataset=args.dataset, epochs=args.epochs, seed=args.seed,
                         time_limit_seconds=args.time_limit, param_budget=args.param_budget)  # fmt: skip
-    sandbox = Sandbox(Path(args.work_dir))
-    sandbox.start()
+    sandbox = Sandbox(Path(args.work_dir), kind=args.sandbox)
     try:
-        evaluation = Evaluator(sandbox, Path(args.data_dir)).evaluate(
+        sandbox.start()
+    except SandboxUnavailable as exc:
+        print(f"archloop evaluate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        deadlines = Deadlines()
+        if args.stage_deadline is not None:
+            stage = args.stage_deadline
+            deadlines = replace(
+                deadlines, instantiate_seconds=stage, forward_seconds=stage, setup_seconds=stage
+            )
+        if args.first_batch_deadline is not None:
+            deadlines = replace(deadlines, first_batch_seconds=args.first_batch_deadline)
+        evaluation = Evaluator(sandbox, Path(args.data_dir), deadlines=deadlines).evaluate(
             Path(args.file).stem, code, protocol, True
         )
     except InvalidArgument as exc:
@@ -211,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser("up", help="start NATS and the five services locally until Ctrl-C")
     up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for every component")
+    from tools.run_cli import MAX_RESTARTS_HELP
+
+    up.add_argument("--max-restarts", type=int, help=MAX_RESTARTS_HELP)
     up.set_defaults(func=cmd_up)
 
     status = commands.add_parser("status", help="address and health of each local component")
@@ -234,9 +261,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--time-limit", type=float, default=600.0, help="seconds")
     evaluate.add_argument("--param-budget", type=int, default=500_000)
+    evaluate.add_argument(
+        "--stage-deadline",
+        type=float,
+        help="seconds for instantiate, forward and train_setup each (0: off) [default: the evaluator's, "
+        "20, 20, 10]",
+    )
+    evaluate.add_argument(
+        "--first-batch-deadline",
+        type=float,
+        help="seconds for the first training batch (0: off) [default 30]",
+    )
     evaluate.add_argument("--data-dir", default="data", help="where torchvision datasets live")
     evaluate.add_argument("--work-dir", default=".archloop-jobs", help="job directories (removed after)")
     evaluate.add_argument("--json", action="store_true", help="print the EvaluationResult as JSON")
+    evaluate.add_argument(
+        "--sandbox",
+        choices=("namespaces", "gvisor"),
+        default=os.environ.get("ARCHLOOP_SANDBOX", "namespaces"),
+        help="what isolates the candidate [env ARCHLOOP_SANDBOX; default namespaces]",
+    )
     evaluate.set_defaults(func=cmd_evaluate)
 
     datasets_command = commands.add_parser("datasets", help="torchvision datasets for the evaluator")

@@ -50,7 +50,7 @@ from archloop.corpus import (
     example_records,
     stages_of,
 )
-from services.evaluator.screen import static_check
+from services.evaluator.screen import POLICY_V1_PATH, Policy, static_check
 from services.novelty.collection import CollectionConfig
 from services.novelty.index import NoveltyIndex, Submission
 from services.novelty.store import EntryStore
@@ -66,6 +66,16 @@ class StatsKey:
     dataset: str
     metric: str
     model: str
+
+
+SCREEN_POLICY = {"lemur-v2": POLICY_V1_PATH, "lemur-v3": POLICY_V1_PATH}
+"""The static screen each corpus version was built with: the screen is part of a version's definition
+(a rebuild must give the same texts, whose manifest the packaged model is bound to). A later version
+takes the evaluator's policy.yaml of its day."""
+
+
+def screen_policy(version: str) -> Policy:
+    return Policy.load(SCREEN_POLICY[version])
 
 
 def parse_stats_dir(name: str) -> StatsKey | None:
@@ -330,8 +340,10 @@ def screen_models(
     image_models: set[str],
     threshold: float,
     forward: ForwardLookup | None = None,
+    policy: Policy | None = None,
 ) -> Iterator[tuple[ModelOutcome, str]]:
-    """Run each model file through the funnel; yield its outcome and source, in the sources' order."""
+    """Run each model file through the funnel; yield its outcome and source, in the sources' order.
+    `policy`: the screen's (default: the one the corpus versions were built with, SCREEN_POLICY)."""
 
     static: list[tuple[ModelOutcome, str]] = []
     for model, code in sources:
@@ -343,7 +355,7 @@ def screen_models(
         outcome.stage = "image_classification"
         # the evaluator's static funnel (one call, all three checks); the corpus versions' STAGES put the
         # contract before the policy, so a model failing both is recorded as off the contract
-        check = static_check(code)
+        check = static_check(code, policy or screen_policy(CORPUS_VERSION))
         if check.syntax_error is not None:
             outcome.reason = f"does not parse: {check.syntax_error.msg}"
             continue
@@ -461,7 +473,9 @@ def build_corpus(
     examples: list[dict] = []
     with zipfile.ZipFile(wheel) as archive:
         image_models = image_classification_models(archive)
-        screened = list(screen_models(lemur.iter_model_sources(wheel), image_models, threshold, forward))
+        policy = screen_policy(version)
+        sources = lemur.iter_model_sources(wheel)
+        screened = list(screen_models(sources, image_models, threshold, forward, policy))
         outcomes = [outcome for outcome, _ in screened]
         kept = [(outcome, code) for outcome, code in screened if outcome.stage == "unique"]
         if version == "lemur-v2":

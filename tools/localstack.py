@@ -1,11 +1,15 @@
 """The local stack: an embedded nats-server and the five services as child processes on loopback.
 
-`archloop up` runs `Stack.run()` in the foreground as a supervisor: it starts NATS, then the
-services (each on a free port, reporting its address through a ready file), waits until every one
-is SERVING, writes `<home>/stack.json` for other `archloop` commands, and on Ctrl-C, SIGTERM
-(`archloop down`) or the death of any component stops everything in reverse order. Children run
-in their own process groups (a terminal's Ctrl-C reaches only the supervisor, which stops them in
-order) and get SIGTERM from the kernel if the supervisor itself dies, so nothing is left behind.
+`archloop up` (and `archloop run`, for the stack it brings up) is the supervisor: it starts NATS, then
+the services (each on a free port, reporting its address through a ready file), waits until every
+one is SERVING, writes `<home>/stack.json` for other `archloop` commands, and watches them
+(`Stack.supervise`). A component that dies is started again on the same address after a backoff
+(`RestartPolicy`); its clients reconnect and the ledger makes the run lose nothing. One that dies
+more than `max_restarts` times within `window_seconds` ends the watch with a `StackFailure` whose
+sentence names it, its exit and its log. On Ctrl-C or SIGTERM (`archloop down`) everything stops in
+reverse order. Children run in their own process groups (a terminal's Ctrl-C reaches only the
+supervisor, which stops them in order) and get SIGTERM from the kernel if the supervisor itself
+dies, so nothing is left behind.
 
 The same process classes start real servers for the test fixtures (tools.testing).
 """
@@ -13,12 +17,14 @@ The same process classes start real servers for the test fixtures (tools.testing
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -29,7 +35,7 @@ from shutil import which
 import psutil
 
 from archloop import paths, processes
-from archloop.clients import health_status
+from archloop.clients import backoff_delays, health_status
 from archloop.processes import child_env
 
 SERVICES = ("novelty", "evaluator", "generator", "trainer", "controller")
@@ -59,6 +65,55 @@ STATE_FILE = "stack.json"
 
 class StackError(RuntimeError):
     """The stack could not start or a component failed; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How the supervisor brings a dead component back: after `first_delay_seconds`, doubling up to
+    `max_delay_seconds` while it keeps dying (archloop.clients.backoff_delays); a component that dies
+    more than `max_restarts` times within `window_seconds` is given up on. Environment:
+    ARCHLOOP_STACK_MAX_RESTARTS, ARCHLOOP_STACK_RESTART_WINDOW_SECONDS."""
+
+    max_restarts: int = 5
+    window_seconds: float = 300.0
+    first_delay_seconds: float = 0.5
+    max_delay_seconds: float = 10.0
+
+    @classmethod
+    def from_env(cls, max_restarts: int | None = None) -> RestartPolicy:
+        """The defaults, overridden by the environment, then by `max_restarts` (a CLI flag)."""
+        try:
+            env_max = int(os.environ.get("ARCHLOOP_STACK_MAX_RESTARTS", cls.max_restarts))
+            window = float(os.environ.get("ARCHLOOP_STACK_RESTART_WINDOW_SECONDS", cls.window_seconds))
+        except ValueError as exc:
+            raise StackError(f"ARCHLOOP_STACK_MAX_RESTARTS / _RESTART_WINDOW_SECONDS: {exc}") from None
+        chosen = env_max if max_restarts is None else max_restarts
+        if chosen < 0 or window <= 0:
+            raise StackError("the restart limit must be ≥ 0 and its window > 0 seconds")
+        return cls(max_restarts=chosen, window_seconds=window)
+
+    def delay(self, deaths: int) -> float:
+        """The wait before restart number `deaths` (1-based) within the window."""
+        delays = backoff_delays(self.first_delay_seconds, self.max_delay_seconds)
+        return next(itertools.islice(delays, deaths - 1, None))
+
+
+@dataclass(frozen=True)
+class StackFailure:
+    """A component that kept dying: why the supervisor gave up."""
+
+    component: str
+    exit: str
+    log: str
+    deaths: int
+    window_seconds: float
+
+    @property
+    def sentence(self) -> str:
+        return (
+            f"the {self.component} died {self.deaths} times within {self.window_seconds:g} s "
+            f"(last: {self.exit}), so the supervisor gave up on it; its log: {self.log}"
+        )
 
 
 def _die_with_parent(parent_pid: int) -> Callable[[], None]:
@@ -129,7 +184,8 @@ class Component:
 
 
 class ChildProcess:
-    """A child in its own process group that dies with its parent; stop() = SIGTERM, then SIGKILL."""
+    """A child in its own process group that dies with its parent; stop() = SIGTERM, then SIGKILL;
+    respawn() starts the same command again after it died."""
 
     def __init__(
         self,
@@ -143,20 +199,49 @@ class ChildProcess:
         """`arranges_own_death`: the child calls archloop.processes.die_with_parent itself (our Python
         services), so no preexec_fn is needed; others (nats-server) get one."""
         self.name = name
+        self.argv = argv
         self.log_path = log_path
+        self.env = env
+        self.cwd = cwd
+        self.arranges_own_death = arranges_own_death
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log_file:
+        self._spawn()
+
+    def _spawn(self) -> None:
+        with open(self.log_path, "ab") as log_file:
             self.proc = subprocess.Popen(
-                argv,
+                self.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                env=child_env(env) if arranges_own_death else env,
-                cwd=cwd,
+                env=child_env(self.env) if self.arranges_own_death else self.env,
+                cwd=self.cwd,
                 start_new_session=True,
-                preexec_fn=None if arranges_own_death else _die_with_parent(os.getpid()),
+                preexec_fn=None if self.arranges_own_death else _die_with_parent(os.getpid()),
             )
         self.create_time = psutil.Process(self.proc.pid).create_time()
+
+    def respawn(self) -> None:
+        """Start the command again, on the address it had (subclasses pin their ports)."""
+        self.stop(0.0)  # its process group may still hold stragglers
+        self._spawn()
+
+    def wait_ready(self, timeout_seconds: float) -> str:
+        raise NotImplementedError
+
+    def component(self) -> Component:
+        raise NotImplementedError
+
+    def describe_exit(self) -> str:
+        """'killed by SIGKILL' or 'exit status 3' (or 'running')."""
+        code = self.proc.poll()
+        if code is None:
+            return "running"
+        if code < 0:
+            with contextlib.suppress(ValueError):
+                return f"killed by {signal.Signals(-code).name}"
+            return f"killed by signal {-code}"
+        return f"exit status {code}"
 
     def stop(self, grace_seconds: float) -> int | None:
         """Stop the whole process group; return the child's exit status (None if it had to be killed)."""
@@ -191,6 +276,15 @@ class NatsServerProcess(ChildProcess):
         super().__init__("nats", argv, log_path)
         self.url = ""
         self.monitor_url = ""
+
+    def respawn(self) -> None:
+        """Again on the same client and monitoring ports, with the same JetStream store."""
+        ports = {"-p": self.url.rsplit(":", 1)[-1], "-m": self.monitor_url.rsplit(":", 1)[-1]}
+        previous = ["", *self.argv[:-1]]
+        self.argv = [ports.get(flag, arg) for flag, arg in zip(previous, self.argv, strict=True)]
+        for stale in self.run_dir.glob("nats-server_*.ports"):
+            stale.unlink()
+        super().respawn()
 
     def wait_ready(self, timeout_seconds: float = 20.0) -> str:
         ports_file = self.run_dir / f"nats-server_{self.proc.pid}.ports"
@@ -247,6 +341,14 @@ class ServiceProcess(ChildProcess):
         ]  # fmt: skip
         super().__init__(name, argv, log_path, env, cwd=run_dir, arranges_own_death=True)
         self.address = ""
+
+    def respawn(self) -> None:
+        """Again on the port it had (the last --port given wins), reporting through a fresh ready file."""
+        port = self.address.rsplit(":", 1)[-1]
+        last = len(self.argv) - 1 - self.argv[::-1].index("--port")
+        self.argv = [*self.argv[: last + 1], port, *self.argv[last + 2 :]]
+        self.ready_file.unlink(missing_ok=True)
+        super().respawn()
 
     def wait_ready(self, timeout_seconds: float = 60.0) -> str:
         def ready() -> dict | None:
@@ -311,7 +413,7 @@ def component_health(component: Component, timeout_seconds: float = 2.0) -> str:
 
 
 class Stack:
-    """The supervisor behind `archloop up`."""
+    """The supervisor behind `archloop up` and the stack `archloop run` brings up."""
 
     def __init__(
         self,
@@ -319,6 +421,7 @@ class Stack:
         start_timeout_seconds: float = 90.0,
         grace_seconds: float = 15.0,
         corpus_dir: Path | None = None,
+        restart_policy: RestartPolicy | None = None,
     ) -> None:
         self.home = home
         self.corpus_dir = corpus_dir or paths.corpus_dir(home=home)
@@ -326,12 +429,18 @@ class Stack:
         self.log_dir = home / "logs"
         self.start_timeout_seconds = start_timeout_seconds
         self.grace_seconds = grace_seconds
+        self.restart_policy = restart_policy or RestartPolicy()
         self.children: list[ChildProcess] = []
-        self._stop_requested = False
+        self.failure: StackFailure | None = None
+        self.restarts = 0
+        self._stop_requested = threading.Event()
+        self._children_lock = threading.Lock()  # a respawn and stop() never interleave
+        self._watcher: threading.Thread | None = None
+        self._state: StackState | None = None
         self._owns_state = False
 
     def _request_stop(self, signum: int, frame: object) -> None:
-        self._stop_requested = True
+        self._stop_requested.set()
 
     def start(self) -> StackState:
         existing = StackState.load(self.home)
@@ -365,28 +474,85 @@ class Stack:
             supervisor_create_time=me.create_time(),
             home=str(self.home),
             started_unix=time.time(),
-            components=[child.component() for child in self.children],  # type: ignore[attr-defined]
+            components=[child.component() for child in self.children],
         )
         for component in state.components:
             status = component_health(component)
             if status != "SERVING":
                 raise StackError(f"{component.name} reports {status} after start; log: {component.log}")
         state.save(self.home)
+        self._state = state
         self._owns_state = True
         return state
 
-    def wait(self) -> str | None:
-        """Block until a stop is requested (None) or a component dies (its name)."""
-        while not self._stop_requested:
+    def supervise(self, on_event: Callable[[str], None] = lambda message: None) -> StackFailure | None:
+        """Watch the components until a stop is requested (returns None) or one keeps dying (returns
+        the failure, also kept in `self.failure`). A component that died is started again on its
+        address after the policy's backoff; `on_event` hears each death and each return in one line."""
+        policy = self.restart_policy
+        deaths: dict[str, list[float]] = {}
+        while not self._stop_requested.is_set():
             for child in self.children:
-                if child.proc.poll() is not None:
-                    return child.name
-            time.sleep(0.2)
+                if self._stop_requested.is_set() or child.proc.poll() is None:
+                    continue
+                now = time.monotonic()
+                recent = [t for t in deaths.get(child.name, []) if now - t <= policy.window_seconds]
+                deaths[child.name] = recent = [*recent, now]
+                exit_text = child.describe_exit()
+                if len(recent) > policy.max_restarts:
+                    self.failure = StackFailure(
+                        child.name, exit_text, str(child.log_path), len(recent), policy.window_seconds
+                    )
+                    on_event(self.failure.sentence)
+                    return self.failure
+                delay = policy.delay(len(recent))
+                on_event(
+                    f"{child.name} died ({exit_text}); restarting it in {delay:g} s, on the same address "
+                    f"(restart {len(recent)} of at most {policy.max_restarts} within "
+                    f"{policy.window_seconds:g} s; log {child.log_path})"
+                )
+                if self._stop_requested.wait(delay):
+                    return None
+                back = time.monotonic()
+                with self._children_lock:
+                    if self._stop_requested.is_set():
+                        return None
+                    child.respawn()
+                try:
+                    address = child.wait_ready(self.start_timeout_seconds)
+                except StackError as exc:
+                    child.stop(0.0)  # a hung start counts as a death on the next pass
+                    on_event(f"{child.name} did not come back: {str(exc).splitlines()[0]}")
+                    continue
+                self.restarts += 1
+                self._record(child)
+                on_event(f"{child.name} is back on {address} after {time.monotonic() - back:.1f} s")
+            self._stop_requested.wait(0.2)
         return None
 
+    def supervise_in_background(self, on_event: Callable[[str], None] = lambda message: None) -> None:
+        """supervise() on a daemon thread (`archloop run`); `self.failure` says when it gave up."""
+        self._watcher = threading.Thread(
+            target=self.supervise, args=(on_event,), daemon=True, name="stack-supervisor"
+        )
+        self._watcher.start()
+
+    def _record(self, child: ChildProcess) -> None:
+        """A restarted component's new pid in stack.json (for `archloop status`)."""
+        if self._state is None:
+            return
+        self._state.components = [
+            child.component() if c.name == child.name else c for c in self._state.components
+        ]
+        self._state.save(self.home)
+
     def stop(self) -> None:
-        for child in reversed(self.children):
-            child.stop(self.grace_seconds)
+        self._stop_requested.set()
+        with self._children_lock:
+            for child in reversed(self.children):
+                child.stop(self.grace_seconds)
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(timeout=self.start_timeout_seconds)
         if self._owns_state:
             (self.home / STATE_FILE).unlink(missing_ok=True)
 

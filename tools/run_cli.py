@@ -36,6 +36,12 @@ from archloop.errors import InvalidArgument
 from services.controller.states import short_name
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+CONTROLLER_OUTAGE_SECONDS = 300.0
+"""How long the progress view waits for an unreachable controller (a restarting one comes back)."""
+MAX_RESTARTS_HELP = (
+    "restarts of one component within the window before the supervisor gives up "
+    "[env ARCHLOOP_STACK_MAX_RESTARTS, default 5; window ARCHLOOP_STACK_RESTART_WINDOW_SECONDS, 300]"
+)
 console = Console(stderr=True)
 
 
@@ -170,8 +176,10 @@ class _ProgressView:
             self.progress.update(self.tasks[name], completed=done, total=whole, info=info)
 
 
-def _follow(stub, experiment_id: str) -> str:
-    """Show progress until the experiment ends; Ctrl-C stops it. Returns the final state name."""
+def _follow(stub, experiment_id: str, stack=None) -> str:
+    """Show progress until the experiment ends; Ctrl-C stops it. Returns the final state name, or
+    "GAVE_UP" when the supervisor of our own `stack` gave up on a component. A controller that is
+    unreachable (restarting) is waited for up to CONTROLLER_OUTAGE_SECONDS."""
     from archloop.v1 import controller_pb2
 
     interrupted = False
@@ -182,12 +190,30 @@ def _follow(stub, experiment_id: str) -> str:
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
     view = _ProgressView()
+    outage_since: float | None = None
     try:
         with view.progress:
             while True:
-                experiment = stub.GetExperiment(
-                    controller_pb2.GetExperimentRequest(experiment_id=experiment_id), timeout=30
-                ).experiment
+                if stack is not None and stack.failure is not None:
+                    return "GAVE_UP"
+                try:
+                    experiment = stub.GetExperiment(
+                        controller_pb2.GetExperimentRequest(experiment_id=experiment_id), timeout=30
+                    ).experiment
+                except grpc.RpcError as exc:
+                    if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                        raise
+                    now = time.monotonic()
+                    if outage_since is None:
+                        outage_since = now
+                        console.print(f"[yellow]controller unreachable ({exc.code().name}); waiting …[/]")
+                    elif now - outage_since > CONTROLLER_OUTAGE_SECONDS:
+                        raise
+                    time.sleep(1.0)
+                    continue
+                if outage_since is not None:
+                    console.print(f"controller reachable again after {time.monotonic() - outage_since:.0f} s")
+                    outage_since = None
                 view.update(experiment)
                 state = short_name(controller_pb2.ExperimentState, experiment.state)
                 if state in ("COMPLETED", "FAILED", "STOPPED"):
@@ -221,11 +247,13 @@ def _finish(stub, experiment_id: str, state: str, out: Path) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from archloop.v1 import controller_pb2
-    from tools.localstack import Stack, StackError
+    from tools.localstack import RestartPolicy, Stack, StackError
+    from tools.stack_ledger import park_unfinished, record_failure
 
     try:
         config = None if args.resume else _config(args)
-    except InvalidArgument as exc:
+        policy = RestartPolicy.from_env(args.max_restarts)
+    except (InvalidArgument, StackError) as exc:
         print(f"archloop run: {exc}", file=sys.stderr)
         return EXIT_USAGE
     home = _home(args)
@@ -241,14 +269,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             except (BaseModelNotFound, CorpusMismatch) as exc:
                 print(f"archloop run: {exc}", file=sys.stderr)
                 return EXIT_USAGE
+        for left in park_unfinished(home):
+            console.print(
+                f"{left} was left unfinished by an earlier run: not resumed now "
+                f"(continue it with `archloop run --resume {left}`)"
+            )
         console.print(f"starting the local stack in {home} …")
-        stack = Stack(home, corpus_dir=corpus_dir)
+        stack = Stack(home, corpus_dir=corpus_dir, restart_policy=policy)
         try:
             address = stack.start().address("controller")
         except StackError as exc:
             stack.stop()
             print(f"archloop run: {exc}", file=sys.stderr)
             return EXIT_FAILED
+        stack.supervise_in_background(lambda line: console.print(f"[yellow]supervisor:[/] {line}"))
     try:
         stub = _stub(address)
         if args.resume:
@@ -264,7 +298,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                 controller_pb2.StartExperimentRequest(experiment_id=experiment_id, config=config), timeout=120
             )
         console.print(f"experiment {experiment_id} on {address}")
-        state = _follow(stub, experiment_id)
+        state = _follow(stub, experiment_id, stack)
+        if state == "GAVE_UP":
+            assert stack is not None and stack.failure is not None
+            stack.stop()
+            record_failure(home, stack.failure.sentence, [experiment_id])
+            print(f"archloop run: {experiment_id} FAILED: {stack.failure.sentence}", file=sys.stderr)
+            console.print(f"continue with: archloop run --resume {experiment_id}")
+            return EXIT_FAILED
         out = Path(args.out) if args.out else Path("archloop-runs") / experiment_id
         return _finish(stub, experiment_id, state, out)
     except grpc.RpcError as exc:
@@ -449,6 +490,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--out", help="report folder [default archloop-runs/<experiment>]")
     run.add_argument("--controller", help="address of a running controller [env ARCHLOOP_CONTROLLER_ADDR]")
     run.add_argument("--resume", metavar="EXP", help="continue a stopped or failed experiment")
+    run.add_argument("--max-restarts", type=int, help=MAX_RESTARTS_HELP + " (the stack it brings up)")
     run.set_defaults(func=cmd_run)
 
     report = commands.add_parser(

@@ -50,6 +50,18 @@ from services.controller.trainset import write_training_set
 log = structlog.get_logger("archloop.controller")
 
 
+def record_failed(ledger: Ledger, experiment_id: str, message: str) -> None:
+    """The experiment FAILED with `message`, and its experiment_failed event, in one ledger write (the
+    loop's own failures, and a local supervisor that gave up on a component)."""
+    cycle = ledger.experiment_of(experiment_id).current_cycle
+    ledger.set_experiment(
+        experiment_id,
+        requests.event(experiment_id, cycle, "experiment_failed", error=message, cycle=cycle),
+        state=ExperimentState.FAILED,
+        error=message,
+    )
+
+
 @dataclass(frozen=True)
 class LoopSettings:
     work_dir: Path  # per-experiment files (training sets) go to <work_dir>/<experiment>/
@@ -133,19 +145,13 @@ class ExperimentRunner:
             return ExperimentState.STOPPED
         except Exception as exc:
             message = str(exc) or type(exc).__name__
-            cycle = self.ledger.experiment_of(self.id).current_cycle
             log.error(
                 "experiment_failed",
                 experiment_id=self.id,
                 error=message,
                 exc_info=not isinstance(exc, PeerFailed),
             )
-            self.ledger.set_experiment(
-                self.id,
-                requests.event(self.id, cycle, "experiment_failed", error=message, cycle=cycle),
-                state=ExperimentState.FAILED,
-                error=message,
-            )
+            record_failed(self.ledger, self.id, message)
             self.notify.set()
             return ExperimentState.FAILED
         counts = self.ledger.counts(self.id)

@@ -5,7 +5,10 @@ static screen (UNSAFE) → contract (CONTRACT_ERROR) → instantiate (INSTANTIAT
 (FORWARD_ERROR, WRONG_OUTPUT_SHAPE) → parameter budget (OVER_BUDGET; UNUSED_LAZY_LAYER when a shape-
 inferring layer was never called, so its size is unknown; parameters are counted after the forward
 pass has materialised the others) → train (TRAIN_ERROR,
-NON_FINITE_LOSS) → accuracy; whatever ends the child early is TIMEOUT, OUT_OF_MEMORY or CRASHED.
+NON_FINITE_LOSS) → accuracy; whatever ends the child early is TIMEOUT, OUT_OF_MEMORY or CRASHED, or,
+before the time limit, the progress watchdog's STAGE_TIMEOUT (instantiate, forward or train_setup over
+its own deadline), NO_PROGRESS (no training batch within the first-batch deadline) or TOO_SLOW (the
+batches so far project the training past the time limit): see watchdog.py.
 Every message names its stage, is sanitized (no host paths) and truncated.
 
 This module imports neither grpc nor torch: the service process never runs candidate code.
@@ -24,6 +27,7 @@ from archloop.datasets import NAMES as DATASETS
 from archloop.errors import InvalidArgument
 from services.evaluator.sandbox import EXIT_SETUP_FAILED, Sandbox, SandboxOutcome
 from services.evaluator.screen import STATIC_STAGES, static_check
+from services.evaluator.watchdog import Deadlines, Watchdog
 
 MAX_CODE_BYTES = 256 * 1024
 MAX_MESSAGE_CHARS = 500
@@ -92,6 +96,9 @@ class Evaluation:
     stdout_tail: str = ""
     stderr_tail: str = ""
     total_duration_seconds: float = 0.0
+    step_seconds: dict[str, float] = field(default_factory=dict)
+    """How long each sandboxed step took (watchdog.Watchdog.step_seconds): what the deadlines are
+    measured from (bench/stage_durations.py)."""
 
     def fail(self, stage: str, status: str, message: str, duration_seconds: float = 0.0) -> Evaluation:
         text = message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 1] + "…"
@@ -129,7 +136,10 @@ def _static(candidate_id: str, code: str) -> Evaluation | tuple[Evaluation, None
 def _ended_early(
     evaluation: Evaluation, outcome: SandboxOutcome, protocol: Protocol, last_stage: str
 ) -> None:
-    if outcome.timed_out:
+    if outcome.stopped is not None:
+        stop = outcome.stopped
+        evaluation.fail(stop.stage, stop.status, stop.message, stop.seconds)
+    elif outcome.timed_out:
         evaluation.fail(
             last_stage, "TIMEOUT", f"{last_stage}: over the time limit of {protocol.time_limit_seconds:g} s"
         )
@@ -148,10 +158,20 @@ def _ended_early(
 
 
 class Evaluator:
-    def __init__(self, sandbox: Sandbox, data_dir: Path, allow_download: bool = False) -> None:
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        data_dir: Path,
+        allow_download: bool = False,
+        deadlines: Deadlines | None = None,
+        device: str = "auto",
+    ) -> None:
+        """`device`: auto (CUDA when there is one), cpu or cuda: where candidates train."""
+        self.device = device
         self.sandbox = sandbox
         self.data_dir = data_dir
         self.allow_download = allow_download
+        self.deadlines = deadlines or Deadlines()
 
     def evaluate(
         self,
@@ -181,7 +201,7 @@ class Evaluator:
             if on_progress is not None:
                 on_progress(record)
 
-        job = {"code": code, "structural_tokens": want_structural_tokens,
+        job = {"code": code, "structural_tokens": want_structural_tokens, "device": self.device,
                "protocol": {**protocol.__dict__, "threads": self.sandbox.limits.threads}}  # fmt: skip
         dataset = {
             "name": protocol.dataset,
@@ -191,7 +211,9 @@ class Evaluator:
             "data_dir": str(self.data_dir),
             "allow_download": self.allow_download,
         }
-        outcome = self.sandbox.run(job, dataset, protocol.time_limit_seconds, progress, cancel)
+        watchdog = Watchdog(self.deadlines, protocol.time_limit_seconds, protocol.epochs, started)
+        outcome = self.sandbox.run(job, dataset, protocol.time_limit_seconds, progress, cancel, watchdog)
+        evaluation.step_seconds = dict(watchdog.step_seconds)
         evaluation.network_isolation = outcome.network_isolation
         evaluation.stdout_tail, evaluation.stderr_tail = outcome.stdout_tail, outcome.stderr_tail
         result = outcome.result

@@ -59,16 +59,20 @@ class _Progress:
         self.started = time.monotonic()
         self._last_write = 0.0
 
-    def stage(self, stage: str) -> None:
-        self._write({"stage": stage})
+    def stage(self, stage: str, step: str = "") -> None:
+        """A stage (or a step of training: "setup", "learn") begins; the watchdog times each."""
+        self._write({"stage": stage, "step": step or stage})
 
     def loss(self, value: float) -> None:
         self.losses.append(value)
 
-    def batch(self, size: int) -> None:
+    def batch_done(self, size: int) -> None:
+        """A training batch finished (the model asked for the next): the first at once, then at most
+        every 0.5 s."""
+        first = self.images_seen == 0
         self.images_seen += size
-        if time.monotonic() - self._last_write > 0.5:
-            self._write({"stage": "train"})
+        if first or time.monotonic() - self._last_write > 0.5:
+            self._write({"stage": "train", "step": "learn"})
 
     def _write(self, fields: dict) -> None:
         self._last_write = time.monotonic()
@@ -104,6 +108,25 @@ def _status_for(stage: str, exc: BaseException) -> str:
         "train": "TRAIN_ERROR",
         "accuracy": "TRAIN_ERROR",
     }[stage]
+
+
+LOSS_ATTRIBUTES = ("criteria", "criterion")
+"""Where LEMUR models keep their loss: the contract's `criteria`, and `criterion` (8.6 % of the corpus
+lemur-v3: 184 of 2,151 programs were TRAIN_ERROR "'Net' object has no attribute 'criteria'" until the
+watcher looked for both)."""
+
+
+def _watch_loss(model: torch.nn.Module, progress: _Progress) -> None:
+    """Wrap the loss train_setup installed, under either name, so every value is recorded and a non-finite
+    one stops training. A model that keeps its loss elsewhere trains unwatched (no train_loss)."""
+    for name in LOSS_ATTRIBUTES:
+        loss = getattr(model, name, None)
+        if isinstance(loss, tuple | list) and loss:
+            setattr(model, name, (_LossRecorder(loss[0], progress), *loss[1:]))
+            return
+        if callable(loss):  # a bare loss module instead of the contract's tuple: watch it all the same
+            setattr(model, name, _LossRecorder(loss, progress))
+            return
 
 
 def structural_tokens(model: torch.nn.Module, example: torch.Tensor) -> list[str]:
@@ -169,7 +192,10 @@ def run_job(job_dir: Path, data: EvaluationData) -> dict:
             "epoch": protocol["epochs"],
         }
         # CUDA is first touched here, in the child: the template never initialises it, so forking is safe
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        wanted = job.get("device", "auto")
+        device = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu") if wanted == "auto" else wanted
+        )
         data = data.on(device)
         in_shape, out_shape = data.in_shape, (data.num_classes,)
         progress.stage(stage)
@@ -219,20 +245,18 @@ def run_job(job_dir: Path, data: EvaluationData) -> dict:
         finish_stage("param_budget")
 
         stage = "train"
-        progress.stage(stage)
+        progress.stage(stage, "setup")
         model.train_setup(prm)
-        if isinstance(model.criteria, tuple | list):
-            model.criteria = (_LossRecorder(model.criteria[0], progress), *model.criteria[1:])
-        else:  # a bare loss module instead of the contract's tuple: watch it all the same
-            model.criteria = _LossRecorder(model.criteria, progress)
+        progress.stage(stage, "learn")
+        _watch_loss(model, progress)
         train_started = time.monotonic()
         for epoch in range(1, protocol["epochs"] + 1):
             progress.epoch = epoch
 
             def counted(epoch: int = epoch):
                 for inputs, labels in training_batches(data, protocol["batch_size"], epoch, protocol["seed"]):
-                    progress.batch(len(labels))
                     yield inputs, labels
+                    progress.batch_done(len(labels))  # the model came back for the next one
 
             model.train()
             model.learn(counted())

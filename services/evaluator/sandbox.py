@@ -18,6 +18,14 @@ The service enforces the wall-clock limit by killing the child's process group, 
 kills every process left running under the job's uid (children that escaped the group with
 setsid), then removes the job directory. Where namespaces are not available the job runs without
 network isolation and the result says so (NETWORK_ISOLATION_NONE) instead of pretending.
+
+`kind="gvisor"` runs the template, and so every candidate, inside gVisor (`runsc run`, an OCI bundle
+written at start: the host's root read-only, a private /tmp, the work directory bound read-write, no
+network, the ptrace platform by default): a user-space kernel between the candidate and the host, with
+the same limits, statuses and clean-up inside it. Pids inside gVisor are not host pids, so the kills
+(the job's group at its deadline, the job uid's leftovers after it) are the template's to do there.
+Without runsc, or when it cannot start, `start()` raises SandboxUnavailable with one sentence: never
+a silent fallback to namespaces.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from pathlib import Path
 import psutil
 
 from archloop.processes import child_env, parent_death_signal
+from services.evaluator.watchdog import Stop, Watchdog
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
@@ -51,6 +60,15 @@ PRIVATE_TMP_MOUNTS = ("/tmp", "/var/tmp", "/dev/shm")
 OUTPUT_TAIL_BYTES = 4096
 EXIT_SETUP_FAILED = 120
 UID_RANGE = 4096  # sandbox uids are uid_base .. uid_base + UID_RANGE - 1, shared by the host's replicas
+SANDBOXES = ("namespaces", "gvisor")
+GVISOR_CAPABILITIES = ["CAP_SYS_ADMIN", "CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_CHOWN", "CAP_FOWNER",
+                       "CAP_DAC_OVERRIDE"]  # fmt: skip
+"""What the template needs inside gVisor: namespaces and tmpfs mounts for each child, dropping to the
+job's uid, killing it; none of them reaches the host."""
+
+
+class SandboxUnavailable(RuntimeError):
+    """The chosen sandbox cannot run here; the message says why in one sentence."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +93,16 @@ class SandboxOutcome:
     stderr_tail: str
     network_isolation: str
     duration_seconds: float
+    stopped: Stop | None = None
+    """Set when the watchdog ended the job (a stage deadline, no progress, too slow)."""
+
+
+def _die_with_this_process(parent: int) -> Callable[[], None]:
+    def arrange() -> None:
+        if not parent_death_signal(signal.SIGKILL, parent):
+            os._exit(1)
+
+    return arrange
 
 
 def _libc() -> ctypes.CDLL:
@@ -194,8 +222,19 @@ class Sandbox:
     """The service side: owns the template process and the job directories."""
 
     def __init__(
-        self, work_dir: Path, limits: SandboxLimits | None = None, uid_base: int = 61000, slots: int = 1
+        self,
+        work_dir: Path,
+        limits: SandboxLimits | None = None,
+        uid_base: int = 61000,
+        slots: int = 1,
+        kind: str = "namespaces",
+        runsc_platform: str = "ptrace",
     ) -> None:
+        if kind not in SANDBOXES:
+            raise ValueError(f"sandbox {kind!r} is not one of {', '.join(SANDBOXES)}")
+        self.kind = kind
+        self.runsc_platform = runsc_platform
+        self._gvisor_dir: Path | None = None
         self.work_dir = work_dir
         self.limits = limits or SandboxLimits()
         self.is_root = os.geteuid() == 0
@@ -209,27 +248,90 @@ class Sandbox:
         self.network_isolation = "none"
 
     def start(self, ready_timeout_seconds: float = 120.0) -> None:
-        """Start the template (imports torch) and wait until it answers."""
+        """Start the template (imports torch) and wait until it answers. SandboxUnavailable when the
+        gvisor sandbox cannot run here."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.work_dir, 0o711)
-        self.template = subprocess.Popen(
-            [sys.executable, "-m", "services.evaluator.template"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-            env=child_env(),  # the template dies with this process (no preexec_fn: archloop.processes)
-        )
+        template = [sys.executable, "-m", "services.evaluator.template"]
+        if self.kind == "gvisor":
+            argv, stderr = self._gvisor(template), None
+            self.template = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True, bufsize=1,
+                preexec_fn=_die_with_this_process(os.getpid()),  # runsc's sandbox is attached to it
+            )  # fmt: skip
+        else:
+            self.template = subprocess.Popen(
+                template,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                bufsize=1,
+                env=child_env(),  # the template dies with this process (no preexec_fn: archloop.processes)
+            )
         threading.Thread(target=self._read_template, daemon=True, name="sandbox-template").start()
         hello = self._wait_event("hello", ready_timeout_seconds)
         if hello is None:
+            if self.kind == "gvisor":
+                self.stop()
+                raise SandboxUnavailable(
+                    f"gVisor (runsc --platform={self.runsc_platform}) could not start the evaluator's "
+                    "template; runsc's own messages are in this service's log"
+                )
             raise RuntimeError("the evaluator's template process did not start")
-        self.network_isolation = "namespace" if hello["namespaces"] else "none"
+        if self.kind == "gvisor":
+            self.network_isolation = "gvisor"
+        else:
+            self.network_isolation = "namespace" if hello["namespaces"] else "none"
+
+    def _gvisor(self, template: list[str]) -> list[str]:
+        """The `runsc run` command line for the template, after writing its OCI bundle."""
+        runsc = shutil.which("runsc")
+        if runsc is None:
+            raise SandboxUnavailable(
+                "the gvisor sandbox needs runsc (gVisor) on PATH: install it (apt-get install runsc) "
+                "or choose --sandbox namespaces"
+            )
+        if not self.is_root:
+            raise SandboxUnavailable("the gvisor sandbox needs root here (runsc run without rootless setup)")
+        self._gvisor_dir = Path(tempfile.mkdtemp(prefix="archloop-gvisor-"))
+        bundle = self._gvisor_dir / "bundle"
+        bundle.mkdir()
+        work = str(self.work_dir.resolve())
+        spec = {
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": False,
+                "user": {"uid": 0, "gid": 0},
+                "args": template,
+                "env": [
+                    f"PATH={os.environ.get('PATH', '/usr/bin:/bin')}",
+                    "HOME=/tmp",
+                    "PYTHONPATH=" + os.pathsep.join(p for p in sys.path if p),
+                ],
+                "cwd": os.getcwd(),
+                "capabilities": {k: GVISOR_CAPABILITIES for k in ("bounding", "effective", "permitted")},
+            },
+            "root": {"path": "/", "readonly": True},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"},
+                {"destination": "/dev/shm", "type": "tmpfs", "source": "tmpfs"},
+                {"destination": work, "type": "bind", "source": work, "options": ["rbind", "rw"]},
+            ],
+            "linux": {"namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")]},
+        }
+        (bundle / "config.json").write_text(json.dumps(spec))
+        return [runsc, "--root", str(self._gvisor_dir / "state"), "--network=none",
+                f"--platform={self.runsc_platform}", "run", "--bundle", str(bundle),
+                f"archloop-evaluator-{os.getpid()}-{id(self)}"]  # fmt: skip
 
     def stop(self) -> None:
         if self.template is not None and self.template.poll() is None:
             self.template.kill()
             self.template.wait()
+        if self._gvisor_dir is not None:
+            shutil.rmtree(self._gvisor_dir, ignore_errors=True)
+            self._gvisor_dir = None
         for fd in self._uid_claims:
             os.close(fd)
         self._uid_claims.clear()
@@ -272,9 +374,11 @@ class Sandbox:
         time_limit_seconds: float,
         on_progress: Callable[[dict], None] | None = None,
         cancel: threading.Event | None = None,
+        watchdog: Watchdog | None = None,
     ) -> SandboxOutcome:
         """Run one job to its verdict within the time limit; always cleans up after itself. Setting
-        `cancel` (the caller went away) ends the job as if its time were up."""
+        `cancel` (the caller went away) ends the job as if its time were up; `watchdog` (its clock
+        starts at the fork) may end it earlier, at a stage deadline."""
         job_dir = Path(tempfile.mkdtemp(prefix="job-", dir=self.work_dir))
         uid = self._take_uid()
         started = time.monotonic()
@@ -291,12 +395,17 @@ class Sandbox:
             forked = self._wait_event(key, 60.0, "pid")
             if forked is None:
                 raise RuntimeError("the template process did not fork the job")
-            exited, timed_out = self._await_exit(
-                key, job_dir, started + time_limit_seconds, on_progress, cancel or threading.Event()
+            if watchdog is not None:
+                watchdog.started = watchdog.step_since = time.monotonic()
+            exited, timed_out, stopped = self._await_exit(
+                key, job_dir, started + time_limit_seconds, on_progress, cancel or threading.Event(), watchdog
             )
             if timed_out and forked["pid"] > 0:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(forked["pid"], signal.SIGKILL)
+                if self.kind == "gvisor":  # a pid inside gVisor: the template kills it there
+                    self._send({"kill": key})
+                else:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(forked["pid"], signal.SIGKILL)
                 exited = self._wait_event(key, 10.0, "exit_code")
             result = None if timed_out else _read_result(job_dir / "result.json")
             return SandboxOutcome(
@@ -308,10 +417,15 @@ class Sandbox:
                 stderr_tail=_tail(job_dir / "stderr.txt"),
                 network_isolation=self.network_isolation,
                 duration_seconds=time.monotonic() - started,
+                stopped=stopped,
             )
         finally:
             if uid is not None:
-                kill_uid(uid)
+                if self.kind == "gvisor":
+                    self._send({"cleanup": job_dir.name, "uid": uid})
+                    self._wait_event(job_dir.name, 30.0, "cleaned")
+                else:
+                    kill_uid(uid)
                 self._return_uid(uid)
             with self._cond:
                 self._events.pop(job_dir.name, None)
@@ -324,16 +438,27 @@ class Sandbox:
         deadline: float,
         on_progress: Callable[[dict], None] | None,
         cancel: threading.Event,
-    ) -> tuple[dict | None, bool]:
+        watchdog: Watchdog | None,
+    ) -> tuple[dict | None, bool, Stop | None]:
+        """(exit event, ended early, the watchdog's Stop if it was the one) once the job is over."""
+
+        def progress(record: dict) -> None:
+            if watchdog is not None:
+                watchdog.observe(record, time.monotonic())
+            if on_progress is not None:
+                on_progress(record)
+
         offset = 0
         while True:
             exited = self._wait_event(key, 0.2, "exit_code")
-            if on_progress is not None:
-                offset = _forward_progress(job_dir / "progress.jsonl", offset, on_progress)
+            offset = _forward_progress(job_dir / "progress.jsonl", offset, progress)
             if exited is not None:
-                return exited, False
+                return exited, False, None
+            stop = watchdog.check(time.monotonic()) if watchdog is not None else None
+            if stop is not None:
+                return None, True, stop
             if time.monotonic() >= deadline or cancel.is_set():
-                return None, True
+                return None, True, None
 
     def _claim_uids(self, uid_base: int, slots: int) -> list[int]:
         """`slots` uids no other evaluator on this host holds: each is claimed with an exclusive

@@ -24,6 +24,8 @@ from pathlib import Path
 import yaml
 
 POLICY_PATH = Path(__file__).with_name("policy.yaml")
+POLICY_V1_PATH = Path(__file__).with_name("policy-v1.yaml")
+"""The screen before restricted imports (issue 19); the corpora lemur-v2/-v3 were built with it."""
 MAX_DETAIL_CHARS = 120
 
 
@@ -43,11 +45,16 @@ class Policy:
     allowed_dunder_attributes: frozenset[str]
     dunder_name_functions: frozenset[str]
     forbid_private_torch_attributes: bool
+    restricted_imports: dict[str, frozenset[str]] = field(default_factory=dict)
+    """module → the only uses allowed (`path.join` for os.path.join)."""
+    star_imports: frozenset[str] = frozenset()
 
     @classmethod
     def load(cls, path: Path = POLICY_PATH) -> Policy:
         raw = yaml.safe_load(path.read_text())
         return cls(
+            restricted_imports={m: frozenset(u) for m, u in (raw.get("restricted_imports") or {}).items()},
+            star_imports=frozenset(raw.get("star_imports") or ()),
             allowed_imports=frozenset(raw["allowed_imports"]),
             forbidden_names=dict(raw["forbidden_names"]),
             forbidden_attributes=dict(raw["forbidden_attributes"]),
@@ -83,14 +90,22 @@ class _Screen(ast.NodeVisitor):
 
     # imports ---------------------------------------------------------------------------------
 
+    def _restricted(self, chain: str) -> str | None:
+        """For a chain into a restricted module: None when it is an allowed use, else the rule's text."""
+        module, _, use = chain.partition(".")
+        uses = self.policy.restricted_imports[module]
+        if use in uses:
+            return None
+        return f"{chain} is not among the uses of {module} a candidate may make ({', '.join(sorted(uses))})"
+
     def visit_Import(self, node: ast.Import) -> None:
         for alias in node.names:
-            if alias.name not in self.policy.allowed_imports:
+            root = alias.name.split(".")[0]
+            # a restricted module may be imported: each use of it is judged where it is used
+            if root not in self.policy.restricted_imports and alias.name not in self.policy.allowed_imports:
                 self.flag("import", node, f"import {alias.name} is not allowed")
             # `import torch.nn as nn` binds nn to torch.nn; `import torch.nn` binds torch to torch
-            bound, target = (
-                (alias.asname, alias.name) if alias.asname else ((root := alias.name.split(".")[0]), root)
-            )
+            bound, target = (alias.asname, alias.name) if alias.asname else (root, root)
             self.aliases[bound] = target
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
@@ -98,13 +113,17 @@ class _Screen(ast.NodeVisitor):
         if node.level:
             self.flag("import", node, f"relative import from {'.' * node.level}{module}")
             return
-        if module not in self.policy.allowed_imports:
+        restricted = module.split(".")[0] in self.policy.restricted_imports
+        if module not in self.policy.allowed_imports and not restricted:
             self.flag("import", node, f"from {module} import … is not allowed")
         for alias in node.names:
             full = f"{module}.{alias.name}"
             if alias.name == "*":
-                self.flag("import", node, f"from {module} import * hides what is used")
+                if module not in self.policy.star_imports:
+                    self.flag("import", node, f"from {module} import * hides what is used")
                 continue
+            if restricted and (problem := self._restricted(full)):
+                self.flag("restricted_module", node, problem)
             self._check_chain(node, full)
             self.aliases[alias.asname or alias.name] = full
 
@@ -114,6 +133,10 @@ class _Screen(ast.NodeVisitor):
         reason = self.policy.forbidden_names.get(node.id)
         if reason and node.id not in self.bound:
             self.flag("forbidden_name", node, f"{node.id}: {reason}")
+        target = self.aliases.get(node.id, "")
+        if target.split(".")[0] in self.policy.restricted_imports and (problem := self._restricted(target)):
+            # `os` (or `path` from os) used as a value, not through one of its allowed uses
+            self.flag("restricted_module", node, problem)
 
     def _chain(self, node: ast.Attribute) -> str | None:
         parts = [node.attr]
@@ -136,9 +159,16 @@ class _Screen(ast.NodeVisitor):
             self.flag("private_torch", node, f"{chain}: torch internals are off limits")
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
-        """The whole chain once (`torch.hub.load` is one violation, not two), then its base."""
+        """The whole chain once (`torch.hub.load` is one violation, not two), then its base. A chain into a
+        restricted module is judged whole (`os.path.join` is allowed, `os.path` alone is not) and its
+        base name is not judged again."""
         chain = self._chain(node)
-        if chain is not None:
+        restricted = chain is not None and chain.split(".")[0] in self.policy.restricted_imports
+        if restricted:
+            assert chain is not None
+            if problem := self._restricted(chain):
+                self.flag("restricted_module", node, problem)
+        elif chain is not None:
             self._check_chain(node, chain)
         inner: ast.AST = node
         while isinstance(inner, ast.Attribute):
@@ -147,7 +177,8 @@ class _Screen(ast.NodeVisitor):
             if inner.attr in self.policy.forbidden_attribute_names:
                 self.flag("forbidden_attribute", inner, f".{inner.attr} reaches a forbidden module")
             inner = inner.value
-        self.visit(inner)
+        if not restricted:
+            self.visit(inner)
 
     def visit_Call(self, node: ast.Call) -> None:
         if isinstance(node.func, ast.Name) and node.func.id in self.policy.dunder_name_functions:

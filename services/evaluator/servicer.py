@@ -18,14 +18,16 @@ from archloop.datasets import NAMES as DATASETS
 from archloop.defaults import nonzero_over
 from archloop.errors import ResourceExhausted
 from archloop.server import ServicerBase
+from archloop.settings import SettingsError
 from archloop.v1 import common_pb2, evaluator_pb2, evaluator_pb2_grpc
 from services.evaluator.evaluation import Evaluation, Evaluator, Protocol
-from services.evaluator.sandbox import Sandbox, SandboxLimits
+from services.evaluator.sandbox import Sandbox, SandboxLimits, SandboxUnavailable
 from services.evaluator.settings import EvaluatorSettings
 
 _ISOLATION = {
     "namespace": evaluator_pb2.NETWORK_ISOLATION_NAMESPACE,
     "none": evaluator_pb2.NETWORK_ISOLATION_NONE,
+    "gvisor": evaluator_pb2.NETWORK_ISOLATION_GVISOR,
 }
 
 
@@ -83,12 +85,23 @@ class EvaluatorServicer(ServicerBase, evaluator_pb2_grpc.EvaluatorServiceService
         limits = SandboxLimits(
             address_space_bytes=settings.address_space_gib * 2**30, threads=settings.threads_per_evaluation
         )
-        self.sandbox = Sandbox(Path(settings.work_dir), limits, slots=settings.max_concurrent_evaluations)
-        self.evaluator = Evaluator(self.sandbox, Path(settings.data_dir), settings.allow_download)
+        self.sandbox = Sandbox(
+            Path(settings.work_dir),
+            limits,
+            slots=settings.max_concurrent_evaluations,
+            kind=settings.sandbox,
+            runsc_platform=settings.runsc_platform,
+        )
+        self.evaluator = Evaluator(
+            self.sandbox, Path(settings.data_dir), settings.allow_download, settings.deadlines()
+        )
         self.running = 0
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.sandbox.start)
+        try:
+            await asyncio.to_thread(self.sandbox.start)
+        except SandboxUnavailable as exc:  # never a silent fallback to another sandbox
+            raise SettingsError(f"--sandbox/ARCHLOOP_SANDBOX: {exc}") from None
 
     async def stop(self) -> None:
         self.sandbox.stop()

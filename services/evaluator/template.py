@@ -8,6 +8,7 @@ child isolates itself (sandbox._enter_sandbox) before the candidate runs (runner
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -109,6 +110,9 @@ def main() -> int:
     cache: dict = {}
     for line in sys.stdin:
         job = json.loads(line)
+        if "kill" in job or "cleanup" in job:
+            _control(job)
+            continue
         job_dir = Path(job["job_dir"])
         try:
             data = _load(job["dataset"], cache)
@@ -124,6 +128,23 @@ def main() -> int:
             _jobs[pid] = job["key"]
             _say({"key": job["key"], "pid": pid})
     return 0
+
+
+def _control(message: dict) -> None:
+    """The kills the service cannot do itself when the template runs in gVisor (its pids are not the
+    host's): {"kill": key} ends that job's process group; {"cleanup": key, "uid": n} ends every process
+    of the job's uid, then answers {"key": key, "cleaned": true}."""
+    from services.evaluator.sandbox import kill_uid
+
+    if "kill" in message:
+        with _jobs_lock:
+            pids = [pid for pid, key in _jobs.items() if key == message["kill"]]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        return
+    kill_uid(int(message["uid"]))
+    _say({"key": message["cleanup"], "cleaned": True})
 
 
 def _run_child(job: dict, job_dir: Path, data, namespaces: bool) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -16,7 +17,7 @@ import pytest
 
 from archloop.lemur import iter_model_sources, lemur_wheel
 from services.evaluator.evaluation import Evaluator, Protocol
-from services.evaluator.sandbox import Sandbox
+from services.evaluator.sandbox import UID_RANGE, Sandbox
 
 pytestmark = pytest.mark.slow
 
@@ -110,7 +111,7 @@ HEAD = "nn.Linear(32 * 4 * 4, out_shape[0])"
 LOSS = "loss = self.criteria[0](self(x), y)"
 FAILURES = [
     ("parse", lambda c: c.replace("def forward(self, x):", "def forward(self, x)"), "PARSE_ERROR", "parse"),
-    ("unsafe", lambda c: "import os\n" + c, "UNSAFE", "static_screen"),
+    ("unsafe", lambda c: "import subprocess\n" + c, "UNSAFE", "static_screen"),
     ("contract", lambda c: c.replace("def learn", "def fit"), "CONTRACT_ERROR", "contract"),
     ("init", lambda c: c.replace("super().__init__()", "super().__init__()\n        1 / 0"),
      "INSTANTIATE_ERROR", "instantiate"),
@@ -191,7 +192,8 @@ def _sandbox_processes() -> list[psutil.Process]:
     time.sleep(0.2)
     return [
         p for p in psutil.process_iter(["uids", "status"])
-        if p.info["uids"] and p.info["uids"].real >= 61000 and p.info["status"] != psutil.STATUS_ZOMBIE
+        if p.info["uids"] and 61000 <= p.info["uids"].real < 61000 + UID_RANGE
+        and p.info["status"] != psutil.STATUS_ZOMBIE
     ]  # fmt: skip
 
 
@@ -247,3 +249,47 @@ def test_processes_that_outlive_the_candidate_are_killed(sandbox) -> None:
     outcome, _ = _bypass(sandbox, body)
     assert outcome.result is not None
     assert not _sandbox_processes()
+
+
+def _spin_after(anchor: str, indent: int) -> Callable[[str], str]:
+    pad = " " * indent
+    return lambda code: code.replace(anchor, f"{anchor}\n{pad}while True:\n{pad}    pass")
+
+
+SLOW_BATCH = (
+    LOSS + "\n            for _ in range(30):\n                torch.randn(400, 400) @ torch.randn(400, 400)"
+)
+HANGS = [  # a spin at each step ends at that step's deadline (4 s), long before the time limit (60 s)
+    ("init", _spin_after("super().__init__()", 8), 1, "STAGE_TIMEOUT", "instantiate"),
+    ("module", lambda c: c + "\nwhile True:\n    pass\n", 1, "STAGE_TIMEOUT", "instantiate"),
+    ("forward", _spin_after("def forward(self, x):", 8), 1, "STAGE_TIMEOUT", "forward"),
+    ("setup", _spin_after("def train_setup(self, prm):", 8), 1, "STAGE_TIMEOUT", "train"),
+    ("first_batch", _spin_after("self.optimizer.step()", 12), 1, "NO_PROGRESS", "train"),
+    # 100 epochs of ~0.1 s batches: the first batches project it far past 60 s
+    ("too_slow", lambda c: c.replace(LOSS, SLOW_BATCH), 100, "TOO_SLOW", "train"),
+]
+
+
+@pytest.mark.parametrize(("name", "edit", "epochs", "status", "stage"), HANGS, ids=[h[0] for h in HANGS])
+def test_a_hang_ends_at_its_stage_deadline_not_the_time_limit(
+    sandbox, tmp_path, name, edit, epochs, status, stage
+) -> None:
+    from services.evaluator.watchdog import Deadlines
+
+    evaluator = Evaluator(sandbox, tmp_path, deadlines=Deadlines(4, 4, 4, 4, 3))
+    result = evaluator.evaluate(name, edit(GOOD), Protocol(time_limit_seconds=60, epochs=epochs))
+    # its own status, not TIMEOUT: the watchdog decided, not the 60 s time limit
+    assert (result.status, result.stages[-1].stage) == (status, stage), result.stages[-1]
+    assert result.stages[-1].message.startswith(stage)
+    assert not _sandbox_processes()
+
+
+def test_a_loss_named_criterion_is_watched_too(evaluator) -> None:
+    """LEMUR models keep their loss in `criteria` or `criterion`; both train and both are watched (184 of
+    2,151 corpus programs were TRAIN_ERROR while only `criteria` was looked for)."""
+    code = GOOD.replace("self.criteria", "self.criterion")
+    ok = evaluator.evaluate("criterion", code, Protocol())
+    assert ok.status == "OK" and ok.train_loss > 0, ok.stages[-1]
+    broken_loss = LOSS.replace("criteria", "criterion")
+    nan = code.replace(broken_loss, broken_loss.replace("self(x)", "self(x) * float('nan')"))
+    assert evaluator.evaluate("criterion-nan", nan, Protocol()).status == "NON_FINITE_LOSS"

@@ -10,19 +10,19 @@ The sandbox's own defences with the screen bypassed are tested in test_evaluatio
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import threading
 import time
 from pathlib import Path
 
 import grpc
-import psutil
 import pytest
 
 from archloop.clients import health_status
 from archloop.v1 import common_pb2, evaluator_pb2, evaluator_pb2_grpc
 from services.evaluator.sandbox import Sandbox
-from services.evaluator.tests.test_evaluation import GOOD
+from services.evaluator.tests.test_evaluation import GOOD, _sandbox_processes
 
 pytestmark = pytest.mark.slow
 
@@ -119,20 +119,23 @@ def listener():
     server.close()
 
 
-def _sandbox_processes() -> list[psutil.Process]:
-    return [
-        p for p in psutil.process_iter(["uids", "status"])
-        if p.info["uids"] and p.info["uids"].real >= 61000 and p.info["status"] != psutil.STATUS_ZOMBIE
-    ]  # fmt: skip
-
-
 def test_corpus_is_large_enough() -> None:
     assert len(CORPUS) >= 30
 
 
-def test_hostile_corpus_through_the_service(start_service, tmp_path, listener) -> None:
+GVISOR = pytest.param(
+    "gvisor",
+    marks=pytest.mark.skipif(
+        shutil.which("runsc") is None or os.geteuid() != 0,
+        reason="gVisor needs runsc (apt-get install runsc; .ci/run installs it) and root",
+    ),
+)
+
+
+@pytest.mark.parametrize("sandbox", ["namespaces", GVISOR])
+def test_hostile_corpus_through_the_service(start_service, tmp_path, listener, sandbox) -> None:
     port, accepted = listener
-    proc = start_service("evaluator", "--work-dir", str(tmp_path / "jobs"))
+    proc = start_service("evaluator", "--work-dir", str(tmp_path / "jobs"), "--sandbox", sandbox)
     service = "archloop.v1.EvaluatorService"
     outcomes = {}
     with grpc.insecure_channel(proc.address) as channel:
@@ -149,6 +152,10 @@ def test_hostile_corpus_through_the_service(start_service, tmp_path, listener) -
             status = evaluator_pb2.EvaluationStatus.Name(result.status).removeprefix("EVALUATION_STATUS_")
             outcomes[name] = status
             assert status in allowed, (name, status, result.stages[-1].message)
+            isolation = evaluator_pb2.NetworkIsolation.Name(result.network_isolation)
+            if result.stages[-1].stage > evaluator_pb2.EVALUATION_STAGE_CONTRACT:  # it ran: say where
+                assert isolation == ("NETWORK_ISOLATION_GVISOR" if sandbox == "gvisor" else
+                                     "NETWORK_ISOLATION_NAMESPACE"), name  # fmt: skip
             assert seconds <= TIME_LIMIT + 5, (name, seconds)
             assert health_status(proc.address, service) == "SERVING", name
             assert not _sandbox_processes(), name

@@ -23,7 +23,19 @@ def allowed_extras(model, x):
 )
 
 SCREEN_CASES = {
-    "import os\nos.system('id')": ("import", 1),
+    "import os\nos.system('id')": ("restricted_module", 2),
+    "import os\nprint(os.environ)": ("restricted_module", 2),
+    "import os\nos.environ['X'] = '1'": ("restricted_module", 2),
+    "import os\nos.makedirs('d')": ("restricted_module", 2),
+    "import os\nrun(os)": ("restricted_module", 2),
+    "import os.path as osp\nrun(osp)": ("restricted_module", 2),
+    "from os import system\nsystem('id')": ("restricted_module", 1),
+    "import os as o\no.fork()": ("restricted_module", 2),
+    "import os\nos.path.os.system('id')": ("forbidden_attribute", 2),
+    "from os import *": ("import", 1),
+    "from numpy import *": ("import", 1),
+    "import gc\ngc.get_objects()": ("restricted_module", 2),
+    "import time\ntime.sleep.__globals__": ("dunder_attribute", 2),
     "import subprocess": ("import", 1),
     "from socket import socket": ("import", 1),
     "import ctypes": ("import", 1),
@@ -55,6 +67,17 @@ SCREEN_CASES = {
     "breakpoint()": ("forbidden_name", 1),
 }
 
+HARMLESS = [  # what real LEMUR models do (FractalNet: os, gc, traceback) and the screen now lets through
+    "import gc\ngc.collect()",
+    "import os\nroot = os.path.join(os.environ.get('DATA', '.'), 'x')\nn = os.cpu_count()",
+    "import os.path as osp\nosp.exists('x')",
+    "from os.path import join\njoin('a', 'b')",
+    "import traceback\ntry:\n    pass\nexcept Exception:\n    traceback.print_exc()",
+    "import time\nstarted = time.perf_counter()",
+    "from collections import *\nd = OrderedDict()",
+    "class A:\n    def name(self):\n        return self.__class__.__name__ + self.__module__",
+]
+
 
 def test_a_clean_model_passes_screen_and_contract() -> None:
     tree = parse_source(GOOD)
@@ -71,11 +94,25 @@ def test_hostile_code_is_reported_with_rule_and_line(source: str, expected: tupl
         assert (violations[0].rule, violations[0].line) == expected, violations
 
 
+@pytest.mark.parametrize("source", HARMLESS)
+def test_harmless_housekeeping_passes(source: str) -> None:
+    assert screen(parse_source(source)) == []
+
+
 def test_every_violation_is_reported() -> None:
-    violations = screen(parse_source("import os\nimport sys\nx = open('f')\nprint(x.__dict__)\n"))
+    violations = screen(
+        parse_source("import os\nimport sys\nx = open('f')\nprint(x.__dict__)\nos.remove('f')\n")
+    )
     assert [(v.rule, v.line) for v in violations] == [
-        ("import", 1), ("import", 2), ("forbidden_name", 3), ("dunder_attribute", 4),
+        ("import", 2), ("forbidden_name", 3), ("dunder_attribute", 4), ("restricted_module", 5),
     ]  # fmt: skip
+
+
+def test_the_old_policy_still_builds_the_old_corpora() -> None:
+    from services.evaluator.screen import POLICY_V1_PATH, Policy
+
+    old = Policy.load(POLICY_V1_PATH)
+    assert [v.rule for v in screen(parse_source("import gc\ngc.collect()"), old)] == ["import"]
 
 
 def test_nul_bytes_are_a_parse_error() -> None:
