@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml requirements.lock setup.py $(wildcard protos/archloop/v
 	$(BIN)/archloop base-model fetch
 	@# gVisor for the evaluator's --sandbox gvisor (Debian's runsc), where apt and root are at hand
 	@command -v runsc >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-	  && apt-get install -y -q runsc >/dev/null && echo "installed runsc (gVisor)"; } \
+	  && { apt-get install -y -q runsc >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -q runsc >/dev/null; }; } \
+	  && echo "installed runsc (gVisor)"; } \
 	  || echo "runsc (gVisor) not installed: the gvisor sandbox and its tests are unavailable here"
 	touch $(STAMP)
 

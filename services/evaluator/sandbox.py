@@ -402,7 +402,8 @@ class Sandbox:
             )
             if timed_out and forked["pid"] > 0:
                 if self.kind == "gvisor":  # a pid inside gVisor: the template kills it there
-                    self._send({"kill": key})
+                    with contextlib.suppress(OSError, ValueError):
+                        self._send({"kill": key})
                 else:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(forked["pid"], signal.SIGKILL)
@@ -421,9 +422,10 @@ class Sandbox:
             )
         finally:
             if uid is not None:
-                if self.kind == "gvisor":
-                    self._send({"cleanup": job_dir.name, "uid": uid})
-                    self._wait_event(job_dir.name, 30.0, "cleaned")
+                if self.kind == "gvisor":  # a template that died took gVisor, and the job, with it
+                    with contextlib.suppress(OSError, ValueError):
+                        self._send({"cleanup": job_dir.name, "uid": uid})
+                        self._wait_event(job_dir.name, 30.0, "cleaned")
                 else:
                     kill_uid(uid)
                 self._return_uid(uid)
