@@ -201,7 +201,8 @@ def _follow(stub, experiment_id: str, stack=None) -> str:
                         controller_pb2.GetExperimentRequest(experiment_id=experiment_id), timeout=30
                     ).experiment
                 except grpc.RpcError as exc:
-                    if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    retryable = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                    if exc.code() not in retryable or interrupted:  # Ctrl-C: no controller to stop it
                         raise
                     now = time.monotonic()
                     if outage_since is None:

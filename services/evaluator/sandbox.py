@@ -254,9 +254,8 @@ class Sandbox:
         os.chmod(self.work_dir, 0o711)
         template = [sys.executable, "-m", "services.evaluator.template"]
         if self.kind == "gvisor":
-            argv, stderr = self._gvisor(template), None
             self.template = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True, bufsize=1,
+                self._gvisor(template), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
                 preexec_fn=_die_with_this_process(os.getpid()),  # runsc's sandbox is attached to it
             )  # fmt: skip
         else:
