@@ -163,7 +163,11 @@ class _Screen(ast.NodeVisitor):
         restricted module is judged whole (`os.path.join` is allowed, `os.path` alone is not) and its
         base name is not judged again."""
         chain = self._chain(node)
-        restricted = chain is not None and chain.split(".")[0] in self.policy.restricted_imports
+        base: ast.AST = node
+        while isinstance(base, ast.Attribute):
+            base = base.value
+        imported = isinstance(base, ast.Name) and base.id in self.aliases  # not a local called `time`
+        restricted = imported and chain is not None and chain.split(".")[0] in self.policy.restricted_imports
         if restricted:
             assert chain is not None
             if problem := self._restricted(chain):

@@ -76,6 +76,7 @@ HARMLESS = [  # what real LEMUR models do (FractalNet: os, gc, traceback) and th
     "import time\nstarted = time.perf_counter()",
     "from collections import *\nd = OrderedDict()",
     "class A:\n    def name(self):\n        return self.__class__.__name__ + self.__module__",
+    "def scaled(time, gc):\n    return time.real * gc.imag",  # locals that share a restricted module's name
 ]
 
 
