@@ -97,6 +97,24 @@ class SandboxOutcome:
     """Set when the watchdog ended the job (a stage deadline, no progress, too slow)."""
 
 
+def _under_private_dirs(paths: list[str]) -> list[str]:
+    """The outermost of `paths` (made real) that lie under /tmp or /dev/shm, which the gVisor sandbox
+    replaces with empty tmpfs mounts: a checkout or virtualenv there must be bound back in, read-only."""
+    found: set[str] = set()
+    for path in paths:
+        if not path:
+            continue
+        real = os.path.realpath(path)
+        if os.path.isfile(real):
+            real = os.path.dirname(real)
+        parts = Path(real).parts
+        if len(parts) > 2 and parts[1] in ("tmp", "dev") and (parts[1] == "tmp" or parts[2] == "shm"):
+            top = os.path.join(*parts[: 3 if parts[1] == "tmp" else 4])
+            if os.path.isdir(top):
+                found.add(top)
+    return sorted(found)
+
+
 def _die_with_this_process(parent: int) -> Callable[[], None]:
     def arrange() -> None:
         if not parent_death_signal(signal.SIGKILL, parent):
@@ -315,6 +333,11 @@ class Sandbox:
                 {"destination": "/proc", "type": "proc", "source": "proc"},
                 {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"},
                 {"destination": "/dev/shm", "type": "tmpfs", "source": "tmpfs"},
+                # what the template itself runs from, when it lives under a private directory
+                *(
+                    {"destination": d, "type": "bind", "source": d, "options": ["rbind", "ro"]}
+                    for d in _under_private_dirs([sys.prefix, sys.executable, os.getcwd(), *sys.path])
+                ),
                 {"destination": work, "type": "bind", "source": work, "options": ["rbind", "rw"]},
             ],
             "linux": {"namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")]},
