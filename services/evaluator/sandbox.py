@@ -49,7 +49,7 @@ from pathlib import Path
 
 import psutil
 
-from archloop.processes import child_env, parent_death_signal
+from archloop.processes import child_env, foreign_child_argv, parent_death_signal
 from services.evaluator.watchdog import Stop, Watchdog
 
 CLONE_NEWNS = 0x00020000
@@ -97,30 +97,20 @@ class SandboxOutcome:
     """Set when the watchdog ended the job (a stage deadline, no progress, too slow)."""
 
 
+PRIVATE_IN_GVISOR = ("/tmp", "/dev/shm")
+"""Directories the gVisor sandbox replaces with empty tmpfs mounts."""
+
+
 def _under_private_dirs(paths: list[str]) -> list[str]:
-    """The outermost of `paths` (made real) that lie under /tmp or /dev/shm, which the gVisor sandbox
-    replaces with empty tmpfs mounts: a checkout or virtualenv there must be bound back in, read-only."""
-    found: set[str] = set()
-    for path in paths:
-        if not path:
-            continue
+    """The top folders, under a PRIVATE_IN_GVISOR directory, of those of `paths` (made real) that lie
+    there: a checkout or virtualenv in /tmp must be bound back in, read-only."""
+    found = set()
+    for path in filter(None, paths):
         real = os.path.realpath(path)
-        if os.path.isfile(real):
-            real = os.path.dirname(real)
-        parts = Path(real).parts
-        if len(parts) > 2 and parts[1] in ("tmp", "dev") and (parts[1] == "tmp" or parts[2] == "shm"):
-            top = os.path.join(*parts[: 3 if parts[1] == "tmp" else 4])
-            if os.path.isdir(top):
-                found.add(top)
-    return sorted(found)
-
-
-def _die_with_this_process(parent: int) -> Callable[[], None]:
-    def arrange() -> None:
-        if not parent_death_signal(signal.SIGKILL, parent):
-            os._exit(1)
-
-    return arrange
+        for private in PRIVATE_IN_GVISOR:
+            if real.startswith(private + "/"):
+                found.add(os.path.join(private, real[len(private) + 1 :].split("/")[0]))
+    return sorted(top for top in found if os.path.isdir(top))
 
 
 def _libc() -> ctypes.CDLL:
@@ -272,9 +262,9 @@ class Sandbox:
         os.chmod(self.work_dir, 0o711)
         template = [sys.executable, "-m", "services.evaluator.template"]
         if self.kind == "gvisor":
-            self.template = subprocess.Popen(
-                self._gvisor(template), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-                preexec_fn=_die_with_this_process(os.getpid()),  # runsc's sandbox is attached to it
+            self.template = subprocess.Popen(  # runsc dies with this process; its sandbox is attached to it
+                foreign_child_argv(self._gvisor(template), signal.SIGKILL),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=child_env(),
             )  # fmt: skip
         else:
             self.template = subprocess.Popen(
@@ -417,8 +407,8 @@ class Sandbox:
             forked = self._wait_event(key, 60.0, "pid")
             if forked is None:
                 raise RuntimeError("the template process did not fork the job")
-            if watchdog is not None:
-                watchdog.started = watchdog.step_since = time.monotonic()
+            if watchdog is not None:  # its clock starts at the fork
+                watchdog.step_since = time.monotonic()
             exited, timed_out, stopped = self._await_exit(
                 key, job_dir, started + time_limit_seconds, on_progress, cancel or threading.Event(), watchdog
             )

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from archloop.settings import ServiceSettings, non_negative, port_number, positive, setting
+from archloop.settings import ServiceSettings, non_negative, one_of, port_number, positive, setting
 from services.evaluator.sandbox import SANDBOXES
 from services.evaluator.watchdog import Deadlines
 
@@ -21,7 +21,7 @@ class EvaluatorSettings(ServiceSettings):
         "namespaces",
         "what isolates candidates: namespaces (network/mount namespaces, rlimits, a dedicated uid) or gvisor "
         "(all that inside gVisor's runsc); no fallback from one to the other",
-        check=lambda v: None if v in SANDBOXES else f"{v!r} is not one of {', '.join(SANDBOXES)}",
+        check=one_of(*SANDBOXES),
     )
     runsc_platform: str = setting("ptrace", "gVisor platform for --sandbox gvisor (ptrace works without KVM)")
     address_space_gib: int = setting(

@@ -66,3 +66,23 @@ def test_candidates_run_inside_gvisor_with_the_same_verdicts(tmp_path: Path) -> 
     finally:
         sandbox.stop()
     assert not _sandbox_processes()
+
+
+@NEEDS_RUNSC
+@pytest.mark.slow
+def test_runsc_dies_with_a_killed_evaluator(start_service, tmp_path: Path) -> None:
+    """runsc is started through archloop.processes' launcher (no preexec_fn in a process with gRPC threads);
+    kill -9 of the service takes runsc and its attached sandbox with it."""
+    import signal
+    import time
+
+    import psutil
+
+    proc = start_service("evaluator", "--work-dir", str(tmp_path / "jobs"), "--sandbox", "gvisor")
+    runsc = [c for c in psutil.Process(proc.proc.pid).children(recursive=True) if "runsc" in c.name()]
+    assert runsc, "no runsc under the service"
+    os.kill(proc.proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in runsc):
+        assert time.monotonic() < deadline, [p.pid for p in runsc if p.is_running()]
+        time.sleep(0.2)
