@@ -179,6 +179,8 @@ def train_base_model(
     progress: Callable[[dict], None] = lambda event: None,
     checkpoint_dir: Path | None = None,
     init_from: str = "",
+    edits_dir: Path | None = None,
+    edit_share: float = 0.0,
 ) -> dict:
     """Train tokenizer and model from the corpus; write the model folder; return its training record.
 
@@ -191,6 +193,10 @@ def train_base_model(
     settings resumes there, with any `steps`: a longer run continues, one no longer than the checkpoint
     writes the checkpoint's model (`steps_run` says how far it went). Training stops at `steps`, or
     earlier once the held-out code loss has not improved by 0.5 % over `patience_evals` evaluations.
+
+    With `edits_dir` (tools/edit_pairs.py: delta and factor pairs of verified mutations), edit pairs make
+    up `edit_share` of the training examples that fit the context (a seeded sample); they are held out
+    with their parent program, so no held-out model is seen through an edit of it.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
@@ -203,6 +209,13 @@ def train_base_model(
     train_examples, held_examples = split_by_model(examples, settings.holdout_share, settings.seed)
     checkpoint_dir = Path(checkpoint_dir or default_checkpoint_dir(out_dir))
     identity = {"settings": asdict(settings), "manifest_sha256": corpus.manifest_sha256(corpus_dir)}
+    edits: list[dict] = []
+    if edits_dir is not None and edit_share > 0:
+        if not 0 < edit_share < 1:
+            raise ValueError(f"edit_share {edit_share} must be in (0, 1)")
+        edits_manifest = json.loads((Path(edits_dir) / "manifest.json").read_text())
+        edits = list(corpus.read_jsonl(Path(edits_dir) / "edits.jsonl"))
+        identity["edits"] = {"sha256": edits_manifest["edits_sha256"], "share": edit_share}
     pretrained = None
     if init_from:
         identity["init_from"] = init_from
@@ -229,6 +242,13 @@ def train_base_model(
         return [pair for pair in pairs if len(pair[0]) <= context]
 
     train_ids, held_ids = encode(train_examples), encode(held_examples)
+    edit_ids: list[tuple[list[int], list[int]]] = []
+    if edits:
+        held_models = {e["model"] for e in held_examples}
+        fitting = encode([e for e in edits if e["parent"] not in held_models])
+        wanted = min(len(fitting), round(len(train_ids) * edit_share / (1 - edit_share)))
+        edit_ids = random.Random(settings.seed).sample(fitting, wanted)
+        train_ids = train_ids + edit_ids
     train_blocks = _pack(train_ids, context, settings.seed)
     held_blocks = _pack(held_ids, context, settings.seed)
     if not train_blocks:
@@ -240,6 +260,7 @@ def train_base_model(
         {
             "event": "data_ready",
             "train_examples_fitting": len(train_ids),
+            "edit_examples": len(edit_ids),
             "train_blocks": len(train_blocks),
             "held_out_blocks": len(held_blocks),
             "answer_token_share": round(answer_share, 4),
@@ -386,6 +407,11 @@ def train_base_model(
             "train_blocks": len(train_blocks),
             "answer_token_share": round(answer_share, 4),
         },
+        "edits": (
+            {**identity["edits"], "version": edits_manifest["version"], "examples": len(edit_ids)}
+            if edits
+            else None
+        ),
         "steps_run": history[-1]["step"],
         "stopped_early": stopped_early,
         "tokens_seen": tokens_seen,
@@ -419,13 +445,14 @@ def _load_checkpoint(checkpoint_dir: Path, identity: dict) -> dict | None:
     if not path.exists():
         return None
     state = torch.load(path, weights_only=False)
-    return state if _without_steps(state.get("identity") or {}) == _without_steps(identity) else None
+    return state if _resumable(state.get("identity") or {}) == _resumable(identity) else None
 
 
-def _without_steps(identity: dict) -> dict:
-    """A run's identity less its length: a resumed run may be given another --steps (cut short or
-    extended; the learning-rate schedule follows the new total from the step it resumes at)."""
-    settings = {k: v for k, v in identity.get("settings", {}).items() if k != "steps"}
+def _resumable(identity: dict) -> dict:
+    """A run's identity less its length and its thread count: a resumed run may be given another
+    --steps (cut short or extended; the learning-rate schedule follows the new total from the step it
+    resumes at) and another --threads (a machine that was shared is free now)."""
+    settings = {k: v for k, v in identity.get("settings", {}).items() if k not in ("steps", "threads")}
     return {**identity, "settings": settings}
 
 

@@ -77,6 +77,12 @@ def manifest_path(corpus_dir: Path) -> Path:
     return Path(corpus_dir) / "manifest.json"
 
 
+def edits_dir(corpus_dir: Path) -> Path:
+    """Where a corpus's edit pairs (`archloop corpus edits`, tools/edit_pairs.py) go: beside it,
+    `<name>-edits`."""
+    return Path(corpus_dir).with_name(Path(corpus_dir).name + "-edits")
+
+
 def load_manifest(corpus_dir: Path) -> dict:
     path = manifest_path(corpus_dir)
     if not path.exists():

@@ -181,10 +181,22 @@ def _limit_worker() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
+def _warm_up() -> None:
+    """torch's import and its first meta-device forward (lazy registrations: seconds on a busy machine)
+    happen before the first item, so an item's time limit measures its model, not the worker's start."""
+    import torch
+
+    with torch.device("meta"):
+        torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(30, 2))(
+            torch.zeros(2, 3, 32, 32)
+        )
+
+
 def _serve() -> int:
     """Worker loop (`python -m archloop.forwardcheck`): one JSON item per stdin line, one result per line on
     the stdout it was started with (the files' own prints go to /dev/null)."""
     _limit_worker()
+    _warm_up()
     out = os.fdopen(os.dup(1), "w", buffering=1)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)

@@ -9,6 +9,7 @@ answer, which is the program in one ```python block with real newlines.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -115,23 +116,45 @@ def prompt_sha256(messages: list[dict[str, str]] | None = None) -> str:
     return hashlib.sha256(f"{PROMPT_VERSION}\n{rendered}".encode()).hexdigest()
 
 
-# Delta mode (docs/method.md#generation-modes): a unified diff against a baseline. Outputs are much
-# shorter than full programs.
+# Edit modes (docs/method.md#generation-modes): delta asks for a unified diff against a parent program,
+# factor for the whole program with one functional factor changed. Their prompts state the task in one
+# line: the parent shows the file contract, and the full prompt's contract (~175 tokens) would not leave
+# the tiny model's 1,536-token context room for parent and answer. The mutation engine's training pairs
+# (tools/edit_pairs.py) are rendered with these same functions.
+EDIT_PROMPT_VERSION = "edit-v1"
 BASELINE_NAME = "model.py"
 # The packaged baseline (a valid ~95k-parameter CNN) that delta / factor mode edit when none is given.
 BASELINE_FILE = Path(__file__).parent / "data" / "baseline_cnn.py"
 
 
-def delta_messages(task: Task, baseline: str, error: str = "", previous: str = "") -> list[dict[str, str]]:
-    """Ask for a unified diff against `baseline`; with `error`, a re-prompt showing what went wrong."""
-    user = (
-        f"{user_prompt(task).rsplit(chr(10), 1)[0]}\n"
-        f"Here is the current program, {BASELINE_NAME}:\n{assistant_answer(baseline)}\n"
-        "Change it into a better classifier for this task. Answer with a unified diff against "
-        f"{BASELINE_NAME} (---/+++ headers, @@ hunks, context lines unchanged) in a single ```diff block "
-        "and nothing else."
+def edit_task(task: Task) -> str:
+    c, h, w = task.input_shape
+    return (
+        f"Task: an image classifier for {task.description}; inputs (N, {c}, {h}, {w}), "
+        f"{task.num_classes} logits, at most {task.max_parameters:,} parameters."
     )
-    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+def _edit_user(task: Task, parent: str, instruction: str) -> str:
+    return (
+        f"{edit_task(task)}\nHere is {BASELINE_NAME}, a working program for it:\n{assistant_answer(parent)}\n"
+        f"{instruction}"
+    )
+
+
+DELTA_INSTRUCTION = (
+    "Change its architecture into a new classifier that learns well; keep the file's interface. "
+    f"Answer with a unified diff against {BASELINE_NAME} in a single ```diff block."
+)
+
+
+def delta_messages(task: Task, baseline: str, error: str = "", previous: str = "") -> list[dict[str, str]]:
+    """Ask for a unified diff against `baseline`; with `error`, a re-prompt that shows `previous` (what
+    the model answered, as much of it as the caller chose to echo) and what went wrong."""
+    messages = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": _edit_user(task, baseline, DELTA_INSTRUCTION)},
+    ]
     if error:
         messages.append({"role": "assistant", "content": previous})
         messages.append(
@@ -145,13 +168,26 @@ def delta_messages(task: Task, baseline: str, error: str = "", previous: str = "
 
 def factor_messages(task: Task, baseline: str, factor: str, description: str) -> list[dict[str, str]]:
     """SPARK (docs/method.md#generation-modes): an edit of the baseline scoped to one functional factor."""
-    user = (
-        f"{user_prompt(task).rsplit(chr(10), 1)[0]}\n"
-        f"Here is the current program:\n{assistant_answer(baseline)}\n"
-        f"Change only its {factor} ({description}); leave every other aspect of the architecture as it is. "
-        "Answer with the whole edited module in a single ```python block and nothing else."
+    instruction = (
+        f"Change only its {factor} ({description}); leave everything else as it is. "
+        "Answer with the whole edited file in a single ```python block."
     )
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": _edit_user(task, baseline, instruction)},
+    ]
+
+
+def unified_diff(parent: str, child: str, context_lines: int = 1) -> str:
+    """The unified diff from `parent` to `child` as delta mode's answers spell it (---/+++ model.py)."""
+    lines = difflib.unified_diff(
+        parent.splitlines(), child.splitlines(), BASELINE_NAME, BASELINE_NAME, n=context_lines, lineterm=""
+    )
+    return "\n".join(lines) + "\n"
+
+
+def diff_answer(diff: str) -> str:
+    return f"```diff\n{diff.strip(chr(10))}\n```"
 
 
 _FENCE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)(?:\n```|\Z)", re.DOTALL)

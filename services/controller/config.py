@@ -28,6 +28,7 @@ _ENUMS: dict[str, tuple[str, EnumTypeWrapper]] = {
     "mode": ("GENERATION_MODE_", common_pb2.GenerationMode),
     "temperature_schedule": ("TEMPERATURE_SCHEDULE_", controller_pb2.TemperatureSchedule),
     "selection_policy": ("SELECTION_POLICY_", controller_pb2.SelectionPolicy),
+    "parent_policy": ("PARENT_POLICY_", controller_pb2.ParentPolicy),
     "adapter_init": ("ADAPTER_INIT_", trainer_pb2.AdapterInit),
 }
 
@@ -130,6 +131,10 @@ def validate(config: controller_pb2.ExperimentConfig) -> None:
                 "generation.temperature_period_cycles",
                 "a cyclic schedule needs a period of at least 2 cycles",
             )
+    if g.tournament_size < 1:
+        bad("generation.tournament_size", f"{g.tournament_size} must be at least 1")
+    if not 0 <= config.edit_pair_share <= 10:
+        bad("edit_pair_share", f"{config.edit_pair_share} is not in [0, 10] (a share of the LEMUR pairs)")
     if g.prompt_dataset and g.prompt_dataset not in datasets.NAMES:
         bad("generation.prompt_dataset", f"{g.prompt_dataset!r} is not one of {list(datasets.NAMES)}")
     if config.selection_policy != controller_pb2.SELECTION_POLICY_THRESHOLD and config.selection_top_k < 1:

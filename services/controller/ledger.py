@@ -22,6 +22,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from archloop.v1 import common_pb2, evaluator_pb2, events_pb2, novelty_pb2
+from services.controller.archive import ArchiveEntry
 from services.controller.selection import Candidate, Decision, Verdict
 from services.controller.states import ExperimentState, Phase, Stage, short_name
 
@@ -105,6 +106,19 @@ CREATE TABLE IF NOT EXISTS events (
     payload BLOB NOT NULL,
     published INTEGER NOT NULL DEFAULT 0,
     created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS archive (
+    experiment_id TEXT NOT NULL,
+    entry_id TEXT NOT NULL,
+    cycle INTEGER NOT NULL,
+    code TEXT NOT NULL,
+    accuracy REAL NOT NULL,
+    param_count INTEGER NOT NULL,
+    depth INTEGER NOT NULL,
+    factor TEXT NOT NULL,
+    fits INTEGER NOT NULL,
+    added_ms INTEGER NOT NULL,
+    PRIMARY KEY (experiment_id, entry_id)
 );
 CREATE INDEX IF NOT EXISTS events_unpublished ON events (published, sequence);
 CREATE INDEX IF NOT EXISTS candidates_by_cycle ON candidates (experiment_id, cycle, idx);
@@ -545,6 +559,35 @@ class Ledger:
             sql += " AND cycle<=?"
             args += (before_cycle,)
         return [CandidateRow.from_row(r) for r in self._query(sql + " ORDER BY cycle, idx", args)]
+
+    # -- the archive of parents (services.controller.archive) -------------------------------------
+    def add_to_archive(self, experiment_id: str, entries: list[ArchiveEntry]) -> int:
+        """Enter programs once (an entry already there is kept as it was); how many were new."""
+        t = now_ms()
+        with self._transaction() as db:
+            added = 0
+            for e in entries:
+                added += db.execute(
+                    "INSERT OR IGNORE INTO archive (experiment_id, entry_id, cycle, code, accuracy,"
+                    " param_count, depth, factor, fits, added_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (experiment_id, e.entry_id, e.cycle, e.code, e.accuracy, e.param_count, e.depth, e.factor,
+                     int(e.fits), t),
+                ).rowcount  # fmt: skip
+            return added
+
+    def archive(self, experiment_id: str, before_cycle: int | None = None) -> list[ArchiveEntry]:
+        """The archive in entry order (the baseline first); with `before_cycle`, as that cycle began."""
+        sql = "SELECT * FROM archive WHERE experiment_id=?"
+        args: tuple = (experiment_id,)
+        if before_cycle is not None:
+            sql += " AND cycle<?"
+            args += (before_cycle,)
+        rows = self._query(sql + " ORDER BY cycle, entry_id", args)
+        return [
+            ArchiveEntry(r["entry_id"], r["cycle"], r["code"], r["accuracy"], r["param_count"], r["depth"],
+                         r["factor"], bool(r["fits"]))
+            for r in rows
+        ]  # fmt: skip
 
     # -- events (outbox) ------------------------------------------------------------------------
     def add_event(self, event: events_pb2.Event) -> None:

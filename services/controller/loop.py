@@ -41,11 +41,11 @@ from archloop.v1 import (
     novelty_pb2,
     trainer_pb2,
 )
-from services.controller import requests, selection
+from services.controller import archive, requests, selection
 from services.controller.ledger import CandidateRow, Ledger
 from services.controller.peers import Clients, PeerFailed, Peers, Retry, StopRequested
 from services.controller.states import ExperimentState, Phase, Stage, selection_rules, short_name
-from services.controller.trainset import write_training_set
+from services.controller.trainset import Admitted, write_training_set
 
 log = structlog.get_logger("archloop.controller")
 
@@ -183,8 +183,53 @@ class ExperimentRunner:
         log.info("corpus_collection_ready", experiment_id=self.id, collection=name,
                  created=summary.created, unchanged=summary.unchanged)  # fmt: skip
 
+    # -- the archive of parents (delta / factor) -------------------------------------------------
+    def _edits(self) -> bool:
+        return self.config.generation.mode != common_pb2.GENERATION_MODE_FULL
+
+    async def _update_archive(self, cycle: int) -> None:
+        """Enter the baseline (before cycle 1) and every candidate admitted before `cycle` that the
+        archive lacks, each with whether its edit prompt fits the generator's context (idempotent)."""
+        have = {e.entry_id for e in self.ledger.archive(self.id)}
+        new: list[tuple[str, int, str, float, int, str]] = []
+        if archive.BASELINE_ID not in have:
+            new.append((archive.BASELINE_ID, 0, requests.baseline_code(self.config), 0.0, 0, ""))
+        for c in self.ledger.admitted(self.id, cycle - 1):
+            if c.candidate_id not in have:
+                new.append((c.candidate_id, c.cycle, c.code, c.accuracy or 0.0, c.param_count or 0, c.factor))
+        if not new:
+            return
+        spec = requests.task_spec(self.prompt_task)
+        fits = await self.peers.generator.prompt_fits(spec, self.config.generation.mode, [n[2] for n in new])
+        entries = [
+            archive.ArchiveEntry(i, c, code, acc, params, archive.depth(code), factor, ok)
+            for (i, c, code, acc, params, factor), ok in zip(new, fits, strict=True)
+        ]
+        added = await asyncio.to_thread(self.ledger.add_to_archive, self.id, entries)
+        log.info("archive_updated", experiment_id=self.id, cycle=cycle, added=added,
+                 not_fitting=sum(not e.fits for e in entries))  # fmt: skip
+
+    def _admitted(self, row: CandidateRow) -> Admitted:
+        """An admitted candidate for the training set, with the parent it edited (from the archive)."""
+        parent_id = json.loads(row.generation_json).get("parent_id", "")
+        parent = next((e.code for e in self.ledger.archive(self.id) if e.entry_id == parent_id), "")
+        return Admitted(row.candidate_id, row.code, row.mode, parent, row.factor)
+
+    def _parents(self, cycle: int, start: int, n: int) -> list[tuple[str, str]]:
+        """(id, code) of the program each of candidates start … start + n - 1 edits; none in full mode."""
+        if not self._edits():
+            return []
+        g = self.config.generation
+        chosen = archive.choose_parents(
+            g.parent_policy, self.ledger.archive(self.id, before_cycle=cycle), self.config.seed, cycle,
+            range(start, start + n), g.tournament_size or 3,
+        )  # fmt: skip
+        return [(entry.entry_id, entry.code) for entry in chosen]
+
     async def _cycle(self, cycle: int) -> None:
         self._check_stop()
+        if self._edits():
+            await self._update_archive(cycle)
         adapter = self.ledger.adapter_before(self.id, cycle)
         corpus_size = self.lemur_models + len(self.ledger.admitted(self.id, cycle - 1))
         self.ledger.start_cycle(
@@ -237,8 +282,9 @@ class ExperimentRunner:
             wanted = self.config.candidates_per_cycle
             most = await self.peers.generator.max_candidates_per_request() if have < wanted else 0
             while have < wanted:  # in requests of at most the generator's limit
+                n = min(most, wanted - have)
                 request = requests.generation(
-                    self.id, self.config, self.prompt_task, row, have, min(most, wanted - have)
+                    self.id, self.config, self.prompt_task, row, have, n, self._parents(cycle, have, n)
                 )
                 await self.peers.generator.stream(request, self._recorder(evaluate_later))
                 before, have = have, len(self.ledger.candidates(self.id, cycle))
@@ -403,7 +449,9 @@ class ExperimentRunner:
             self.config.lemur_examples_per_cycle,
             self.config.seed,
             self.prompt_task,
-            [(c.candidate_id, c.code) for c in self.ledger.admitted(self.id, cycle)],
+            [self._admitted(c) for c in self.ledger.admitted(self.id, cycle)],
+            corpus.edits_dir(self.settings.corpus_dir),
+            self.config.edit_pair_share,
         )
         request = requests.fine_tune(
             self.id, self.config, cycle, path, self.ledger.adapter_before(self.id, cycle)

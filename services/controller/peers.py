@@ -122,13 +122,20 @@ class GeneratorClient:
         )
         return max(1, described.max_candidates_per_request)
 
+    async def prompt_fits(self, task: common_pb2.TaskSpec, mode: int, codes: list[str]) -> list[bool]:
+        """Whether each program's edit prompt (and room for its answer) fits the generator's model."""
+        request = generator_pb2.CheckPromptFitRequest(task=task, mode=mode, codes=codes)
+        answer = await self.retry.unary("generator.CheckPromptFit", self.stub.CheckPromptFit, request)
+        return [fit.fits for fit in answer.fits]
+
     async def stream(
         self,
         request: generator_pb2.GenerateCandidatesRequest,
         on_candidate: Callable[[common_pb2.Candidate], Awaitable[None]],
     ) -> None:
         """Every candidate of `request` to `on_candidate`, in order; a dropped stream is reopened at the
-        next index (`request` is advanced as candidates arrive), so none is generated twice."""
+        next index (`request` is advanced as candidates arrive, with its parents), so none is generated
+        twice."""
 
         left = [request.n]  # what the last failed attempt still owed
 
@@ -138,6 +145,8 @@ class GeneratorClient:
                     await on_candidate(response.candidate)
                     request.start_index = response.candidate.index + 1
                     request.n -= 1
+                    if request.parents:  # one per candidate: the delivered one's goes with it
+                        del request.parents[0]
                     self.retry.check_stop()
             except grpc.aio.AioRpcError:
                 if request.n > 0:

@@ -3,11 +3,15 @@ program reads.
 
     cycles.csv       one row per cycle: valid % with its Wilson 95 % interval, best / mean (t 95 %) /
                      median first-epoch accuracy, % of valid ≥ τ, admitted, corpus size, C_t, Q_t and its
-                     3-cycle smoothing, novelty medians, fine-tune loss, duration
+                     3-cycle smoothing, novelty medians, fine-tune loss, duration, and diversity: mean
+                     pairwise J of the admitted, distinct topologies among the valid, archive cells
+                     the admitted fall into
     candidates.csv   one row per candidate: generation metadata, every evaluation figure, J_train, J_gen,
                      near-duplicate flags, rejection_count, decision and reason
     report.json      all of the above plus proxy reliability (the fully trained top-k, and LEMUR's own
                      epoch-1 vs epoch-5 table: SNR, observed and Theorem 8's predicted correlations)
+                     and the lineage of every admitted program (delta / factor: its chain of parents
+                     back to the baseline, the factor changed and the accuracy reached at each step)
     report.html      the tables and the plots (valid rate, accuracy, elite concentration, novelty)
     *.png            matplotlib plots
 
@@ -25,11 +29,11 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from archloop import corpus
+from archloop import corpus, topology
 from archloop.v1 import controller_pb2
+from services.controller import archive, stats
 from services.controller import config as experiment_config
-from services.controller import stats
-from services.controller.ledger import Ledger
+from services.controller.ledger import CandidateRow, Ledger
 from services.controller.states import short_name
 
 CANDIDATE_COLUMNS = (
@@ -67,6 +71,8 @@ CANDIDATE_COLUMNS = (
     "delta_failure_kind",
     "diff_length_chars",
     "full_length_chars",
+    "parent_id",
+    "context_fit",
 )
 
 
@@ -124,11 +130,42 @@ def cycle_rows(ledger: Ledger, experiment_id: str, threshold: float) -> list[dic
                 "fine_tune_loss": cycle.fine_tune_loss if cycle.fine_tune_loss is not None else math.nan,
                 "fine_tune_examples": cycle.fine_tune_examples,
                 "duration_seconds": duration,
+                **diversity(candidates),
             }
         )
     for row, smooth in zip(rows, stats.smoothed(qualities, 3), strict=True):
         row["mean_quality_smoothed"] = smooth
     return rows
+
+
+def diversity(candidates: list[CandidateRow]) -> dict:
+    """How spread a cycle's programs are (issue 20's watch on diversity): the mean exact token J over
+    pairs of admitted programs (the novelty service's shingles; NaN below two), the share of distinct
+    layer topologies among the valid (archloop.topology), and how many archive cells (parameter band ×
+    depth band × factor, services.controller.archive) the admitted programs fall into."""
+    from services.novelty.collection import CollectionConfig
+    from services.novelty.fingerprint import exact_jaccard, fingerprint_source
+
+    admitted = [c for c in candidates if c.admitted]
+    valid = [c for c in candidates if c.valid]
+    config = CollectionConfig()
+    shingles = [
+        fingerprint_source(c.code, config.shingle_size, config.num_permutations, config.minhash_seed).shingles
+        for c in admitted
+    ]
+    pairs = [exact_jaccard(a, b) for i, a in enumerate(shingles) for b in shingles[i + 1 :]]
+    cells = {
+        archive.ArchiveEntry(c.candidate_id, c.cycle, c.code, 0.0, c.param_count or 0, archive.depth(c.code),
+                             c.factor, True).cell
+        for c in admitted
+    }  # fmt: skip
+    return {
+        "admitted_mean_pairwise_j": sum(pairs) / len(pairs) if pairs else math.nan,
+        "valid_topology_share": len({topology.layer_sequence(c.code) for c in valid}) / len(valid)
+        if valid
+        else math.nan,
+        "admitted_cells": len(cells),
+    }
 
 
 def candidate_rows(ledger: Ledger, experiment_id: str) -> list[dict]:
@@ -146,11 +183,42 @@ def candidate_rows(ledger: Ledger, experiment_id: str) -> list[dict]:
             "delta_failure_kind",
             "diff_length_chars",
             "full_length_chars",
+            "parent_id",
+            "context_fit",
         ):
             row[key] = generation.get(key, "")
         row["touched_factors"] = " ".join(generation.get("touched_factors", []))
         out.append(row)
     return out
+
+
+def lineage(ledger: Ledger, experiment_id: str) -> list[dict]:
+    """Each admitted program's chain of parents, newest first: (candidate, cycle, mode, factor, accuracy)
+    at every step, ending at the baseline (or at a full-mode program, which has no parent)."""
+    rows = {c.candidate_id: c for c in ledger.candidates(experiment_id)}
+    out = []
+    for admitted in ledger.admitted(experiment_id):
+        chain, node, seen = [], admitted, set()
+        while node is not None and node.candidate_id not in seen:
+            seen.add(node.candidate_id)
+            parent = json.loads(node.generation_json).get("parent_id", "")
+            chain.append({"candidate_id": node.candidate_id, "cycle": node.cycle, "mode": node.mode,
+                          "factor": node.factor, "accuracy": node.accuracy, "parent_id": parent})  # fmt: skip
+            node = rows.get(parent)
+        root = chain[-1]["parent_id"] or chain[-1]["candidate_id"]
+        out.append(
+            {"candidate_id": admitted.candidate_id, "generations": len(chain), "root": root, "chain": chain}
+        )
+    return out
+
+
+def _lineage_text(entry: dict) -> str:
+    steps = [f"{entry['root']}"]
+    for step in reversed(entry["chain"]):
+        change = f"{step['mode']} {step['factor']}".strip()
+        accuracy = "—" if step["accuracy"] is None else f"{step['accuracy']:.3f}"
+        steps.append(f"→ [{change}] {step['candidate_id']} ({accuracy})")
+    return " ".join(steps)
 
 
 def proxy_reliability(ledger: Ledger, experiment_id: str, corpus_dir: Path) -> dict:
@@ -355,6 +423,7 @@ def write_report(
     cycles = cycle_rows(ledger, experiment_id, config.accuracy_threshold)
     candidates = candidate_rows(ledger, experiment_id)
     reliability = proxy_reliability(ledger, experiment_id, corpus_dir)
+    lineages = lineage(ledger, experiment_id)
     files = [out / "cycles.csv", out / "candidates.csv", out / "report.json", out / "report.html"]
     _write_csv(
         files[0],
@@ -368,6 +437,9 @@ def write_report(
             "median_j_train",
             "median_j_gen",
             "mean_quality",
+            "admitted_mean_pairwise_j",
+            "valid_topology_share",
+            "admitted_cells",
         ],
     )
     _write_csv(files[1], candidates, CANDIDATE_COLUMNS)
@@ -377,6 +449,7 @@ def write_report(
         "config": json.loads(row.config_json),
         "cycles": [{k: _nan_to_none(v) for k, v in r.items()} for r in cycles],
         "proxy_reliability": reliability,
+        "lineage": lineages,
         "candidates": candidates,
     }
     files[2].write_text(json.dumps(document, indent=2, default=str, allow_nan=False) + "\n")
@@ -398,6 +471,11 @@ img{{max-width:48%;margin:4px}}</style></head><body>
 <h2>Per cycle (NNGPT Table 2)</h2>{_table(cycles, CYCLE_TABLE)}
 <h2>Plots</h2>{"".join(f'<img src="{p.name}" alt="{p.stem}">' for p in plots)}
 <h2>Proxy reliability (CT Theorem 8)</h2>{reliability_html or "<p>No fully trained models.</p>"}
+<h2>Lineage of the admitted programs</h2>{
+        "<ul>" + "".join(f"<li>{html.escape(_lineage_text(e))}</li>" for e in lineages) + "</ul>"
+        if lineages
+        else "<p>Nothing admitted.</p>"
+    }
 <h2>Candidates</h2>{
         _table(
             candidates,

@@ -57,6 +57,20 @@ def event(experiment_id: str, at_cycle: int, kind: str, **payload: object) -> ev
     return message
 
 
+def task_spec(task: prompts.Task) -> common_pb2.TaskSpec:
+    return common_pb2.TaskSpec(
+        dataset=task.dataset,
+        input_shape=[1, *task.input_shape],
+        num_classes=task.num_classes,
+        param_budget=task.max_parameters,
+    )
+
+
+def baseline_code(config: controller_pb2.ExperimentConfig) -> str:
+    """What delta / factor mode edit first: the config's baseline, else the packaged one."""
+    return config.generation.baseline_code or prompts.BASELINE_FILE.read_text()
+
+
 def generation(
     experiment_id: str,
     config: controller_pb2.ExperimentConfig,
@@ -64,24 +78,18 @@ def generation(
     row: CycleRow,
     start: int,
     n: int,
+    parents: list[tuple[str, str]] | None = None,
 ) -> generator_pb2.GenerateCandidatesRequest:
-    """Candidates `start` … `start + n - 1` of the cycle `row`, with its adapter and temperature."""
+    """Candidates `start` … `start + n - 1` of the cycle `row`, with its adapter and temperature;
+    delta / factor: each edits its (id, code) of `parents`."""
     g = config.generation
     decoding = common_pb2.DecodingParams()
     decoding.CopyFrom(g.decoding)
     decoding.temperature = row.temperature
-    baseline = g.baseline_code
-    if not baseline and g.mode != common_pb2.GENERATION_MODE_FULL:
-        baseline = prompts.BASELINE_FILE.read_text()
     return generator_pb2.GenerateCandidatesRequest(
         experiment_id=experiment_id,
         cycle=row.cycle,
-        task=common_pb2.TaskSpec(
-            dataset=task.dataset,
-            input_shape=[1, *task.input_shape],
-            num_classes=task.num_classes,
-            param_budget=task.max_parameters,
-        ),
+        task=task_spec(task),
         mode=g.mode,
         decoding=decoding,
         adapter=common_pb2.AdapterRef(
@@ -89,10 +97,10 @@ def generation(
         ),
         seed=config.seed * 1000 + row.cycle,
         n=n,
-        baseline_code=baseline,
         factors=list(g.factors),
         start_index=start,
         repair=g.repair,
+        parents=[generator_pb2.ParentProgram(parent_id=i, code=code) for i, code in parents or []],
     )
 
 

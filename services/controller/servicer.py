@@ -14,7 +14,7 @@ from pathlib import Path
 
 import structlog
 
-from archloop import basemodel
+from archloop import basemodel, corpus
 from archloop.clients import ChannelSecurity, aio_channel, backoff_delays
 from archloop.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from archloop.paths import corpus_dir
@@ -218,6 +218,12 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
         if not examples.is_file():
             raise FailedPrecondition(
                 f"no corpus at {self.loop_settings.corpus_dir}: run `archloop corpus build`"
+            )
+        edits = corpus.edits_dir(self.loop_settings.corpus_dir) / "edits.jsonl"
+        if config.edit_pair_share > 0 and not edits.is_file():
+            raise FailedPrecondition(
+                f"edit_pair_share is {config.edit_pair_share} but there are no edit pairs at {edits.parent}: "
+                "run `archloop corpus edits`"
             )
         try:
             basemodel.check_corpus_binding(config.base_model, self.loop_settings.corpus_dir)

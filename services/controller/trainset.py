@@ -1,14 +1,54 @@
-"""A cycle's fine-tuning set: a seeded sample of the LEMUR chat pairs (the same sample every cycle) and a
-chat pair for every candidate admitted so far, in the corpus's record format (archloop.corpus)."""
+"""A cycle's fine-tuning set: a seeded sample of the LEMUR chat pairs (the same sample every cycle), a
+seeded sample of the mutation engine's edit pairs (`edit_pair_share` of the LEMUR sample; the edits
+folder `archloop corpus edits` writes beside the corpus), and a chat pair for every candidate admitted so
+far — plus, for one made by an edit, the edit itself (its parent in the prompt, its diff or its program
+as the answer, as the generator asked for it), so the model learns which edits get admitted. All in the
+corpus's record format (archloop.corpus)."""
 
 from __future__ import annotations
 
 import json
 import random
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from archloop import corpus, prompts
+from services.generator.factors import load_factors
+
+
+@dataclass(frozen=True)
+class Admitted:
+    candidate_id: str
+    code: str
+    mode: str = "full"  # "delta" / "factor": made by editing `parent`
+    parent: str = ""
+    factor: str = ""
+
+
+def edit_examples(admitted: Admitted, task: prompts.Task) -> list[dict]:
+    """The edit pair of an admitted delta / factor candidate (none for a full program)."""
+    if admitted.mode == "delta" and admitted.parent:
+        messages = prompts.delta_messages(task, admitted.parent)
+        answer = prompts.diff_answer(prompts.unified_diff(admitted.parent, admitted.code))
+    elif admitted.mode == "factor" and admitted.parent and admitted.factor:
+        factors = load_factors()
+        description = factors[admitted.factor].description if admitted.factor in factors else admitted.factor
+        messages = prompts.factor_messages(task, admitted.parent, admitted.factor, description)
+        answer = prompts.assistant_answer(admitted.code)
+    else:
+        return []
+    messages.append({"role": "assistant", "content": answer})
+    return [
+        {
+            "id": f"{admitted.candidate_id}#{admitted.mode}",
+            "model": admitted.candidate_id,
+            "dataset": task.dataset,
+            "source": "generated",
+            "mode": admitted.mode,
+            "messages": messages,
+        }
+    ]
 
 
 def write_training_set(
@@ -17,27 +57,39 @@ def write_training_set(
     lemur_examples: int,
     seed: int,
     task: prompts.Task,
-    admitted: Iterable[tuple[str, str]],
+    admitted: Iterable[Admitted],
+    edits_dir: Path | None = None,
+    edit_share: float = 0.0,
 ) -> int:
     """Write the set to `path` once and return how many pairs it holds; a restart finds the file and
-    reuses it, so the trainer's job request stays identical. `admitted`: (candidate id, code);
-    `lemur_examples` 0 = every LEMUR pair."""
+    reuses it, so the trainer's job request stays identical. `lemur_examples` 0 = every LEMUR pair;
+    `edit_share` > 0 needs `edits_dir` (corpus.CorpusError when it holds no edits)."""
     if path.exists():
         with path.open() as handle:
             return sum(1 for _ in handle)
     examples = list(corpus.read_jsonl(corpus_dir / "examples.jsonl"))
     if 0 < lemur_examples < len(examples):
         examples = random.Random(seed).sample(examples, lemur_examples)
-    for candidate_id, code in admitted:
+    if edit_share > 0:
+        if edits_dir is None or not (Path(edits_dir) / "edits.jsonl").exists():
+            raise corpus.CorpusError(
+                f"edit_pair_share is {edit_share} but {edits_dir} holds no edit pairs; "
+                "run `archloop corpus edits`"
+            )
+        edits = list(corpus.read_jsonl(Path(edits_dir) / "edits.jsonl"))
+        wanted = min(len(edits), round(len(examples) * edit_share))
+        examples += random.Random(seed).sample(edits, wanted)
+    for program in admitted:
         examples.append(
             {
-                "id": f"{candidate_id}#{task.dataset}",
-                "model": candidate_id,
+                "id": f"{program.candidate_id}#{task.dataset}",
+                "model": program.candidate_id,
                 "dataset": task.dataset,
                 "source": "generated",
-                "messages": prompts.chat_messages(task, code),
+                "messages": prompts.chat_messages(task, program.code),
             }
         )
+        examples += edit_examples(program, task)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_suffix(".tmp")
     staging.write_text("".join(json.dumps(e, ensure_ascii=False, sort_keys=True) + "\n" for e in examples))

@@ -7,6 +7,13 @@
     factor  one factor per candidate (seeded choice from the request's list or the service's), an edit of
             that factor only → a complete program; which factors it touched, and whether it is entangled
 
+Delta and factor candidates edit a parent: the request's `baseline_code`, or with `parents` candidate k's
+own (an archive's choice); each records the parent's id and sha256. Prompts must fit the model's context
+(prompt + the least room the answer needs: a short diff, or the parent's own length for factor mode):
+a first prompt that does not fit fails the request before anything is sampled, with one sentence naming
+the sizes, unless the fallback is `full` (that candidate is then a full program, recorded as
+`context_fit: full_fallback`); a re-prompt echoes only the failed diff, shortened or dropped until it fits.
+
 With `repair`, each program goes through archloop.repair; the candidate keeps the raw code, the repaired
 code and which repairs applied. Candidate k of a request has index start_index + k and id
 `<experiment>-c<cycle>-<index:04d>`, so a resumed cycle continues its numbering. Every candidate
@@ -15,6 +22,7 @@ records the raw answer(s), the prompt's sha256, adapter, tokens in and out, and 
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +32,7 @@ from archloop.errors import InvalidArgument
 from archloop.repair import repair
 from archloop.v1 import common_pb2, generator_pb2
 from services.generator.backend import Completion, Decoding
-from services.generator.delta import DeltaError, apply_response
+from services.generator.delta import DeltaError, apply_response, extract_diff
 from services.generator.factors import Factor, touched_factors
 
 DEFAULT_DECODING = Decoding()
@@ -42,6 +50,11 @@ FALLBACKS = {
 DEFAULT_REPROMPTS = 2  # the reference re-prompted up to twice (docs/method.md#generation-modes)
 MAX_BASELINE_CHARS = 256 * 1024
 RESPONSE_SEPARATOR = "\n\n# ----- re-prompt -----\n\n"
+BASELINE_PARENT = "baseline"
+# the least room an answer needs beyond its prompt: a diff of a few changed lines; a whole new program
+MIN_DIFF_TOKENS = 128
+MIN_PROGRAM_TOKENS = 384
+FACTOR_SLACK_TOKENS = 32  # a factor edit's answer is the parent's length give or take a few lines
 
 
 @dataclass
@@ -61,6 +74,13 @@ class Plan:
     max_reprompts: int = DEFAULT_REPROMPTS
     repair: bool = False  # archloop.repair on each program, recorded on the candidate
     adapter_sha256: str = ""  # filled in once the backend has the adapter
+    parents: list[tuple[str, str]] = field(default_factory=list)  # (id, code) per candidate, or none
+
+    def parent(self, index: int) -> tuple[str, str]:
+        """(id, code) of the program candidate `index` edits."""
+        if self.parents:
+            return self.parents[index - self.start_index]
+        return BASELINE_PARENT, self.baseline
 
 
 def decoding_from_proto(given: common_pb2.DecodingParams, field_name: str = "decoding") -> Decoding:
@@ -105,25 +125,21 @@ def plan_from_request(
         raise InvalidArgument("mode", f"{request.mode} is not full, delta or factor")
     if request.cycle < 0 or request.start_index < 0:
         raise InvalidArgument("cycle" if request.cycle < 0 else "start_index", "must not be negative")
-    spec = request.task
-    dataset = spec.dataset or "cifar10"
-    shape = tuple(spec.input_shape) or (1, 3, 32, 32)
-    if len(shape) != 4 or shape[0] != 1 or min(shape) < 1:
-        raise InvalidArgument("task.input_shape", f"{list(shape)} is not [1, C, H, W]")
-    if spec.num_classes < 0 or spec.param_budget < 0:
-        raise InvalidArgument(
-            "task.num_classes" if spec.num_classes < 0 else "task.param_budget", "must be positive"
-        )
-    task = prompts.task_for(dataset, shape, spec.num_classes or 10, spec.param_budget or 500_000)
+    task = task_from_spec(request.task)
     baseline = request.baseline_code
-    if mode in ("delta", "factor"):
-        if not baseline.strip():
-            raise InvalidArgument("baseline_code", f"{mode} mode edits a baseline; it is empty")
-        if len(baseline) > MAX_BASELINE_CHARS:
-            raise InvalidArgument(
-                "baseline_code", f"{len(baseline):,} characters, over {MAX_BASELINE_CHARS:,}"
-            )
-        baseline = baseline.strip("\n") + "\n"
+    parents = [(p.parent_id, p.code) for p in request.parents]
+    if parents and mode == "full":
+        raise InvalidArgument("parents", "full mode edits no program; leave parents empty")
+    if parents and len(parents) != request.n:
+        raise InvalidArgument(
+            "parents", f"{len(parents)} entries for n = {request.n}; give one per candidate"
+        )
+    for i, (parent_id, code) in enumerate(parents):
+        if not parent_id:
+            raise InvalidArgument(f"parents[{i}].parent_id", "is empty")
+        parents[i] = (parent_id, _program(code, f"parents[{i}].code", mode))
+    if mode in ("delta", "factor") and not parents:
+        baseline = _program(baseline, "baseline_code", mode)
     chosen: list[Factor] = []
     if mode == "factor":
         names = list(request.factors) or list(factors)
@@ -151,7 +167,29 @@ def plan_from_request(
         fallback=fallback,
         max_reprompts=request.max_reprompts or DEFAULT_REPROMPTS,
         repair=request.repair,
+        parents=parents,
     )
+
+
+def task_from_spec(spec: common_pb2.TaskSpec) -> prompts.Task:
+    """The prompt's task of a request's TaskSpec (zero fields: CIFAR-10 shapes, 10 classes, 500k)."""
+    dataset = spec.dataset or "cifar10"
+    shape = tuple(spec.input_shape) or (1, 3, 32, 32)
+    if len(shape) != 4 or shape[0] != 1 or min(shape) < 1:
+        raise InvalidArgument("task.input_shape", f"{list(shape)} is not [1, C, H, W]")
+    if spec.num_classes < 0 or spec.param_budget < 0:
+        raise InvalidArgument(
+            "task.num_classes" if spec.num_classes < 0 else "task.param_budget", "must be positive"
+        )
+    return prompts.task_for(dataset, shape, spec.num_classes or 10, spec.param_budget or 500_000)
+
+
+def _program(code: str, field_name: str, mode: str) -> str:
+    if not code.strip():
+        raise InvalidArgument(field_name, f"{mode} mode edits a program; it is empty")
+    if len(code) > MAX_BASELINE_CHARS:
+        raise InvalidArgument(field_name, f"{len(code):,} characters, over {MAX_BASELINE_CHARS:,}")
+    return code.strip("\n") + "\n"
 
 
 def candidate_seed(seed: int, index: int) -> int:
@@ -162,8 +200,12 @@ def candidate_seed(seed: int, index: int) -> int:
 @dataclass
 class _Work:
     index: int
-    messages: list[dict[str, str]]
+    parent_id: str
+    parent: str  # the program edited ("" in full mode)
+    messages: list[dict[str, str]] = field(default_factory=list)
     factor: Factor | None = None
+    mode: str = "full"  # the plan's, or "full" after a context fallback
+    context_fit: str = ""
     responses: list[str] = field(default_factory=list)
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -193,22 +235,70 @@ class CandidateMaker:
         model_id: str,
         batch_size: int,
         factors: dict[str, Factor],
+        context_tokens: int = 1 << 30,
+        count_tokens: Callable[[str], int] = lambda text: 0,
+        render: Callable[[list[dict[str, str]]], str] = lambda messages: "",
     ) -> None:
         self.generate = generate
-        self.factors = (
-            factors  # all of them: an edit is judged against every factor, not only the chosen list
-        )
+        # all of them: an edit is judged against every factor, not only the chosen list
+        self.factors = factors
         self.backend_name = backend_name
         self.model_id = model_id
         self.batch_size = batch_size
+        self.context_tokens = context_tokens
+        self.count_tokens = count_tokens
+        self.render = render
 
-    def first_messages(self, plan: Plan, index: int) -> tuple[list[dict[str, str]], Factor | None]:
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        return self.count_tokens(self.render(messages))
+
+    def answer_tokens(self, mode: str, parent: str) -> int:
+        """The least room an answer needs beyond its prompt."""
+        if mode == "delta":
+            return MIN_DIFF_TOKENS
+        if mode == "factor":
+            return self.count_tokens(parent) + FACTOR_SLACK_TOKENS
+        return MIN_PROGRAM_TOKENS
+
+    def fits(self, messages: list[dict[str, str]], mode: str, parent: str) -> tuple[bool, int, int]:
+        """(fits, prompt tokens, answer tokens) of a prompt in the model's context."""
+        prompt, answer = self.prompt_tokens(messages), self.answer_tokens(mode, parent)
+        return prompt + answer <= self.context_tokens, prompt, answer
+
+    def parent_fits(self, task: prompts.Task, mode: str, code: str) -> tuple[bool, int, int]:
+        """Would `code` fit as the parent of a `mode` candidate? (factor mode: with the longest factor
+        prompt of this maker's factors)"""
+        parent = code.strip("\n") + "\n"
+        if mode == "delta":
+            return self.fits(prompts.delta_messages(task, parent), mode, parent)
+        longest = max(self.factors.values(), key=lambda f: len(f.name) + len(f.description))
+        messages = prompts.factor_messages(task, parent, longest.name, longest.description)
+        return self.fits(messages, mode, parent)
+
+    def first_work(self, plan: Plan, index: int) -> _Work:
         if plan.mode == "full":
-            return prompts.chat_messages(plan.task), None
+            return _Work(index, "", "", prompts.chat_messages(plan.task))
+        parent_id, parent = plan.parent(index)
+        work = _Work(index, parent_id, parent, mode=plan.mode)
         if plan.mode == "delta":
-            return prompts.delta_messages(plan.task, plan.baseline), None
-        factor = random.Random(f"{plan.seed}:{index}").choice(plan.factors)
-        return prompts.factor_messages(plan.task, plan.baseline, factor.name, factor.description), factor
+            work.messages = prompts.delta_messages(plan.task, parent)
+        else:
+            factor = random.Random(f"{plan.seed}:{index}").choice(plan.factors)
+            work.factor = factor
+            work.messages = prompts.factor_messages(plan.task, parent, factor.name, factor.description)
+        fits, prompt, answer = self.fits(work.messages, plan.mode, parent)
+        if fits:
+            return work
+        if plan.fallback == "full":
+            work.mode, work.context_fit, work.factor = "full", "full_fallback", None
+            work.messages = prompts.chat_messages(plan.task)
+            return work
+        where = f"parents[{index - plan.start_index}].code" if plan.parents else "baseline_code"
+        raise InvalidArgument(
+            where,
+            f"the {plan.mode} prompt for {parent_id!r} is {prompt:,} tokens and its answer needs at least "
+            f"{answer:,} more, over the model's context of {self.context_tokens:,} tokens",
+        )
 
     def _sample(
         self, plan: Plan, works: list[_Work], messages: list[list[dict[str, str]]]
@@ -217,30 +307,29 @@ class CandidateMaker:
         return self.generate(messages, plan.decoding, seeds, plan.adapter)
 
     def run(self, plan: Plan, stop: Callable[[], bool] = lambda: False) -> Iterator[common_pb2.Candidate]:
-        """Candidates in index order, a batch at a time."""
-        indices = list(range(plan.start_index, plan.start_index + plan.n))
-        for start in range(0, len(indices), self.batch_size):
+        """Candidates in index order, a batch at a time; every prompt is checked against the context
+        before the first is sampled."""
+        all_works = [
+            self.first_work(plan, index) for index in range(plan.start_index, plan.start_index + plan.n)
+        ]
+        for start in range(0, len(all_works), self.batch_size):
             if stop():
                 return
-            works = []
-            for index in indices[start : start + self.batch_size]:
-                messages, factor = self.first_messages(plan, index)
-                works.append(_Work(index, messages, factor))
+            works = all_works[start : start + self.batch_size]
             for work, completion in zip(
                 works, self._sample(plan, works, [w.messages for w in works]), strict=True
             ):
                 work.add(completion)
-                self._finish(plan, work)
-            if plan.mode == "delta":
-                self._retry_deltas(plan, works)
+                self._finish(work)
+            self._retry_deltas(plan, [w for w in works if w.mode == "delta"])
             for work in works:
                 yield self._candidate(plan, work)
 
-    def _finish(self, plan: Plan, work: _Work) -> None:
+    def _finish(self, work: _Work) -> None:
         response = work.responses[-1]
-        if plan.mode == "delta" and not work.extraction:
+        if work.mode == "delta" and not work.extraction:
             try:
-                work.code, diff = apply_response(plan.baseline, response)
+                work.code, diff = apply_response(work.parent, response)
             except DeltaError as exc:
                 work.error, work.failure_kind = f"{exc.kind}: {exc}", exc.kind
                 return
@@ -250,23 +339,43 @@ class CandidateMaker:
         work.code, work.extraction = (code, how) if code.strip() else ("", how)
         work.error = "" if code.strip() else "empty: the answer holds no code"
 
+    def reprompt_messages(self, plan: Plan, work: _Work) -> list[dict[str, str]] | None:
+        """The re-prompt of a failed diff: the diff it answered (not the whole answer), shortened from the
+        end or dropped until the prompt fits; None when even without it the prompt does not fit."""
+        echo = extract_diff(work.responses[-1]) or work.responses[-1]
+        lines = echo.splitlines()
+        while True:
+            shown = "\n".join(lines)
+            messages = prompts.delta_messages(plan.task, work.parent, work.error, shown)
+            if self.fits(messages, "delta", work.parent)[0]:
+                if len(lines) < len(echo.splitlines()):
+                    work.context_fit = "echo_shortened" if lines else "echo_dropped"
+                return messages
+            if not lines:
+                return None
+            lines = lines[: len(lines) // 2]
+
     def _retry_deltas(self, plan: Plan, works: list[_Work]) -> None:
         if plan.fallback == "none":
             return
         rounds = plan.max_reprompts if plan.fallback == "reprompt" else 1
         for _ in range(rounds):
-            failed = [w for w in works if w.error]
+            failed, batch = [], []
+            for work in works:
+                if not work.error:
+                    continue
+                messages = (
+                    self.reprompt_messages(plan, work)
+                    if plan.fallback == "reprompt"
+                    else prompts.chat_messages(plan.task)
+                )
+                if messages is not None:
+                    failed.append(work)
+                    batch.append(messages)
             if not failed:
                 return
-            batch = []
             for work in failed:
                 work.reprompts += 1
-                if plan.fallback == "reprompt":
-                    batch.append(
-                        prompts.delta_messages(plan.task, plan.baseline, work.error, work.responses[-1])
-                    )
-                else:
-                    batch.append(prompts.chat_messages(plan.task))
             for work, completion in zip(failed, self._sample(plan, failed, batch), strict=True):
                 work.add(completion)
                 if plan.fallback == "full":
@@ -274,11 +383,11 @@ class CandidateMaker:
                     work.code = code if code.strip() else ""
                     work.error = "" if code.strip() else "empty: the full-program fallback holds no code"
                 else:
-                    self._finish(plan, work)
+                    self._finish(work)
 
     def _candidate(self, plan: Plan, work: _Work) -> common_pb2.Candidate:
         info = common_pb2.GenerationInfo(
-            mode=next(k for k, v in MODES.items() if v == plan.mode),
+            mode=next(k for k, v in MODES.items() if v == work.mode),
             adapter_name=plan.adapter,
             adapter_weights_sha256=plan.adapter_sha256,
             prompt_sha256=prompts.prompt_sha256(work.messages),
@@ -293,15 +402,18 @@ class CandidateMaker:
             model_id=self.model_id,
             reprompt_count=work.reprompts,
             delta_failure_kind=work.failure_kind,
+            parent_id=work.parent_id,
+            parent_sha256=hashlib.sha256(work.parent.encode()).hexdigest() if work.parent else "",
+            context_fit=work.context_fit,
         )
-        if plan.mode == "delta":
+        if work.mode == "delta":
             info.diff_length_chars = work.diff_length
             info.full_length_chars = len(work.code)
         if work.factor is not None:
             info.factor = work.factor.name
             if work.code:
                 try:
-                    touched = touched_factors(plan.baseline, work.code, self.factors)
+                    touched = touched_factors(work.parent, work.code, self.factors)
                 except SyntaxError:
                     touched = []
                 info.touched_factors.extend(touched)

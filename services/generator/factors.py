@@ -4,7 +4,9 @@ factors an edit touched.
 Each factor has a signature: a multiset read from the program's syntax tree (the kinds are described at
 the top of factors.yaml). An edit touched a factor when the factor's signature differs between the
 baseline and the edited program; it is *entangled* when it touched any factor other than the chosen
-one (SPARK's entanglement rate). Signatures are a heuristic over source text, not a semantic
+one (SPARK's entanglement rate). A layer added or removed brings or takes its own activation and norm:
+when the edit changed the depth, a call-counted factor counts as touched only if the set of its
+distinct calls changed, not their number. Signatures are a heuristic over source text, not a semantic
 comparison: renaming a layer class, or computing widths in a loop, is invisible to them.
 """
 
@@ -31,7 +33,7 @@ _SIZE_KEYWORDS = {
     "embed_dim",
     "inplace",
 }
-_KINDS = ("calls", "keywords", "channels", "count", "merges")
+_KINDS = ("calls", "keywords", "channels", "count", "merges", "gates")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class Factor:
     channels: frozenset[str] = frozenset()
     count: frozenset[str] = frozenset()
     merges: frozenset[str] = frozenset()
+    gates: frozenset[str] = frozenset()
 
 
 class FactorFileError(ValueError):
@@ -108,6 +111,16 @@ def _is_tensor_term(node: ast.expr) -> bool:
     return isinstance(node, ast.Name | ast.Attribute | ast.Call | ast.Subscript)
 
 
+def _tensor_op(node: ast.AST, op: type) -> bool:
+    """`a <op> b` of two tensor-like terms (names, attributes, calls, subscripts)."""
+    return (
+        isinstance(node, ast.BinOp)
+        and isinstance(node.op, op)
+        and _is_tensor_term(node.left)
+        and _is_tensor_term(node.right)
+    )
+
+
 def signatures(code: str, factors: dict[str, Factor]) -> dict[str, Counter]:
     """Per factor, the multiset that stands for it in `code` (SyntaxError when it does not parse)."""
     tree = ast.parse(code)
@@ -135,12 +148,7 @@ def signatures(code: str, factors: dict[str, Factor]) -> dict[str, Counter]:
                     found[f"{called}.{keyword.arg}={ast.unparse(keyword.value)}"] += 1
         if factor.merges:
             for node in forward_nodes:
-                if (
-                    isinstance(node, ast.BinOp)
-                    and isinstance(node.op, ast.Add)
-                    and _is_tensor_term(node.left)
-                    and _is_tensor_term(node.right)
-                ) or (
+                if _tensor_op(node, ast.Add) or (
                     isinstance(node, ast.AugAssign)
                     and isinstance(node.op, ast.Add)
                     and _is_tensor_term(node.value)
@@ -148,6 +156,12 @@ def signatures(code: str, factors: dict[str, Factor]) -> dict[str, Counter]:
                     found[f"add {ast.unparse(node)}"] += 1
                 elif isinstance(node, ast.Call) and _name(node.func) in factor.merges:
                     found[f"merge {ast.unparse(node)}"] += 1
+        if factor.gates:
+            for node in forward_nodes:
+                if _tensor_op(node, ast.Mult) or (
+                    isinstance(node, ast.Call) and _name(node.func) in factor.gates
+                ):
+                    found[f"gate {ast.unparse(node)}"] += 1
     return result
 
 
@@ -155,4 +169,11 @@ def touched_factors(baseline: str, edited: str, factors: dict[str, Factor]) -> l
     """The factors whose signature the edit changed, in the list's order (SyntaxError when one of the
     programs does not parse)."""
     before, after = signatures(baseline, factors), signatures(edited, factors)
-    return [name for name in factors if before[name] != after[name]]
+    touched = [name for name in factors if before[name] != after[name]]
+    if "depth" not in touched:
+        return touched
+    return [
+        name
+        for name in touched
+        if name == "depth" or not factors[name].calls or set(before[name]) != set(after[name])
+    ]

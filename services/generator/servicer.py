@@ -19,7 +19,7 @@ from archloop.server import ServicerBase
 from archloop.settings import SettingsError
 from archloop.v1 import generator_pb2, generator_pb2_grpc
 from services.generator.backend import AdapterInfo, Backend
-from services.generator.engine import CandidateMaker, plan_from_request
+from services.generator.engine import MODES, CandidateMaker, plan_from_request, task_from_spec
 from services.generator.factors import FactorFileError, load_factors
 from services.generator.factory import make_backend
 from services.generator.settings import GeneratorSettings
@@ -66,7 +66,10 @@ class GeneratorServicer(ServicerBase, generator_pb2_grpc.GeneratorServiceService
     def _maker(self) -> CandidateMaker:
         assert self.backend is not None
         b = self.backend
-        return CandidateMaker(b.generate, b.name, b.model_id, b.batch_size, self.factors)
+        return CandidateMaker(
+            b.generate, b.name, b.model_id, b.batch_size, self.factors,
+            b.context_tokens, b.count_tokens, b.render,
+        )  # fmt: skip
 
     def _adapter(self, name: str, path: str, sha: str) -> AdapterInfo | None:
         """The request's adapter, loaded (local, with a path) and proven present."""
@@ -135,7 +138,26 @@ class GeneratorServicer(ServicerBase, generator_pb2_grpc.GeneratorServiceService
             max_candidates_per_request=self.settings.max_candidates,
             device=described["device"],
             factors=list(self.factors),
+            context_tokens=min(self.backend.context_tokens, 2**31 - 1),
         )
+
+    async def CheckPromptFit(self, request, context) -> generator_pb2.CheckPromptFitResponse:
+        mode = MODES.get(request.mode)
+        if mode not in ("delta", "factor"):
+            raise InvalidArgument("mode", f"{request.mode} is not delta or factor (only edits have a parent)")
+        task = task_from_spec(request.task)
+        maker = self._maker()
+
+        def measure() -> list[generator_pb2.PromptFit]:
+            fits = []
+            for code in request.codes:
+                ok, prompt, answer = maker.parent_fits(task, mode, code)
+                fits.append(generator_pb2.PromptFit(prompt_tokens=prompt, answer_tokens=answer, fits=ok))
+            return fits
+
+        fits = await asyncio.to_thread(measure)
+        context_tokens = min(maker.context_tokens, 2**31 - 1)
+        return generator_pb2.CheckPromptFitResponse(context_tokens=context_tokens, fits=fits)
 
     async def LoadAdapter(self, request, context) -> generator_pb2.LoadAdapterResponse:
         assert self.backend is not None

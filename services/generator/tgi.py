@@ -9,6 +9,7 @@ itself (TGILauncher) and restarts it with the new adapter list (TGI loads LoRA a
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shlex
@@ -166,6 +167,13 @@ class TGIBackend:
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    @functools.cached_property
+    def context_tokens(self) -> int:
+        """The server's max_total_tokens (prompt and answer), asked once; the tokenizer's limit when
+        /info does not say."""
+        limit = self._call("/info", timeout=10).get("max_total_tokens") or self.tokenizer.model_max_length
+        return int(min(limit, 1 << 30))
 
     # -- adapters ----------------------------------------------------------------------------------
     def _prefill(self, adapter: str) -> list[float]:

@@ -7,7 +7,8 @@ import asyncio
 import grpc
 import pytest
 
-from services.controller.peers import PeerFailed, Retry
+from archloop.v1 import common_pb2, generator_pb2
+from services.controller.peers import GeneratorClient, PeerFailed, Retry
 
 
 def _unavailable() -> grpc.aio.AioRpcError:
@@ -63,3 +64,42 @@ async def test_the_budget_counts_from_the_outage_not_from_the_start_of_a_long_st
 
     await Retry(budget_seconds=0.3)("generator.GenerateCandidates", long_stream, progressed=progressed)
     assert delivered == ["c0", "c1"] and attempts == 2
+
+
+class _DroppingGenerator:
+    """Test double of the generator stub: the first stream delivers one candidate and drops; it records
+    each request as it was sent."""
+
+    def __init__(self) -> None:
+        self.requests: list[generator_pb2.GenerateCandidatesRequest] = []
+
+    def GenerateCandidates(self, request, timeout=None):
+        sent = generator_pb2.GenerateCandidatesRequest()
+        sent.CopyFrom(request)
+        self.requests.append(sent)
+
+        async def stream():
+            for k in range(sent.n):
+                index = sent.start_index + k
+                yield generator_pb2.GenerateCandidatesResponse(
+                    candidate=common_pb2.Candidate(index=index, candidate_id=sent.parents[k].parent_id)
+                )
+                if len(self.requests) == 1:
+                    raise _unavailable()
+
+        return stream()
+
+
+async def test_a_reopened_stream_asks_for_the_rest_with_their_own_parents() -> None:
+    stub = _DroppingGenerator()
+    parents = [generator_pb2.ParentProgram(parent_id=f"p{i}", code="x") for i in range(3)]
+    request = generator_pb2.GenerateCandidatesRequest(n=3, start_index=5, parents=parents)
+    got: list[common_pb2.Candidate] = []
+
+    async def record(candidate: common_pb2.Candidate) -> None:
+        got.append(candidate)
+
+    await GeneratorClient(stub, Retry(budget_seconds=30)).stream(request, record)
+    assert [(c.index, c.candidate_id) for c in got] == [(5, "p0"), (6, "p1"), (7, "p2")]
+    again = stub.requests[1]
+    assert (again.start_index, again.n, [p.parent_id for p in again.parents]) == (6, 2, ["p1", "p2"])

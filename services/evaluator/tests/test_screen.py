@@ -77,6 +77,7 @@ HARMLESS = [  # what real LEMUR models do (FractalNet: os, gc, traceback) and th
     "from collections import *\nd = OrderedDict()",
     "class A:\n    def name(self):\n        return self.__class__.__name__ + self.__module__",
     "def scaled(time, gc):\n    return time.real * gc.imag",  # locals that share a restricted module's name
+    "from torch.nn.parameter import Parameter\nw = Parameter(torch.zeros(3))",  # 6 LEMUR files (rag-*)
 ]
 
 

@@ -7,10 +7,12 @@ the fallback paths run deterministically (the real backends are exercised in tes
 from __future__ import annotations
 
 import difflib
+import hashlib
 from pathlib import Path
 
 import pytest
 
+from archloop import prompts
 from archloop.errors import InvalidArgument
 from archloop.prompts import BASELINE_FILE as BASELINE
 from archloop.v1 import common_pb2, generator_pb2
@@ -249,3 +251,87 @@ def test_repair_is_recorded_beside_the_raw_code_and_only_when_asked() -> None:
     assert (
         fixed[1].generation.raw_code == fixed[1].code == "import torch\n" and not fixed[1].generation.repaired
     )
+
+
+def _words(text: str) -> int:
+    """A stand-in tokenizer for the fit rule: a token per whitespace-separated word."""
+    return len(text.split())
+
+
+def _render(messages: list[dict[str, str]]) -> str:
+    return "\n".join(m["content"] for m in messages)
+
+
+TASK = prompts.task_for("cifar10", (1, 3, 32, 32), 10)
+
+
+def _fitted(answers: list[str], context: int, **fields) -> tuple[list[common_pb2.Candidate], ScriptedLLM]:
+    llm = ScriptedLLM(answers)
+    maker = CandidateMaker(llm, "scripted", "scripted", 8, FACTORS, context, _words, _render)
+    fields.setdefault("mode", common_pb2.GENERATION_MODE_DELTA)
+    fields.setdefault("baseline_code", BASE)
+    return list(maker.run(plan_from_request(_request(**fields), 64, FACTORS))), llm
+
+
+def test_each_candidate_edits_its_own_parent_and_records_it() -> None:
+    parents = [
+        generator_pb2.ParentProgram(parent_id=f"p{i}", code=code) for i, code in enumerate([BASE, GELU])
+    ]
+    answers = [_diff(GELU), f"```diff\n--- a\n+++ b\n@@ -1 +1 @@\n-{GELU.splitlines()[0]}\n+import math\n```"]
+    candidates, llm = _run(answers, n=2, parents=parents, baseline_code="")
+    assert [c.generation.parent_id for c in candidates] == ["p0", "p1"]
+    assert candidates[0].code == GELU and candidates[1].code.startswith("import math\n")
+    assert candidates[1].generation.parent_sha256 == hashlib.sha256(GELU.encode()).hexdigest()
+    assert "nn.GELU()" in llm.prompts[1][-1]["content"]  # the second prompt shows its own parent
+    baseline, _ = _run([_diff(GELU)], n=1)
+    assert baseline[0].generation.parent_id == "baseline"
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"parents": [generator_pb2.ParentProgram(parent_id="p", code=BASE)]}, "parents"),  # n = 3
+        ({"parents": [generator_pb2.ParentProgram(parent_id="", code=BASE)], "n": 1}, "parents[0].parent_id"),
+        ({"parents": [generator_pb2.ParentProgram(parent_id="p", code=" ")], "n": 1}, "parents[0].code"),
+        (
+            {"parents": [generator_pb2.ParentProgram(parent_id="p", code=BASE)], "n": 1, "mode": 1},
+            "parents",
+        ),
+    ],
+)
+def test_bad_parents_name_the_field(fields: dict, field: str) -> None:
+    fields.setdefault("mode", common_pb2.GENERATION_MODE_DELTA)
+    with pytest.raises(InvalidArgument) as caught:
+        plan_from_request(_request(**fields), 64, FACTORS)
+    assert caught.value.field == field
+
+
+def test_a_prompt_that_cannot_fit_fails_before_sampling_with_the_sizes() -> None:
+    prompt = _words(_render(prompts.delta_messages(TASK, BASE)))
+    with pytest.raises(InvalidArgument) as caught:
+        _fitted([_diff(GELU)] * 3, prompt + 100)  # a diff needs 128 tokens of room
+    assert caught.value.field == "baseline_code"
+    assert f"is {prompt:,} tokens and its answer needs at least 128 more" in str(caught.value)
+    candidates, llm = _fitted([_diff(GELU)], prompt + 128, n=1)  # exactly enough
+    assert candidates[0].code == GELU and not candidates[0].generation.context_fit
+    # factor mode: the answer is a whole program, so the parent's own length must fit again
+    with pytest.raises(InvalidArgument, match="needs at least"):
+        _fitted([], prompt + 128, n=1, mode=common_pb2.GENERATION_MODE_FACTOR)
+    # with the full fallback, a candidate whose prompt cannot fit becomes a full program, recorded so
+    full, llm = _fitted(
+        [f"```python\n{GELU}```"], prompt, n=1, delta_fallback=generator_pb2.DELTA_FALLBACK_FULL
+    )
+    assert full[0].code == GELU and full[0].generation.context_fit == "full_fallback"
+    assert full[0].generation.mode == common_pb2.GENERATION_MODE_FULL and len(llm.prompts) == 1
+
+
+def test_a_reprompt_echoes_only_as_much_of_the_failed_diff_as_fits() -> None:
+    long_broken = "```diff\n@@ -1 +1 @@\n" + "".join(f"-line {i} of nothing\n" for i in range(200)) + "```"
+    prompt = _words(_render(prompts.delta_messages(TASK, BASE, "x" * 20, "")))
+    candidates, llm = _fitted(["prose then\n" + long_broken, _diff(GELU)], prompt + 128 + 300, n=1)
+    assert candidates[0].code == GELU and candidates[0].generation.reprompt_count == 1
+    assert candidates[0].generation.context_fit == "echo_shortened"
+    echoed = llm.prompts[1][-2]["content"]
+    assert echoed.startswith("@@ -1 +1 @@") and "prose" not in echoed  # the diff, not the whole answer
+    assert 0 < echoed.count("of nothing") < 200
+    assert _words(_render(llm.prompts[1])) + 128 <= prompt + 128 + 300

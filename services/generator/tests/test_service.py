@@ -125,6 +125,31 @@ def test_local_backend_refuses_bad_requests_and_unknown_adapters(
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith(f"{name}:"), (
             fields
         )
+    # a parent too long for the tiny model's 1,536-token context fails before anything is sampled
+    long_parent = BASELINE.read_text() + "".join(
+        f"# note {i}: a line the prompt must carry\n" for i in range(300)
+    )
+    parents = [generator_pb2.ParentProgram(parent_id=f"p{i}", code=BASELINE.read_text()) for i in range(3)]
+    parents.append(generator_pb2.ParentProgram(parent_id="long", code=long_parent))
+    error = _status(stub, mode=common_pb2.GENERATION_MODE_DELTA, parents=parents)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith("parents[3].code:")
+    assert "over the model's context of 1,536 tokens" in error.details(), error.details()
+    fit = stub.CheckPromptFit(
+        generator_pb2.CheckPromptFitRequest(
+            mode=common_pb2.GENERATION_MODE_FACTOR, codes=[BASELINE.read_text(), long_parent]
+        ),
+        timeout=60,
+    )
+    assert fit.context_tokens == 1536 and [f.fits for f in fit.fits] == [True, False]
+    assert fit.fits[0].answer_tokens > 400 and fit.fits[0].prompt_tokens + fit.fits[0].answer_tokens <= 1536
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.CheckPromptFit(
+            generator_pb2.CheckPromptFitRequest(mode=common_pb2.GENERATION_MODE_FULL), timeout=60
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and caught.value.details().startswith(
+        "mode:"
+    )
+    assert stub.DescribeBackend(generator_pb2.DescribeBackendRequest(), timeout=30).context_tokens == 1536
     unknown = _status(stub, adapter=common_pb2.AdapterRef(name="cycle-9"))
     assert unknown.code() == grpc.StatusCode.FAILED_PRECONDITION and "cycle-9" in unknown.details()
     not_an_adapter = _status(stub, adapter=common_pb2.AdapterRef(name="x", path=str(tmp_path)))

@@ -1,0 +1,125 @@
+"""The experiment's archive of parents and the policies that pick what each delta / factor candidate edits.
+
+The archive holds the baseline (entered before the first cycle) and every admitted candidate (entered
+when its cycle's selection ends), each with its accuracy, parameter count, depth, the factor its edit
+changed and whether its edit prompt fits the generator's context. It is a ledger table
+(services.controller.ledger), so a restarted controller has exactly the archive it had.
+
+Policies (ExperimentConfig.generation.parent_policy), each a pure function of the archive as the cycle
+began and a seed per candidate (`<experiment seed>:<cycle>:<index>`), so a resumed cycle picks the same
+parents for the candidates it still has to generate:
+    fixed        the baseline, always (the behaviour before the archive existed)
+    tournament   `tournament_size` entries drawn at random, the most accurate wins (ties: the earlier)
+    map_elites   MAP-Elites [Mouret & Clune 2015]: entries fall into cells by (parameter-count band,
+                 depth band, factor changed); a cell is drawn uniformly among the occupied ones and its
+                 most accurate entry (its elite) is the parent, so a cell with one weak program is
+                 explored as often as the crowded best one
+Entries whose prompt does not fit are never drawn; when none fits, the baseline is the parent.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import random
+from dataclasses import dataclass
+
+from archloop.v1 import controller_pb2
+
+BASELINE_ID = "baseline"
+# parameter-count bands (upper bounds) and depth bands (layer counts) of the MAP-Elites grid
+PARAMETER_BANDS = (25_000, 100_000, 250_000, 500_000)
+DEPTH_BANDS = (3, 6, 10)
+_LAYERS = frozenset({
+    "Conv1d", "Conv2d", "Conv3d", "LazyConv1d", "LazyConv2d", "LazyConv3d", "Linear", "LazyLinear",
+    "ConvTranspose2d", "LazyConvTranspose2d",
+})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ArchiveEntry:
+    entry_id: str  # a candidate id, or "baseline"
+    cycle: int  # the cycle that admitted it (0: the baseline)
+    code: str
+    accuracy: float
+    param_count: int
+    depth: int
+    factor: str  # the factor its edit changed ("" for the baseline and full-mode programs)
+    fits: bool  # its delta / factor prompt fits the generator's context
+
+    @property
+    def cell(self) -> tuple[int, int, str]:
+        return (_band(self.param_count, PARAMETER_BANDS), _band(self.depth, DEPTH_BANDS), self.factor)
+
+
+def _band(value: int, bounds: tuple[int, ...]) -> int:
+    return next((i for i, bound in enumerate(bounds) if value <= bound), len(bounds))
+
+
+def depth(code: str) -> int:
+    """How many conv / linear layer constructors the program calls (0 when it does not parse)."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return 0
+    return sum(
+        isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute | ast.Name)
+        and _called(n.func) in _LAYERS
+        for n in ast.walk(tree)
+    )
+
+
+def _called(func: ast.Attribute | ast.Name) -> str:
+    return func.attr if isinstance(func, ast.Attribute) else func.id
+
+
+def _better(entry: ArchiveEntry) -> tuple[float, int]:
+    """Sort key of the most accurate (NaN-safe; the earlier entry wins a tie)."""
+    accuracy = entry.accuracy if math.isfinite(entry.accuracy) else -1.0
+    return (accuracy, -entry.cycle)
+
+
+def choose_parent(
+    policy: int, entries: list[ArchiveEntry], seed: str, tournament_size: int = 3
+) -> ArchiveEntry:
+    """The parent of one candidate; `entries` in archive order (the baseline first), `seed` its own."""
+    baseline = next(e for e in entries if e.entry_id == BASELINE_ID)
+    usable = [e for e in entries if e.fits]
+    if policy in (controller_pb2.PARENT_POLICY_FIXED, controller_pb2.PARENT_POLICY_UNSPECIFIED) or not usable:
+        return baseline
+    rng = random.Random(seed)
+    if policy == controller_pb2.PARENT_POLICY_TOURNAMENT:
+        drawn = [rng.choice(usable) for _ in range(tournament_size)]
+        return max(drawn, key=_better)
+    if policy == controller_pb2.PARENT_POLICY_MAP_ELITES:
+        cells: dict[tuple[int, int, str], ArchiveEntry] = {}
+        for entry in usable:
+            elite = cells.get(entry.cell)
+            if elite is None or _better(entry) > _better(elite):
+                cells[entry.cell] = entry
+        return cells[rng.choice(sorted(cells))]
+    raise ValueError(f"unknown parent policy {policy}")
+
+
+def choose_parents(
+    policy: int,
+    entries: list[ArchiveEntry],
+    experiment_seed: int,
+    cycle: int,
+    indices: range,
+    tournament_size: int = 3,
+) -> list[ArchiveEntry]:
+    """The parents of candidates `indices` of `cycle` (each seeded by its own index)."""
+    return [
+        choose_parent(policy, entries, f"{experiment_seed}:{cycle}:{index}", tournament_size)
+        for index in indices
+    ]
+
+
+def occupied_cells(entries: list[ArchiveEntry]) -> dict[tuple[int, int, str], int]:
+    """How many entries each MAP-Elites cell holds."""
+    counts: dict[tuple[int, int, str], int] = {}
+    for entry in entries:
+        counts[entry.cell] = counts.get(entry.cell, 0) + 1
+    return counts
