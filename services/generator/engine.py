@@ -48,6 +48,7 @@ FALLBACKS = {
     generator_pb2.DELTA_FALLBACK_FULL: "full",
 }
 DEFAULT_REPROMPTS = 2  # the reference re-prompted up to twice (docs/method.md#generation-modes)
+MAX_REPROMPTS = 10  # each round samples again: a bound keeps a failing request from running for ever
 MAX_BASELINE_CHARS = 256 * 1024
 RESPONSE_SEPARATOR = "\n\n# ----- re-prompt -----\n\n"
 BASELINE_PARENT = "baseline"
@@ -147,8 +148,8 @@ def plan_from_request(
         if unknown:
             raise InvalidArgument("factors", f"unknown factor(s) {unknown}; known: {sorted(factors)}")
         chosen = [factors[name] for name in names]
-    if request.max_reprompts < 0:
-        raise InvalidArgument("max_reprompts", "must not be negative")
+    if not 0 <= request.max_reprompts <= MAX_REPROMPTS:
+        raise InvalidArgument("max_reprompts", f"{request.max_reprompts} is not in 0..{MAX_REPROMPTS}")
     fallback = FALLBACKS.get(request.delta_fallback)
     if fallback is None:
         raise InvalidArgument("delta_fallback", f"{request.delta_fallback} is not a known fallback")

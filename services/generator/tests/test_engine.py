@@ -109,6 +109,7 @@ def _request(**fields) -> generator_pb2.GenerateCandidatesRequest:
         ({"decoding": common_pb2.DecodingParams(top_p=1.5)}, "decoding.top_p"),
         ({"task": common_pb2.TaskSpec(input_shape=[3, 32, 32])}, "task.input_shape"),
         ({"max_reprompts": -1}, "max_reprompts"),
+        ({"max_reprompts": 2**31 - 1}, "max_reprompts"),  # each round samples again: found by the fuzzer
         ({"delta_fallback": 9}, "delta_fallback"),
     ],
 )
