@@ -215,7 +215,8 @@ def train_base_model(
             raise ValueError(f"edit_share {edit_share} must be in (0, 1)")
         edits_manifest = json.loads((Path(edits_dir) / "manifest.json").read_text())
         edits = list(corpus.read_jsonl(Path(edits_dir) / "edits.jsonl"))
-        identity["edits"] = {"sha256": edits_manifest["edits_sha256"], "share": edit_share}
+        edits_identity = {"sha256": edits_manifest["edits_sha256"], "share": edit_share}
+        identity["edits"] = edits_identity
     pretrained = None
     if init_from:
         identity["init_from"] = init_from
@@ -408,7 +409,7 @@ def train_base_model(
             "answer_token_share": round(answer_share, 4),
         },
         "edits": (
-            {**identity["edits"], "version": edits_manifest["version"], "examples": len(edit_ids)}
+            {**edits_identity, "version": edits_manifest["version"], "examples": len(edit_ids)}
             if edits
             else None
         ),

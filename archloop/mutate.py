@@ -2,12 +2,12 @@
 
     mutations(code, factor, rng)   proposed edits of `code` that change only `factor`, as (text, what)
 
-Factors are those of factor mode (services/generator/factors.yaml): activation, normalisation,
+Factors are those of factor mode (archloop/data/factors.yaml): activation, normalisation,
 downsampling, width, depth, skip_connections, attention, regularisation. Each operator is a pure
 syntax-tree transform that proposes a few alternatives (seeded by `rng`); nothing here executes a
 program. A proposal is only a proposal: whether it builds, runs a forward pass at the task's shapes,
 meets the budget and really touched only its factor is decided by the caller (tools/edit_pairs.py runs
-each through archloop.forwardcheck and services.generator.factors), never assumed. Texts come out of
+each through archloop.forwardcheck and archloop.factors), never assumed. Texts come out of
 `ast.unparse`; corpus programs are already in that form (archloop.rewrite.canonical), so a diff between
 a program and its mutation holds only the edit.
 
@@ -31,6 +31,7 @@ import ast
 import copy
 import random
 from collections.abc import Callable, Collection, Iterator
+from typing import Any, cast
 
 from archloop.rewrite import layer_name
 
@@ -250,10 +251,10 @@ _WIDTH_KEYWORDS = {
 }  # fmt: skip
 
 
-def _width_slots(tree: ast.AST) -> list[tuple[ast.Call, list, int, str]]:
+def _width_slots(tree: ast.AST) -> list[tuple[ast.Call, list[Any], int, str]]:
     """(call, holder, index, role) of each integer-literal width of a conv / linear / norm layer; role is
     'in' or 'out' (a norm's width counts as 'in': it follows its conv)."""
-    slots = []
+    slots: list[tuple[ast.Call, list[Any], int, str]] = []
     for call in _calls(tree):
         name = layer_name(call)
         if name in CONVS or name in LINEARS:
@@ -284,8 +285,8 @@ def _width(tree: ast.Module, rng: random.Random) -> Iterator[Proposal]:
         changed = 0
         for call, holder, index, role in _width_slots(edited):
             slot = holder[index]
-            literal = slot.value if isinstance(slot, ast.keyword) else slot
-            value = literal.value
+            literal = cast(ast.Constant, slot.value if isinstance(slot, ast.keyword) else slot)
+            value = cast(int, literal.value)  # _width_slots holds integer literals only
             if (call is logits and role == "out") or (role == "in" and value <= 4):
                 continue  # the number of classes; the image's channels (1 or 3)
             scaled = max(1, round(value * factor))
@@ -334,7 +335,7 @@ def _same_resolution_copy(block: list[ast.expr]) -> list[ast.expr]:
                 else next((k.value for k in element.keywords if k.arg == "kernel_size"), None)
             )
             element.args = element.args[:positional]
-            if not _int(kernel) or kernel.value % 2 == 0:
+            if not isinstance(kernel, ast.Constant) or type(kernel.value) is not int or kernel.value % 2 == 0:
                 return []
             element.keywords.append(ast.keyword("padding", ast.Constant(kernel.value // 2)))
             if not layer_name(element).startswith("Lazy"):
@@ -376,7 +377,7 @@ def _tensor_term(node: ast.expr) -> bool:
 
 
 class _ReplaceNode(ast.NodeTransformer):
-    def __init__(self, target: ast.AST, replacement: ast.expr) -> None:
+    def __init__(self, target: ast.AST, replacement: ast.AST) -> None:
         self.target, self.replacement = target, replacement
 
     def visit(self, node: ast.AST) -> ast.AST:
@@ -386,7 +387,7 @@ class _ReplaceNode(ast.NodeTransformer):
 
 
 def _skip_connections(tree: ast.Module, rng: random.Random) -> Iterator[Proposal]:
-    proposals = []
+    proposals: list[tuple[str, Any, str]] = []  # (drop, BinOp, side) or (add, Assign, "")
     for forward in _forward(tree):
         for node in ast.walk(forward):
             if (
@@ -428,7 +429,7 @@ def _replace_same(tree: ast.Module, target: ast.AST, replacement: ast.AST) -> as
     wanted = order[id(target)]
     edited = copy.deepcopy(tree)
     node = next(n for i, n in enumerate(ast.walk(edited)) if i == wanted)
-    return _ReplaceNode(node, replacement).visit(edited)
+    return cast(ast.Module, _ReplaceNode(node, replacement).visit(edited))
 
 
 def _attention(tree: ast.Module, rng: random.Random) -> Iterator[Proposal]:

@@ -71,11 +71,11 @@ def main() -> int:
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
 
+    from archloop.factors import load_factors
     from archloop.paths import corpus_dir as default_corpus
     from archloop.rewrite import canonical
     from archloop.v1 import common_pb2, generator_pb2
     from services.generator.engine import CandidateMaker, plan_from_request
-    from services.generator.factors import load_factors
     from services.generator.local import LocalBackend
     from services.novelty.fingerprint import exact_jaccard
 

@@ -96,7 +96,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
-    from services.generator.factors import load_factors
+    from archloop.factors import load_factors
     from services.generator.local import LocalBackend
 
     backend = LocalBackend("", "cpu", THREADS)

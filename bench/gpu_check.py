@@ -117,8 +117,8 @@ def trainer_part(device: str, examples: int, epochs: int) -> dict:
 
 
 def generator_part(devices: list[str], candidates: int, batch: int, max_new_tokens: int) -> dict:
+    from archloop.factors import load_factors
     from bench.generator_bench import run_once
-    from services.generator.factors import load_factors
     from services.generator.local import LocalBackend
 
     factors = load_factors()

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from archloop import basemodel, corpus, forwardcheck, mutate, prompts
+from archloop.factors import load_factors, touched_factors
 from archloop.lemur import iter_model_sources, lemur_wheel
 from archloop.rewrite import canonical
 from services.generator.delta import apply_response
-from services.generator.factors import load_factors, touched_factors
 from tests.programs import program
 from tools import edit_pairs
 

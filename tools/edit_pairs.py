@@ -7,7 +7,7 @@ For each corpus program (one per model, the task of its first pair) and each fac
 archloop.mutate proposes up to three edits; every proposal runs in a forward-check worker
 (archloop.forwardcheck: `Net` builds at the task's shapes and a forward pass returns finite logits) and
 must meet the corpus's budget (the loop's 500,000 parameters) and touch exactly its factor
-(services.generator.factors, the same rule that measures the model's entanglement). The first proposal
+(archloop.factors, the same rule that measures the model's entanglement). The first proposal
 that passes becomes two chat pairs, both rendered with the generator's own templates (archloop.prompts):
     delta   the parent in the prompt, the unified diff (one line of context) as the answer
     factor  the parent and the factor in the prompt, the edited program as the answer
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from archloop import corpus, forwardcheck, mutate, prompts
-from services.generator.factors import load_factors, touched_factors
+from archloop.factors import load_factors, touched_factors
 
 EDITS_VERSION = "edits-v1"
 STAGES = ("proposed", "built", "in_budget", "scoped", "kept")  # proposed: checked
@@ -70,7 +70,7 @@ def build_edit_pairs(
     programs_by_model = {model: code for model, _, code in parents}
     datasets = {model: dataset for model, dataset, _ in parents}
     proposals: dict[tuple[str, str], list[tuple[str, str]]] = {}  # (model, factor) → [(text, what)]
-    counts = {factor: Counter() for factor in mutate.FACTORS}
+    counts: dict[str, Counter[str]] = {factor: Counter() for factor in mutate.FACTORS}
     for model, _, code in parents:
         for factor in mutate.FACTORS:
             found = mutate.mutations(code, factor, random.Random(f"{seed}:{model}:{factor}"))

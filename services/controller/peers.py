@@ -122,7 +122,9 @@ class GeneratorClient:
         )
         return max(1, described.max_candidates_per_request)
 
-    async def prompt_fits(self, task: common_pb2.TaskSpec, mode: int, codes: list[str]) -> list[bool]:
+    async def prompt_fits(
+        self, task: common_pb2.TaskSpec, mode: common_pb2.GenerationMode, codes: list[str]
+    ) -> list[bool]:
         """Whether each program's edit prompt (and room for its answer) fits the generator's model."""
         request = generator_pb2.CheckPromptFitRequest(task=task, mode=mode, codes=codes)
         answer = await self.retry.unary("generator.CheckPromptFit", self.stub.CheckPromptFit, request)

@@ -4,8 +4,8 @@ program reads.
     cycles.csv       one row per cycle: valid % with its Wilson 95 % interval, best / mean (t 95 %) /
                      median first-epoch accuracy, % of valid ≥ τ, admitted, corpus size, C_t, Q_t and its
                      3-cycle smoothing, novelty medians, fine-tune loss, duration, and diversity: mean
-                     pairwise J of the admitted, distinct topologies among the valid, archive cells
-                     the admitted fall into
+                     J_gen of the admitted, distinct topologies among the valid, archive cells the
+                     admitted fall into
     candidates.csv   one row per candidate: generation metadata, every evaluation figure, J_train, J_gen,
                      near-duplicate flags, rejection_count, decision and reason
     report.json      all of the above plus proxy reliability (the fully trained top-k, and LEMUR's own
@@ -139,28 +139,21 @@ def cycle_rows(ledger: Ledger, experiment_id: str, threshold: float) -> list[dic
 
 
 def diversity(candidates: list[CandidateRow]) -> dict:
-    """How spread a cycle's programs are (issue 20's watch on diversity): the mean exact token J over
-    pairs of admitted programs (the novelty service's shingles; NaN below two), the share of distinct
-    layer topologies among the valid (archloop.topology), and how many archive cells (parameter band ×
-    depth band × factor, services.controller.archive) the admitted programs fall into."""
-    from services.novelty.collection import CollectionConfig
-    from services.novelty.fingerprint import exact_jaccard, fingerprint_source
-
+    """How spread a cycle's programs are (issue 20's watch on diversity): the mean J_gen of the admitted
+    (each one's token J to its nearest earlier valid program of the cycle, as the novelty service
+    measured it; NaN without admissions), the share of distinct layer topologies among the valid
+    (archloop.topology), and how many archive cells (parameter band × depth band × factor,
+    services.controller.archive) the admitted programs fall into."""
     admitted = [c for c in candidates if c.admitted]
     valid = [c for c in candidates if c.valid]
-    config = CollectionConfig()
-    shingles = [
-        fingerprint_source(c.code, config.shingle_size, config.num_permutations, config.minhash_seed).shingles
-        for c in admitted
-    ]
-    pairs = [exact_jaccard(a, b) for i, a in enumerate(shingles) for b in shingles[i + 1 :]]
+    j_gen = [c.nn_jaccard_gen for c in admitted if c.nn_jaccard_gen is not None]
     cells = {
         archive.ArchiveEntry(c.candidate_id, c.cycle, c.code, 0.0, c.param_count or 0, archive.depth(c.code),
                              c.factor, True).cell
         for c in admitted
     }  # fmt: skip
     return {
-        "admitted_mean_pairwise_j": sum(pairs) / len(pairs) if pairs else math.nan,
+        "admitted_mean_j_gen": sum(j_gen) / len(j_gen) if j_gen else math.nan,
         "valid_topology_share": len({topology.layer_sequence(c.code) for c in valid}) / len(valid)
         if valid
         else math.nan,
@@ -198,7 +191,8 @@ def lineage(ledger: Ledger, experiment_id: str) -> list[dict]:
     rows = {c.candidate_id: c for c in ledger.candidates(experiment_id)}
     out = []
     for admitted in ledger.admitted(experiment_id):
-        chain, node, seen = [], admitted, set()
+        chain, seen = [], set()
+        node: CandidateRow | None = admitted
         while node is not None and node.candidate_id not in seen:
             seen.add(node.candidate_id)
             parent = json.loads(node.generation_json).get("parent_id", "")
@@ -437,7 +431,7 @@ def write_report(
             "median_j_train",
             "median_j_gen",
             "mean_quality",
-            "admitted_mean_pairwise_j",
+            "admitted_mean_j_gen",
             "valid_topology_share",
             "admitted_cells",
         ],

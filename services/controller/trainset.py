@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from archloop import corpus, prompts
-from services.generator.factors import load_factors
+from archloop.factors import load_factors
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,12 @@ class Backend(Protocol):
     model_id: str
     adapters: dict[str, AdapterInfo]  # loaded (tgi: proven live), by name
     batch_size: int  # prompts per generate() call
-    context_tokens: int  # prompt and answer together
+
+    @property
+    def context_tokens(self) -> int:
+        """The model's context, prompt and answer together."""
+        ...
+
     loads_adapters_from_path: bool  # False: adapters must be loaded by whoever started the server
 
     def start(self) -> None:

@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 
 from archloop import prompts
 from archloop.errors import InvalidArgument
+from archloop.factors import Factor, touched_factors
 from archloop.repair import repair
 from archloop.v1 import common_pb2, generator_pb2
 from services.generator.backend import Completion, Decoding
 from services.generator.delta import DeltaError, apply_response, extract_diff
-from services.generator.factors import Factor, touched_factors
 
 DEFAULT_DECODING = Decoding()
 MODES = {

@@ -15,12 +15,12 @@ from pathlib import Path
 import structlog
 
 from archloop.errors import FailedPrecondition, InvalidArgument
+from archloop.factors import FactorFileError, load_factors
 from archloop.server import ServicerBase
 from archloop.settings import SettingsError
 from archloop.v1 import generator_pb2, generator_pb2_grpc
 from services.generator.backend import AdapterInfo, Backend
 from services.generator.engine import MODES, CandidateMaker, plan_from_request, task_from_spec
-from services.generator.factors import FactorFileError, load_factors
 from services.generator.factory import make_backend
 from services.generator.settings import GeneratorSettings
 

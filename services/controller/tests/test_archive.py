@@ -85,6 +85,7 @@ def test_the_ledger_enters_each_program_once_and_reads_the_archive_as_a_cycle_be
 
 def test_a_cycles_diversity_figures(tmp_path: Path) -> None:
     from archloop.topology import layer_sequence
+    from archloop.v1 import novelty_pb2
     from services.controller.report import diversity
     from services.controller.selection import Decision, Verdict
     from services.controller.tests.seed import add_evaluated
@@ -93,12 +94,13 @@ def test_a_cycles_diversity_figures(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "ledger.sqlite3")
     same = program(1)
     codes = [same, same, program(2), program(3)]
-    for i, code in enumerate(codes):
+    for i, (code, j_gen) in enumerate(zip(codes, (0.0, 1.0, 0.2, 0.3), strict=True)):
         candidate_id = add_evaluated(ledger, "e", 1, i, code, 0.5)
+        match = novelty_pb2.CollectionMatch(max_jaccard=j_gen)
+        ledger.record_novelty(candidate_id, match, match)
         ledger.record_decision(candidate_id, Decision(Verdict.ADMITTED if i < 3 else Verdict.REJECTED, "", 0))
     figures = diversity(ledger.candidates("e", 1))
-    # three admitted: one identical pair (J 1) and two far pairs
-    assert 1 / 3 < figures["admitted_mean_pairwise_j"] < 2 / 3 + 1e-9
+    assert figures["admitted_mean_j_gen"] == pytest.approx(0.4)  # (0 + 1 + 0.2) / 3: the rejected one not
     # four valid, two of them the same program: at most three topologies
     assert figures["valid_topology_share"] == len({layer_sequence(c) for c in codes}) / 4 <= 0.75
     assert 1 <= figures["admitted_cells"] <= 3

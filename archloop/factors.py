@@ -1,5 +1,6 @@
-"""Factor mode (SPARK, docs/method.md#generation-modes): the factor list (data, `factors.yaml`) and which
-factors an edit touched.
+"""Factor mode (SPARK, docs/method.md#generation-modes): the factor list (data,
+`archloop/data/factors.yaml`) and which factors an edit touched; shared by the generator (factor mode's
+prompts and entanglement), the mutation engine's pairs (tools/edit_pairs.py) and the controller.
 
 Each factor has a signature: a multiset read from the program's syntax tree (the kinds are described at
 the top of factors.yaml). An edit touched a factor when the factor's signature differs between the
@@ -21,7 +22,7 @@ import yaml
 
 from archloop.rewrite import LAZY_NAMES
 
-FACTORS_FILE = Path(__file__).with_name("factors.yaml")
+FACTORS_FILE = Path(__file__).parent / "data" / "factors.yaml"
 _SIZE_KEYWORDS = {
     "in_channels",
     "out_channels",
