@@ -73,11 +73,11 @@ def sample_programs(backend, count: int, temperature: float, seed: int, adapter:
     return out
 
 
-def evaluate_all(samples: list[dict], workdir: Path) -> None:
+def evaluate_all(samples: list[dict], workdir: Path, uid_base: int = 61000) -> None:
     from services.evaluator.evaluation import Evaluator, Protocol
     from services.evaluator.sandbox import Sandbox
 
-    sandbox = Sandbox(workdir / "jobs")
+    sandbox = Sandbox(workdir / "jobs", uid_base=uid_base)
     sandbox.start()
     protocol = Protocol(batch_size=16, time_limit_seconds=300)
     try:

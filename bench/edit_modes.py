@@ -37,6 +37,7 @@ from services.controller.stats import wilson_interval  # noqa: E402
 
 START, END = "<!-- edit-modes:start -->", "<!-- edit-modes:end -->"
 MODES = ("full", "delta", "factor")
+UID_BASE = 52000  # sandbox uids of its own: it may run beside the evaluator's tests, which watch 61000+
 
 
 def held_out_parents(
@@ -121,7 +122,7 @@ def main() -> int:
                     "context_fit": g.context_fit, "completion_tokens": g.completion_tokens,
                 })  # fmt: skip
             seconds_sampling = time.perf_counter() - began
-            evaluate_all([s for s in samples if s["code"].strip()], Path(tmp) / mode)
+            evaluate_all([s for s in samples if s["code"].strip()], Path(tmp) / mode, UID_BASE)
             for sample in samples:
                 if not sample["code"].strip():  # no program came out (a diff that never applied)
                     sample.update(status="GENERATION_ERROR", accuracy=0.0, params=0, message=sample["error"])
