@@ -190,6 +190,20 @@ def diff_answer(diff: str) -> str:
     return f"```diff\n{diff.strip(chr(10))}\n```"
 
 
+def edit_pair(
+    task: Task, mode: str, parent: str, child: str, factor: str = "", description: str = ""
+) -> list:
+    """The training chat of an edit from `parent` to `child` as the generator asks for it: delta (the
+    unified diff as the answer) or factor (`factor` named in the prompt, the edited program as the answer)."""
+    if mode == "delta":
+        messages = delta_messages(task, parent)
+        answer = diff_answer(unified_diff(parent, child))
+    else:
+        messages = factor_messages(task, parent, factor, description)
+        answer = assistant_answer(child)
+    return [*messages, {"role": "assistant", "content": answer}]
+
+
 _FENCE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)(?:\n```|\Z)", re.DOTALL)
 
 

@@ -89,6 +89,11 @@ def test_the_archive_survives_kill_9_and_parents_are_the_policys_choice(tmp_path
     chains = {entry["candidate_id"]: entry for entry in lineage(ledger, "arch")}
     assert set(chains) == {c.candidate_id for c in ledger.admitted("arch")}
     assert all(entry["root"] == "baseline" for entry in chains.values())
+    for (
+        entry
+    ) in chains.values():  # each step's parent is the next step's program, the last one's the baseline
+        steps = entry["chain"]
+        assert [s["parent_id"] for s in steps] == [s["candidate_id"] for s in steps[1:]] + ["baseline"]
     assert max(entry["generations"] for entry in chains.values()) >= 2 or not any(
         p != "baseline" and p in chains for p in later
     )

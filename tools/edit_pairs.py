@@ -123,14 +123,9 @@ def build_edit_pairs(
             "what": what,
             "parameters": parameters,
         }
-        delta = prompts.delta_messages(task, parent)
-        delta.append(
-            {"role": "assistant", "content": prompts.diff_answer(prompts.unified_diff(parent, text))}
-        )
-        edited = prompts.factor_messages(task, parent, factor, factors[factor].description)
-        edited.append({"role": "assistant", "content": prompts.assistant_answer(text)})
-        records.append({"id": f"{model}~{factor}#delta", "mode": "delta", **common, "messages": delta})
-        records.append({"id": f"{model}~{factor}#factor", "mode": "factor", **common, "messages": edited})
+        for mode in ("delta", "factor"):
+            messages = prompts.edit_pair(task, mode, parent, text, factor, factors[factor].description)
+            records.append({"id": f"{model}~{factor}#{mode}", "mode": mode, **common, "messages": messages})
     out_dir.mkdir(parents=True, exist_ok=True)
     body = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
     (out_dir / "edits.jsonl").write_text(body, encoding="utf-8")

@@ -19,21 +19,18 @@ Entries whose prompt does not fit are never drawn; when none fits, the baseline 
 
 from __future__ import annotations
 
-import ast
 import math
 import random
 from dataclasses import dataclass
 
+from archloop import topology
 from archloop.v1 import controller_pb2
 
 BASELINE_ID = "baseline"
 # parameter-count bands (upper bounds) and depth bands (layer counts) of the MAP-Elites grid
 PARAMETER_BANDS = (25_000, 100_000, 250_000, 500_000)
 DEPTH_BANDS = (3, 6, 10)
-_LAYERS = frozenset({
-    "Conv1d", "Conv2d", "Conv3d", "LazyConv1d", "LazyConv2d", "LazyConv3d", "Linear", "LazyLinear",
-    "ConvTranspose2d", "LazyConvTranspose2d",
-})  # fmt: skip
+_LAYERS = frozenset({"Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "Linear"})
 
 
 @dataclass(frozen=True)
@@ -57,21 +54,9 @@ def _band(value: int, bounds: tuple[int, ...]) -> int:
 
 
 def depth(code: str) -> int:
-    """How many conv / linear layer constructors the program calls (0 when it does not parse)."""
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
-        return 0
-    return sum(
-        isinstance(n, ast.Call)
-        and isinstance(n.func, ast.Attribute | ast.Name)
-        and _called(n.func) in _LAYERS
-        for n in ast.walk(tree)
-    )
-
-
-def _called(func: ast.Attribute | ast.Name) -> str:
-    return func.attr if isinstance(func, ast.Attribute) else func.id
+    """How many conv / linear layers the program constructs (archloop.topology's layer sequence, a
+    shape-inferring layer named as its eager twin; 0 when it does not parse)."""
+    return sum(name in _LAYERS for name in topology.layer_sequence(code))
 
 
 def _better(entry: ArchiveEntry) -> tuple[float, int]:

@@ -209,11 +209,15 @@ class ExperimentRunner:
         log.info("archive_updated", experiment_id=self.id, cycle=cycle, added=added,
                  not_fitting=sum(not e.fits for e in entries))  # fmt: skip
 
-    def _admitted(self, row: CandidateRow) -> Admitted:
-        """An admitted candidate for the training set, with the parent it edited (from the archive)."""
-        parent_id = json.loads(row.generation_json).get("parent_id", "")
-        parent = next((e.code for e in self.ledger.archive(self.id) if e.entry_id == parent_id), "")
-        return Admitted(row.candidate_id, row.code, row.mode, parent, row.factor)
+    def _admitted(self, cycle: int) -> list[Admitted]:
+        """The candidates admitted up to `cycle` for the training set, each with the parent it edited
+        (from the archive, read once)."""
+        parents = {e.entry_id: e.code for e in self.ledger.archive(self.id)}
+        return [
+            Admitted(row.candidate_id, row.code, row.mode,
+                     parents.get(json.loads(row.generation_json).get("parent_id", ""), ""), row.factor)
+            for row in self.ledger.admitted(self.id, cycle)
+        ]  # fmt: skip
 
     def _parents(self, cycle: int, start: int, n: int) -> list[tuple[str, str]]:
         """(id, code) of the program each of candidates start … start + n - 1 edits; none in full mode."""
@@ -449,7 +453,7 @@ class ExperimentRunner:
             self.config.lemur_examples_per_cycle,
             self.config.seed,
             self.prompt_task,
-            [self._admitted(c) for c in self.ledger.admitted(self.id, cycle)],
+            self._admitted(cycle),
             corpus.edits_dir(self.settings.corpus_dir),
             self.config.edit_pair_share,
         )

@@ -28,17 +28,15 @@ class Admitted:
 
 def edit_examples(admitted: Admitted, task: prompts.Task) -> list[dict]:
     """The edit pair of an admitted delta / factor candidate (none for a full program)."""
-    if admitted.mode == "delta" and admitted.parent:
-        messages = prompts.delta_messages(task, admitted.parent)
-        answer = prompts.diff_answer(prompts.unified_diff(admitted.parent, admitted.code))
-    elif admitted.mode == "factor" and admitted.parent and admitted.factor:
-        factors = load_factors()
-        description = factors[admitted.factor].description if admitted.factor in factors else admitted.factor
-        messages = prompts.factor_messages(task, admitted.parent, admitted.factor, description)
-        answer = prompts.assistant_answer(admitted.code)
-    else:
+    if not admitted.parent or admitted.mode not in ("delta", "factor"):
         return []
-    messages.append({"role": "assistant", "content": answer})
+    if admitted.mode == "factor" and not admitted.factor:
+        return []
+    factor = load_factors().get(admitted.factor) if admitted.mode == "factor" else None
+    description = factor.description if factor else admitted.factor
+    messages = prompts.edit_pair(
+        task, admitted.mode, admitted.parent, admitted.code, admitted.factor, description
+    )
     return [
         {
             "id": f"{admitted.candidate_id}#{admitted.mode}",
