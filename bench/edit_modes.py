@@ -35,7 +35,6 @@ from bench.base_model_quality import _shingles, evaluate_all  # noqa: E402
 from bench.report import machine, publish  # noqa: E402
 from services.controller.stats import wilson_interval  # noqa: E402
 
-START, END = "<!-- edit-modes:start -->", "<!-- edit-modes:end -->"
 MODES = ("full", "delta", "factor")
 UID_BASE = 52000  # sandbox uids of its own: it may run beside the evaluator's tests, which watch 61000+
 
@@ -167,9 +166,10 @@ def main() -> int:
         rows["delta"]["valid_share"] / rows["full"]["valid_share"] if rows["full"]["valid_share"] else None
     )
     model = Path(args.base_model).name if args.base_model else "archloop-tiny-coder"
+    start, end = f"<!-- edit-modes:{model}:start -->", f"<!-- edit-modes:{model}:end -->"
     lines = [
-        START,
-        "## Edit modes: full, delta and factor on one base model",
+        start,
+        f"## Edit modes: full, delta and factor on {model}",
         "",
         f"`python bench/edit_modes.py {' '.join(sys.argv[1:])}` — {model}, T {args.temperature}, "
         f"{args.samples} per mode; parents: {len({p for p, _ in parents})} held-out corpus models "
@@ -197,10 +197,10 @@ def main() -> int:
     lines += [
         "",
         f"Delta valid ÷ full valid: **{'—' if ratio is None else f'{ratio:.2f}'}** (goal ≥ 1.4).",
-        END,
+        end,
     ]
-    publish("edit_modes", {"model": model, "rows": rows, "ratio": ratio, "samples": everything},
-            "\n".join(lines), START, END, args.write)  # fmt: skip
+    publish(f"edit_modes-{model}", {"model": model, "rows": rows, "ratio": ratio, "samples": everything},
+            "\n".join(lines), start, end, args.write)  # fmt: skip
     return 0
 
 

@@ -49,6 +49,16 @@ class ArchiveEntry:
         return (_band(self.param_count, PARAMETER_BANDS), _band(self.depth, DEPTH_BANDS), self.factor)
 
 
+def cell_of(code: str, param_count: int, factor: str) -> tuple[int, int, str]:
+    """The MAP-Elites cell of a program: parameter band × depth band × the factor its edit changed."""
+    return (_band(param_count, PARAMETER_BANDS), _band(depth(code), DEPTH_BANDS), factor)
+
+
+def cell_name(cell: tuple[int, int, str]) -> str:
+    """A cell as reports print it: `p1-d2-activation` (band indices; `-` for no factor)."""
+    return f"p{cell[0]}-d{cell[1]}-{cell[2] or '-'}"
+
+
 def _band(value: int, bounds: tuple[int, ...]) -> int:
     return next((i for i, bound in enumerate(bounds) if value <= bound), len(bounds))
 

@@ -111,6 +111,8 @@ def validate(config: controller_pb2.ExperimentConfig) -> None:
         bad("datasets", f"{config.datasets[0]!r} is not one of {list(datasets.NAMES)}")
     if not 1 <= config.cycles <= 1000:
         bad("cycles", f"{config.cycles} is not in 1..1000")
+    if config.wall_clock_budget_seconds < 0 or not math.isfinite(config.wall_clock_budget_seconds):
+        bad("wall_clock_budget_seconds", f"{config.wall_clock_budget_seconds} must be ≥ 0 (0 = none)")
     if not 1 <= config.candidates_per_cycle <= 10_000:
         bad("candidates_per_cycle", f"{config.candidates_per_cycle} is not in 1..10000")
     for name in ("accuracy_threshold", "novelty_threshold"):

@@ -137,6 +137,8 @@ class ExperimentRunner:
             await self._prepare_corpus()
             first = max(1, row.current_cycle)
             for cycle in range(first, self.config.cycles + 1):
+                if self._budget_spent(cycle):
+                    break
                 await self._cycle(cycle)
             await self._final_training()
         except StopRequested:
@@ -155,13 +157,15 @@ class ExperimentRunner:
             self.notify.set()
             return ExperimentState.FAILED
         counts = self.ledger.counts(self.id)
+        completed = self._cycles_completed()
         self.ledger.set_experiment(
             self.id,
             requests.event(
                 self.id,
-                self.config.cycles,
+                max(completed, default=0),
                 "experiment_completed",
-                cycles_completed=self.config.cycles,
+                cycles_completed=len(completed),
+                budget_spent=len(completed) < self.config.cycles,
                 candidates_generated=counts["generated"],
                 candidates_admitted=counts["admitted"],
                 duration_seconds=time.monotonic() - self.started,
@@ -172,6 +176,22 @@ class ExperimentRunner:
         self.notify.set()
         log.info("experiment_completed", experiment_id=self.id, **counts)
         return ExperimentState.COMPLETED
+
+    def _cycles_completed(self) -> list[int]:
+        return [c.cycle for c in self.ledger.cycles(self.id) if c.phase == Phase.COMPLETED]
+
+    def _budget_spent(self, cycle: int) -> bool:
+        """Whether the wall-clock budget forbids starting `cycle` (one already started always finishes):
+        the completed cycles' durations, summed from the ledger, so a resume keeps the count."""
+        budget = self.config.wall_clock_budget_seconds
+        rows = self.ledger.cycles(self.id)
+        if not budget or any(c.cycle == cycle for c in rows):
+            return False
+        spent = sum((c.completed_ms - c.started_ms) / 1000 for c in rows if c.phase == Phase.COMPLETED)
+        if spent < budget:
+            return False
+        log.info("wall_clock_budget_spent", experiment_id=self.id, cycle=cycle, spent_seconds=spent)
+        return True
 
     async def _prepare_corpus(self) -> None:
         """The experiment's corpus collection holds the LEMUR training codes (idempotent import)."""

@@ -26,7 +26,7 @@ import csv
 import html
 import json
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from archloop import corpus, topology
@@ -142,22 +142,21 @@ def diversity(candidates: list[CandidateRow]) -> dict:
     """How spread a cycle's programs are (issue 20's watch on diversity): the mean J_gen of the admitted
     (each one's token J to its nearest earlier valid program of the cycle, as the novelty service
     measured it; NaN without admissions), the share of distinct layer topologies among the valid
-    (archloop.topology), and how many archive cells (parameter band × depth band × factor,
-    services.controller.archive) the admitted programs fall into."""
+    (archloop.topology), and the archive cells (parameter band × depth band × factor,
+    services.controller.archive) the admitted programs fall into: how many, and each one's share."""
     admitted = [c for c in candidates if c.admitted]
     valid = [c for c in candidates if c.valid]
     j_gen = [c.nn_jaccard_gen for c in admitted if c.nn_jaccard_gen is not None]
-    cells = {
-        archive.ArchiveEntry(c.candidate_id, c.cycle, c.code, 0.0, c.param_count or 0, archive.depth(c.code),
-                             c.factor, True).cell
-        for c in admitted
-    }  # fmt: skip
+    cells = Counter(archive.cell_of(c.code, c.param_count or 0, c.factor) for c in admitted)
     return {
         "admitted_mean_j_gen": sum(j_gen) / len(j_gen) if j_gen else math.nan,
         "valid_topology_share": len({topology.layer_sequence(c.code) for c in valid}) / len(valid)
         if valid
         else math.nan,
         "admitted_cells": len(cells),
+        "admitted_cell_shares": " ".join(
+            f"{archive.cell_name(cell)}:{count / len(admitted):.2f}" for cell, count in sorted(cells.items())
+        ),
     }
 
 
@@ -434,6 +433,7 @@ def write_report(
             "admitted_mean_j_gen",
             "valid_topology_share",
             "admitted_cells",
+            "admitted_cell_shares",
         ],
     )
     _write_csv(files[1], candidates, CANDIDATE_COLUMNS)

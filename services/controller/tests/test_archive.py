@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from archloop.v1 import controller_pb2
-from services.controller.archive import ArchiveEntry, choose_parent, choose_parents, depth, occupied_cells
+from services.controller.archive import (
+    ArchiveEntry,
+    cell_name,
+    cell_of,
+    choose_parent,
+    choose_parents,
+    depth,
+    occupied_cells,
+)
 from services.controller.ledger import Ledger
 
 TOURNAMENT, MAP_ELITES, FIXED = (
@@ -104,3 +112,9 @@ def test_a_cycles_diversity_figures(tmp_path: Path) -> None:
     # four valid, two of them the same program: at most three topologies
     assert figures["valid_topology_share"] == len({layer_sequence(c) for c in codes}) / 4 <= 0.75
     assert 1 <= figures["admitted_cells"] <= 3
+    # the admitted three: programs 1, 1 and 2; each cell's share of them, in the report's own names
+    cells = [cell_of(c, 0, "") for c in codes[:3]]
+    expected = {cell_name(cell): cells.count(cell) / 3 for cell in set(cells)}
+    shares = dict(part.split(":") for part in figures["admitted_cell_shares"].split())
+    assert {name: float(share) for name, share in shares.items()} == pytest.approx(expected, abs=0.005)
+    assert len(shares) == figures["admitted_cells"]
