@@ -337,3 +337,29 @@ def test_stop_then_resume_completes_with_nothing_lost(start_service, tmp_path, s
         _check_run(system, "sys-e", 2, 4)
     finally:
         system.nats.stop(5)
+
+
+def test_an_experiment_whose_base_model_the_generator_does_not_serve_is_refused(
+    start_service, tmp_path, small_corpus
+) -> None:
+    """Its adapters would be trained on one model and sampled on another: refused before anything is
+    written, naming both models."""
+    import shutil
+
+    from archloop.basemodel import TINY_MODEL_DIR
+
+    other = tmp_path / "other-model"
+    shutil.copytree(TINY_MODEL_DIR, other)
+    settings = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**settings, "archloop_copy": True}))  # another sha256
+    system = System(start_service, tmp_path, small_corpus)
+    config = experiment_config.from_mapping({**TEST_CONFIG, "base_model": str(other)})
+    with pytest.raises(grpc.RpcError) as caught:
+        system.stub.StartExperiment(
+            controller_pb2.StartExperimentRequest(experiment_id="sys-m", config=config), timeout=120
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "config.base_model" in caught.value.details() and "generator serves" in caught.value.details()
+    with pytest.raises(grpc.RpcError) as missing:
+        system.experiment("sys-m")
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND

@@ -412,9 +412,13 @@ class Stack:
         grace_seconds: float = 15.0,
         corpus_dir: Path | None = None,
         restart_policy: RestartPolicy | None = None,
+        generator_model: str = "",
     ) -> None:
+        """`generator_model`: the base model the generator serves ('' = its own setting, by default
+        the packaged tiny model): `archloop run` passes its experiment's base_model."""
         self.home = home
         self.corpus_dir = corpus_dir or paths.corpus_dir(home=home)
+        self.generator_model = generator_model
         self.run_dir = home / "run"
         self.log_dir = home / "logs"
         self.start_timeout_seconds = start_timeout_seconds
@@ -452,6 +456,8 @@ class Stack:
                     extra += [f"--{peer}-addr", services[peer].address]
                 if name == "controller":
                     extra += ["--corpus-dir", str(self.corpus_dir)]
+                if name == "generator" and self.generator_model:
+                    extra += ["--model", self.generator_model]
                 proc = ServiceProcess(name, self.run_dir, self.log_dir / f"{name}.log", extra)
                 self.children.append(proc)
                 services[name] = proc

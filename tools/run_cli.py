@@ -249,7 +249,7 @@ def _finish(stub, experiment_id: str, state: str, out: Path) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from archloop.v1 import controller_pb2
     from tools.localstack import RestartPolicy, Stack, StackError
-    from tools.stack_ledger import park_unfinished, record_failure
+    from tools.stack_ledger import base_model_of, park_unfinished, record_failure
 
     try:
         config = None if args.resume else _config(args)
@@ -276,7 +276,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"(continue it with `archloop run --resume {left}`)"
             )
         console.print(f"starting the local stack in {home} …")
-        stack = Stack(home, corpus_dir=corpus_dir, restart_policy=policy)
+        # the generator serves the experiment's base model (the controller refuses one that does not)
+        model = config.base_model if config is not None else base_model_of(home, args.resume)
+        stack = Stack(home, corpus_dir=corpus_dir, restart_policy=policy, generator_model=model)
         try:
             address = stack.start().address("controller")
         except StackError as exc:

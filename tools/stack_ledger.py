@@ -30,6 +30,20 @@ def unfinished_experiments(home: Path) -> list[str]:
         ledger.close()
 
 
+def base_model_of(home: Path, experiment_id: str) -> str:
+    """The base model an experiment of the stack's ledger was started with ('' when unknown)."""
+    from services.controller import config as experiment_config
+
+    ledger = _ledger(home)
+    if ledger is None:
+        return ""
+    try:
+        row = ledger.experiment(experiment_id)
+        return experiment_config.from_json(row.config_json).base_model if row is not None else ""
+    finally:
+        ledger.close()
+
+
 def park_unfinished(home: Path) -> list[str]:
     """Before `archloop run` brings the stack up for one experiment: mark the experiments an earlier,
     interrupted run left unfinished STOPPED, so the new controller does not resume them beside the new

@@ -12,6 +12,7 @@ import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import structlog
 
 from archloop import basemodel, corpus
@@ -23,6 +24,7 @@ from archloop.settings import SettingsError
 from archloop.v1 import (
     controller_pb2,
     controller_pb2_grpc,
+    generator_pb2,
     generator_pb2_grpc,
     novelty_pb2_grpc,
     trainer_pb2,
@@ -231,6 +233,7 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
             raise InvalidArgument("config.base_model", str(exc)) from None
         except basemodel.CorpusMismatch as exc:
             raise FailedPrecondition(str(exc)) from None
+        await self._check_generator_model(config.base_model)
         created = self.ledger.create_experiment(
             request.experiment_id, experiment_config.to_json(config), experiment_config.config_sha256(config)
         )
@@ -273,10 +276,34 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
             experiment = self._experiment(request.experiment_id)
         return controller_pb2.StopExperimentResponse(experiment=experiment)
 
+    async def _check_generator_model(self, base_model: str) -> None:
+        """A local generator must serve the experiment's base model: its adapters are trained on that
+        model, and J_train is measured against that model's corpus. FAILED_PRECONDITION naming both
+        when it does not (a generator that cannot be asked now is checked by the loop's first call)."""
+        try:
+            described = await self.peers.generator.DescribeBackend(
+                generator_pb2.DescribeBackendRequest(), timeout=30
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.warning("generator_not_described", code=exc.code().name)
+            return
+        if described.backend != "local" or not described.model_sha256:
+            return  # TGI serves a hub model by name; the replay backend has no model
+        wanted = await asyncio.to_thread(
+            lambda: basemodel.base_model_sha256(basemodel.resolve_base_model(base_model))
+        )
+        if wanted != described.model_sha256:
+            raise FailedPrecondition(
+                f"config.base_model is {base_model or 'the packaged tiny model'!r} (sha256 {wanted[:12]}…) "
+                f"but the generator serves {described.model_id!r} (sha256 {described.model_sha256[:12]}…): "
+                "start the generator with --model set to the experiment's base model"
+            )
+
     async def ResumeExperiment(self, request, context) -> controller_pb2.ResumeExperimentResponse:
         experiment = self._experiment(request.experiment_id)
         if experiment.state == EXPERIMENT_STATE_TO_PROTO[ExperimentState.COMPLETED]:
             raise FailedPrecondition(f"experiment {request.experiment_id!r} is completed")
+        await self._check_generator_model(experiment.config.base_model)
         if request.experiment_id not in self.runners:
             self._spawn(request.experiment_id)
         return controller_pb2.ResumeExperimentResponse(experiment=self._experiment(request.experiment_id))

@@ -20,14 +20,15 @@ Z95 = 1.959963984540054
 
 
 def wilson_interval(successes: int, trials: int, z: float = Z95) -> tuple[float, float, float]:
-    """(p, low, high); (0, 0, 0) for no trials."""
+    """(p, low, high) with low ≤ p ≤ high exactly (rounding would put the low end of 0 successes at
+    2.8e-17, and a plot's error bar below zero); (0, 0, 0) for no trials."""
     if trials <= 0:
         return 0.0, 0.0, 0.0
     p = successes / trials
     denominator = 1 + z * z / trials
     centre = (p + z * z / (2 * trials)) / denominator
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
-    return p, max(0.0, centre - half), min(1.0, centre + half)
+    return p, min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
 
 
 def mean_t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:

@@ -63,3 +63,12 @@ def test_elite_concentration_and_the_smoother() -> None:
     assert stats.elite_concentration([0.5, 0.3, 0.45], generated=6, threshold=0.4) == pytest.approx(2 / 6)
     assert stats.smoothed([0.1, 0.4, 0.7, 1.0]) == pytest.approx([0.1, 0.25, 0.4, 0.7])
     assert stats.median([3.0, 1.0, 2.0, 4.0]) == 2.5
+
+
+def test_wilson_interval_holds_its_estimate_exactly_at_the_ends() -> None:
+    for trials in range(1, 300):
+        for successes in (0, trials):
+            p, low, high = stats.wilson_interval(successes, trials)
+            assert low <= p <= high and low >= 0.0 and high <= 1.0
+    assert stats.wilson_interval(0, 12)[1] == 0.0  # not 2.8e-17: a report's error bar must not go below 0
+    assert stats.wilson_interval(60, 60)[2] == 1.0
