@@ -26,10 +26,14 @@ from services.controller.peers import Peers
 from services.controller.requests import event
 from services.controller.selection import Verdict, decide
 from services.controller.states import selection_rules
+from services.controller.tests.seed import write_corpus
 
 pytestmark = pytest.mark.slow
 
-ORIGINAL = """import torch
+# the packaged baseline's training methods, under a network of separately defined layers
+_TRAINING = "    def train_setup" + BASELINE.read_text().split("    def train_setup", 1)[1]
+ORIGINAL = (
+    """import torch
 import torch.nn as nn
 
 
@@ -56,20 +60,9 @@ class Net(nn.Module):
         x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
         return self.head(self.drop(x))
 
-    def train_setup(self, prm):
-        self.to(self.device)
-        self.criteria = (nn.CrossEntropyLoss().to(self.device),)
-        self.optimizer = torch.optim.SGD(self.parameters(), lr=prm['lr'], momentum=prm['momentum'])
-
-    def learn(self, train_data):
-        self.train()
-        for inputs, labels in train_data:
-            inputs, labels = inputs.to(self.device), labels.to(self.device)
-            self.optimizer.zero_grad()
-            loss = self.criteria[0](self(inputs), labels)
-            loss.backward()
-            self.optimizer.step()
 """
+    + _TRAINING
+)
 
 RENAMES = {
     "conv_in": "c1", "norm_in": "b1", "conv_mid": "c2", "norm_mid": "b2", "shrink": "down", "act": "nonlin",
@@ -103,10 +96,7 @@ async def test_renamed_copies_are_caught_by_structure_and_scaled_copies_by_topol
 ) -> None:
     novelty = start_service("novelty", "--db-path", str(tmp_path / "novelty.sqlite3"))
     evaluator = start_service("evaluator", "--work-dir", str(tmp_path / "jobs"))
-    corpus_dir = tmp_path / "corpus"
-    corpus_dir.mkdir()
-    records = corpus.example_records("lemur-original", ORIGINAL, {"cifar-10": 100_000})
-    (corpus_dir / "examples.jsonl").write_text(json.dumps(records[0]) + "\n")
+    corpus_dir = write_corpus(tmp_path / "corpus", {"lemur-original": ORIGINAL})
     # the corpus's structural tokens, by the real command (forward-check workers, meta device)
     done = subprocess.run(
         [sys.executable, "-m", "tools.cli", "corpus", "structure", "--corpus", str(corpus_dir)],
@@ -220,11 +210,10 @@ def test_the_corpus_tokens_are_the_evaluators_and_stale_ones_are_ignored(tmp_pat
     unchecked = forwardcheck.check_many([("original", ORIGINAL, (3, 32, 32), 10)])["original"]
     assert unchecked.ok and unchecked.structure == ()  # only asked for
 
-    examples = tmp_path / "examples.jsonl"
-    examples.write_text(json.dumps(corpus.example_records("a", ORIGINAL, {"cifar-10": 100_000})[0]) + "\n")
+    write_corpus(tmp_path, {"a": ORIGINAL})
     records = corpus.structure_records({"a": ORIGINAL, "b": "broken"}, {"a": tokens, "b": ()})
     (tmp_path / corpus.STRUCTURE_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
     assert corpus.read_structure(tmp_path) == {"a": list(tokens)}
     changed = ORIGINAL.replace("16", "20")  # the corpus changed under the file: its tokens are stale
-    examples.write_text(json.dumps(corpus.example_records("a", changed, {"cifar-10": 100_000})[0]) + "\n")
+    write_corpus(tmp_path, {"a": changed})
     assert corpus.read_structure(tmp_path) == {}
