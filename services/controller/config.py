@@ -135,6 +135,11 @@ def validate(config: controller_pb2.ExperimentConfig) -> None:
             )
     if g.tournament_size < 1:
         bad("generation.tournament_size", f"{g.tournament_size} must be at least 1")
+    if not 0 <= config.structural_novelty_threshold <= 1:
+        bad(
+            "structural_novelty_threshold",
+            f"{config.structural_novelty_threshold} is not in [0, 1] (0 = off)",
+        )
     if not 0 <= config.edit_pair_share <= 10:
         bad("edit_pair_share", f"{config.edit_pair_share} is not in [0, 10] (a share of the LEMUR pairs)")
     if g.prompt_dataset and g.prompt_dataset not in datasets.NAMES:

@@ -129,6 +129,11 @@ CREATE INDEX IF NOT EXISTS candidates_by_cycle ON candidates (experiment_id, cyc
 ADDED_CANDIDATE_COLUMNS = {
     "repaired": "INTEGER NOT NULL DEFAULT 0",
     "raw_eval_status": "TEXT NOT NULL DEFAULT ''",
+    "nearest_struct_train": "TEXT NOT NULL DEFAULT ''",
+    "structural_jaccard_gen": "REAL",
+    "nearest_struct_gen": "TEXT NOT NULL DEFAULT ''",
+    "topology_sha256": "TEXT NOT NULL DEFAULT ''",
+    "same_topology_as": "TEXT NOT NULL DEFAULT ''",
 }
 
 
@@ -178,6 +183,11 @@ class CandidateRow:
     updated_ms: int
     repaired: bool
     raw_eval_status: str
+    nearest_struct_train: str
+    structural_jaccard_gen: float | None
+    nearest_struct_gen: str
+    topology_sha256: str
+    same_topology_as: str
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> CandidateRow:
@@ -216,7 +226,18 @@ class CandidateRow:
             nearest_generation=self.nearest_gen,
             jaccard_train=self.nn_jaccard_train or 0.0,
             jaccard_generation=self.nn_jaccard_gen or 0.0,
+            structural_train=self.structural_jaccard_train or 0.0,
+            structural_generation=self.structural_jaccard_gen or 0.0,
+            nearest_structural_train=self.nearest_struct_train,
+            nearest_structural_generation=self.nearest_struct_gen,
         )
+
+    @property
+    def structural_tokens(self) -> list[str]:
+        """The evaluator's forward-order layer tokens of the program (empty when it did not run)."""
+        if not self.eval_json:
+            return []
+        return list(json.loads(self.eval_json).get("structural_tokens", []))
 
     @property
     def raw_valid(self) -> bool:
@@ -502,7 +523,8 @@ class Ledger:
     def record_novelty(
         self, candidate_id: str, train: novelty_pb2.CollectionMatch, generation: novelty_pb2.CollectionMatch
     ) -> None:
-        """Its nearest neighbour in the corpus (J_train) and among the cycle's earlier ones (J_gen)."""
+        """Its nearest neighbour in the corpus (J_train) and among the cycle's earlier ones (J_gen), by
+        text and by structure (J_struct: the structural channel's, 0 when neither side had tokens)."""
         self._set_candidate(
             candidate_id,
             nn_jaccard_train=train.max_jaccard,
@@ -511,7 +533,16 @@ class Ledger:
             nn_jaccard_gen=generation.max_jaccard,
             near_dup_text_gen=int(generation.near_duplicate),
             nearest_gen=generation.nearest_entry_id,
+            structural_jaccard_train=train.structural_max_jaccard,
+            nearest_struct_train=train.structural_nearest_entry_id,
+            structural_jaccard_gen=generation.structural_max_jaccard,
+            nearest_struct_gen=generation.structural_nearest_entry_id,
         )
+
+    def record_topology(self, candidate_id: str, sha256: str, same_as: str) -> None:
+        """Its shape-free forward topology (archloop.topology.forward_topology) and the earliest earlier
+        valid candidate of the experiment with the same one ('' when none)."""
+        self._set_candidate(candidate_id, topology_sha256=sha256, same_topology_as=same_as)
 
     def record_decision(self, candidate_id: str, decision: Decision) -> None:
         self._set_candidate(

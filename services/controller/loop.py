@@ -33,7 +33,7 @@ from pathlib import Path
 
 import structlog
 
-from archloop import corpus
+from archloop import corpus, topology
 from archloop.v1 import (
     common_pb2,
     controller_pb2,
@@ -198,10 +198,12 @@ class ExperimentRunner:
         name = requests.corpus_collection(self.id)
         await self.peers.novelty.create_collection(name, self.config.novelty_threshold)
         codes = corpus.training_programs(self.settings.corpus_dir)
+        structure = corpus.read_structure(self.settings.corpus_dir)  # {} before `corpus structure`
         self.lemur_models = len(codes)
-        summary = await self.peers.novelty.import_entries(name, codes)
+        summary = await self.peers.novelty.import_entries(name, codes, structure)
         log.info("corpus_collection_ready", experiment_id=self.id, collection=name,
-                 created=summary.created, unchanged=summary.unchanged)  # fmt: skip
+                 created=summary.created, unchanged=summary.unchanged,
+                 with_structure=len(structure))  # fmt: skip
 
     # -- the archive of parents (delta / factor) -------------------------------------------------
     def _edits(self) -> bool:
@@ -395,16 +397,26 @@ class ExperimentRunner:
             requests.cycle_collection(self.id, cycle),
         )
         await self.peers.novelty.create_collection(cycle_name, self.config.novelty_threshold)
-        # 1. novelty figures of every valid candidate, in index order (J_gen: earlier ones of the cycle)
+        # 1. novelty figures of every valid candidate, in index order (J_gen: earlier ones of the cycle),
+        #    by text and by structure (the evaluator's forward-order layer tokens), and its topology
+        topologies = self._topologies_before(cycle)
         for c in self.ledger.candidates(self.id, cycle):
             self._check_stop()
             if not c.valid:
                 continue
+            tokens = c.structural_tokens
             if c.nn_jaccard_train is None:
-                train, generation = await self.peers.novelty.check(c.code, [corpus_name, cycle_name])
+                train, generation = await self.peers.novelty.check(c.code, [corpus_name, cycle_name], tokens)
                 self.ledger.record_novelty(c.candidate_id, train, generation)
+                sha = topology.signature(topology.forward_topology(tokens))
+                self.ledger.record_topology(c.candidate_id, sha, topologies.get(sha, "") if sha else "")
+            sha = self.ledger.candidate(c.candidate_id).topology_sha256
+            if sha:
+                topologies.setdefault(sha, c.candidate_id)
             await self.peers.novelty.admit(
-                novelty_pb2.AdmitEntryRequest(collection=cycle_name, entry_id=c.candidate_id, code=c.code)
+                novelty_pb2.AdmitEntryRequest(
+                    collection=cycle_name, entry_id=c.candidate_id, code=c.code, structural_tokens=tokens
+                )
             )
         # 2. decisions, recorded before the corpus learns of them
         candidates = self.ledger.candidates(self.id, cycle)
@@ -439,11 +451,21 @@ class ExperimentRunner:
             phase=Phase.FINE_TUNING,
         )
 
+    def _topologies_before(self, cycle: int) -> dict[str, str]:
+        """{topology sha256: the first valid candidate of the experiment with it}, over cycles before
+        `cycle`."""
+        first: dict[str, str] = {}
+        for c in self.ledger.candidates(self.id):
+            if c.cycle < cycle and c.valid and c.topology_sha256:
+                first.setdefault(c.topology_sha256, c.candidate_id)
+        return first
+
     async def _admit_to_corpus(self, c: CandidateRow, corpus_name: str) -> None:
         entry = novelty_pb2.AdmitEntryRequest(
             collection=corpus_name,
             entry_id=c.candidate_id,
             code=c.code,
+            structural_tokens=c.structural_tokens,
             labels={"experiment": self.id, "cycle": str(c.cycle)},
         )
         if self.config.ablations.no_novelty_filter:

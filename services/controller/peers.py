@@ -200,20 +200,32 @@ class NoveltyClient:
         await self.retry.unary("novelty.CreateCollection", self.stub.CreateCollection, request)
 
     async def import_entries(
-        self, collection: str, codes: dict[str, str]
+        self, collection: str, codes: dict[str, str], structure: dict[str, list[str]] | None = None
     ) -> novelty_pb2.ImportEntriesResponse:
-        """Idempotent by entry id; one client stream, not retried (a rerun imports nothing twice)."""
+        """Idempotent by entry id; one client stream, not retried (a rerun imports nothing twice); an
+        entry with structural tokens in `structure` joins the structural channel too."""
+        structure = structure or {}
         requests = (
             novelty_pb2.ImportEntriesRequest(
-                entry=novelty_pb2.AdmitEntryRequest(collection=collection, entry_id=entry_id, code=code)
+                entry=novelty_pb2.AdmitEntryRequest(
+                    collection=collection,
+                    entry_id=entry_id,
+                    code=code,
+                    structural_tokens=structure.get(entry_id, []),
+                )
             )
             for entry_id, code in codes.items()
         )
         return await self.stub.ImportEntries(requests, timeout=600)
 
-    async def check(self, code: str, collections: list[str]) -> list[novelty_pb2.CollectionMatch]:
-        """The nearest entry of each collection, in the order given."""
-        request = novelty_pb2.CheckNoveltyRequest(code=code, collections=collections)
+    async def check(
+        self, code: str, collections: list[str], structural_tokens: list[str] | None = None
+    ) -> list[novelty_pb2.CollectionMatch]:
+        """The nearest entry of each collection, in the order given (and its structural channel's, when
+        `structural_tokens` are given)."""
+        request = novelty_pb2.CheckNoveltyRequest(
+            code=code, collections=collections, structural_tokens=structural_tokens or []
+        )
         return list((await self.retry.unary("novelty.CheckNovelty", self.stub.CheckNovelty, request)).matches)
 
     async def admit(self, entry: novelty_pb2.AdmitEntryRequest) -> None:

@@ -58,6 +58,12 @@ CANDIDATE_COLUMNS = (
     "nn_jaccard_gen",
     "near_dup_text_gen",
     "nearest_gen",
+    "structural_jaccard_train",
+    "nearest_struct_train",
+    "structural_jaccard_gen",
+    "nearest_struct_gen",
+    "topology_sha256",
+    "same_topology_as",
     "rejection_count",
     "decision",
     "reason",
@@ -96,6 +102,10 @@ def cycle_rows(ledger: Ledger, experiment_id: str, threshold: float) -> list[dic
         raw_valid = sum(c.raw_valid for c in candidates)
         j_train = [c.nn_jaccard_train for c in candidates if c.nn_jaccard_train is not None]
         j_gen = [c.nn_jaccard_gen for c in candidates if c.nn_jaccard_gen is not None]
+        struct_train = [
+            c.structural_jaccard_train for c in candidates if c.structural_jaccard_train is not None
+        ]
+        struct_gen = [c.structural_jaccard_gen for c in candidates if c.structural_jaccard_gen is not None]
         duration = (cycle.completed_ms - cycle.started_ms) / 1000 if cycle.completed_ms else math.nan
         rows.append(
             {
@@ -127,6 +137,12 @@ def cycle_rows(ledger: Ledger, experiment_id: str, threshold: float) -> list[dic
                 "near_duplicates_gen": sum(bool(c.near_dup_text_gen) for c in candidates),
                 "median_j_train": stats.median(j_train),
                 "median_j_gen": stats.median(j_gen),
+                "median_j_struct_train": stats.median(struct_train),
+                "median_j_struct_gen": stats.median(struct_gen),
+                "structural_rejections": sum(
+                    c.reason.startswith("structural near-duplicate") for c in candidates
+                ),
+                "repeated_topologies": sum(bool(c.same_topology_as) for c in candidates),
                 "fine_tune_loss": cycle.fine_tune_loss if cycle.fine_tune_loss is not None else math.nan,
                 "fine_tune_examples": cycle.fine_tune_examples,
                 "duration_seconds": duration,
@@ -429,6 +445,10 @@ def write_report(
             "near_duplicates_gen",
             "median_j_train",
             "median_j_gen",
+            "median_j_struct_train",
+            "median_j_struct_gen",
+            "structural_rejections",
+            "repeated_topologies",
             "mean_quality",
             "admitted_mean_j_gen",
             "valid_topology_share",

@@ -3,7 +3,8 @@ policy, thresholds and ablations (docs/method.md#the-loop, #novelty-filter).
 
     invalid    the evaluator did not pass it
     rejected   a near-duplicate of the corpus (J_train) or of an earlier candidate of the cycle (J_gen),
-               unless the novelty filter is ablated; or not selected by the policy
+               by text, or by structure when the structural threshold is on (J_struct ≥ it), unless
+               the novelty filter is ablated; or not selected by the policy
     admitted   valid, novel and selected:
                  threshold              first-epoch accuracy ≥ τ (every candidate, when the threshold is
                                         ablated)
@@ -37,6 +38,7 @@ class Verdict(enum.StrEnum):
 class Thresholds:
     accuracy: float  # τ
     top_k: int
+    structural: float = 0.0  # J_struct at which a candidate is a structural near-duplicate (0 = off)
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,10 @@ class Candidate:
     nearest_generation: str = ""
     jaccard_train: float = 0.0
     jaccard_generation: float = 0.0
+    structural_train: float = 0.0
+    structural_generation: float = 0.0
+    nearest_structural_train: str = ""
+    nearest_structural_generation: str = ""
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,24 @@ class Decision:
     verdict: Verdict
     reason: str
     rejection_count: int
+
+
+def _near_duplicate(c: Candidate, structural: float) -> str | None:
+    """Why `c` is a near-duplicate (text first, then structure), or None."""
+    if c.near_duplicate_train:
+        return f"near-duplicate of {c.nearest_train} (J={c.jaccard_train:.3f})"
+    if c.near_duplicate_generation:
+        return f"near-duplicate of {c.nearest_generation} (J={c.jaccard_generation:.3f})"
+    if structural and c.structural_train >= structural:
+        return (
+            f"structural near-duplicate of {c.nearest_structural_train} (J_struct={c.structural_train:.3f})"
+        )
+    if structural and c.structural_generation >= structural:
+        return (
+            f"structural near-duplicate of {c.nearest_structural_generation} "
+            f"(J_struct={c.structural_generation:.3f})"
+        )
+    return None
 
 
 def decide(
@@ -82,16 +106,10 @@ def decide(
             decisions[c.candidate_id] = Decision(Verdict.INVALID, f"not valid: {c.eval_status}", rejections)
             continue
         good = ablations.no_accuracy_threshold or c.accuracy >= tau
-        if not ablations.no_novelty_filter and (c.near_duplicate_train or c.near_duplicate_generation):
-            which, j = (
-                (c.nearest_train, c.jaccard_train)
-                if c.near_duplicate_train
-                else (c.nearest_generation, c.jaccard_generation)
-            )
+        duplicate = None if ablations.no_novelty_filter else _near_duplicate(c, thresholds.structural)
+        if duplicate:
             rejections += good
-            decisions[c.candidate_id] = Decision(
-                Verdict.REJECTED, f"near-duplicate of {which} (J={j:.3f})", rejections
-            )
+            decisions[c.candidate_id] = Decision(Verdict.REJECTED, duplicate, rejections)
             continue
         eligible.append((c, good, rejections))
     ranked = sorted(eligible, key=lambda item: (-item[0].accuracy, item[0].index))

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from archloop.topology import structural_tokens
 from services.evaluator.datasets import EvaluationData, training_batches, validation_batches
 
 MAX_MESSAGE_CHARS = 500
@@ -127,24 +128,6 @@ def _watch_loss(model: torch.nn.Module, progress: _Progress) -> None:
         if callable(loss):  # a bare loss module instead of the contract's tuple: watch it all the same
             setattr(model, name, _LossRecorder(loss, progress))
             return
-
-
-def structural_tokens(model: torch.nn.Module, example: torch.Tensor) -> list[str]:
-    """Leaf module types with output shapes, in the order the forward pass calls them."""
-    tokens: list[str] = []
-
-    def record(module: torch.nn.Module, _inputs: Any, output: Any) -> None:
-        shape = tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else ()
-        tokens.append(f"{type(module).__name__}{list(shape)}")
-
-    hooks = [m.register_forward_hook(record) for m in model.modules() if not list(m.children())]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return tokens
 
 
 def unmaterialised_layers(model: torch.nn.Module) -> list[str]:

@@ -4,15 +4,12 @@ a bad budget is refused naming the field."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import pytest
 
-from archloop import corpus
 from archloop.clients import aio_channel
-from archloop.lemur import iter_model_sources, lemur_wheel
 from archloop.v1 import novelty_pb2_grpc
 from services.controller import config as experiment_config
 from services.controller.ledger import Ledger
@@ -20,6 +17,7 @@ from services.controller.loop import ExperimentRunner, LoopSettings
 from services.controller.peers import Peers
 from services.controller.requests import event
 from services.controller.states import ExperimentState, Phase
+from services.controller.tests.seed import write_corpus
 
 
 @pytest.mark.parametrize("budget", [-1.0, float("inf"), float("nan")])
@@ -33,11 +31,7 @@ def test_a_bad_budget_is_refused_naming_the_field(budget: float) -> None:
 @pytest.mark.slow
 async def test_a_spent_budget_ends_the_experiment_after_its_cycles(start_service, tmp_path: Path) -> None:
     novelty = start_service("novelty", "--db-path", str(tmp_path / "novelty.sqlite3"))
-    (tmp_path / "corpus").mkdir()
-    name, code = next(iter_model_sources(lemur_wheel()))
-    (tmp_path / "corpus" / "examples.jsonl").write_text(
-        json.dumps(corpus.example_records(name, code, {"cifar-10": 100_000})[0]) + "\n"
-    )
+    write_corpus(tmp_path / "corpus")
     config = experiment_config.with_defaults(
         experiment_config.from_mapping({"cycles": 3, "wall_clock_budget_seconds": 20})
     )

@@ -4,16 +4,13 @@ real evaluator, and `archloop watch` following events on a real nats-server."""
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from archloop import corpus
 from archloop.eventbus import connect_nats, ensure_stream, publish_event
-from archloop.lemur import iter_model_sources, lemur_wheel
 from archloop.prompts import BASELINE_FILE as BASELINE
 from services.controller import config as experiment_config
 from services.controller.evaluators import EvaluatorPool
@@ -22,18 +19,14 @@ from services.controller.loop import ExperimentRunner, LoopSettings
 from services.controller.peers import Peers
 from services.controller.requests import event
 from services.controller.selection import Decision, Verdict
-from services.controller.tests.seed import add_evaluated
+from services.controller.tests.seed import add_evaluated, write_corpus
 
 pytestmark = pytest.mark.slow
 
 
 async def test_the_final_stage_trains_the_top_k_admitted_models_longer(start_service, tmp_path: Path) -> None:
     evaluator = start_service("evaluator", "--work-dir", str(tmp_path / "jobs"))
-    (tmp_path / "corpus").mkdir()
-    name, code = next(iter_model_sources(lemur_wheel()))
-    (tmp_path / "corpus" / "examples.jsonl").write_text(
-        json.dumps(corpus.example_records(name, code, {"cifar-10": 100_000})[0]) + "\n"
-    )
+    write_corpus(tmp_path / "corpus")
     config = experiment_config.with_defaults(
         experiment_config.from_mapping(
             {"cycles": 1, "final_training": {"top_k": 2, "epochs": 2}, "protocol": {"max_train_images": 300}}

@@ -102,3 +102,31 @@ def test_ties_go_to_the_earlier_candidate_and_input_order_does_not_matter() -> N
 
 def test_an_empty_cycle_decides_nothing() -> None:
     assert decide([], Policy.THRESHOLD_TOP_K_FILL, Thresholds(TAU, K), NONE) == {}
+
+
+def test_the_structural_threshold_rejects_structural_near_duplicates_only_when_on() -> None:
+    same_layers = Candidate(
+        "s0", 0, True, "OK", 0.8, structural_train=0.95, nearest_structural_train="lemur-s", jaccard_train=0.4
+    )
+    same_as_earlier = Candidate(
+        "s1", 1, True, "OK", 0.7, structural_generation=0.92, nearest_structural_generation="s0"
+    )
+    both = Candidate(  # a text near-duplicate too: text is named first
+        "s2", 2, True, "OK", 0.9, near_duplicate_train=True, nearest_train="lemur-t", jaccard_train=0.97,
+        structural_train=1.0, nearest_structural_train="lemur-s",
+    )  # fmt: skip
+    cycle = [same_layers, same_as_earlier, both]
+    off = decide(cycle, Policy.THRESHOLD, Thresholds(0.4, 4), Ablations())
+    assert [off[c.candidate_id].verdict for c in cycle] == [A, A, R]
+    on = decide(cycle, Policy.THRESHOLD, Thresholds(0.4, 4, structural=0.9), Ablations())
+    assert [on[c.candidate_id].verdict for c in cycle] == [R, R, R]
+    assert on["s0"].reason == "structural near-duplicate of lemur-s (J_struct=0.950)"
+    assert on["s1"].reason == "structural near-duplicate of s0 (J_struct=0.920)"
+    assert on["s2"].reason == "near-duplicate of lemur-t (J=0.970)"
+    assert [on[c.candidate_id].rejection_count for c in cycle] == [1, 2, 3]  # all good enough
+    stricter = decide(cycle, Policy.THRESHOLD, Thresholds(0.4, 4, structural=0.93), Ablations())
+    assert stricter["s1"].verdict is A  # 0.92 < 0.93
+    ablated = decide(
+        cycle, Policy.THRESHOLD, Thresholds(0.4, 4, structural=0.9), Ablations(no_novelty_filter=True)
+    )
+    assert all(d.verdict is A for d in ablated.values())
