@@ -291,9 +291,8 @@ def check_many(
                     return
                 if worker.process.poll() is not None:
                     worker = _Worker()
-                results[key] = worker.check(
-                    code, shape, classes, timeout_seconds, *(reference or [None]), structure=structure
-                )
+                given = reference[0] if reference else None
+                results[key] = worker.check(code, shape, classes, timeout_seconds, given, structure)
         finally:
             worker.close()
 

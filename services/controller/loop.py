@@ -404,13 +404,12 @@ class ExperimentRunner:
             self._check_stop()
             if not c.valid:
                 continue
-            tokens = c.structural_tokens
+            tokens, sha = c.structural_tokens, c.topology_sha256  # (recorded before a restart)
             if c.nn_jaccard_train is None:
                 train, generation = await self.peers.novelty.check(c.code, [corpus_name, cycle_name], tokens)
                 self.ledger.record_novelty(c.candidate_id, train, generation)
                 sha = topology.signature(topology.forward_topology(tokens))
                 self.ledger.record_topology(c.candidate_id, sha, topologies.get(sha, "") if sha else "")
-            sha = self.ledger.candidate(c.candidate_id).topology_sha256
             if sha:
                 topologies.setdefault(sha, c.candidate_id)
             await self.peers.novelty.admit(
