@@ -47,11 +47,18 @@ KILLS = [  # (component, cycle, phase): kill at the first sight of this point or
 class Run:
     """`archloop run --config …` as a child process in its own home, its output collected."""
 
-    def __init__(self, tmp_path: Path, corpus: Path, name: str, extra_env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        tmp_path: Path,
+        corpus: Path,
+        name: str,
+        extra_env: dict[str, str] | None = None,
+        config_overrides: dict | None = None,
+    ):
         self.home = tmp_path / "home"
         shutil.copytree(corpus, paths.corpus_dir(home=self.home))  # no manifest: not bound to a model
         config = tmp_path / "config.yaml"
-        config.write_text(yaml.safe_dump(TEST_CONFIG))
+        config.write_text(yaml.safe_dump({**TEST_CONFIG, **(config_overrides or {})}))
         self.name = name
         self.log = tmp_path / "run.log"
         env = {**os.environ, "ARCHLOOP_HOME": str(self.home), **(extra_env or {})}
@@ -203,3 +210,23 @@ def test_a_component_that_keeps_dying_fails_the_run_with_one_sentence(
     assert [e.WhichOneof("payload") for e in ledger.events("doomed")][-1] == "experiment_failed"
     assert not run.left_running(), "processes outlived the run"
     assert not (run.home / "stack.json").exists()
+
+
+def test_archloop_run_samples_with_the_base_model_its_config_names(
+    tmp_path: Path, small_corpus: Path
+) -> None:
+    """The stack `archloop run` brings up serves the experiment's base model (another model folder
+    here), so its candidates are sampled by the model its adapters are trained on."""
+    import json
+
+    from archloop.basemodel import TINY_MODEL_DIR
+
+    other = tmp_path / "other-model"
+    shutil.copytree(TINY_MODEL_DIR, other)
+    settings = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**settings, "archloop_copy": True}))  # another sha256
+    run = Run(tmp_path, small_corpus, "own-model", config_overrides={"cycles": 1, "base_model": str(other)})
+    assert run.proc.wait(timeout=900) == 0, run.output()
+    ledger = Ledger(run.home / "data" / "controller" / "ledger.sqlite3")
+    models = {json.loads(c.generation_json)["model_id"] for c in ledger.candidates("own-model")}
+    assert models == {str(other)}
