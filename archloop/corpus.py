@@ -106,13 +106,13 @@ def structure_records(programs: dict[str, str], tokens: dict[str, tuple[str, ...
     ]
 
 
-def read_structure(corpus_dir: Path) -> dict[str, list[str]]:
+def read_structure(corpus_dir: Path, programs: dict[str, str] | None = None) -> dict[str, list[str]]:
     """{model: structural tokens} of the corpus programs whose code is still the one measured ({} when
-    `archloop corpus structure` has not run)."""
+    `archloop corpus structure` has not run); `programs`: the corpus's, when the caller has read them."""
     path = Path(corpus_dir) / STRUCTURE_FILE
     if not path.exists():
         return {}
-    programs = training_programs(corpus_dir)
+    programs = training_programs(corpus_dir) if programs is None else programs
     return {
         r["model"]: r["structural_tokens"]
         for r in read_jsonl(path)

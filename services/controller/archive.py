@@ -46,12 +46,16 @@ class ArchiveEntry:
 
     @property
     def cell(self) -> tuple[int, int, str]:
-        return (_band(self.param_count, PARAMETER_BANDS), _band(self.depth, DEPTH_BANDS), self.factor)
+        return _cell(self.param_count, self.depth, self.factor)
+
+
+def _cell(param_count: int, layers: int, factor: str) -> tuple[int, int, str]:
+    return (_band(param_count, PARAMETER_BANDS), _band(layers, DEPTH_BANDS), factor)
 
 
 def cell_of(code: str, param_count: int, factor: str) -> tuple[int, int, str]:
     """The MAP-Elites cell of a program: parameter band × depth band × the factor its edit changed."""
-    return (_band(param_count, PARAMETER_BANDS), _band(depth(code), DEPTH_BANDS), factor)
+    return _cell(param_count, depth(code), factor)
 
 
 def cell_name(cell: tuple[int, int, str]) -> str:

@@ -544,6 +544,19 @@ class Ledger:
         valid candidate of the experiment with the same one ('' when none)."""
         self._set_candidate(candidate_id, topology_sha256=sha256, same_topology_as=same_as)
 
+    def first_topologies(self, experiment_id: str, before_cycle: int) -> dict[str, str]:
+        """{topology sha256: the first valid candidate with it}, over the experiment's cycles before
+        `before_cycle` (reads two columns, not the programs)."""
+        rows = self._query(
+            "SELECT candidate_id, topology_sha256 FROM candidates WHERE experiment_id=? AND cycle<? "
+            "AND valid=1 AND topology_sha256!='' ORDER BY cycle, idx",
+            (experiment_id, before_cycle),
+        )
+        first: dict[str, str] = {}
+        for row in rows:
+            first.setdefault(row["topology_sha256"], row["candidate_id"])
+        return first
+
     def record_decision(self, candidate_id: str, decision: Decision) -> None:
         self._set_candidate(
             candidate_id,

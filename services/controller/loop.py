@@ -198,7 +198,7 @@ class ExperimentRunner:
         name = requests.corpus_collection(self.id)
         await self.peers.novelty.create_collection(name, self.config.novelty_threshold)
         codes = corpus.training_programs(self.settings.corpus_dir)
-        structure = corpus.read_structure(self.settings.corpus_dir)  # {} before `corpus structure`
+        structure = corpus.read_structure(self.settings.corpus_dir, codes)  # {} before `corpus structure`
         self.lemur_models = len(codes)
         summary = await self.peers.novelty.import_entries(name, codes, structure)
         log.info("corpus_collection_ready", experiment_id=self.id, collection=name,
@@ -399,7 +399,7 @@ class ExperimentRunner:
         await self.peers.novelty.create_collection(cycle_name, self.config.novelty_threshold)
         # 1. novelty figures of every valid candidate, in index order (J_gen: earlier ones of the cycle),
         #    by text and by structure (the evaluator's forward-order layer tokens), and its topology
-        topologies = self._topologies_before(cycle)
+        topologies = self.ledger.first_topologies(self.id, cycle)
         for c in self.ledger.candidates(self.id, cycle):
             self._check_stop()
             if not c.valid:
@@ -449,15 +449,6 @@ class ExperimentRunner:
             ),
             phase=Phase.FINE_TUNING,
         )
-
-    def _topologies_before(self, cycle: int) -> dict[str, str]:
-        """{topology sha256: the first valid candidate of the experiment with it}, over cycles before
-        `cycle`."""
-        first: dict[str, str] = {}
-        for c in self.ledger.candidates(self.id):
-            if c.cycle < cycle and c.valid and c.topology_sha256:
-                first.setdefault(c.topology_sha256, c.candidate_id)
-        return first
 
     async def _admit_to_corpus(self, c: CandidateRow, corpus_name: str) -> None:
         entry = novelty_pb2.AdmitEntryRequest(

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from archloop import corpus, topology
 from archloop.v1 import controller_pb2
-from services.controller import archive, stats
+from services.controller import archive, selection, stats
 from services.controller import config as experiment_config
 from services.controller.ledger import CandidateRow, Ledger
 from services.controller.states import short_name
@@ -139,9 +139,7 @@ def cycle_rows(ledger: Ledger, experiment_id: str, threshold: float) -> list[dic
                 "median_j_gen": stats.median(j_gen),
                 "median_j_struct_train": stats.median(struct_train),
                 "median_j_struct_gen": stats.median(struct_gen),
-                "structural_rejections": sum(
-                    c.reason.startswith("structural near-duplicate") for c in candidates
-                ),
+                "structural_rejections": sum(c.reason.startswith(selection.STRUCTURAL) for c in candidates),
                 "repeated_topologies": sum(bool(c.same_topology_as) for c in candidates),
                 "fine_tune_loss": cycle.fine_tune_loss if cycle.fine_tune_loss is not None else math.nan,
                 "fine_tune_examples": cycle.fine_tune_examples,

@@ -75,6 +75,9 @@ class Decision:
     rejection_count: int
 
 
+STRUCTURAL = "structural near-duplicate"  # how a structural rejection's reason begins (reports count them)
+
+
 def _near_duplicate(c: Candidate, structural: float) -> str | None:
     """Why `c` is a near-duplicate (text first, then structure), or None."""
     if c.near_duplicate_train:
@@ -82,14 +85,9 @@ def _near_duplicate(c: Candidate, structural: float) -> str | None:
     if c.near_duplicate_generation:
         return f"near-duplicate of {c.nearest_generation} (J={c.jaccard_generation:.3f})"
     if structural and c.structural_train >= structural:
-        return (
-            f"structural near-duplicate of {c.nearest_structural_train} (J_struct={c.structural_train:.3f})"
-        )
+        return f"{STRUCTURAL} of {c.nearest_structural_train} (J_struct={c.structural_train:.3f})"
     if structural and c.structural_generation >= structural:
-        return (
-            f"structural near-duplicate of {c.nearest_structural_generation} "
-            f"(J_struct={c.structural_generation:.3f})"
-        )
+        return f"{STRUCTURAL} of {c.nearest_structural_generation} (J_struct={c.structural_generation:.3f})"
     return None
 
 
