@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import psutil
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
@@ -38,3 +43,20 @@ def machine() -> str:
     """The machine a benchmark ran on, for the section's header line."""
     memory_gib = psutil.virtual_memory().total / 2**30
     return f"{psutil.cpu_count()} cores, {memory_gib:.0f} GiB, Python {platform.python_version()}"
+
+
+def run_experiment(home: Path, config: dict, name: str, corpus: Path) -> tuple[float, int]:
+    """One whole `archloop run` of `config` (an ExperimentConfig mapping) under its own $ARCHLOOP_HOME
+    and the shared corpus, its output in <home>/run.log: (wall-clock seconds, exit code). A failed run
+    is said on stderr; its ledger still holds what it did."""
+    (home / "config.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "ARCHLOOP_HOME": str(home), "ARCHLOOP_CORPUS_DIR": str(corpus)}
+    began = time.monotonic()
+    command = [str(Path(sys.executable).with_name("archloop")), "run", "--config", str(home / "config.yaml"),
+               "--name", name, "--out", str(home / "report")]  # fmt: skip
+    with open(home / "run.log", "w") as log:
+        done = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+    seconds = time.monotonic() - began
+    if done.returncode != 0:
+        print(f"{name}: archloop run exited {done.returncode} (see {home / 'run.log'})", file=sys.stderr)
+    return seconds, done.returncode

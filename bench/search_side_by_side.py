@@ -25,20 +25,15 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.base_model_quality import _shingles  # noqa: E402
-from bench.report import machine, publish  # noqa: E402
+from bench.report import machine, publish, run_experiment  # noqa: E402
 from services.controller.stats import wilson_interval  # noqa: E402
 
 START, END = "<!-- search-side-by-side:start -->", "<!-- search-side-by-side:end -->"
@@ -81,22 +76,9 @@ def run_arm(name: str, args: argparse.Namespace, work: Path) -> dict:
         "base_model": args.base_model if name.startswith("full") else args.edit_base_model,
         **ARMS[name],
     }
-    (home / "config.yaml").write_text(yaml.safe_dump(config))
-    env = {
-        **os.environ,
-        "ARCHLOOP_HOME": str(home),
-        "ARCHLOOP_CORPUS_DIR": str(args.corpus),
-    }
-    began = time.monotonic()
-    command = [str(Path(sys.executable).with_name("archloop")), "run", "--config", str(home / "config.yaml"),
-               "--name", name, "--out", str(home / "report")]  # fmt: skip
-    with open(home / "run.log", "w") as log:
-        done = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
-    seconds = time.monotonic() - began
-    if done.returncode != 0:  # reported with what its ledger holds, and the other arms still run
-        print(f"arm {name}: archloop run exited {done.returncode} (see {home / 'run.log'})", file=sys.stderr)
+    seconds, exit_code = run_experiment(home, config, name, args.corpus)
     figures = arm_figures(Ledger(home / "data" / "controller" / "ledger.sqlite3"), name)
-    return {"config": config, "seconds": round(seconds, 1), "exit_code": done.returncode, **figures}
+    return {"config": config, "seconds": round(seconds, 1), "exit_code": exit_code, **figures}
 
 
 def arm_figures(ledger, name: str) -> dict:

@@ -140,6 +140,13 @@ def validate(config: controller_pb2.ExperimentConfig) -> None:
             "structural_novelty_threshold",
             f"{config.structural_novelty_threshold} is not in [0, 1] (0 = off)",
         )
+    if config.novelty_precheck and config.ablations.no_novelty_filter:
+        bad("novelty_precheck", "checks novelty before training, so it cannot go with no_novelty_filter")
+    if config.novelty_precheck and config.structural_novelty_threshold:
+        bad(
+            "novelty_precheck",
+            "checks text before training; a structural threshold needs the forward pass (set one of them)",
+        )
     if not 0 <= config.edit_pair_share <= 10:
         bad("edit_pair_share", f"{config.edit_pair_share} is not in [0, 10] (a share of the LEMUR pairs)")
     if g.prompt_dataset and g.prompt_dataset not in datasets.NAMES:

@@ -210,6 +210,14 @@ class EvaluatorPool:
             return None
         return max(free, key=lambda r: (r.free, -r.in_flight, r.target))
 
+    def any_replica(self) -> evaluator_pb2_grpc.EvaluatorServiceStub | None:
+        """A listed replica that answered, the one with the most free slots first, for a call that
+        takes no slot (a static-only screen); None before any answered."""
+        listed = [r for r in self.replicas.values() if r.listed and r.capacity]
+        if not listed:
+            return None
+        return max(listed, key=lambda r: (r.free, r.target)).stub
+
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[evaluator_pb2_grpc.EvaluatorServiceStub]:
         """Wait for a free slot on some replica; hold it for one evaluation."""

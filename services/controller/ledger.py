@@ -134,7 +134,26 @@ ADDED_CANDIDATE_COLUMNS = {
     "nearest_struct_gen": "TEXT NOT NULL DEFAULT ''",
     "topology_sha256": "TEXT NOT NULL DEFAULT ''",
     "same_topology_as": "TEXT NOT NULL DEFAULT ''",
+    "precheck": "INTEGER NOT NULL DEFAULT 0",
 }
+
+
+def _novelty_fields(train: novelty_pb2.CollectionMatch, generation: novelty_pb2.CollectionMatch) -> dict:
+    return dict(
+        nn_jaccard_train=train.max_jaccard,
+        near_dup_text_train=int(train.near_duplicate),
+        nearest_train=train.nearest_entry_id,
+        nn_jaccard_gen=generation.max_jaccard,
+        near_dup_text_gen=int(generation.near_duplicate),
+        nearest_gen=generation.nearest_entry_id,
+        structural_jaccard_train=train.structural_max_jaccard,
+        nearest_struct_train=train.structural_nearest_entry_id,
+        structural_jaccard_gen=generation.structural_max_jaccard,
+        nearest_struct_gen=generation.structural_nearest_entry_id,
+    )
+
+
+PRECHECK_UNTRAINED, PRECHECK_TRAINED_LATER = 1, 2
 
 
 def now_ms() -> int:
@@ -188,6 +207,9 @@ class CandidateRow:
     nearest_struct_gen: str
     topology_sha256: str
     same_topology_as: str
+    precheck: int
+    """The novelty pre-check's part (PRECHECK_*): 0 none; 1 rejected without training (valid stays
+    None: its verdict is unknown); 2 so, then trained by the filter for a later candidate's decision."""
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> CandidateRow:
@@ -212,12 +234,22 @@ class CandidateRow:
     def admitted(self) -> bool:
         return self.decision is Verdict.ADMITTED
 
+    @property
+    def decided_before_training(self) -> bool:
+        """Rejected by the novelty pre-check and never trained."""
+        return bool(self.precheck) and self.valid is None
+
+    @property
+    def trained_for_a_later_decision(self) -> bool:
+        return self.precheck == PRECHECK_TRAINED_LATER and self.valid is not None
+
     def for_selection(self) -> Candidate:
         """What selection reads of the row."""
         return Candidate(
             candidate_id=self.candidate_id,
             index=self.idx,
             valid=bool(self.valid),
+            decided_before_training=self.decided_before_training,
             eval_status=self.eval_status,
             accuracy=self.accuracy or 0.0,
             near_duplicate_train=bool(self.near_dup_text_train),
@@ -516,6 +548,32 @@ class Ledger:
             eval_json=json_format.MessageToJson(result, preserving_proto_field_name=True),
         )
 
+    def record_precheck(
+        self,
+        candidate_id: str,
+        screen: evaluator_pb2.EvaluationResult,
+        train: novelty_pb2.CollectionMatch,
+        generation: novelty_pb2.CollectionMatch | None,
+    ) -> None:
+        """Rejected before training: its static stages passed (`screen`), and its text is a near-duplicate
+        of the corpus (`train`) or of an earlier candidate of the cycle that ended valid (`generation`).
+        Not valid, not invalid (never trained): `valid` stays NULL."""
+        generation = generation or novelty_pb2.CollectionMatch()
+        with self._transaction() as db:
+            self._update(db, "candidates", "candidate_id=?", (candidate_id,), dict(
+                stage=Stage.EVALUATED,
+                precheck=PRECHECK_UNTRAINED,
+                eval_seconds=screen.total_duration_seconds,
+                eval_replica=screen.evaluator_replica,
+                eval_json=json_format.MessageToJson(screen, preserving_proto_field_name=True),
+                **_novelty_fields(train, generation),
+            ))  # fmt: skip
+
+    def record_trained_later(self, candidate_id: str) -> None:
+        """Decided before training, then trained by the filter: a later candidate's decision depended
+        on whether this one is valid (its evaluation is recorded next)."""
+        self._set_candidate(candidate_id, precheck=PRECHECK_TRAINED_LATER)
+
     def record_generation_error(self, candidate_id: str) -> None:
         """A candidate with no program to evaluate."""
         self._set_candidate(candidate_id, stage=Stage.EVALUATED, valid=0, eval_status="GENERATION_ERROR")
@@ -525,19 +583,7 @@ class Ledger:
     ) -> None:
         """Its nearest neighbour in the corpus (J_train) and among the cycle's earlier ones (J_gen), by
         text and by structure (J_struct: the structural channel's, 0 when neither side had tokens)."""
-        self._set_candidate(
-            candidate_id,
-            nn_jaccard_train=train.max_jaccard,
-            near_dup_text_train=int(train.near_duplicate),
-            nearest_train=train.nearest_entry_id,
-            nn_jaccard_gen=generation.max_jaccard,
-            near_dup_text_gen=int(generation.near_duplicate),
-            nearest_gen=generation.nearest_entry_id,
-            structural_jaccard_train=train.structural_max_jaccard,
-            nearest_struct_train=train.structural_nearest_entry_id,
-            structural_jaccard_gen=generation.structural_max_jaccard,
-            nearest_struct_gen=generation.structural_nearest_entry_id,
-        )
+        self._set_candidate(candidate_id, **_novelty_fields(train, generation))
 
     def record_topology(self, candidate_id: str, sha256: str, same_as: str) -> None:
         """Its shape-free forward topology (archloop.topology.forward_topology) and the earliest earlier
@@ -583,6 +629,13 @@ class Ledger:
     def candidate(self, candidate_id: str) -> CandidateRow | None:
         rows = self._query("SELECT * FROM candidates WHERE candidate_id=?", (candidate_id,))
         return CandidateRow.from_row(rows[0]) if rows else None
+
+    def candidate_of(self, candidate_id: str) -> CandidateRow:
+        """The candidate's row; KeyError if the ledger has none."""
+        row = self.candidate(candidate_id)
+        if row is None:
+            raise KeyError(f"no candidate {candidate_id}")
+        return row
 
     def candidates(self, experiment_id: str, cycle: int | None = None) -> list[CandidateRow]:
         if cycle is None:

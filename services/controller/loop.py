@@ -26,6 +26,7 @@ Events are ledger rows written in the same transactions (services.controller.led
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -94,6 +95,12 @@ class ExperimentRunner:
         self.prompt_task = requests.prompt_task(config)
         self.started = time.monotonic()
         self.fine_tune_step: trainer_pb2.FineTuneStep | None = None  # the running fine-tune's last step
+        # the novelty pre-check's view of the cycle in evaluation: candidates whose static stages are done
+        # (or that need none), those among them that passed and joined the static collection, and the
+        # condition every change is announced on
+        self._screened: set[str] = set()
+        self._registered: set[str] = set()
+        self._precheck_changed = asyncio.Condition()
         self.lemur_models = 0  # LEMUR models in the corpus collection (set by _prepare_corpus)
 
     # -- helpers --------------------------------------------------------------------------------
@@ -296,6 +303,7 @@ class ExperimentRunner:
     async def _generate_and_evaluate(self, cycle: int, row) -> None:
         started = time.monotonic()
         tasks: list[asyncio.Task] = []
+        await self._open_precheck(cycle)
 
         def evaluate_later(candidate_id: str, code: str, error: str) -> None:
             tasks.append(asyncio.create_task(self._evaluate(cycle, candidate_id, code, error)))
@@ -343,11 +351,14 @@ class ExperimentRunner:
             raise
         evaluated = self.ledger.candidates(self.id, cycle)
         accuracies = [c.accuracy for c in evaluated if c.valid and c.accuracy is not None]
+        skipped = sum(c.decided_before_training for c in evaluated)
         self._step(
             cycle,
             "cycle_evaluated",
             dict(
-                candidates_evaluated=len(evaluated),
+                candidates_evaluated=len(evaluated) - skipped,
+                decided_before_training=skipped,
+                evaluator_seconds=sum(c.eval_seconds or 0.0 for c in evaluated),
                 candidates_valid=len(accuracies),
                 best_accuracy=max(accuracies, default=0.0),
                 mean_accuracy=sum(accuracies) / len(accuracies) if accuracies else 0.0,
@@ -370,10 +381,21 @@ class ExperimentRunner:
         return record
 
     async def _evaluate(self, cycle: int, candidate_id: str, code: str, error: str) -> None:
-        if error or not code.strip():
-            self.ledger.record_generation_error(candidate_id)
-            self.notify.set()
-            return
+        try:
+            if error or not code.strip():
+                self.ledger.record_generation_error(candidate_id)
+                self.notify.set()
+                return
+            if self.config.novelty_precheck and await self._precheck(cycle, candidate_id, code):
+                return
+            await self._train(cycle, candidate_id, code)
+        finally:
+            async with self._precheck_changed:  # the candidates waiting on this one look again
+                self._screened.add(candidate_id)
+                self._precheck_changed.notify_all()
+
+    async def _train(self, cycle: int, candidate_id: str, code: str) -> None:
+        """The full evaluation (static stages, sandboxed instantiate … train), recorded."""
         raw_status = ""
         row = self.ledger.candidate(candidate_id)
         if row is not None and row.repaired:
@@ -389,6 +411,84 @@ class ExperimentRunner:
         await asyncio.to_thread(self.ledger.record_evaluation, candidate_id, result, raw_status)
         self.notify.set()
 
+    # -- novelty before training (config novelty_precheck; docs/method.md#novelty-before-training) ---
+    async def _open_precheck(self, cycle: int) -> None:
+        """The cycle's static collection, with τ_nov (idempotent; nothing without the pre-check)."""
+        if self.config.novelty_precheck:
+            static_name = requests.precheck_collection(self.id, cycle)
+            await self.peers.novelty.create_collection(static_name, self.config.novelty_threshold)
+
+    async def _precheck(self, cycle: int, candidate_id: str, code: str) -> bool:
+        """Whether the candidate was decided without training: its static stages pass, and its text is a
+        near-duplicate of the corpus or of an earlier candidate of the cycle that ends valid.
+
+        Exactly the post-training filter's decision: the corpus collection does not change before the
+        cycle's filter step, and J_gen counts only earlier candidates that end valid, so the pre-check
+        waits for the result of an earlier near-duplicate still in training (and looks again if it ends
+        invalid). An earlier candidate decided here without training (its validity unknown) is left to
+        the filter, which trains it when a later one's decision depends on it (`_filter`)."""
+        screen_request, timeout = requests.evaluation(
+            self.id, self.config, candidate_id, code, cycle, static_only=True
+        )
+        screen = await self.peers.evaluator.screen(screen_request, timeout)
+        passed = screen.status == evaluator_pb2.EVALUATION_STATUS_OK
+        static_name = requests.precheck_collection(self.id, cycle)
+        if passed:
+            await self.peers.novelty.admit(
+                novelty_pb2.AdmitEntryRequest(collection=static_name, entry_id=candidate_id, code=code)
+            )
+        async with self._precheck_changed:
+            self._screened.add(candidate_id)
+            if passed:
+                self._registered.add(candidate_id)
+            self._precheck_changed.notify_all()
+        if not passed:
+            return False  # the full evaluation fails it in the same stage, and records it
+        index = self.ledger.candidate_of(candidate_id).idx
+        async with self._precheck_changed:  # every earlier candidate screened, so none is missed
+            await self._precheck_changed.wait_for(lambda: self._earlier_screened(cycle, index))
+        corpus_name = requests.corpus_collection(self.id)
+        [train] = await self.peers.novelty.check(code, [corpus_name])
+        if train.near_duplicate:
+            self.ledger.record_precheck(candidate_id, screen, train, None)
+            return True
+        while True:
+            pending, valid = self._earlier_in_the_running(cycle, index)
+            if not pending and not valid:
+                return False
+            [generation] = await self.peers.novelty.check(code, [static_name], among=pending + valid)
+            if not generation.near_duplicate:
+                return False
+            nearest = generation.nearest_entry_id
+            async with self._precheck_changed:
+                await self._precheck_changed.wait_for(functools.partial(self._evaluated, nearest))
+            if self.ledger.candidate_of(nearest).valid:
+                self.ledger.record_precheck(candidate_id, screen, train, generation)
+                return True
+            # it ended invalid or untrained: it is out of the running; ask about the rest
+
+    def _evaluated(self, candidate_id: str) -> bool:
+        return self.ledger.candidate_of(candidate_id).stage is not Stage.GENERATED
+
+    def _earlier_screened(self, cycle: int, index: int) -> bool:
+        rows = [c for c in self.ledger.candidates(self.id, cycle) if c.idx < index]
+        return len(rows) == index and all(
+            c.stage is not Stage.GENERATED or c.candidate_id in self._screened for c in rows
+        )
+
+    def _earlier_in_the_running(self, cycle: int, index: int) -> tuple[list[str], list[str]]:
+        """(still in evaluation, ended valid): the cycle's earlier candidates that passed the static
+        stages and may be, or are, valid."""
+        pending, valid = [], []
+        for c in self.ledger.candidates(self.id, cycle):
+            if c.idx >= index:
+                break
+            if c.valid:
+                valid.append(c.candidate_id)
+            elif c.stage is Stage.GENERATED and c.candidate_id in self._registered:
+                pending.append(c.candidate_id)
+        return pending, valid
+
     # -- novelty + selection --------------------------------------------------------------------
     async def _filter(self, cycle: int) -> None:
         started = time.monotonic()
@@ -400,13 +500,17 @@ class ExperimentRunner:
         # 1. novelty figures of every valid candidate, in index order (J_gen: earlier ones of the cycle),
         #    by text and by structure (the evaluator's forward-order layer tokens), and its topology
         topologies = self.ledger.first_topologies(self.id, cycle)
+        untrained: list[str] = []  # decided before training, validity unknown (novelty pre-check)
         for c in self.ledger.candidates(self.id, cycle):
             self._check_stop()
+            if c.decided_before_training:
+                untrained.append(c.candidate_id)
+                continue
             if not c.valid:
                 continue
             tokens, sha = c.structural_tokens, c.topology_sha256  # (recorded before a restart)
             if c.nn_jaccard_train is None:
-                train, generation = await self.peers.novelty.check(c.code, [corpus_name, cycle_name], tokens)
+                train, generation = await self._novelty_of(c, [corpus_name, cycle_name], untrained)
                 self.ledger.record_novelty(c.candidate_id, train, generation)
                 sha = topology.signature(topology.forward_topology(tokens))
                 self.ledger.record_topology(c.candidate_id, sha, topologies.get(sha, "") if sha else "")
@@ -434,6 +538,7 @@ class ExperimentRunner:
         self.notify.set()
         final = self.ledger.candidates(self.id, cycle)
         admitted = sum(c.admitted for c in final)
+        trained_later = sum(c.trained_for_a_later_decision for c in final)
         above = sum((c.accuracy or 0.0) >= self.config.accuracy_threshold for c in final if c.valid)
         corpus_size = self.ledger.cycle_of(self.id, cycle).corpus_size_start + admitted
         self._step(
@@ -445,10 +550,44 @@ class ExperimentRunner:
                 near_duplicates_generation=sum(bool(c.near_dup_text_gen) for c in final),
                 candidates_admitted=admitted,
                 corpus_size=corpus_size,
+                decided_before_training=sum(c.decided_before_training for c in final),
+                trained_for_a_later_decision=trained_later,
                 duration_seconds=time.monotonic() - started,
             ),
             phase=Phase.FINE_TUNING,
         )
+
+    async def _novelty_of(
+        self, c: CandidateRow, collections: list[str], untrained: list[str]
+    ) -> tuple[novelty_pb2.CollectionMatch, novelty_pb2.CollectionMatch]:
+        """J_train and J_gen of a valid candidate. With the pre-check, an earlier candidate decided
+        without training would be in the cycle's collection had it been trained and ended valid: when
+        this one's text is novel but a near-duplicate of such a one, that one is trained now, and joins
+        the collection if valid (then this one is asked again), so the decision is the paper-order one."""
+        cycle_name = collections[1]
+        while True:
+            train, generation = await self.peers.novelty.check(c.code, collections, c.structural_tokens)
+            if not untrained or train.near_duplicate or generation.near_duplicate:
+                return train, generation
+            static_name = requests.precheck_collection(self.id, c.cycle)
+            [match] = await self.peers.novelty.check(c.code, [static_name], among=untrained)
+            if not match.near_duplicate:
+                return train, generation
+            earlier = self.ledger.candidate_of(match.nearest_entry_id)
+            log.info("trained_for_a_later_decision", experiment_id=self.id, candidate_id=earlier.candidate_id,
+                     for_candidate=c.candidate_id)  # fmt: skip
+            self.ledger.record_trained_later(earlier.candidate_id)
+            await self._train(c.cycle, earlier.candidate_id, earlier.code)
+            untrained.remove(earlier.candidate_id)
+            trained = self.ledger.candidate_of(earlier.candidate_id)
+            if trained.valid:
+                entry = novelty_pb2.AdmitEntryRequest(
+                    collection=cycle_name,
+                    entry_id=trained.candidate_id,
+                    code=trained.code,
+                    structural_tokens=trained.structural_tokens,
+                )
+                await self.peers.novelty.admit(entry)
 
     async def _admit_to_corpus(self, c: CandidateRow, corpus_name: str) -> None:
         entry = novelty_pb2.AdmitEntryRequest(

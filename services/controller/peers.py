@@ -22,6 +22,7 @@ from archloop.clients import backoff_delays
 from archloop.v1 import (
     common_pb2,
     evaluator_pb2,
+    evaluator_pb2_grpc,
     generator_pb2,
     generator_pb2_grpc,
     novelty_pb2,
@@ -165,28 +166,57 @@ class EvaluatorClient:
     def __init__(self, pool: EvaluatorPool, retry: Retry) -> None:
         self.pool, self.retry = pool, retry
 
+    async def _some_replica(self) -> None:
+        """Return once some replica has answered DescribeCapacity; PeerFailed after the retry budget."""
+        pool, budget = self.pool, self.retry.budget_seconds
+        if pool.capacity == 0 and not await pool.wait_capacity(budget):
+            raise PeerFailed(
+                f"evaluator.DescribeCapacity: UNAVAILABLE: no evaluator replica at {pool.target} answered"
+                f" within {budget:g} s"
+            )
+
+    async def _call(
+        self,
+        stub: evaluator_pb2_grpc.EvaluatorServiceStub,
+        request: evaluator_pb2.EvaluateCandidateRequest,
+        timeout: float,
+    ) -> evaluator_pb2.EvaluateCandidateResponse:
+        try:
+            return await stub.EvaluateCandidate(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in RETRYABLE:
+                self.pool.replica_failed(stub)  # re-describe it before it gets more work
+            raise
+
     async def evaluate(
         self, request: evaluator_pb2.EvaluateCandidateRequest, timeout: float
     ) -> evaluator_pb2.EvaluationResult:
         """One evaluation on the replica with the most free slots, retried (on whichever replica is
         free then) within the retry budget."""
-        pool, budget = self.pool, self.retry.budget_seconds
+        pool = self.pool
 
         async def on_a_free_replica() -> evaluator_pb2.EvaluateCandidateResponse:
-            if pool.capacity == 0 and not await pool.wait_capacity(budget):
-                raise PeerFailed(
-                    f"evaluator.DescribeCapacity: UNAVAILABLE: no evaluator replica at {pool.target} answered"
-                    f" within {budget:g} s"
-                )
+            await self._some_replica()
             async with pool.slot() as stub:
-                try:
-                    return await stub.EvaluateCandidate(request, timeout=timeout)
-                except grpc.aio.AioRpcError as exc:
-                    if exc.code() in RETRYABLE:
-                        pool.replica_failed(stub)  # re-describe it before it gets more work
-                    raise
+                return await self._call(stub, request, timeout)
 
         return (await self.retry("evaluator.EvaluateCandidate", on_a_free_replica)).result
+
+    async def screen(
+        self, request: evaluator_pb2.EvaluateCandidateRequest, timeout: float
+    ) -> evaluator_pb2.EvaluationResult:
+        """The static stages alone (request.static_only) on any replica, without waiting for a slot,
+        retried within the retry budget."""
+        pool = self.pool
+
+        async def on_any_replica() -> evaluator_pb2.EvaluateCandidateResponse:
+            await self._some_replica()
+            stub = pool.any_replica()
+            if stub is None:
+                raise PeerFailed(f"evaluator: no evaluator replica at {pool.target} is listed")
+            return await self._call(stub, request, timeout)
+
+        return (await self.retry("evaluator.EvaluateCandidate", on_any_replica)).result
 
 
 class NoveltyClient:
@@ -219,13 +249,19 @@ class NoveltyClient:
         return await self.stub.ImportEntries(requests, timeout=600)
 
     async def check(
-        self, code: str, collections: list[str], structural_tokens: list[str] | None = None
+        self,
+        code: str,
+        collections: list[str],
+        structural_tokens: list[str] | None = None,
+        among: list[str] | None = None,
     ) -> list[novelty_pb2.CollectionMatch]:
         """The nearest entry of each collection, in the order given (and its structural channel's, when
-        `structural_tokens` are given)."""
+        `structural_tokens` are given); with `among`, only those entries are compared."""
         request = novelty_pb2.CheckNoveltyRequest(
             code=code, collections=collections, structural_tokens=structural_tokens or []
         )
+        if among is not None:
+            request.among.entry_ids.extend(among)
         return list((await self.retry.unary("novelty.CheckNovelty", self.stub.CheckNovelty, request)).matches)
 
     async def admit(self, entry: novelty_pb2.AdmitEntryRequest) -> None:

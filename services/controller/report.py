@@ -17,7 +17,9 @@ program reads.
 
 C_t is the share of a cycle's generated candidates whose first-epoch accuracy reaches τ (invalid ones
 count as failures); Q_t is their mean quality (invalid = 0), smoothed over 3 cycles (CT §4;
-docs/method.md#what-to-measure).
+docs/method.md#what-to-measure). With the novelty pre-check on, the candidates it rejected without
+training are counted apart (decided_before_training, with the evaluator-seconds that saved) and left
+out of every rate's denominator: they were never trained, so they are neither valid nor invalid.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ CANDIDATE_COLUMNS = (
     "nearest_struct_gen",
     "topology_sha256",
     "same_topology_as",
+    "precheck",
     "rejection_count",
     "decision",
     "reason",
@@ -91,7 +94,10 @@ def cycle_rows(ledger: Ledger, experiment_id: str, threshold: float) -> list[dic
     qualities = []
     for cycle in ledger.cycles(experiment_id):
         candidates = ledger.candidates(experiment_id, cycle.cycle)
-        generated = len(candidates)
+        skipped = [c for c in candidates if c.decided_before_training]
+        # the denominator of every rate: what the evaluator decided (the novelty pre-check's rejections
+        # were never trained: neither valid nor invalid, counted apart)
+        generated = len(candidates) - len(skipped)
         accuracies = [c.accuracy for c in candidates if c.valid and c.accuracy is not None]
         p, low, high = stats.wilson_interval(len(accuracies), generated)
         mean, mean_low, mean_high = stats.mean_t_interval(accuracies)
@@ -113,7 +119,11 @@ def cycle_rows(ledger: Ledger, experiment_id: str, threshold: float) -> list[dic
                 "phase": cycle.phase,
                 "adapter": cycle.adapter_name or "(base)",
                 "temperature": cycle.temperature,
-                "generated": generated,
+                "generated": len(candidates),
+                "decided_before_training": len(skipped),
+                "trained_for_a_later_decision": sum(c.trained_for_a_later_decision for c in candidates),
+                "evaluator_seconds": sum(c.eval_seconds or 0.0 for c in candidates),
+                "evaluator_seconds_saved": seconds_saved(candidates),
                 "valid": len(accuracies),
                 "valid_fraction": p,
                 "valid_ci_low": low,
@@ -150,6 +160,21 @@ def cycle_rows(ledger: Ledger, experiment_id: str, threshold: float) -> list[dic
     for row, smooth in zip(rows, stats.smoothed(qualities, 3), strict=True):
         row["mean_quality_smoothed"] = smooth
     return rows
+
+
+def seconds_saved(candidates: list[CandidateRow]) -> float:
+    """An estimate of the evaluator-seconds the novelty pre-check saved in a cycle: for each candidate
+    decided before training, the evaluation time of the earlier candidate it duplicates (a near-copy
+    trains about as long), or, for a corpus duplicate, the median evaluation time of the cycle's valid
+    candidates, less the static screen it did get. (The measured figure is the evaluator_seconds of a
+    run with the pre-check against one without: docs/benchmarks.md#novelty-before-training.)"""
+    seconds = {c.candidate_id: c.eval_seconds for c in candidates if c.valid and c.eval_seconds}
+    typical = stats.median(list(seconds.values())) if seconds else 0.0
+    saved = 0.0
+    for c in candidates:
+        if c.decided_before_training:
+            saved += max(0.0, seconds.get(c.nearest_gen, typical) - (c.eval_seconds or 0.0))
+    return saved
 
 
 def diversity(candidates: list[CandidateRow]) -> dict:
@@ -273,6 +298,9 @@ def summaries(rows: list[dict]) -> list[controller_pb2.CycleSummary]:
         controller_pb2.CycleSummary(
             cycle=r["cycle"],
             generated=r["generated"],
+            decided_before_training=r["decided_before_training"],
+            evaluator_seconds=num(r["evaluator_seconds"]),
+            evaluator_seconds_saved=num(r["evaluator_seconds_saved"]),
             valid=r["valid"],
             valid_fraction=num(r["valid_fraction"]),
             valid_fraction_ci_low=num(r["valid_ci_low"]),
@@ -416,6 +444,9 @@ CYCLE_TABLE = [
     "corpus_size",
     "elite_concentration",
     "mean_quality_smoothed",
+    "decided_before_training",
+    "evaluator_seconds",
+    "evaluator_seconds_saved",
     "fine_tune_loss",
     "duration_seconds",
 ]
@@ -447,6 +478,7 @@ def write_report(
             "median_j_struct_gen",
             "structural_rejections",
             "repeated_topologies",
+            "trained_for_a_later_decision",
             "mean_quality",
             "admitted_mean_j_gen",
             "valid_topology_share",
@@ -517,7 +549,7 @@ def comparison_rows(items: list[tuple[str, controller_pb2.ExperimentConfig, list
 
     rows = []
     for experiment_id, config, cycles in items:
-        generated = sum(s.generated for s in cycles)
+        generated = sum(s.generated - s.decided_before_training for s in cycles)
         valid = sum(s.valid for s in cycles)
         p, low, high = stats.wilson_interval(valid, generated)
         ablations = [name for name in ("no_novelty_filter", "no_accuracy_threshold", "no_iteration")

@@ -35,6 +35,12 @@ def cycle_collection(experiment_id: str, cycle: int) -> str:
     return f"{experiment_id}-c{cycle}"
 
 
+def precheck_collection(experiment_id: str, cycle: int) -> str:
+    """The novelty collection of one cycle's candidates that passed the static stages, entered before
+    training (the novelty pre-check asks it about the earlier ones that may still end valid)."""
+    return f"{experiment_id}-c{cycle}-static"
+
+
 def cycle_temperature(config: controller_pb2.ExperimentConfig, cycle: int) -> float:
     """Constant, or cyclic between the base temperature and temperature_max over the period
     (docs/method.md#generation-modes)."""
@@ -112,6 +118,7 @@ def evaluation(
     cycle: int,
     epochs: int = 0,
     structural_tokens: bool = False,
+    static_only: bool = False,
 ) -> tuple[evaluator_pb2.EvaluateCandidateRequest, float]:
     """The request under the experiment's protocol (with `epochs`: that many, and as much more time),
     and its deadline in seconds."""
@@ -127,6 +134,7 @@ def evaluation(
         structural_tokens=structural_tokens,
         experiment_id=experiment_id,
         cycle=cycle,
+        static_only=static_only,
     )
     return request, protocol.time_limit_seconds + EVALUATION_GRACE_SECONDS
 

@@ -11,8 +11,12 @@ policy, thresholds and ablations (docs/method.md#the-loop, #novelty-filter).
                  threshold_top_k_fill   those, then the best of the rest up to k in all
                  top_k                  the k most accurate (ties: lower index first)
 
+    rejected   (novelty pre-check, config novelty_precheck) a text near-duplicate decided before
+               training: never trained, neither valid nor invalid
+
 `rejection_count` is the paper's: how many near-duplicates that were good enough (≥ τ) the cycle had
-rejected up to and including this candidate.
+rejected up to and including this candidate; one decided before training counts too (its accuracy is
+unknown), so with the pre-check on the count is an upper bound of the paper's.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ class Candidate:
     structural_generation: float = 0.0
     nearest_structural_train: str = ""
     nearest_structural_generation: str = ""
+    decided_before_training: bool = False  # a text near-duplicate by the novelty pre-check, never trained
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,7 @@ class Decision:
 
 
 STRUCTURAL = "structural near-duplicate"  # how a structural rejection's reason begins (reports count them)
+BEFORE_TRAINING = "decided before training"  # how a pre-check rejection's reason ends
 
 
 def _near_duplicate(c: Candidate, structural: float) -> str | None:
@@ -100,6 +106,11 @@ def decide(
     rejections = 0
     eligible: list[tuple[Candidate, bool, int]] = []  # (candidate, reaches τ, rejection count)
     for c in sorted(candidates, key=lambda c: c.index):
+        if c.decided_before_training:  # its accuracy is unknown: counted as a rejection all the same
+            rejections += 1
+            why = _near_duplicate(c, 0.0) or "near-duplicate"
+            decisions[c.candidate_id] = Decision(Verdict.REJECTED, f"{why}, {BEFORE_TRAINING}", rejections)
+            continue
         if not c.valid:
             decisions[c.candidate_id] = Decision(Verdict.INVALID, f"not valid: {c.eval_status}", rejections)
             continue

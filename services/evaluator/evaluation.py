@@ -173,6 +173,19 @@ class Evaluator:
         self.allow_download = allow_download
         self.deadlines = deadlines or Deadlines()
 
+    def screen(self, candidate_id: str, code: str) -> Evaluation:
+        """The static stages alone (parse, static screen, contract), in this process: status OK with
+        those stages when the program passes them (what a static_only request asks for)."""
+        if not code.strip():
+            raise InvalidArgument("code", "must not be empty")
+        if len(code.encode("utf-8", "surrogatepass")) > MAX_CODE_BYTES:
+            raise InvalidArgument("code", f"is over {MAX_CODE_BYTES} bytes")
+        started = time.monotonic()
+        static = _static(candidate_id, code)
+        evaluation = static if isinstance(static, Evaluation) else static[0]
+        evaluation.total_duration_seconds = time.monotonic() - started
+        return evaluation
+
     def evaluate(
         self,
         candidate_id: str,
@@ -183,17 +196,12 @@ class Evaluator:
         cancel: threading.Event | None = None,
     ) -> Evaluation:
         """The verdict on one program. `cancel` set (the caller went away) kills its sandboxed run."""
-        if not code.strip():
-            raise InvalidArgument("code", "must not be empty")
-        if len(code.encode("utf-8", "surrogatepass")) > MAX_CODE_BYTES:
-            raise InvalidArgument("code", f"is over {MAX_CODE_BYTES} bytes")
         protocol.validate()
         started = time.monotonic()
-        static = _static(candidate_id, code)
-        if isinstance(static, Evaluation):
-            static.total_duration_seconds = time.monotonic() - started
+        static = self.screen(candidate_id, code)
+        if static.status != "OK":
             return static
-        evaluation = static[0]
+        evaluation = static
         last_stage = {"stage": "instantiate"}
 
         def progress(record: dict) -> None:

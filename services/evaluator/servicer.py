@@ -117,6 +117,8 @@ class EvaluatorServicer(ServicerBase, evaluator_pb2_grpc.EvaluatorServiceService
     async def _evaluate(
         self, request: evaluator_pb2.EvaluateCandidateRequest, on_progress=None
     ) -> Evaluation:
+        if request.static_only:  # milliseconds in this process: no sandbox, no slot
+            return await asyncio.to_thread(self.evaluator.screen, request.candidate_id, request.code)
         protocol = protocol_from_proto(request.protocol)
         self._admit()
         cancel = threading.Event()

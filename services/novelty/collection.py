@@ -157,12 +157,17 @@ class ChannelIndex:
         ]
         return set().union(*buckets)
 
-    def candidates(self, signature: np.ndarray, floor: float = 0.0) -> tuple[list[tuple[str, float]], int]:
+    def candidates(
+        self, signature: np.ndarray, floor: float = 0.0, among: frozenset[str] | None = None
+    ) -> tuple[list[tuple[str, float]], int]:
         """LSH-retrieved entries whose estimated Jaccard is at least `floor`, most similar first
-        (ties by id, so the answer never depends on LSH bucket order), and how many were retrieved."""
+        (ties by id, so the answer never depends on LSH bucket order), and how many were retrieved;
+        with `among`, only those entries count (the others as if absent)."""
         if not self._rows:
             return [], 0
         found = self.retrieve(signature)
+        if among is not None:
+            found = {row for row in found if self._ids[row] in among}
         if not found:
             return [], 0
         rows = np.fromiter(found, dtype=np.int64, count=len(found))
@@ -174,9 +179,9 @@ class ChannelIndex:
         )
         return ranked, len(found)
 
-    def nearest(self, signature: np.ndarray) -> ChannelMatch:
+    def nearest(self, signature: np.ndarray, among: frozenset[str] | None = None) -> ChannelMatch:
         """The best candidate decided by its estimate alone (the paper's rule)."""
-        ranked, retrieved = self.candidates(signature, floor=1.0)
+        ranked, retrieved = self.candidates(signature, floor=1.0, among=among)
         if not ranked:
             return ChannelMatch()
         best_id, best = ranked[0]

@@ -197,12 +197,12 @@ class NoveltyIndex:
         return None if stored is None else exact_jaccard(shingles, stored)
 
     def _text_match(
-        self, collection: CollectionIndex, text_print: Fingerprint
+        self, collection: CollectionIndex, text_print: Fingerprint, among: frozenset[str] | None = None
     ) -> tuple[ChannelMatch, float | None]:
         """The text decision and the exact Jaccard of the nearest entry (when shingles are kept)."""
         config = collection.config
         floor = config.near_duplicate_threshold - EXACT_MARGIN if config.verification == "exact" else 1.0
-        found, retrieved = collection.text.candidates(text_print.signature, floor)
+        found, retrieved = collection.text.candidates(text_print.signature, floor, among)
         if not found:
             return ChannelMatch(), None
         best_id, best = found[0]
@@ -224,11 +224,15 @@ class NoveltyIndex:
                 exact_best = exact
         return match, exact_best
 
-    def _match(self, collection: CollectionIndex, prints: _Fingerprints) -> CollectionMatch:
-        text, exact = self._text_match(collection, prints.text(collection.config))
+    def _match(
+        self, collection: CollectionIndex, prints: _Fingerprints, among: frozenset[str] | None = None
+    ) -> CollectionMatch:
+        text, exact = self._text_match(collection, prints.text(collection.config), among)
         structure_print = prints.structure(collection.config)
         structure = (
-            collection.structure.nearest(structure_print.signature) if structure_print else ChannelMatch()
+            collection.structure.nearest(structure_print.signature, among)
+            if structure_print
+            else ChannelMatch()
         )
         return CollectionMatch(collection.name, text, structure, exact)
 
@@ -247,10 +251,15 @@ class NoveltyIndex:
             yield
 
     def check(
-        self, sub: Submission, collection_names: Sequence[str], wait: bool = True
+        self,
+        sub: Submission,
+        collection_names: Sequence[str],
+        wait: bool = True,
+        among: frozenset[str] | None = None,
     ) -> CheckResult | None:
-        """The submission against each collection. With wait=False, None instead of waiting for a
-        collection that a write holds (the caller then checks from a thread that may wait)."""
+        """The submission against each collection (only its entries in `among`, when given). With
+        wait=False, None instead of waiting for a collection that a write holds (the caller then checks
+        from a thread that may wait)."""
         validate_submission(sub, max_code_bytes=self.max_code_bytes)
         collections = self._resolve(collection_names, "collections")
         prints = _Fingerprints(sub)
@@ -263,7 +272,7 @@ class NoveltyIndex:
             if not collection.lock.acquire(blocking=wait):
                 return None
             try:
-                matches.append(self._match(collection, prints))
+                matches.append(self._match(collection, prints, among))
             finally:
                 collection.lock.release()
         return CheckResult(first.lexer, first.token_count, int(first.shingles.size), matches)

@@ -192,11 +192,12 @@ class NoveltyServicer(ServicerBase, novelty_pb2_grpc.NoveltyServiceServicer):
 
     async def _check(self, request: novelty_pb2.CheckNoveltyRequest) -> novelty_pb2.CheckNoveltyResponse:
         sub, names = submission(request), list(request.collections)
+        among = frozenset(request.among.entry_ids) if request.HasField("among") else None
         result = None
         if len(request.code) <= self.settings.inline_check_max_chars:
-            result = self._index.check(sub, names, wait=False)  # never waits on the event loop
+            result = self._index.check(sub, names, wait=False, among=among)  # never waits on the loop
         if result is None:
-            result = await asyncio.to_thread(self._index.check, sub, names)
+            result = await asyncio.to_thread(self._index.check, sub, names, True, among)
         assert result is not None
         self.checks_served += 1
         return check_to_proto(result)
