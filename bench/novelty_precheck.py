@@ -15,6 +15,7 @@ admissions, and so the adapters, do). The ratio on ÷ off of evaluator-seconds i
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tempfile
@@ -26,6 +27,10 @@ sys.path.insert(0, str(ROOT))
 from bench.report import machine, publish, run_experiment  # noqa: E402
 
 START, END = "<!-- novelty-precheck:start -->", "<!-- novelty-precheck:end -->"
+
+
+def _sha(code: str) -> str:
+    return hashlib.sha256(code.encode()).hexdigest()[:16]
 
 
 def arm_figures(ledger, name: str) -> dict:
@@ -40,8 +45,9 @@ def arm_figures(ledger, name: str) -> dict:
         "near_duplicates": sum(bool(r.near_dup_text_train or r.near_dup_text_gen) for r in rows),
         "admitted": sum(r.admitted for r in rows),
         "evaluator_seconds": round(evaluator_seconds, 1),
-        "programs": [[r.cycle, r.idx, r.code] for r in rows],
-        "admitted_programs": sorted(r.code for r in rows if r.admitted),
+        # each program by its hash (the same program in both arms: the same hash)
+        "programs": [[r.cycle, r.idx, _sha(r.code)] for r in rows],
+        "admitted_programs": sorted(_sha(r.code) for r in rows if r.admitted),
         "verdicts": [[r.cycle, r.idx, str(r.decision or "")] for r in rows],
     }
 

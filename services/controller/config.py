@@ -158,6 +158,15 @@ def validate(config: controller_pb2.ExperimentConfig) -> None:
         bad("protocol", "epochs, batch_size, learning_rate and param_budget must be positive")
     if p.time_limit_seconds <= 0 or not math.isfinite(p.time_limit_seconds):
         bad("protocol.time_limit_seconds", "must be positive")
+    promotion = config.promotion
+    if promotion.top_k < 0:
+        bad("promotion.top_k", f"{promotion.top_k} must not be negative (0 = no promotion)")
+    if promotion.top_k and promotion.epochs < 2:
+        bad("promotion.epochs", f"{promotion.epochs}: promotion trains longer than the 1-epoch proxy (≥ 2)")
+    if not -1 <= promotion.min_spearman <= 1:
+        bad("promotion.min_spearman", f"{promotion.min_spearman} is not in [-1, 1]")
+    if promotion.select_on_promoted and not promotion.top_k:
+        bad("promotion.select_on_promoted", "needs promotion.top_k ≥ 1")
     if config.final_training.top_k < 0 or config.final_training.epochs < 0:
         bad("final_training", "top_k and epochs must not be negative")
     if config.final_training.top_k and config.final_training.epochs < 2:

@@ -135,7 +135,13 @@ ADDED_CANDIDATE_COLUMNS = {
     "topology_sha256": "TEXT NOT NULL DEFAULT ''",
     "same_topology_as": "TEXT NOT NULL DEFAULT ''",
     "precheck": "INTEGER NOT NULL DEFAULT 0",
+    "flops": "INTEGER",
+    "promoted_accuracy": "REAL",
+    "promoted_status": "TEXT NOT NULL DEFAULT ''",
+    "promoted_seconds": "REAL",
 }
+# audit_json: the cycle's proxy audit on its promoted candidates (services.controller.audit), once done
+ADDED_CYCLE_COLUMNS = {"audit_json": "TEXT NOT NULL DEFAULT ''"}
 
 
 def _novelty_fields(train: novelty_pb2.CollectionMatch, generation: novelty_pb2.CollectionMatch) -> dict:
@@ -207,6 +213,13 @@ class CandidateRow:
     nearest_struct_gen: str
     topology_sha256: str
     same_topology_as: str
+    flops: int | None
+    """FLOPs of one forward pass of one image (the evaluator's count; None before it was recorded)."""
+    promoted_accuracy: float | None
+    """Accuracy after promotion.epochs, for a candidate promoted in its cycle (None otherwise, or when
+    the promoted run failed: promoted_status says how)."""
+    promoted_status: str
+    promoted_seconds: float | None
     precheck: int
     """The novelty pre-check's part (PRECHECK_*): 0 none; 1 rejected without training (valid stays
     None: its verdict is unknown); 2 so, then trained by the filter for a later candidate's decision."""
@@ -243,15 +256,17 @@ class CandidateRow:
     def trained_for_a_later_decision(self) -> bool:
         return self.precheck == PRECHECK_TRAINED_LATER and self.valid is not None
 
-    def for_selection(self) -> Candidate:
-        """What selection reads of the row."""
+    def for_selection(self, on_promoted: bool = False) -> Candidate:
+        """What selection reads of the row (with `on_promoted`, a promoted candidate's accuracy is the
+        one after promotion.epochs)."""
+        promoted = on_promoted and self.promoted_accuracy is not None
         return Candidate(
             candidate_id=self.candidate_id,
             index=self.idx,
             valid=bool(self.valid),
             decided_before_training=self.decided_before_training,
             eval_status=self.eval_status,
-            accuracy=self.accuracy or 0.0,
+            accuracy=(self.promoted_accuracy if promoted else self.accuracy) or 0.0,
             near_duplicate_train=bool(self.near_dup_text_train),
             near_duplicate_generation=bool(self.near_dup_text_gen),
             nearest_train=self.nearest_train,
@@ -321,6 +336,7 @@ class CycleRow:
     started_ms: int
     phase_ms: str
     completed_ms: int
+    audit_json: str
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> CycleRow:
@@ -493,10 +509,11 @@ class Ledger:
     # -- candidates -----------------------------------------------------------------------------
     def _add_missing_columns(self) -> None:
         """Columns added after a ledger was first written (its rows get the defaults)."""
-        have = {row[1] for row in self._db.execute("PRAGMA table_info(candidates)")}
-        for name, declaration in ADDED_CANDIDATE_COLUMNS.items():
-            if name not in have:
-                self._db.execute(f"ALTER TABLE candidates ADD COLUMN {name} {declaration}")
+        for table, columns in (("candidates", ADDED_CANDIDATE_COLUMNS), ("cycles", ADDED_CYCLE_COLUMNS)):
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, declaration in columns.items():
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
         self._db.commit()
 
     def record_generated(self, experiment_id: str, candidate: common_pb2.Candidate) -> bool:
@@ -543,6 +560,7 @@ class Ledger:
             valid=int(status == "OK"),
             accuracy=result.accuracy if status == "OK" else None,
             param_count=result.param_count,
+            flops=result.flops or None,
             eval_seconds=result.total_duration_seconds,
             eval_replica=result.evaluator_replica,
             eval_json=json_format.MessageToJson(result, preserving_proto_field_name=True),
@@ -618,6 +636,16 @@ class Ledger:
     def record_decided(self, candidate_id: str) -> None:
         """Its decision has reached the corpus collection: the candidate is done."""
         self._set_candidate(candidate_id, stage=Stage.DECIDED)
+
+    def record_promotion(self, candidate_id: str, result: evaluator_pb2.EvaluationResult) -> None:
+        """Its promoted run (promotion.epochs under the same protocol): the accuracy when it passed."""
+        status = short_name(evaluator_pb2.EvaluationStatus, result.status)
+        self._set_candidate(
+            candidate_id,
+            promoted_accuracy=result.accuracy if status == "OK" else None,
+            promoted_status=status,
+            promoted_seconds=result.total_duration_seconds,
+        )
 
     def record_final_accuracy(self, candidate_id: str, accuracy: float) -> None:
         self._set_candidate(candidate_id, final_accuracy=accuracy)

@@ -42,7 +42,7 @@ from archloop.v1 import (
     novelty_pb2,
     trainer_pb2,
 )
-from services.controller import archive, requests, selection
+from services.controller import archive, audit, requests, selection
 from services.controller.ledger import CandidateRow, Ledger
 from services.controller.peers import Clients, PeerFailed, Peers, Retry, StopRequested
 from services.controller.states import ExperimentState, Phase, Stage, selection_rules, short_name
@@ -512,8 +512,10 @@ class ExperimentRunner:
             if c.nn_jaccard_train is None:
                 train, generation = await self._novelty_of(c, [corpus_name, cycle_name], untrained)
                 self.ledger.record_novelty(c.candidate_id, train, generation)
+            if not sha:  # (one the pre-check decided has its J already, its topology once trained)
                 sha = topology.signature(topology.forward_topology(tokens))
-                self.ledger.record_topology(c.candidate_id, sha, topologies.get(sha, "") if sha else "")
+                if sha:
+                    self.ledger.record_topology(c.candidate_id, sha, topologies.get(sha, ""))
             if sha:
                 topologies.setdefault(sha, c.candidate_id)
             await self.peers.novelty.admit(
@@ -521,13 +523,19 @@ class ExperimentRunner:
                     collection=cycle_name, entry_id=c.candidate_id, code=c.code, structural_tokens=tokens
                 )
             )
-        # 2. decisions, recorded before the corpus learns of them
+        # 2. promotion: the top-k valid, novel ones trained longer, and the cycle's proxy audit on them
+        if self.config.promotion.top_k:
+            await self._promote(cycle)
+        # 3. decisions, recorded before the corpus learns of them
         candidates = self.ledger.candidates(self.id, cycle)
-        decisions = selection.decide([c.for_selection() for c in candidates], *selection_rules(self.config))
+        on_promoted = self.config.promotion.select_on_promoted
+        decisions = selection.decide(
+            [c.for_selection(on_promoted) for c in candidates], *selection_rules(self.config)
+        )
         for c in candidates:
             if c.decision is None:
                 self.ledger.record_decision(c.candidate_id, decisions[c.candidate_id])
-        # 3. admitted candidates join the corpus collection (idempotent by id), then `decided`
+        # 4. admitted candidates join the corpus collection (idempotent by id), then `decided`
         for c in self.ledger.candidates(self.id, cycle):
             if c.stage is Stage.DECIDED:
                 continue
@@ -556,6 +564,47 @@ class ExperimentRunner:
             ),
             phase=Phase.FINE_TUNING,
         )
+
+    # -- promotion and the proxy audit (config promotion) ---------------------------------------
+    async def _promote(self, cycle: int) -> None:
+        """Train the cycle's top-k valid, novel candidates for promotion.epochs (concurrently, on the
+        evaluator replicas; one already promoted before a restart is not run again), then audit the
+        first-epoch proxy on them (once per cycle: the audit and its event are one ledger write)."""
+        promotion = self.config.promotion
+        candidates = self.ledger.candidates(self.id, cycle)
+        chosen = set(
+            selection.promotable(
+                [c.for_selection() for c in candidates], promotion.top_k, *selection_rules(self.config)[1:]
+            )
+        )
+        pending = [c for c in candidates if c.candidate_id in chosen and not c.promoted_status]
+
+        async def promote(c: CandidateRow) -> None:
+            request, timeout = requests.evaluation(
+                self.id, self.config, f"{c.candidate_id}-promoted", c.code, cycle, epochs=promotion.epochs
+            )
+            result = await self.peers.evaluator.evaluate(request, timeout)
+            await asyncio.to_thread(self.ledger.record_promotion, c.candidate_id, result)
+            self.notify.set()
+
+        tasks = [asyncio.ensure_future(promote(c)) for c in pending]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        self._check_stop()
+        if self.ledger.cycle_of(self.id, cycle).audit_json:
+            return
+        result = audit.proxy_audit(self.ledger.candidates(self.id, cycle), promotion.epochs,
+                                   promotion.min_spearman)  # fmt: skip
+        payload = {k: v for k, v in result.items() if k not in ("points", "beats_params", "beats_flops")}
+        self._step(cycle, "cycle_audited", payload, audit_json=json.dumps(audit.as_json(result)))
+        say = log.warning if result["warning"] else log.info
+        say("proxy_audited", experiment_id=self.id, cycle=cycle, warning=result["warning"],
+            message=result["message"])  # fmt: skip
 
     async def _novelty_of(
         self, c: CandidateRow, collections: list[str], untrained: list[str]

@@ -67,6 +67,9 @@ CANDIDATE_COLUMNS = (
     "topology_sha256",
     "same_topology_as",
     "precheck",
+    "flops",
+    "promoted_accuracy",
+    "promoted_status",
     "rejection_count",
     "decision",
     "reason",
@@ -151,6 +154,7 @@ def cycle_rows(ledger: Ledger, experiment_id: str, threshold: float) -> list[dic
                 "median_j_struct_gen": stats.median(struct_gen),
                 "structural_rejections": sum(c.reason.startswith(selection.STRUCTURAL) for c in candidates),
                 "repeated_topologies": sum(bool(c.same_topology_as) for c in candidates),
+                **audit_columns(cycle.audit_json),
                 "fine_tune_loss": cycle.fine_tune_loss if cycle.fine_tune_loss is not None else math.nan,
                 "fine_tune_examples": cycle.fine_tune_examples,
                 "duration_seconds": duration,
@@ -160,6 +164,20 @@ def cycle_rows(ledger: Ledger, experiment_id: str, threshold: float) -> list[dic
     for row, smooth in zip(rows, stats.smoothed(qualities, 3), strict=True):
         row["mean_quality_smoothed"] = smooth
     return rows
+
+
+AUDIT_COLUMNS = ("promoted", "spearman", "kendall", "pearson", "snr", "predicted_spearman",
+                 "params_spearman", "flops_spearman", "warning")  # fmt: skip
+
+
+def audit_columns(audit_json: str) -> dict:
+    """The cycle's proxy audit (services.controller.audit) as audit_* columns (NaN: none or undefined)."""
+    audit = json.loads(audit_json) if audit_json else {}
+    out = {}
+    for name in AUDIT_COLUMNS:
+        value = audit.get(name)
+        out[f"audit_{name}"] = math.nan if value is None else (int(value) if name == "warning" else value)
+    return out
 
 
 def seconds_saved(candidates: list[CandidateRow]) -> float:
@@ -411,6 +429,46 @@ def _plots(out: Path, rows: list[dict], candidates: list[dict], threshold: float
     return files
 
 
+def _audit_plot(out: Path, audits: dict[str, dict]) -> Path:
+    """First-epoch accuracy against the accuracy after promotion, every promoted candidate, by cycle."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for cycle, audit in audits.items():
+        if audit["points"]:
+            ax.scatter(
+                [p[1] for p in audit["points"]], [p[2] for p in audit["points"]], label=f"cycle {cycle}"
+            )
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    epochs = next(iter(audits.values()))["epochs"]
+    ax.set(xlabel="first-epoch accuracy (the proxy)", ylabel=f"accuracy after {epochs} epochs",
+           title="Proxy vs promoted", xlim=(0, 1), ylim=(0, 1))  # fmt: skip
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "proxy_audit.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _audit_html(audits: dict[str, dict]) -> str:
+    if not audits:
+        return "<p>No promotion (promotion.top_k = 0).</p>"
+    rows = [{"cycle": cycle, **audit_columns(json.dumps(audit)), "message": audit["message"]}
+            for cycle, audit in audits.items()]  # fmt: skip
+    warned = [r for r in rows if r["audit_warning"] == 1]
+    warning = (
+        f"<p><strong>Warning:</strong> the proxy no longer ranks in cycle(s) "
+        f"{', '.join(str(r['cycle']) for r in warned)}.</p>"
+        if warned
+        else ""
+    )
+    return warning + _table(rows, ["cycle", *(f"audit_{n}" for n in AUDIT_COLUMNS), "message"])
+
+
 def _fmt(value: object) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
@@ -461,6 +519,7 @@ def write_report(
     cycles = cycle_rows(ledger, experiment_id, config.accuracy_threshold)
     candidates = candidate_rows(ledger, experiment_id)
     reliability = proxy_reliability(ledger, experiment_id, corpus_dir)
+    audits = {str(c.cycle): json.loads(c.audit_json) for c in ledger.cycles(experiment_id) if c.audit_json}
     lineages = lineage(ledger, experiment_id)
     files = [out / "cycles.csv", out / "candidates.csv", out / "report.json", out / "report.html"]
     _write_csv(
@@ -479,6 +538,7 @@ def write_report(
             "structural_rejections",
             "repeated_topologies",
             "trained_for_a_later_decision",
+            *(f"audit_{name}" for name in AUDIT_COLUMNS),
             "mean_quality",
             "admitted_mean_j_gen",
             "valid_topology_share",
@@ -493,11 +553,14 @@ def write_report(
         "config": json.loads(row.config_json),
         "cycles": [{k: _nan_to_none(v) for k, v in r.items()} for r in cycles],
         "proxy_reliability": reliability,
+        "proxy_audit": audits,
         "lineage": lineages,
         "candidates": candidates,
     }
     files[2].write_text(json.dumps(document, indent=2, default=str, allow_nan=False) + "\n")
     plots = _plots(out, cycles, candidates, config.accuracy_threshold) if cycles else []
+    if any(a["promoted"] for a in audits.values()):
+        plots.append(_audit_plot(out, audits))
     reliability_html = "".join(
         f"<h3>{html.escape(name)}</h3><pre>{html.escape(json.dumps(value, indent=2, default=str))}</pre>"
         for name, value in reliability.items()
@@ -514,6 +577,7 @@ img{{max-width:48%;margin:4px}}</style></head><body>
 {config.novelty_threshold}; config sha256 {row.config_sha256[:12]}…</p>
 <h2>Per cycle (NNGPT Table 2)</h2>{_table(cycles, CYCLE_TABLE)}
 <h2>Plots</h2>{"".join(f'<img src="{p.name}" alt="{p.stem}">' for p in plots)}
+<h2>Proxy audit per cycle (promoted candidates)</h2>{_audit_html(audits)}
 <h2>Proxy reliability (CT Theorem 8)</h2>{reliability_html or "<p>No fully trained models.</p>"}
 <h2>Lineage of the admitted programs</h2>{
         "<ul>" + "".join(f"<li>{html.escape(_lineage_text(e))}</li>" for e in lineages) + "</ul>"

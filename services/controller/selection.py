@@ -145,3 +145,19 @@ def decide(
                 Verdict.REJECTED, f"accuracy {c.accuracy:.4f} < τ {tau}", count
             )
     return decisions
+
+
+def promotable(
+    candidates: Iterable[Candidate], k: int, thresholds: Thresholds, ablations: Ablations
+) -> list[str]:
+    """The ids of the cycle's candidates promotion trains longer: its top `k` valid, novel ones by
+    first-epoch accuracy (ties: lower index first), best first — those selection can admit."""
+    novel = [
+        c
+        for c in candidates
+        if c.valid
+        and not c.decided_before_training
+        and (ablations.no_novelty_filter or not _near_duplicate(c, thresholds.structural))
+    ]
+    ranked = sorted(novel, key=lambda c: (-c.accuracy, c.index))
+    return [c.candidate_id for c in ranked[:k]]

@@ -88,6 +88,7 @@ class Evaluation:
     accuracy: float = 0.0
     train_loss: float = 0.0
     param_count: int = 0
+    flops: int = 0
     train_images_per_second: float = 0.0
     epoch_accuracies: list[float] = field(default_factory=list)
     structural_tokens: list[str] = field(default_factory=list)
@@ -235,6 +236,7 @@ class Evaluator:
             evaluation.accuracy = result.get("accuracy", 0.0)
             evaluation.train_loss = result.get("train_loss", 0.0)
             evaluation.param_count = result.get("param_count", 0)
+            evaluation.flops = result.get("flops", 0)
             evaluation.train_images_per_second = result.get("train_images_per_second", 0.0)
             evaluation.epoch_accuracies = result.get("epoch_accuracies", [])
             evaluation.structural_tokens = result.get("structural_tokens", [])

@@ -89,6 +89,19 @@ class _Progress:
         self.handle.write(json.dumps(record) + "\n")
 
 
+def forward_flops(model: torch.nn.Module, example: torch.Tensor) -> int:
+    """FLOPs of one forward pass of `example` (torch's FlopCounterMode: matrix products and
+    convolutions, 2 per multiply-add); 0 when the counter cannot follow the model."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(example)
+    except Exception:  # the forward pass itself already succeeded without the counter
+        return 0
+    return int(counter.get_total_flops())
+
+
 def _message(stage: str, exc: BaseException) -> str:
     """'<stage>: <Type>: <message>' with the candidate's frame, short and free of our paths."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == "<candidate>"]
@@ -204,6 +217,7 @@ def run_job(job_dir: Path, data: EvaluationData) -> dict:
             return result
         if job.get("structural_tokens"):
             result["structural_tokens"] = structural_tokens(model, example[:1])
+        result["flops"] = forward_flops(model, example[:1])
         finish_stage("forward")
 
         unused = unmaterialised_layers(model)

@@ -52,6 +52,7 @@ def result_to_proto(e: Evaluation, replica: str) -> evaluator_pb2.EvaluationResu
         accuracy=e.accuracy,
         train_loss=e.train_loss,
         param_count=e.param_count,
+        flops=e.flops,
         train_images_per_second=e.train_images_per_second,
         total_duration_seconds=e.total_duration_seconds,
         epoch_accuracies=e.epoch_accuracies,
