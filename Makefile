@@ -20,6 +20,11 @@ $(STAMP): pyproject.toml requirements.lock setup.py $(wildcard protos/archloop/v
 	  && { apt-get install -y -q runsc >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -q runsc >/dev/null; }; } \
 	  && echo "installed runsc (gVisor)"; } \
 	  || echo "runsc (gVisor) not installed: the gvisor sandbox and its tests are unavailable here"
+	@# Chromium for the dashboard's browser tests (Debian's; Playwright drives it, never downloads one)
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -q chromium >/dev/null; }; } \
+	  && echo "installed chromium (the dashboard's browser tests)"; } \
+	  || echo "chromium not installed: the dashboard's browser tests are unavailable here"
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install everything

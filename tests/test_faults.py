@@ -319,7 +319,8 @@ def _check_invariants(stack: Stack, experiment_id: str, corpus_dir: Path) -> Non
     assert sorted((c.cycle, c.idx) for c in candidates) == [
         (cycle, i) for cycle in range(1, CYCLES + 1) for i in range(PER_CYCLE)
     ]
-    assert all(c.stage == "decided" and c.eval_status for c in candidates)
+    # evaluated, or rejected by the novelty pre-check without training
+    assert all(c.stage == "decided" and (c.eval_status or c.decided_before_training) for c in candidates)
     assert {c.decision for c in candidates} <= {"admitted", "rejected", "invalid"}
     admitted = [c for c in candidates if c.decision == "admitted"]
     valid = [c for c in candidates if c.valid]

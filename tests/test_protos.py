@@ -76,6 +76,7 @@ def test_event_payload_covers_every_transition() -> None:
         "cycle_started",
         "cycle_generated",
         "cycle_evaluated",
+        "cycle_audited",
         "cycle_filtered",
         "cycle_fine_tuned",
         "cycle_completed",

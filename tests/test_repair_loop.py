@@ -34,6 +34,8 @@ def test_a_repaired_candidate_is_evaluated_raw_and_repaired_and_reported_apart(
         config = experiment_config.from_mapping({
             "name": "repair", "datasets": ["digits"], "cycles": 1, "candidates_per_cycle": 2,
             "generation": {"mode": "full", "repair": True},
+            # the two programs differ in one number: the pre-check would reject the second untrained
+            "novelty_precheck": False,
             "protocol": {"time_limit_seconds": 60, "max_train_images": 400},
             "lemur_examples_per_cycle": 4, "fine_tune_schedule": {"epochs": 1, "max_seq_len_tokens": 1024},
         })  # fmt: skip

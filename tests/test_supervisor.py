@@ -164,7 +164,8 @@ def test_each_component_killed_once_during_archloop_run_loses_nothing(
     assert sorted((c.cycle, c.idx) for c in candidates) == [
         (cycle, i) for cycle in range(1, cycles + 1) for i in range(per_cycle)
     ]
-    assert all(c.stage == "decided" and c.eval_status for c in candidates)
+    # evaluated, or rejected by the novelty pre-check without training
+    assert all(c.stage == "decided" and (c.eval_status or c.decided_before_training) for c in candidates)
     jobs = JobStore(run.home / "data" / "trainer" / "trainer.sqlite3").jobs(run.name)
     assert sorted((j.job_id, j.state) for j in jobs) == [
         (f"{run.name}-c{c}", "SUCCEEDED") for c in range(1, cycles + 1)

@@ -10,6 +10,7 @@
     archloop generate …         sample candidates (full / delta / factor) into a folder
     archloop run …              the main job: the whole loop (brings the local stack up if needed)
     archloop report EXP         an experiment's report; `experiments list|show|stop`, `watch` (events)
+    archloop dashboard          the web dashboard: experiments, cycles live, candidates (port 8765)
 
 Exit status: 0 success, 1 a runtime failure (a component failed, nothing is running), 2 bad usage.
 The local stack's files (stack.json, logs, NATS storage) live in $ARCHLOOP_HOME (default ~/.archloop).

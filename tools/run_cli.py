@@ -6,6 +6,7 @@
     archloop report EXP [--out DIR]
     archloop experiments list | show EXP | stop EXP
     archloop watch [EXP]
+    archloop dashboard [--port 8765]  the web dashboard over the controller and the cycle events
 
 `archloop run` validates the config first (a bad one exits 2 before anything starts), then uses the
 controller at --controller (or ARCHLOOP_CONTROLLER_ADDR, or the running local stack), or else brings the
@@ -259,7 +260,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     home = _home(args)
     address = _controller_address(args)
-    stack = None
+    stack = started = None
     if address is None:
         corpus_dir = _ensure_corpus(home)
         if config is not None:
@@ -280,7 +281,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         model = config.base_model if config is not None else base_model_of(home, args.resume)
         stack = Stack(home, corpus_dir=corpus_dir, restart_policy=policy, generator_model=model)
         try:
-            address = stack.start().address("controller")
+            started = stack.start()
+            address = started.address("controller")
         except StackError as exc:
             stack.stop()
             print(f"archloop run: {exc}", file=sys.stderr)
@@ -301,6 +303,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 controller_pb2.StartExperimentRequest(experiment_id=experiment_id, config=config), timeout=120
             )
         console.print(f"experiment {experiment_id} on {address}")
+        _dashboard_beside(args, address, started, experiment_id)
         state = _follow(stub, experiment_id, stack)
         if state == "GAVE_UP":
             assert stack is not None and stack.failure is not None
@@ -322,6 +325,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if stack is not None:
             stack.stop()
+
+
+def _dashboard_beside(args: argparse.Namespace, controller: str, started, experiment_id: str) -> None:
+    """Serve the web dashboard while the run lasts (--dashboard-port; 0 = none) and print its address.
+    A dashboard that cannot start is said in one line; the run goes on."""
+    from tools.dashboard.app import Settings, serve_in_background
+
+    if not args.dashboard_port:
+        return
+    if started is not None:  # the stack this run brought up
+        settings = Settings(controller, started.address("nats"), started.address("novelty"))
+    else:
+        settings = dashboard_settings(args)
+        settings = Settings(controller, settings.nats_url, settings.novelty)
+    try:
+        url = serve_in_background(settings, port=args.dashboard_port)
+    except (RuntimeError, OSError) as exc:
+        console.print(f"[yellow]no dashboard:[/] {exc}")
+        return
+    console.print(f"dashboard: {url}experiments/{experiment_id}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -481,6 +504,39 @@ def cmd_watch(args: argparse.Namespace) -> int:
         return EXIT_OK
 
 
+def dashboard_settings(args: argparse.Namespace):
+    """The dashboard's peers: flags, then ARCHLOOP_* variables, then the running local stack."""
+    from tools.dashboard.app import Settings
+    from tools.localstack import StackState
+
+    state = StackState.load(_home(args))
+    recorded = {c.name: c.address for c in state.components} if state is not None else {}
+    controller = _controller_address(args) or recorded.get("controller", "")
+    nats = args.nats_url or os.environ.get("ARCHLOOP_NATS_URL") or recorded.get("nats", "")
+    novelty = args.novelty or os.environ.get("ARCHLOOP_NOVELTY_ADDR") or recorded.get("novelty", "")
+    return Settings(controller=controller, nats_url=nats, novelty=novelty)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Serve the web dashboard until Ctrl-C."""
+    import uvicorn
+
+    from tools.dashboard.app import create_app
+
+    settings = dashboard_settings(args)
+    if not settings.controller:
+        print("archloop dashboard: no controller (give --controller, or `archloop up`)", file=sys.stderr)
+        return EXIT_USAGE
+    if not 0 <= args.port <= 65535:
+        print(f"archloop dashboard: --port {args.port} is not a port", file=sys.stderr)
+        return EXIT_USAGE
+    live = f"from {settings.nats_url}" if settings.nats_url else "off"
+    address = f"http://{args.host}:{args.port}/"
+    print(f"dashboard: {address} (controller {settings.controller}, live events {live})", flush=True)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+    return EXIT_OK
+
+
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     run = commands.add_parser("run", help="run an experiment: the whole loop (the main job)")
     run.add_argument("--config", help="experiment YAML (ExperimentConfig fields) [default: the embedded one]")
@@ -494,6 +550,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--controller", help="address of a running controller [env ARCHLOOP_CONTROLLER_ADDR]")
     run.add_argument("--resume", metavar="EXP", help="continue a stopped or failed experiment")
     run.add_argument("--max-restarts", type=int, help=MAX_RESTARTS_HELP + " (the stack it brings up)")
+    run.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=8765,
+        help="the web dashboard's port while the run lasts (0 = none; taken: a free one)",
+    )
     run.set_defaults(func=cmd_run)
 
     report = commands.add_parser(
@@ -518,3 +580,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     watch.add_argument("--nats-url")
     watch.add_argument("--follow", action="store_true", help="keep following after the experiment ends")
     watch.set_defaults(func=cmd_watch)
+
+    dashboard = commands.add_parser("dashboard", help="the web dashboard")
+    dashboard.add_argument("--host", default="127.0.0.1", help="interface [default 127.0.0.1: this machine]")
+    dashboard.add_argument("--port", type=int, default=8765)
+    dashboard.add_argument("--controller", help="[env ARCHLOOP_CONTROLLER_ADDR, else the local stack's]")
+    dashboard.add_argument("--nats-url", help="live cycle events [env ARCHLOOP_NATS_URL, else the stack's]")
+    dashboard.add_argument("--novelty", help="neighbours [env ARCHLOOP_NOVELTY_ADDR, else the stack's]")
+    dashboard.set_defaults(func=cmd_dashboard)

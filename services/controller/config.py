@@ -93,6 +93,11 @@ def with_defaults(config: controller_pb2.ExperimentConfig) -> controller_pb2.Exp
     if config.lora.target_modules:
         del merged.lora.target_modules[:]
         merged.lora.target_modules.extend(config.lora.target_modules)
+    if not config.HasField("novelty_precheck") and (
+        merged.ablations.no_novelty_filter or merged.structural_novelty_threshold
+    ):
+        # the embedded default cannot serve these (validate says why when a config asks for both)
+        merged.novelty_precheck = False
     return merged
 
 

@@ -185,7 +185,7 @@ def seconds_saved(candidates: list[CandidateRow]) -> float:
     decided before training, the evaluation time of the earlier candidate it duplicates (a near-copy
     trains about as long), or, for a corpus duplicate, the median evaluation time of the cycle's valid
     candidates, less the static screen it did get. (The measured figure is the evaluator_seconds of a
-    run with the pre-check against one without: docs/benchmarks.md#novelty-before-training.)"""
+    run with the pre-check against one without: bench/novelty_precheck.py, docs/benchmarks.md.)"""
     seconds = {c.candidate_id: c.eval_seconds for c in candidates if c.valid and c.eval_seconds}
     typical = stats.median(list(seconds.values())) if seconds else 0.0
     saved = 0.0

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import structlog
+from google.protobuf import json_format
 
 from archloop import basemodel, corpus
 from archloop.clients import ChannelSecurity, aio_channel, backoff_delays
@@ -33,7 +34,7 @@ from archloop.v1 import (
 from services.controller import config as experiment_config
 from services.controller.evaluators import EvaluatorPool
 from services.controller.events import EventPublisher
-from services.controller.ledger import Ledger
+from services.controller.ledger import CandidateRow, Ledger
 from services.controller.loop import ExperimentRunner, LoopSettings
 from services.controller.peers import Peers
 from services.controller.settings import ControllerSettings
@@ -337,3 +338,58 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
         return controller_pb2.GetReportResponse(
             cycles=summaries, output_dir=str(out), files=[str(f) for f in files]
         )
+
+    async def ListCycles(self, request, context) -> controller_pb2.ListCyclesResponse:
+        from services.controller.report import cycle_rows, summaries
+
+        assert self.ledger is not None
+        threshold = self._experiment(request.experiment_id).config.accuracy_threshold
+        rows = await asyncio.to_thread(cycle_rows, self.ledger, request.experiment_id, threshold)
+        return controller_pb2.ListCyclesResponse(cycles=summaries(rows))
+
+    async def ListCandidates(self, request, context) -> controller_pb2.ListCandidatesResponse:
+        assert self.ledger is not None
+        self._experiment(request.experiment_id)
+        if request.cycle < 0:
+            raise InvalidArgument("cycle", f"{request.cycle} is negative (0 = every cycle)")
+        rows = await asyncio.to_thread(self.ledger.candidates, request.experiment_id, request.cycle or None)
+        chosen = [
+            candidate_record(r, full=False)
+            for r in rows
+            if (not request.eval_status or r.eval_status == request.eval_status)
+            and (not request.decision or (r.decision or "") == request.decision)
+        ]
+        return controller_pb2.ListCandidatesResponse(candidates=chosen)
+
+    async def GetCandidate(self, request, context) -> controller_pb2.GetCandidateResponse:
+        assert self.ledger is not None
+        if not request.candidate_id:
+            raise InvalidArgument("candidate_id", "must not be empty")
+        row = self.ledger.candidate(request.candidate_id)
+        if row is None:
+            raise NotFound(f"candidate {request.candidate_id!r} does not exist")
+        return controller_pb2.GetCandidateResponse(candidate=candidate_record(row, full=True))
+
+
+def candidate_record(row: CandidateRow, full: bool) -> controller_pb2.CandidateRecord:
+    """The ledger row as the API shows it (with `full`: its program, evaluation and generation JSON)."""
+    record = controller_pb2.CandidateRecord(
+        candidate_id=row.candidate_id, cycle=row.cycle, index=row.idx, stage=row.stage.value,
+        eval_status=row.eval_status, decision=row.decision.value if row.decision else "", reason=row.reason,
+        param_count=row.param_count or 0, flops=row.flops or 0, nearest_train=row.nearest_train,
+        nearest_gen=row.nearest_gen, nearest_struct_train=row.nearest_struct_train,
+        nearest_struct_gen=row.nearest_struct_gen, mode=row.mode, factor=row.factor,
+        adapter_name=row.adapter_name, decided_before_training=row.decided_before_training,
+        repaired=row.repaired, eval_seconds=row.eval_seconds or 0.0,
+    )  # fmt: skip
+    for name in ("accuracy", "nn_jaccard_train", "nn_jaccard_gen", "structural_jaccard_train",
+                 "structural_jaccard_gen", "promoted_accuracy"):  # fmt: skip
+        value = getattr(row, name)
+        if value is not None:
+            setattr(record, name, value)
+    if full:
+        record.code = row.code
+        record.generation_json = row.generation_json
+        if row.eval_json:
+            json_format.Parse(row.eval_json, record.evaluation)
+    return record

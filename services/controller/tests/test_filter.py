@@ -46,7 +46,9 @@ def _runner(
     corpus_dir.mkdir(exist_ok=True)
     rows = [r for name, code in codes[:6] for r in corpus.example_records(name, code, {"cifar-10": 100_000})]
     (corpus_dir / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = experiment_config.with_defaults(experiment_config.from_mapping({"cycles": 1, **overrides}))
+    # no promotion: only novelty is called by _filter here (test_audit.py trains the promoted)
+    mapping = {"cycles": 1, "promotion": {"top_k": 0}, **overrides}
+    config = experiment_config.with_defaults(experiment_config.from_mapping(mapping))
     experiment_config.validate(config)
     ledger = Ledger(tmp_path / "ledger.sqlite3")
     ledger.create_experiment(

@@ -1,0 +1,1 @@
+"""The web dashboard (`archloop dashboard`): tools.dashboard.app."""
