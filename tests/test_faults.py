@@ -182,15 +182,20 @@ class Stack:
         self, experiment_id: str, config: controller_pb2.ExperimentConfig, timeout_seconds: float
     ) -> controller_pb2.Experiment:
         """Start an experiment and wait until it is no longer pending or running."""
-        stub = self.controller()
-        stub.StartExperiment(
+        self.controller().StartExperiment(
             controller_pb2.StartExperimentRequest(experiment_id=experiment_id, config=config), timeout=60
         )
+        return self.wait_done(experiment_id, timeout_seconds)
+
+    def wait_done(self, experiment_id: str, timeout_seconds: float) -> controller_pb2.Experiment:
+        """The experiment once it is no longer pending or running (or as it is at the deadline)."""
         deadline = time.monotonic() + timeout_seconds
         while True:
-            experiment = stub.GetExperiment(
-                controller_pb2.GetExperimentRequest(experiment_id=experiment_id), timeout=30
-            ).experiment
+            experiment = (
+                self.controller()
+                .GetExperiment(controller_pb2.GetExperimentRequest(experiment_id=experiment_id), timeout=30)
+                .experiment
+            )
             running = (controller_pb2.EXPERIMENT_STATE_RUNNING, controller_pb2.EXPERIMENT_STATE_PENDING)
             if experiment.state not in running or time.monotonic() > deadline:
                 return experiment

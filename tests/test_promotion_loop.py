@@ -66,16 +66,7 @@ def test_promotion_and_the_audit_survive_kill_9_and_recompute_from_the_ledger(
         assert _promotion_under_way(stack), "cycle 1's promotion was never seen under way"
         stack.kill("controller")
         stack.start("controller")
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline:
-            experiment = (
-                stack.controller()
-                .GetExperiment(controller_pb2.GetExperimentRequest(experiment_id="promo"), timeout=30)
-                .experiment
-            )
-            if experiment.state != controller_pb2.EXPERIMENT_STATE_RUNNING:
-                break
-            time.sleep(1)
+        experiment = stack.wait_done("promo", 900)
         assert experiment.state == controller_pb2.EXPERIMENT_STATE_COMPLETED, experiment.error
     finally:
         stack.stop()

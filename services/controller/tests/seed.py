@@ -7,8 +7,12 @@ import json
 from pathlib import Path
 
 from archloop import corpus
-from archloop.v1 import common_pb2, evaluator_pb2
+from archloop.clients import aio_channel
+from archloop.v1 import common_pb2, evaluator_pb2, novelty_pb2_grpc
+from services.controller.evaluators import EvaluatorPool
 from services.controller.ledger import Ledger
+from services.controller.loop import ExperimentRunner
+from services.controller.peers import Peers
 
 
 def add_evaluated(
@@ -48,3 +52,31 @@ def write_corpus(corpus_dir: Path, programs: dict[str, str] | None = None) -> Pa
     ]
     (corpus_dir / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return corpus_dir
+
+
+def evaluator_and_novelty(start_service, tmp_path: Path) -> Peers:
+    """A real evaluator and a real novelty service (processes), as the loop's peers (no generator, no
+    trainer): for tests that drive `_evaluate` and `_filter` on fixed programs."""
+    novelty = start_service("novelty", "--db-path", str(tmp_path / "novelty.sqlite3"))
+    evaluator = start_service("evaluator", "--work-dir", str(tmp_path / "jobs"))
+    return Peers(
+        None,
+        EvaluatorPool(evaluator.address),
+        novelty_pb2_grpc.NoveltyServiceStub(aio_channel(novelty.address)),
+        None,
+    )
+
+
+async def evaluate_programs(runner: ExperimentRunner, cycle: int, programs: list[str]) -> list[str]:
+    """Record `programs` as the cycle's generated candidates and evaluate them all at once, as the loop
+    does (as many in flight as the evaluator allows); their ids."""
+    import asyncio
+
+    ids = []
+    for index, code in enumerate(programs):
+        candidate_id = f"{runner.id}-c{cycle}-{index:04d}"
+        candidate = common_pb2.Candidate(candidate_id=candidate_id, cycle=cycle, index=index, code=code)
+        assert runner.ledger.record_generated(runner.id, candidate)
+        ids.append(candidate_id)
+    await asyncio.gather(*(runner._evaluate(cycle, i, c, "") for i, c in zip(ids, programs, strict=True)))
+    return ids

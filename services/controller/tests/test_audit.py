@@ -4,7 +4,6 @@ promoted accuracy when the config says so."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 from pathlib import Path
@@ -12,17 +11,19 @@ from pathlib import Path
 import pytest
 from scipy import stats as scipy_stats
 
-from archloop.clients import aio_channel
 from archloop.prompts import BASELINE_FILE
-from archloop.v1 import common_pb2, evaluator_pb2, novelty_pb2_grpc
+from archloop.v1 import evaluator_pb2
 from services.controller import audit, selection
 from services.controller import config as experiment_config
-from services.controller.evaluators import EvaluatorPool
 from services.controller.ledger import Ledger
 from services.controller.loop import ExperimentRunner, LoopSettings
-from services.controller.peers import Peers
 from services.controller.requests import event
-from services.controller.tests.seed import add_evaluated, write_corpus
+from services.controller.tests.seed import (
+    add_evaluated,
+    evaluate_programs,
+    evaluator_and_novelty,
+    write_corpus,
+)
 from services.controller.tests.test_precheck import helpers
 from services.controller.tests.test_structural import ORIGINAL, renamed, width_scaled
 
@@ -113,18 +114,11 @@ def test_promotable_is_the_top_k_of_the_valid_novel_ones() -> None:
 async def test_promotion_trains_the_top_k_longer_and_selection_may_read_it(
     start_service, tmp_path: Path
 ) -> None:
-    novelty = start_service("novelty", "--db-path", str(tmp_path / "novelty.sqlite3"))
-    evaluator = start_service("evaluator", "--work-dir", str(tmp_path / "jobs"))
+    peers = evaluator_and_novelty(start_service, tmp_path)
     corpus_dir = write_corpus(tmp_path / "corpus", {"lemur-original": ORIGINAL})
     base = BASELINE_FILE.read_text()
     programs = [base, renamed(ORIGINAL), width_scaled(base) + helpers("w", 4), ORIGINAL, "def broken(:\n"]
     ledger = Ledger(tmp_path / "ledger.sqlite3")
-    peers = Peers(
-        None,
-        EvaluatorPool(evaluator.address),
-        novelty_pb2_grpc.NoveltyServiceStub(aio_channel(novelty.address)),
-        None,
-    )
     config = experiment_config.with_defaults(
         experiment_config.from_mapping(
             {
@@ -142,13 +136,7 @@ async def test_promotion_trains_the_top_k_longer_and_selection_may_read_it(
         await runner._prepare_corpus()
         ledger.start_cycle("p", 1, event("p", 1, "cycle_started"))
         await runner._open_precheck(1)
-        ids = []
-        for index, code in enumerate(programs):
-            candidate_id = f"p-c1-{index:04d}"
-            candidate = common_pb2.Candidate(candidate_id=candidate_id, cycle=1, index=index, code=code)
-            assert ledger.record_generated("p", candidate)
-            ids.append(candidate_id)
-        await asyncio.gather(*(runner._evaluate(1, i, c, "") for i, c in zip(ids, programs, strict=True)))
+        await evaluate_programs(runner, 1, programs)
         await runner._filter(1)
         first = {c.candidate_id: c for c in ledger.candidates("p", 1)}
         await runner._promote(1)  # again, as after a restart: nothing runs twice, no second audit

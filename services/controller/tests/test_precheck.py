@@ -8,24 +8,20 @@ a near-duplicate that would have failed training differs (rejected, not invalid:
 
 from __future__ import annotations
 
-import asyncio
 import re
 from pathlib import Path
 
 import pytest
 
-from archloop.clients import aio_channel
 from archloop.prompts import BASELINE_FILE
-from archloop.v1 import common_pb2, novelty_pb2_grpc
 from services.controller import config as experiment_config
 from services.controller import report, selection
-from services.controller.evaluators import EvaluatorPool
 from services.controller.ledger import CandidateRow, Ledger
 from services.controller.loop import ExperimentRunner, LoopSettings
 from services.controller.peers import Peers
 from services.controller.requests import event
 from services.controller.selection import Verdict
-from services.controller.tests.seed import write_corpus
+from services.controller.tests.seed import evaluate_programs, evaluator_and_novelty, write_corpus
 from services.controller.tests.test_structural import ORIGINAL, renamed
 
 pytestmark = pytest.mark.slow
@@ -79,14 +75,7 @@ async def _run_cycle(
     await runner._prepare_corpus()
     ledger.start_cycle(experiment_id, 1, event(experiment_id, 1, "cycle_started"))
     await runner._open_precheck(1)
-    ids = []
-    for index, program in enumerate(PROGRAMS):
-        candidate_id = f"{experiment_id}-c1-{index:04d}"
-        candidate = common_pb2.Candidate(candidate_id=candidate_id, cycle=1, index=index, code=program)
-        assert ledger.record_generated(experiment_id, candidate)
-        ids.append(candidate_id)
-    # as the loop does: every candidate's evaluation at once, as many in flight as the evaluator allows
-    await asyncio.gather(*(runner._evaluate(1, i, p, "") for i, p in zip(ids, PROGRAMS, strict=True)))
+    await evaluate_programs(runner, 1, PROGRAMS)
     await runner._filter(1)
     return {c.candidate_id.rsplit("-", 1)[1]: c for c in ledger.candidates(experiment_id, 1)}
 
@@ -94,16 +83,9 @@ async def _run_cycle(
 async def test_the_precheck_decides_as_the_paper_order_does_and_saves_the_epochs(
     start_service, tmp_path: Path
 ) -> None:
-    novelty = start_service("novelty", "--db-path", str(tmp_path / "novelty.sqlite3"))
-    evaluator = start_service("evaluator", "--work-dir", str(tmp_path / "jobs"))
+    peers = evaluator_and_novelty(start_service, tmp_path)
     corpus_dir = write_corpus(tmp_path / "corpus", {"lemur-original": ORIGINAL})
     ledger = Ledger(tmp_path / "ledger.sqlite3")
-    peers = Peers(
-        None,
-        EvaluatorPool(evaluator.address),
-        novelty_pb2_grpc.NoveltyServiceStub(aio_channel(novelty.address)),
-        None,
-    )
     try:
         off = await _run_cycle("off", False, ledger, peers, corpus_dir, tmp_path / "work")
         on = await _run_cycle("on", True, ledger, peers, corpus_dir, tmp_path / "work")
