@@ -156,8 +156,8 @@ def create_app(settings: Settings) -> Starlette:
         answer = await call(
             controller().ListCycles, controller_pb2.ListCyclesRequest(experiment_id=experiment_id)
         )
-        options = dict(preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-        return [json_format.MessageToDict(c, **options) for c in answer.cycles]
+        # every field, numbers as numbers (MessageToDict would quote the int64 ones)
+        return [{f.name: getattr(c, f.name) for f in c.DESCRIPTOR.fields} for c in answer.cycles]
 
     async def experiment(request: Request) -> Response:
         experiment_id = request.path_params["experiment_id"]
