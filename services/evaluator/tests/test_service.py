@@ -111,3 +111,34 @@ def test_cli_evaluate_prints_json(tmp_path) -> None:
     broken.write_text("def broken(:\n")
     out = run_cli("evaluate", str(broken), "--json", "--work-dir", str(tmp_path / "jobs"), env=env)
     assert out.returncode == 3 and json.loads(out.stdout)["status"] == "EVALUATION_STATUS_PARSE_ERROR"
+
+
+async def test_a_static_only_request_screens_without_a_sandbox_or_a_slot(evaluator_address) -> None:
+    """static_only: parse, screen and contract in the service process; answered even while the one slot
+    is busy (the controller's novelty pre-check must not queue behind training)."""
+    spin = GOOD.replace("return self.body(x)", "while True:\n            pass")
+    async with aio_channel(evaluator_address) as channel:
+        stub = evaluator_pb2_grpc.EvaluatorServiceStub(channel)
+        busy = asyncio.ensure_future(stub.EvaluateCandidate(_request(spin, time_limit_seconds=6), timeout=60))
+        await asyncio.sleep(1.0)
+        static = _request(GOOD)
+        static.static_only = True
+        result = (await stub.EvaluateCandidate(static, timeout=10)).result
+        assert result.status == evaluator_pb2.EVALUATION_STATUS_OK
+        stages = [
+            evaluator_pb2.EvaluationStage.Name(s.stage).removeprefix("EVALUATION_STAGE_")
+            for s in result.stages
+        ]
+        assert stages == ["PARSE", "STATIC_SCREEN", "CONTRACT"]
+        assert result.accuracy == 0 and result.total_duration_seconds < 1.0
+        broken = _request("def broken(:\n")
+        broken.static_only = True
+        assert (await stub.EvaluateCandidate(broken, timeout=10)).result.status == (
+            evaluator_pb2.EVALUATION_STATUS_PARSE_ERROR
+        )
+        empty = _request("")
+        empty.static_only = True
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await stub.EvaluateCandidate(empty, timeout=10)
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "code" in bad.value.details()
+        assert (await busy).result.status == evaluator_pb2.EVALUATION_STATUS_TIMEOUT

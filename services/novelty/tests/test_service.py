@@ -268,3 +268,28 @@ def test_cli_create_add_check_import_stats(novelty, tmp_path, models) -> None:
     assert json.loads(stats.stdout)["collections"][0]["collection"]["entry_count"] == "6"
     missing = run_cli("novelty", "check", "--collection", "nope", str(new_file), env=env)
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+
+
+def test_a_check_among_a_subset_of_entries_sees_only_those(novelty, models) -> None:
+    """CheckNoveltyRequest.among: the collection's other entries count as absent; an empty subset
+    compares with none (the controller's pre-check asks about the cycle's still-eligible candidates)."""
+    _, client = novelty
+    client.create_collection("cycle")
+    (_, code_a), (_, code_b) = models[0], models[1]
+    client.admit("cycle", "a", code_a)
+    client.admit("cycle", "a-copy", code_a)
+    client.admit("cycle", "b", code_b)
+
+    def check(code: str, among: list[str] | None) -> novelty_pb2.CollectionMatch:
+        request = novelty_pb2.CheckNoveltyRequest(code=code, collections=["cycle"])
+        if among is not None:
+            request.among.entry_ids.extend(among)
+        return client.stub.CheckNovelty(request, timeout=10).matches[0]
+
+    assert check(code_a, None).nearest_entry_id == "a"  # ties: the lower id
+    assert check(code_a, ["a-copy", "b"]).nearest_entry_id == "a-copy"
+    assert check(code_a, ["a-copy", "b"]).near_duplicate
+    outside = check(code_a, ["b"])
+    assert not outside.near_duplicate and outside.nearest_entry_id in ("", "b")
+    none = check(code_a, [])
+    assert (none.near_duplicate, none.nearest_entry_id, none.max_jaccard) == (False, "", 0.0)
