@@ -227,7 +227,9 @@ def create_app(settings: Settings) -> Starlette:
         """The nearest corpus program's code, from the novelty service (None when it is not at hand)."""
         if not settings.novelty:
             return None
-        stub = novelty_pb2_grpc.NoveltyServiceStub(aio_channel(settings.novelty))
+        if "novelty" not in state:  # one channel for the app's life, as for the controller
+            state["novelty"] = novelty_pb2_grpc.NoveltyServiceStub(aio_channel(settings.novelty))
+        stub = state["novelty"]
         request = novelty_pb2.GetEntryRequest(collection=f"{experiment_id}-corpus", entry_id=entry_id)
         with contextlib.suppress(grpc.aio.AioRpcError):
             return (await stub.GetEntry(request, timeout=RPC_TIMEOUT_SECONDS)).entry.code
