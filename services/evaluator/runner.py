@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode  # here: inside the sandbox site-packages may be gone
 
 from archloop.topology import structural_tokens
 from services.evaluator.datasets import EvaluationData, training_batches, validation_batches
@@ -92,8 +93,6 @@ class _Progress:
 def forward_flops(model: torch.nn.Module, example: torch.Tensor) -> int:
     """FLOPs of one forward pass of `example` (torch's FlopCounterMode: matrix products and
     convolutions, 2 per multiply-add); 0 when the counter cannot follow the model."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(example)
