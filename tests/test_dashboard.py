@@ -13,7 +13,6 @@ import asyncio
 import shutil
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +26,8 @@ from services.controller.requests import event
 from services.controller.selection import Decision, Verdict
 from services.controller.states import ExperimentState, Phase
 from services.controller.tests.seed import add_evaluated, write_corpus
-from tools.dashboard.app import Settings, create_app
+from tools.dashboard.app import Settings, serve_in_background
+from tools.dashboard.screenshots import CHROMIUM_ARGS
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [
@@ -37,11 +37,6 @@ pytestmark = [
         reason="the browser tests need Debian's chromium (apt-get install chromium; make install does it)",
     ),
 ]
-# what the machine's closed network needs (docs/dashboard.md#tests)
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 
 
 def _free_port() -> int:
@@ -84,23 +79,11 @@ def dashboard(start_service, nats_server, tmp_path: Path) -> Iterator[tuple[str,
 
 
 def _serve(settings: Settings) -> Iterator[str]:
-    import uvicorn
-
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "the dashboard did not start"
+    served = serve_in_background(settings, port=0)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield served.url.rstrip("/")
     finally:
-        server.should_exit = True
-        thread.join(10)
+        served.stop()
 
 
 @pytest.fixture

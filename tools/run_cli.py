@@ -330,6 +330,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _dashboard_beside(args: argparse.Namespace, controller: str, started, experiment_id: str) -> None:
     """Serve the web dashboard while the run lasts (--dashboard-port; 0 = none) and print its address.
     A dashboard that cannot start is said in one line; the run goes on."""
+    import dataclasses
+
     from tools.dashboard.app import Settings, serve_in_background
 
     if not args.dashboard_port:
@@ -337,10 +339,9 @@ def _dashboard_beside(args: argparse.Namespace, controller: str, started, experi
     if started is not None:  # the stack this run brought up
         settings = Settings(controller, started.address("nats"), started.address("novelty"))
     else:
-        settings = dashboard_settings(args)
-        settings = Settings(controller, settings.nats_url, settings.novelty)
+        settings = dataclasses.replace(dashboard_settings(args), controller=controller)
     try:
-        url = serve_in_background(settings, port=args.dashboard_port)
+        url = serve_in_background(settings, port=args.dashboard_port).url
     except (RuntimeError, OSError) as exc:
         console.print(f"[yellow]no dashboard:[/] {exc}")
         return

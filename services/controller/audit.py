@@ -73,4 +73,4 @@ def proxy_audit(rows: Sequence[CandidateRow], epochs: int, min_spearman: float) 
 
 def as_json(audit: dict) -> dict:
     """The audit with NaN and infinity as None (strict JSON)."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in audit.items()}
+    return stats.finite(audit)

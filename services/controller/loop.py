@@ -63,6 +63,13 @@ def record_failed(ledger: Ledger, experiment_id: str, message: str) -> None:
     )
 
 
+async def _cancel_all(tasks: list[asyncio.Task]) -> None:
+    """Cancel the tasks and wait until each has ended (what a failure or a stop leaves behind)."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 @dataclass(frozen=True)
 class LoopSettings:
     work_dir: Path  # per-experiment files (training sets) go to <work_dir>/<experiment>/
@@ -345,9 +352,7 @@ class ExperimentRunner:
             self._check_stop()
             await evaluations
         except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await _cancel_all(tasks)
             raise
         evaluated = self.ledger.candidates(self.id, cycle)
         accuracies = [c.accuracy for c in evaluated if c.valid and c.accuracy is not None]
@@ -590,10 +595,8 @@ class ExperimentRunner:
         tasks = [asyncio.ensure_future(promote(c)) for c in pending]
         try:
             await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        except BaseException:  # a failed or stopped promotion leaves no evaluation running
+            await _cancel_all(tasks)
             raise
         self._check_stop()
         if self.ledger.cycle_of(self.id, cycle).audit_json:

@@ -88,10 +88,6 @@ CANDIDATE_COLUMNS = (
 )
 
 
-def _nan_to_none(value: float) -> float | None:
-    return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
-
-
 def cycle_rows(ledger: Ledger, experiment_id: str, threshold: float) -> list[dict]:
     rows = []
     qualities = []
@@ -551,7 +547,7 @@ def write_report(
         "experiment_id": experiment_id,
         "state": row.state.value,
         "config": json.loads(row.config_json),
-        "cycles": [{k: _nan_to_none(v) for k, v in r.items()} for r in cycles],
+        "cycles": stats.finite(cycles),
         "proxy_reliability": reliability,
         "proxy_audit": audits,
         "lineage": lineages,

@@ -118,3 +118,15 @@ def correlations(full: Sequence[float], proxy: Sequence[float], groups: int = 1)
         out[f"{name}_p"] = p_value
         out[f"{name}_p_bonferroni"] = min(1.0, p_value * max(1, groups))
     return out
+
+
+def finite(value):
+    """`value` with every NaN or infinity, however deeply nested in lists and dicts, as None: strict
+    JSON (reports, the ledger's audit, the dashboard's data; browsers' JSON.parse refuses NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    return value

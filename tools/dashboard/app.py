@@ -43,6 +43,8 @@ from archloop.v1 import (
     novelty_pb2,
     novelty_pb2_grpc,
 )
+from services.controller import stats
+from services.controller.states import short_name
 
 STATIC = Path(__file__).with_name("static")
 RPC_TIMEOUT_SECONDS = 10.0
@@ -67,15 +69,10 @@ def _environment() -> Environment:
     env = Environment(loader=PackageLoader("tools.dashboard", "templates"), autoescape=select_autoescape())
     env.filters["num"] = _num
     env.filters["pct"] = lambda v: "–" if v is None or _nan(v) else f"{v * 100:.1f} %"
-    env.filters["stage"] = lambda v: _enum_name(evaluator_pb2.EvaluationStage, v).lower()
-    env.filters["status"] = lambda v: _enum_name(evaluator_pb2.EvaluationStatus, v)
+    env.filters["stage"] = lambda v: short_name(evaluator_pb2.EvaluationStage, v).lower()
+    env.filters["status"] = lambda v: short_name(evaluator_pb2.EvaluationStatus, v)
     env.globals["retry_seconds"] = RETRY_SECONDS
     return env
-
-
-def _enum_name(enum, value: int) -> str:
-    """A proto enum value's name without its type's prefix (EVALUATION_STAGE_TRAIN → TRAIN)."""
-    return enum.Name(value).removeprefix(enum.Name(0).removesuffix("UNSPECIFIED"))
 
 
 def _nan(value: object) -> bool:
@@ -88,14 +85,6 @@ def _num(value: object, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
-
-
-def short(enum_name: str) -> str:
-    """EXPERIMENT_STATE_RUNNING → RUNNING, CYCLE_PHASE_FILTERING → FILTERING."""
-    for prefix in ("EXPERIMENT_STATE_", "CYCLE_PHASE_"):
-        if enum_name.startswith(prefix):
-            return enum_name.removeprefix(prefix)
-    return enum_name
 
 
 def highlight(code: str) -> str:
@@ -146,7 +135,7 @@ def create_app(settings: Settings) -> Starlette:
     async def experiments(request: Request) -> Response:
         answer = await call(controller().ListExperiments, controller_pb2.ListExperimentsRequest())
         rows = sorted(answer.experiments, key=lambda e: -e.created_unix_ms)
-        return page("experiments.html", title="Experiments", experiments=rows, short=_state_names)
+        return page("experiments.html", title="Experiments", experiments=rows, names=_state_names)
 
     async def _experiment(experiment_id: str) -> controller_pb2.Experiment:
         request = controller_pb2.GetExperimentRequest(experiment_id=experiment_id)
@@ -175,7 +164,7 @@ def create_app(settings: Settings) -> Starlette:
         return page("cycle_table.html", e=e, cycles=await _cycles(experiment_id), names=_state_names(e))
 
     async def cycles_json(request: Request) -> Response:
-        return JSONResponse(_finite(await _cycles(request.path_params["experiment_id"])))
+        return JSONResponse(stats.finite(await _cycles(request.path_params["experiment_id"])))
 
     async def action(request: Request) -> Response:
         experiment_id, verb = request.path_params["experiment_id"], request.path_params["verb"]
@@ -289,20 +278,9 @@ def create_app(settings: Settings) -> Starlette:
 
 def _state_names(e: controller_pb2.Experiment) -> dict[str, str]:
     return {
-        "state": short(controller_pb2.ExperimentState.Name(e.state)),
-        "phase": short(controller_pb2.CyclePhase.Name(e.current_phase)),
+        "state": short_name(controller_pb2.ExperimentState, e.state),
+        "phase": short_name(controller_pb2.CyclePhase, e.current_phase),
     }
-
-
-def _finite(value):
-    """JSON without NaN (null instead): browsers' JSON.parse refuses NaN."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    return value
 
 
 async def _follow(nats_url: str, experiment_id: str) -> AsyncIterator[dict]:
@@ -325,15 +303,29 @@ async def _follow(nats_url: str, experiment_id: str) -> AsyncIterator[dict]:
             payload = {
                 field.name: value for field, value in getattr(event, kind).ListFields()
             }  # flat scalars
-            data = _finite({"kind": kind, "cycle": event.cycle, **payload})
+            data = stats.finite({"kind": kind, "cycle": event.cycle, **payload})
             yield {"event": "cycle", "data": json.dumps(data)}
     finally:
         await client.close()
 
 
-def serve_in_background(settings: Settings, host: str = "127.0.0.1", port: int = 8765) -> str:
-    """Serve the dashboard from a daemon thread (what `archloop run` does beside its progress view) on
-    `port`, or a free one when that is taken; its URL once it answers. RuntimeError if it cannot start."""
+@dataclass
+class Served:
+    """A dashboard served from a daemon thread: its URL, and how to stop it."""
+
+    url: str
+    server: object
+    thread: object
+
+    def stop(self, timeout_seconds: float = 10.0) -> None:
+        self.server.should_exit = True  # type: ignore[attr-defined]
+        self.thread.join(timeout_seconds)  # type: ignore[attr-defined]
+
+
+def serve_in_background(settings: Settings, host: str = "127.0.0.1", port: int = 8765) -> Served:
+    """Serve the dashboard from a daemon thread (what `archloop run` does beside its progress view, and
+    the browser tests) on `port`, or a free one when that is taken or 0, once it answers. RuntimeError if
+    it cannot start."""
     import socket
     import threading
     import time
@@ -344,10 +336,8 @@ def serve_in_background(settings: Settings, host: str = "127.0.0.1", port: int =
         try:
             probe.bind((host, port))
         except OSError:
-            port = 0
-        if port == 0:
             probe.bind((host, 0))
-            port = probe.getsockname()[1]
+        port = probe.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level="error"))
     thread = threading.Thread(target=server.run, name="archloop-dashboard", daemon=True)
     thread.start()
@@ -356,4 +346,4 @@ def serve_in_background(settings: Settings, host: str = "127.0.0.1", port: int =
         time.sleep(0.05)
     if not server.started:
         raise RuntimeError(f"the dashboard did not start on {host}:{port}")
-    return f"http://{host}:{port}/"
+    return Served(f"http://{host}:{port}/", server, thread)
