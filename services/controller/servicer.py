@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -346,6 +347,19 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
         threshold = self._experiment(request.experiment_id).config.accuracy_threshold
         rows = await asyncio.to_thread(cycle_rows, self.ledger, request.experiment_id, threshold)
         return controller_pb2.ListCyclesResponse(cycles=summaries(rows))
+
+    async def GetReportDocument(self, request, context) -> controller_pb2.GetReportDocumentResponse:
+        from services.controller.report import report_document
+
+        assert self.ledger is not None
+        self._experiment(request.experiment_id)
+        document = await asyncio.to_thread(
+            report_document, self.ledger, request.experiment_id, self.loop_settings.corpus_dir,
+            request.include_candidates,
+        )  # fmt: skip
+        return controller_pb2.GetReportDocumentResponse(
+            document_json=json.dumps(document, default=str, allow_nan=False)
+        )
 
     async def ListCandidates(self, request, context) -> controller_pb2.ListCandidatesResponse:
         assert self.ledger is not None

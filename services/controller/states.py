@@ -1,15 +1,15 @@
 """The controller's states as enums, and the one table between them and the protos' enums.
 
 The ledger stores the enums' values as text (a StrEnum compares equal to its value, so rows read
-back as plain strings match them). `short_name` is the one way a proto enum value becomes text.
+back as plain strings match them). `short_name` (archloop.enums) is the one way a proto enum value
+becomes text.
 """
 
 from __future__ import annotations
 
 import enum
 
-from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
-
+from archloop.enums import short_name as short_name  # where the controller's modules find it
 from archloop.v1 import controller_pb2
 from services.controller.selection import Ablations, Policy, Thresholds
 
@@ -44,12 +44,6 @@ class Stage(enum.StrEnum):
     GENERATED = "generated"
     EVALUATED = "evaluated"
     DECIDED = "decided"
-
-
-def short_name(enum_type: EnumTypeWrapper, value: int) -> str:
-    """A proto enum value's name without its type's prefix (every enum of ours names its value 0
-    `<PREFIX>_UNSPECIFIED`): EXPERIMENT_STATE_RUNNING → RUNNING, EVALUATION_STATUS_OK → OK."""
-    return enum_type.Name(value).removeprefix(enum_type.Name(0).removesuffix("UNSPECIFIED"))
 
 
 EXPERIMENT_STATE_TO_PROTO = {

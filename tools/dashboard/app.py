@@ -10,6 +10,12 @@ Chosen libraries (docs/dashboard.md says more):
   so not websockets.
 - Plotly for the plots, its JavaScript bundle served from the plotly wheel (no CDN: works offline).
 - Pygments for the programs' syntax highlighting, on the server (no script).
+The templates, the style sheet and the plotting script live in archloop.views: the static report
+(`archloop report`) renders the same ones into a single offline file.
+
+With an auth token file (ARCHLOOP_AUTH_TOKEN_FILE, the services' bearer token) every page but /login
+and /healthz needs `Authorization: Bearer <token>` (an ingress or a script) or the cookie /login sets
+after the token is typed in (an HMAC of the token, never the token itself).
 
 Every page asks the controller over gRPC. An unknown experiment or candidate is a 404 page; a
 controller that does not answer is a 503 page that says so and retries every 5 s, never a trace.
@@ -19,36 +25,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
-import math
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, quote
 
 import grpc
 from google.protobuf import json_format
-from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from archloop.clients import aio_channel
+from archloop import views
+from archloop.clients import ChannelSecurity, aio_channel, read_token_file
+from archloop.enums import short_name
 from archloop.v1 import (
     controller_pb2,
     controller_pb2_grpc,
-    evaluator_pb2,
     events_pb2,
     novelty_pb2,
     novelty_pb2_grpc,
 )
 from services.controller import stats
-from services.controller.states import short_name
+from services.controller.report import comparison_rows, comparison_series
 
-STATIC = Path(__file__).with_name("static")
 RPC_TIMEOUT_SECONDS = 10.0
-RETRY_SECONDS = 5
+COOKIE = "archloop_dashboard"
+OPEN_PATHS = {"/login", "/healthz"}  # what answers without the token
 DOWN = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 
 
@@ -57,6 +65,8 @@ class Settings:
     controller: str  # host:port of the controller
     nats_url: str = ""  # live updates from NATS JetStream ("" = the page polls instead)
     novelty: str = ""  # the novelty service, for a candidate's nearest corpus program ("" = its id only)
+    auth_token_file: str = ""  # the bearer token a visitor must show ("" = none: loopback use)
+    peers: ChannelSecurity = field(default_factory=ChannelSecurity)  # TLS / token towards the services
 
 
 class ControllerDown(Exception):
@@ -65,55 +75,17 @@ class ControllerDown(Exception):
         self.address, self.code = address, code
 
 
-def _environment() -> Environment:
-    env = Environment(loader=PackageLoader("tools.dashboard", "templates"), autoescape=select_autoescape())
-    env.filters["num"] = _num
-    env.filters["pct"] = lambda v: "–" if v is None or _nan(v) else f"{v * 100:.1f} %"
-    env.filters["stage"] = lambda v: short_name(evaluator_pb2.EvaluationStage, v).lower()
-    env.filters["status"] = lambda v: short_name(evaluator_pb2.EvaluationStatus, v)
-    env.globals["retry_seconds"] = RETRY_SECONDS
-    return env
-
-
-def _nan(value: object) -> bool:
-    return isinstance(value, float) and not math.isfinite(value)
-
-
-def _num(value: object, digits: int = 3) -> str:
-    if value is None or _nan(value):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def highlight(code: str) -> str:
-    from pygments import highlight as pygmentize
-    from pygments.formatters import HtmlFormatter
-    from pygments.lexers import PythonLexer
-
-    return pygmentize(code, PythonLexer(), HtmlFormatter(cssclass="code", linenos="table"))
-
-
-def code_css() -> str:
-    from pygments.formatters import HtmlFormatter
-
-    return HtmlFormatter(cssclass="code").get_style_defs(".code")
-
-
-def plotly_bundle() -> str:
-    from plotly.offline import get_plotlyjs
-
-    return get_plotlyjs()
-
-
 def create_app(settings: Settings) -> Starlette:
-    env = _environment()
+    """The dashboard app. ValueError when the auth token file cannot be read."""
+    env = views.environment()
     state: dict = {}
+    token = read_token_file(settings.auth_token_file) if settings.auth_token_file else ""
+    cookie_value = _cookie_value(token) if token else ""
 
     def controller() -> controller_pb2_grpc.ControllerServiceStub:
         if "controller" not in state:
-            state["controller"] = controller_pb2_grpc.ControllerServiceStub(aio_channel(settings.controller))
+            channel = aio_channel(settings.controller, security=settings.peers)
+            state["controller"] = controller_pb2_grpc.ControllerServiceStub(channel)
         return state["controller"]
 
     async def call(method, request):
@@ -141,30 +113,51 @@ def create_app(settings: Settings) -> Starlette:
         request = controller_pb2.GetExperimentRequest(experiment_id=experiment_id)
         return (await call(controller().GetExperiment, request)).experiment
 
-    async def _cycles(experiment_id: str) -> list[dict]:
-        answer = await call(
-            controller().ListCycles, controller_pb2.ListCyclesRequest(experiment_id=experiment_id)
-        )
-        # every field, numbers as numbers (MessageToDict would quote the int64 ones)
-        return [{f.name: getattr(c, f.name) for f in c.DESCRIPTOR.fields} for c in answer.cycles]
+    async def _document(experiment_id: str) -> dict:
+        request = controller_pb2.GetReportDocumentRequest(experiment_id=experiment_id)
+        return json.loads((await call(controller().GetReportDocument, request)).document_json)
 
     async def experiment(request: Request) -> Response:
         experiment_id = request.path_params["experiment_id"]
         e = await _experiment(experiment_id)
-        cycles = await _cycles(experiment_id)
         config = json_format.MessageToDict(e.config, preserving_proto_field_name=True)
         return page(
-            "experiment.html", title=f"Experiment {experiment_id}", e=e, cycles=cycles,
+            "experiment.html", title=f"Experiment {experiment_id}", e=e, doc=await _document(experiment_id),
             config=json.dumps(config, indent=2, sort_keys=True), names=_state_names(e),
         )  # fmt: skip
 
-    async def cycle_table(request: Request) -> Response:
+    async def live(request: Request) -> Response:
+        """What the open experiment page reads again on each cycle event, in one request: the report
+        document (for the plots) and its server-rendered parts, by element id."""
         experiment_id = request.path_params["experiment_id"]
-        e = await _experiment(experiment_id)
-        return page("cycle_table.html", e=e, cycles=await _cycles(experiment_id), names=_state_names(e))
+        e, doc = await asyncio.gather(_experiment(experiment_id), _document(experiment_id))
+        sections: Any = env.get_template("sections.html").make_module({"live": bool(settings.nats_url)})
+        context = {"e": e, "names": _state_names(e), "cycles": doc["cycles"]}
+        html = {
+            "progress": env.get_template("progress.html").render(context),
+            "table": env.get_template("cycle_table.html").render(context),
+            "diversity": str(sections.diversity(doc)),
+            "audit": str(sections.audit(doc)),
+            "reliability": str(sections.reliability(doc)),
+            "lineage-section": str(sections.lineage(doc)),
+        }
+        return JSONResponse({"html": html, "doc": doc})
 
-    async def cycles_json(request: Request) -> Response:
-        return JSONResponse(stats.finite(await _cycles(request.path_params["experiment_id"])))
+    async def compare(request: Request) -> Response:
+        """NNGPT Table 3 over the experiments named by ?experiment=… (repeated; none: every one)."""
+        chosen = list(dict.fromkeys(request.query_params.getlist("experiment")))
+        if not chosen:
+            answer = await call(controller().ListExperiments, controller_pb2.ListExperimentsRequest())
+            chosen = [e.experiment_id for e in sorted(answer.experiments, key=lambda e: e.created_unix_ms)]
+        items = []
+        for experiment_id in chosen:
+            e = await _experiment(experiment_id)
+            listing = controller_pb2.ListCyclesRequest(experiment_id=experiment_id)
+            cycles = list((await call(controller().ListCycles, listing)).cycles)
+            items.append((experiment_id, e.config, cycles))
+        rows = stats.finite(comparison_rows(items))
+        return page("compare.html", title="Comparison of experiments", rows=rows,
+                    series=stats.finite(comparison_series(items)))  # fmt: skip
 
     async def action(request: Request) -> Response:
         experiment_id, verb = request.path_params["experiment_id"], request.path_params["verb"]
@@ -207,9 +200,9 @@ def create_app(settings: Settings) -> Starlette:
         experiment_id = candidate_id.rsplit("-c", 1)[0]
         neighbour = await _neighbour(experiment_id, c.nearest_train) if c.nearest_train else None
         return page(
-            "candidate.html", title=f"Candidate {candidate_id}", c=c, code=highlight(c.code),
-            code_css=code_css(), generation=generation, experiment_id=experiment_id,
-            neighbour=highlight(neighbour) if neighbour else None, diff=generation.get("diff", ""),
+            "candidate.html", title=f"Candidate {candidate_id}", c=c, code=views.highlight(c.code),
+            code_css=views.code_css(), generation=generation, experiment_id=experiment_id,
+            neighbour=views.highlight(neighbour) if neighbour else None, diff=generation.get("diff", ""),
         )  # fmt: skip
 
     async def _neighbour(experiment_id: str, entry_id: str) -> str | None:
@@ -217,7 +210,8 @@ def create_app(settings: Settings) -> Starlette:
         if not settings.novelty:
             return None
         if "novelty" not in state:  # one channel for the app's life, as for the controller
-            state["novelty"] = novelty_pb2_grpc.NoveltyServiceStub(aio_channel(settings.novelty))
+            channel = aio_channel(settings.novelty, security=settings.peers)
+            state["novelty"] = novelty_pb2_grpc.NoveltyServiceStub(channel)
         stub = state["novelty"]
         request = novelty_pb2.GetEntryRequest(collection=f"{experiment_id}-corpus", entry_id=entry_id)
         with contextlib.suppress(grpc.aio.AioRpcError):
@@ -234,18 +228,37 @@ def create_app(settings: Settings) -> Starlette:
         return EventSourceResponse(_follow(settings.nats_url, experiment_id))
 
     async def plotly_js(request: Request) -> Response:
-        if "plotly" not in state:
-            state["plotly"] = await asyncio.to_thread(plotly_bundle)
-        return Response(state["plotly"], media_type="application/javascript",
+        return Response(await asyncio.to_thread(views.plotly_bundle), media_type="application/javascript",
                         headers={"Cache-Control": "max-age=86400"})  # fmt: skip
 
     async def static(request: Request) -> Response:
         name = request.path_params["name"]
-        path = STATIC / name
-        if name not in {"app.js", "app.css"} or not path.exists():
+        if name not in views.ASSETS:
             raise HTTPException(404, f"no static file {name!r}")
         media = "application/javascript" if name.endswith(".js") else "text/css"
-        return Response(path.read_text(), media_type=media)
+        return Response(views.asset(name), media_type=media)
+
+    async def healthz(request: Request) -> Response:
+        return Response("ok\n", media_type="text/plain")
+
+    async def login(request: Request) -> Response:
+        """The form that asks for the token; a right one sets the cookie and goes where the visitor
+        was going, a wrong one is a 401 page that says so."""
+        target = _local_path(request.query_params.get("next", "/"))
+        if not token:
+            return RedirectResponse(target, status_code=303)
+        if request.method == "GET":
+            return page("login.html", status=200, title="Sign in", target=target, message="")
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        given = (form.get("token") or [""])[0].strip()
+        target = _local_path((form.get("next") or [target])[0])
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return page("login.html", status=401, title="Sign in", target=target,
+                        message="That token is not the one this dashboard was given.")  # fmt: skip
+        response = RedirectResponse(target, status_code=303)
+        secure = request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
+        response.set_cookie(COOKIE, cookie_value, httponly=True, samesite="strict", secure=secure)
+        return response
 
     async def not_found(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -260,20 +273,66 @@ def create_app(settings: Settings) -> Starlette:
 
     routes = [
         Route("/", experiments),
+        Route("/compare", compare),
         Route("/experiments/{experiment_id}", experiment),
-        Route("/experiments/{experiment_id}/table", cycle_table),
-        Route("/experiments/{experiment_id}/cycles.json", cycles_json),
+        Route("/experiments/{experiment_id}/live.json", live),
         Route("/experiments/{experiment_id}/events", events),
         Route("/experiments/{experiment_id}/candidates", candidates),
         Route("/experiments/{experiment_id}/{verb}", action, methods=["POST"]),
         Route("/candidates/{candidate_id}", candidate),
         Route("/static/plotly.min.js", plotly_js),
         Route("/static/{name}", static),
+        Route("/healthz", healthz),
+        Route("/login", login, methods=["GET", "POST"]),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         exception_handlers={HTTPException: not_found, ControllerDown: controller_down},
     )
+    if token:
+        app.add_middleware(_TokenGate, expected=f"Bearer {token}", cookie_value=cookie_value)
+    return app
+
+
+def _cookie_value(token: str) -> str:
+    """What the login cookie holds: an HMAC of the token (a stolen cookie does not give the token away)."""
+    return hmac.new(token.encode(), b"archloop-dashboard-session", hashlib.sha256).hexdigest()
+
+
+def _local_path(target: str) -> str:
+    """`target` if it is a path on this site, else "/" (no open redirect to another host)."""
+    return target if target.startswith("/") and not target.startswith("//") else "/"
+
+
+class _TokenGate:
+    """ASGI middleware: a request needs `Authorization: Bearer <token>` or the login cookie; a browser
+    without either is sent to /login, anything else gets 401 with a one-line reason. Constant-time
+    comparisons, as archloop.server's interceptor does for gRPC."""
+
+    def __init__(self, app, expected: str, cookie_value: str) -> None:
+        self.app, self.expected, self.cookie_value = app, expected.encode(), cookie_value.encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        given = request.headers.get("authorization", "").encode()
+        cookie = request.cookies.get(COOKIE, "").encode()
+        if hmac.compare_digest(given, self.expected) or (
+            cookie and hmac.compare_digest(cookie, self.cookie_value)
+        ):
+            await self.app(scope, receive, send)
+            return
+        if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
+            target = scope["path"] + (f"?{scope['query_string'].decode()}" if scope["query_string"] else "")
+            response: Response = RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
+        else:
+            response = Response(
+                "authorization: a valid 'Bearer <token>' (or the dashboard's login cookie) is required\n",
+                status_code=401, media_type="text/plain", headers={"WWW-Authenticate": "Bearer"},
+            )  # fmt: skip
+        await response(scope, receive, send)
 
 
 def _state_names(e: controller_pb2.Experiment) -> dict[str, str]:
