@@ -32,6 +32,7 @@ def environment() -> Environment:
     )
     env.filters["num"] = num
     env.filters["pct"] = lambda v: "–" if _missing(v) else f"{v * 100:.1f} %"
+    env.filters["p"] = lambda v: "–" if _missing(v) else ("< 0.0001" if v < 1e-4 else f"{v:.4f}")
     env.filters["stage"] = lambda v: short_name(evaluator_pb2.EvaluationStage, v).lower()
     env.filters["status"] = lambda v: short_name(evaluator_pb2.EvaluationStatus, v)
     env.filters["highlight"] = highlight
@@ -93,7 +94,7 @@ def render_report(document: dict) -> str:
     )  # fmt: skip
 
 
-def render_comparison(rows: list[dict], series: dict[str, list[dict]]) -> str:
+def render_comparison(rows: list[dict], series: list[dict]) -> str:
     """The comparison of experiments (NNGPT Table 3) as a single HTML file: `rows` from
     services.controller.report.comparison_rows, `series` each experiment's cycle summaries."""
     return (

@@ -601,12 +601,14 @@ def comparison_rows(items: Compared) -> list[dict]:
     return rows
 
 
-def comparison_series(items: Compared) -> dict[str, list[dict]]:
-    """Each experiment's cycle summaries as plain dicts (numbers as numbers), for the comparison's plots."""
-    return {
-        experiment_id: [{f.name: getattr(s, f.name) for f in s.DESCRIPTOR.fields} for s in cycles]
+def comparison_series(items: Compared) -> list[dict]:
+    """Each experiment's cycle summaries as plain dicts (numbers as numbers), in the order given: the
+    comparison's plots."""
+    return [
+        {"experiment": experiment_id,
+         "cycles": [{f.name: getattr(s, f.name) for f in s.DESCRIPTOR.fields} for s in cycles]}
         for experiment_id, _, cycles in items
-    }
+    ]  # fmt: skip
 
 
 def write_comparison(items: Compared, out: Path) -> list[Path]:

@@ -80,7 +80,7 @@ window.ArchLoopPlots = (function () {
     const traces = [["j_train", "J to the corpus"], ["j_gen", "J to the cycle's earlier"], ["j_struct_train", "structural J to the corpus"]]
       .map(([key, name]) => ({ x: (novelty[key] || []).filter(v => v != null), type: "histogram", name, opacity: 0.6,
         xbins: { start: 0, end: 1.0001, size: 0.05 } }))
-      .filter(t => t.x.length);
+      .filter(t => t.x.some(v => v > 0));  // a channel that measured nothing (all 0: structural off) is left out
     if (!traces.length) { empty("plot-novelty", "Novelty", "No novelty figure yet."); return; }
     traces.push({ x: [doc.novelty_threshold, doc.novelty_threshold], y: [0, 1], yaxis: "y2", mode: "lines", name: "τ_nov",
       line: { dash: "dash", color: "#b3261e" } });
@@ -102,11 +102,10 @@ window.ArchLoopPlots = (function () {
         yaxis: unit("accuracy after " + epochs + " epochs") }));
   }
 
-  // several experiments' cycle summaries: { experiment id: [CycleSummary as JSON, …] }
+  // several experiments' cycle summaries, in the table's order: [{ experiment, cycles: [CycleSummary as JSON, …] }, …]
   function compare(series) {
-    const names = Object.keys(series);
-    const line = (key, scale) => names.map(name => ({ x: series[name].map(c => c.cycle), y: series[name].map(c => c[key] * (scale || 1)),
-      mode: "lines+markers", name }));
+    const line = (key, scale) => series.map(s => ({ x: s.cycles.map(c => c.cycle), y: s.cycles.map(c => c[key] * (scale || 1)),
+      mode: "lines+markers", name: s.experiment }));
     show("plot-compare-valid", line("valid_fraction", 100), layout("Valid rate", "cycle", "valid %",
       { xaxis: byCycle, yaxis: { title: { text: "valid %" }, range: [0, 100] } }));
     show("plot-compare-accuracy", line("mean_accuracy"), layout("Mean first-epoch accuracy", "cycle", "accuracy",

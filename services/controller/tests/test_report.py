@@ -94,4 +94,5 @@ def test_the_comparison_of_two_experiments_is_a_table_and_one_self_contained_pag
     assert [url for url in _urls(page) if not url.startswith(("#", "data:"))] == []
     assert page.count('<tr><td class="text">') == 2 and "4.00" in page
     series = json.loads(page.split('id="compare-data">', 1)[1].split("</script>", 1)[0])
-    assert [c["valid_fraction"] for c in series["delta"]] == [1.0]
+    assert [s["experiment"] for s in series] == ["full", "delta"]  # the table's order
+    assert [c["valid_fraction"] for c in series[1]["cycles"]] == [1.0]
