@@ -245,3 +245,30 @@ def test_the_static_report_opens_from_disk_with_the_network_cut(dashboard, brows
     assert page.locator("#program-dash-c1-0000 .code .k").count() > 0
     assert asked == [report.as_uri()] and errors == []
     context.close()
+
+
+def test_an_experiment_is_started_and_stopped_from_the_dashboard(dashboard, browser) -> None:
+    base, _ = dashboard
+    page, errors = _page(browser)
+    page.goto(base + "/")
+    page.click("a:has-text('Start an experiment')")
+    assert "cycles:" in page.input_value("#config")  # the packaged embedded config to begin from
+    for bad, words in (
+        ("cycles: [1, 2", "config: not YAML"),
+        ("cycles: lots", "config: Failed to parse cycles field"),
+        ("selection_policy: best", "selection_policy: 'best' is not one of ['threshold'"),
+    ):
+        page.goto(base + "/start")
+        page.fill("#config", bad)
+        page.click("#start button")
+        assert words in page.inner_text("#message"), bad
+        assert "Traceback" not in page.content()
+    page.goto(base + "/start")
+    page.fill("input[name=experiment_id]", "from-the-dashboard")
+    page.click("#start button")
+    page.wait_for_url(base + "/experiments/from-the-dashboard")
+    assert "from-the-dashboard" in page.inner_text("h1")
+    page.click("form[action='/experiments/from-the-dashboard/stop'] button")  # the controller allows it
+    page.wait_for_url(base + "/experiments/from-the-dashboard")
+    page.wait_for_function("/STOPP(ING|ED)/.test(document.querySelector('h1').textContent)", timeout=30000)
+    assert [e for e in errors if "409" not in e and "400" not in e] == []

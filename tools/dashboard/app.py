@@ -30,10 +30,12 @@ import hmac
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, quote
 
 import grpc
+import yaml
 from google.protobuf import json_format
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -44,6 +46,7 @@ from starlette.routing import Route
 from archloop import views
 from archloop.clients import ChannelSecurity, aio_channel, read_token_file
 from archloop.enums import short_name
+from archloop.errors import InvalidArgument
 from archloop.v1 import (
     controller_pb2,
     controller_pb2_grpc,
@@ -51,12 +54,20 @@ from archloop.v1 import (
     novelty_pb2,
     novelty_pb2_grpc,
 )
+from services.controller import config as experiment_config
 from services.controller import stats
 from services.controller.report import comparison_rows, comparison_series
 
 RPC_TIMEOUT_SECONDS = 10.0
 COOKIE = "archloop_dashboard"
 OPEN_PATHS = {"/login", "/healthz"}  # what answers without the token
+REFUSED = {  # a gRPC refusal as an HTTP status (anything else the controller answers: 502)
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.UNAUTHENTICATED: 502,
+}
 DOWN = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 
 
@@ -94,11 +105,10 @@ def create_app(settings: Settings) -> Starlette:
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 raise HTTPException(404, exc.details()) from None
-            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                raise HTTPException(400, exc.details()) from None
             if exc.code() in DOWN:
                 raise ControllerDown(settings.controller, exc.code().name) from None
-            raise
+            # the controller's own sentence, on a page with the matching HTTP status; never a trace
+            raise HTTPException(REFUSED.get(exc.code(), 502), exc.details() or exc.code().name) from None
 
     def page(name: str, status: int = 200, **context) -> HTMLResponse:
         template = env.get_template(name)
@@ -158,6 +168,36 @@ def create_app(settings: Settings) -> Starlette:
         rows = stats.finite(comparison_rows(items))
         return page("compare.html", title="Comparison of experiments", rows=rows,
                     series=stats.finite(comparison_series(items)))  # fmt: skip
+
+    async def start(request: Request) -> Response:
+        """A new experiment: a name and a config (YAML of ExperimentConfig fields, a packaged one to
+        begin from). A config that does not parse, or that the controller refuses, is a 400/409 page
+        naming the field; a started one redirects to its page."""
+        packaged = {
+            path.stem: path.read_text() for path in sorted(experiment_config.EMBEDDED.parent.glob("*.yaml"))
+        }
+        if request.method == "GET":
+            chosen = request.query_params.get("from", experiment_config.EMBEDDED.stem)
+            if chosen not in packaged:
+                raise HTTPException(404, f"no packaged config {chosen!r} (there are {', '.join(packaged)})")
+            return page("start.html", title="Start an experiment", packaged=packaged, chosen=chosen,
+                        text=packaged[chosen], experiment_id="")  # fmt: skip
+        form = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+        experiment_id = (form.get("experiment_id") or [""])[0].strip()
+        text = (form.get("config") or [""])[0]
+        try:
+            data = yaml.safe_load(text) or {}
+            config = experiment_config.from_mapping(data, "config")
+        except yaml.YAMLError as exc:
+            raise HTTPException(400, f"config: not YAML ({str(exc).splitlines()[0]})") from None
+        except InvalidArgument as exc:
+            raise HTTPException(400, str(exc)) from None
+        if not experiment_id:
+            stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+            experiment_id = f"{config.name or 'experiment'}-{stamp}"
+        request_ = controller_pb2.StartExperimentRequest(experiment_id=experiment_id, config=config)
+        await call(controller().StartExperiment, request_)
+        return RedirectResponse(f"/experiments/{quote(experiment_id)}", status_code=303)
 
     async def action(request: Request) -> Response:
         experiment_id, verb = request.path_params["experiment_id"], request.path_params["verb"]
@@ -262,7 +302,7 @@ def create_app(settings: Settings) -> Starlette:
 
     async def not_found(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        titles = {404: "Not found", 400: "Bad request"}
+        titles = {404: "Not found", 400: "Bad request", 409: "Refused", 502: "The controller refused"}
         return page("error.html", status=exc.status_code, title=titles.get(exc.status_code, "Error"),
                     message=exc.detail)  # fmt: skip
 
@@ -274,6 +314,7 @@ def create_app(settings: Settings) -> Starlette:
     routes = [
         Route("/", experiments),
         Route("/compare", compare),
+        Route("/start", start, methods=["GET", "POST"]),
         Route("/experiments/{experiment_id}", experiment),
         Route("/experiments/{experiment_id}/live.json", live),
         Route("/experiments/{experiment_id}/events", events),
