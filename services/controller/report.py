@@ -2,10 +2,10 @@
 program reads.
 
     cycles.csv       one row per cycle: valid % with its Wilson 95 % interval, best / mean (t 95 %) /
-                     median first-epoch accuracy, % of valid ≥ τ, admitted, corpus size, C_t, Q_t and its
-                     3-cycle smoothing, novelty medians, fine-tune loss, duration, and diversity: mean
-                     J_gen of the admitted, distinct topologies among the valid, archive cells the
-                     admitted fall into
+                     median first-epoch accuracy, % of valid ≥ τ, admitted, corpus size, C_t (Wilson
+                     95 %), Q_t (t 95 %) and its 3-cycle smoothing, novelty medians, fine-tune loss,
+                     duration, and diversity: mean J_gen of the admitted, distinct topologies among
+                     the valid, archive cells the admitted fall into
     candidates.csv   one row per candidate: generation metadata, every evaluation figure, J_train, J_gen,
                      near-duplicate flags, rejection_count, decision and reason
     report.json      all of the above plus proxy reliability (the fully trained top-k, and LEMUR's own

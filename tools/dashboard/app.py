@@ -103,8 +103,6 @@ def create_app(settings: Settings) -> Starlette:
         try:
             return await method(request, timeout=RPC_TIMEOUT_SECONDS)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                raise HTTPException(404, exc.details()) from None
             if exc.code() in DOWN:
                 raise ControllerDown(settings.controller, exc.code().name) from None
             # the controller's own sentence, on a page with the matching HTTP status; never a trace
@@ -173,9 +171,8 @@ def create_app(settings: Settings) -> Starlette:
         """A new experiment: a name and a config (YAML of ExperimentConfig fields, a packaged one to
         begin from). A config that does not parse, or that the controller refuses, is a 400/409 page
         naming the field; a started one redirects to its page."""
-        packaged = {
-            path.stem: path.read_text() for path in sorted(experiment_config.EMBEDDED.parent.glob("*.yaml"))
-        }
+        configs = sorted(experiment_config.CONFIG_DIR.glob("*.yaml"))
+        packaged = {path.stem: path.read_text() for path in configs}
         if request.method == "GET":
             chosen = request.query_params.get("from", experiment_config.EMBEDDED.stem)
             if chosen not in packaged:
@@ -354,7 +351,7 @@ class _TokenGate:
         self.app, self.expected, self.cookie_value = app, expected.encode(), cookie_value.encode()
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] == "lifespan" or scope["path"] in OPEN_PATHS:  # websockets too need the token
             await self.app(scope, receive, send)
             return
         request = Request(scope)
