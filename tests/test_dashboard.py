@@ -165,22 +165,37 @@ def test_a_cycle_event_on_nats_shows_up_without_a_reload(dashboard, browser, nat
     ledger = Ledger(state / "ledger.sqlite3")
     ledger.start_cycle("dash", 2, event("dash", 2, "cycle_started"))
     ledger.close()
-    cycle_event = event("dash", 2, "cycle_evaluated", candidates_evaluated=24, candidates_valid=21)
 
-    async def publish() -> None:
-        client = await connect_nats(nats_server.url, name="test-dashboard")
-        try:
-            await ensure_stream(client.jetstream())
-            await publish_event(client.jetstream(), cycle_event)
-        finally:
-            await client.close()
+    def publish(*events) -> None:
+        async def send() -> None:
+            client = await connect_nats(nats_server.url, name="test-dashboard")
+            try:
+                await ensure_stream(client.jetstream())
+                for one in events:
+                    await publish_event(client.jetstream(), one)
+            finally:
+                await client.close()
 
-    sender = threading.Thread(target=lambda: asyncio.run(publish()))
-    sender.start()
-    sender.join(30)
+        sender = threading.Thread(target=lambda: asyncio.run(send()))
+        sender.start()
+        sender.join(30)
+
+    publish(event("dash", 2, "cycle_evaluated", candidates_evaluated=24, candidates_valid=21))
     page.wait_for_selector("#events li:has-text('cycle_evaluated')", timeout=15000)
     assert '"candidates_valid":21' in page.inner_text("#events")
     page.wait_for_function("document.querySelectorAll('#cycle-table tbody tr').length === 2", timeout=15000)
+    assert page.evaluate("window.notReloaded") == "still here"
+    # the experiment's end: the page says so and stops listening (no reconnecting to a server that
+    # may end with `archloop run`)
+    ledger = Ledger(state / "ledger.sqlite3")
+    ledger.set_experiment("dash", state=ExperimentState.COMPLETED)
+    ledger.close()
+    publish(event("dash", 2, "experiment_completed", cycles_completed=2))
+    page.wait_for_function(
+        "document.getElementById('live-state').textContent.includes('has ended (completed)')", timeout=15000
+    )
+    page.wait_for_function("document.querySelector('h1').textContent.includes('COMPLETED')", timeout=15000)
+    assert page.locator("form[action='/experiments/dash/resume']").count() == 0  # the header follows too
     assert page.evaluate("window.notReloaded") == "still here"
     assert errors == []
 

@@ -243,7 +243,8 @@ def _finish(stub, experiment_id: str, state: str, out: Path) -> int:
         timeout=600,
     )
     Console().print(_cycle_table(report.cycles, f"{experiment_id} ({state.lower()})"))
-    console.print(f"report: {Path(report.output_dir) / 'report.html'}")
+    console.print(f"report: {Path(report.output_dir) / 'report.html'} (one file: it opens offline)")
+    console.print("the dashboard stops with this run; `archloop up` then `archloop dashboard` bring it back")
     return EXIT_OK if state == "COMPLETED" else EXIT_FAILED
 
 

@@ -142,6 +142,7 @@ def create_app(settings: Settings) -> Starlette:
         sections: Any = env.get_template("sections.html").make_module({"live": bool(settings.nats_url)})
         context = {"e": e, "names": _state_names(e), "cycles": doc["cycles"]}
         html = {
+            "head": env.get_template("experiment_head.html").render(context),
             "progress": env.get_template("progress.html").render(context),
             "table": env.get_template("cycle_table.html").render(context),
             "diversity": str(sections.diversity(doc)),

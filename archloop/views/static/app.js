@@ -32,8 +32,19 @@
   if (section.dataset.live === "on") {
     const source = new EventSource(base + "/events");
     source.addEventListener("ready", () => { state.textContent = "Live: cycle events appear here as they happen."; });
-    source.addEventListener("cycle", message => { listEvent(JSON.parse(message.data)); refresh(); });
-    source.onerror = () => { state.textContent = "Live updates interrupted; reconnecting…"; };
+    source.addEventListener("cycle", message => {
+      const event = JSON.parse(message.data);
+      listEvent(event);
+      refresh();
+      if (event.kind === "experiment_completed" || event.kind === "experiment_failed") {
+        source.close();  // nothing more will come: no reconnecting to a dashboard that may end with the run
+        state.textContent = "The experiment has ended (" + event.kind.replace("experiment_", "") + "); live updates stopped.";
+      }
+    });
+    source.onerror = () => {
+      if (source.readyState === EventSource.CLOSED) return;
+      state.textContent = "Live updates interrupted; reconnecting… (a dashboard served by `archloop run` ends with the run)";
+    };
   } else {
     setInterval(refresh, 10000);
   }
