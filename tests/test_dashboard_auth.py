@@ -5,10 +5,11 @@ Without the token a browser is sent to the login form and anything else gets 401
 token on an `Authorization: Bearer` header (an ingress, a script) or the cookie the login form sets
 lets a request through (to a controller that is down here: 503, past the gate); a wrong token is a 401
 login page; /healthz and /login answer without it; a login never redirects off the site. Off loopback
-without a token the CLI refuses to serve."""
+without a token the CLI refuses to serve; a bad token file or port is one line and exit 2."""
 
 from __future__ import annotations
 
+import os
 import socket
 import urllib.error
 import urllib.parse
@@ -98,3 +99,6 @@ def test_the_cli_will_not_serve_off_loopback_without_a_token(tmp_path: Path) -> 
     empty.write_text("")
     result = run_cli("dashboard", "--auth-token-file", str(empty), "--controller", "127.0.0.1:1")
     assert result.returncode == 2 and f"the token file {empty} is empty" in result.stderr
+    env = {**os.environ, "ARCHLOOP_DASHBOARD_PORT": "eighty"}
+    result = run_cli("dashboard", "--controller", "127.0.0.1:1", env=env)
+    assert result.returncode == 2 and "ARCHLOOP_DASHBOARD_PORT='eighty' is not a port" in result.stderr

@@ -548,6 +548,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     if not settings.controller:
         print("archloop dashboard: no controller (give --controller, or `archloop up`)", file=sys.stderr)
         return EXIT_USAGE
+    if args.port is None:
+        variable = os.environ.get("ARCHLOOP_DASHBOARD_PORT", "8765")
+        if not variable.isdigit():
+            print(f"archloop dashboard: ARCHLOOP_DASHBOARD_PORT={variable!r} is not a port", file=sys.stderr)
+            return EXIT_USAGE
+        args.port = int(variable)
     if not 0 <= args.port <= 65535:
         print(f"archloop dashboard: --port {args.port} is not a port", file=sys.stderr)
         return EXIT_USAGE
@@ -620,10 +626,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "--host", default=os.environ.get("ARCHLOOP_HOST", "127.0.0.1"),
         help="interface [env ARCHLOOP_HOST, default 127.0.0.1: this machine]",
     )  # fmt: skip
-    dashboard.add_argument(
-        "--port", type=int, default=int(os.environ.get("ARCHLOOP_DASHBOARD_PORT", "8765")),
-        help="[env ARCHLOOP_DASHBOARD_PORT, default 8765]",
-    )  # fmt: skip
+    dashboard.add_argument("--port", type=int, help="[env ARCHLOOP_DASHBOARD_PORT, default 8765]")
     dashboard.add_argument(
         "--auth-token-file",
         help="visitors must show this bearer token (header or login form) [env ARCHLOOP_AUTH_TOKEN_FILE]",
