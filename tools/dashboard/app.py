@@ -127,10 +127,10 @@ def create_app(settings: Settings) -> Starlette:
 
     async def experiment(request: Request) -> Response:
         experiment_id = request.path_params["experiment_id"]
-        e = await _experiment(experiment_id)
+        e, doc = await asyncio.gather(_experiment(experiment_id), _document(experiment_id))
         config = json_format.MessageToDict(e.config, preserving_proto_field_name=True)
         return page(
-            "experiment.html", title=f"Experiment {experiment_id}", e=e, doc=await _document(experiment_id),
+            "experiment.html", title=f"Experiment {experiment_id}", e=e, doc=doc,
             config=json.dumps(config, indent=2, sort_keys=True), names=_state_names(e),
         )  # fmt: skip
 

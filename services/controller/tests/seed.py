@@ -3,6 +3,7 @@ record_evaluation), for tests that start from an evaluated cycle."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -70,8 +71,6 @@ def evaluator_and_novelty(start_service, tmp_path: Path) -> Peers:
 async def evaluate_programs(runner: ExperimentRunner, cycle: int, programs: list[str]) -> list[str]:
     """Record `programs` as the cycle's generated candidates and evaluate them all at once, as the loop
     does (as many in flight as the evaluator allows); their ids."""
-    import asyncio
-
     ids = []
     for index, code in enumerate(programs):
         candidate_id = f"{runner.id}-c{cycle}-{index:04d}"

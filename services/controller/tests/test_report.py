@@ -9,11 +9,19 @@ import json
 from html.parser import HTMLParser
 from pathlib import Path
 
-from archloop import views
+import pytest
+
+from archloop import corpus, views
 from archloop.prompts import BASELINE_FILE as BASELINE
 from services.controller import config as experiment_config
 from services.controller.ledger import Ledger
-from services.controller.report import cycle_rows, summaries, write_comparison, write_report
+from services.controller.report import (
+    cycle_rows,
+    proxy_reliability,
+    summaries,
+    write_comparison,
+    write_report,
+)
 from services.controller.requests import event
 from services.controller.tests.seed import add_evaluated
 
@@ -96,3 +104,25 @@ def test_the_comparison_of_two_experiments_is_a_table_and_one_self_contained_pag
     series = json.loads(page.split('id="compare-data">', 1)[1].split("</script>", 1)[0])
     assert [s["experiment"] for s in series] == ["full", "delta"]  # the table's order
     assert [c["valid_fraction"] for c in series[1]["cycles"]] == [1.0]
+
+
+def test_lemurs_reliability_table_is_read_again_when_the_file_changes(tmp_path: Path) -> None:
+    """The LEMUR part is cached by the file's path, mtime and size (the dashboard asks at every event):
+    a changed file gives the new figures, never the cached ones."""
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    config = experiment_config.with_defaults(experiment_config.from_mapping({"cycles": 1}))
+    ledger.create_experiment("l", experiment_config.to_json(config), experiment_config.config_sha256(config))
+    table = tmp_path / "corpus" / "proxy_stats.jsonl"
+    table.parent.mkdir()
+
+    def write(pairs: list[tuple[float, float]]) -> None:
+        rows = [{"dataset": "cifar-10", "task": corpus.IMAGE_CLASSIFICATION, "model": f"Net-{i}",
+                 "accuracy_epoch_1": a, "accuracy_epoch_5": b} for i, (a, b) in enumerate(pairs)]  # fmt: skip
+        table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write([(0.1, 0.2), (0.2, 0.4), (0.3, 0.6), (0.4, 0.8)])
+    first = proxy_reliability(ledger, "l", table.parent)["lemur"]["pooled"]
+    assert first["n"] == 4 and first["spearman"] == pytest.approx(1.0)
+    write([(0.1, 0.8), (0.2, 0.6), (0.3, 0.4), (0.4, 0.2), (0.5, 0.1)])
+    second = proxy_reliability(ledger, "l", table.parent)["lemur"]["pooled"]
+    assert second["n"] == 5 and second["spearman"] == pytest.approx(-1.0)
