@@ -232,7 +232,7 @@ def _follow(stub, experiment_id: str, stack=None) -> str:
         signal.signal(signal.SIGINT, previous)
 
 
-def _finish(stub, experiment_id: str, state: str, out: Path) -> int:
+def _finish(stub, experiment_id: str, state: str, out: Path, dashboard: bool) -> int:
     from archloop.v1 import controller_pb2
 
     if state == "STOPPED":
@@ -244,7 +244,8 @@ def _finish(stub, experiment_id: str, state: str, out: Path) -> int:
     )
     Console().print(_cycle_table(report.cycles, f"{experiment_id} ({state.lower()})"))
     console.print(f"report: {Path(report.output_dir) / 'report.html'} (one file: it opens offline)")
-    console.print("the dashboard stops with this run; `archloop up` then `archloop dashboard` bring it back")
+    if dashboard:
+        console.print("the dashboard stopped with the run: `archloop up`, then `archloop dashboard`")
     return EXIT_OK if state == "COMPLETED" else EXIT_FAILED
 
 
@@ -304,7 +305,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 controller_pb2.StartExperimentRequest(experiment_id=experiment_id, config=config), timeout=120
             )
         console.print(f"experiment {experiment_id} on {address}")
-        _dashboard_beside(args, address, started, experiment_id)
+        dashboard = _dashboard_beside(args, address, started, experiment_id)
         state = _follow(stub, experiment_id, stack)
         if state == "GAVE_UP":
             assert stack is not None and stack.failure is not None
@@ -314,7 +315,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             console.print(f"continue with: archloop run --resume {experiment_id}")
             return EXIT_FAILED
         out = Path(args.out) if args.out else Path("archloop-runs") / experiment_id
-        return _finish(stub, experiment_id, state, out)
+        return _finish(stub, experiment_id, state, out, dashboard)
     except grpc.RpcError as exc:
         code = exc.code()
         print(f"archloop run: {code.name}: {exc.details()}", file=sys.stderr)
@@ -328,15 +329,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             stack.stop()
 
 
-def _dashboard_beside(args: argparse.Namespace, controller: str, started, experiment_id: str) -> None:
-    """Serve the web dashboard while the run lasts (--dashboard-port; 0 = none) and print its address.
-    A dashboard that cannot start is said in one line; the run goes on."""
+def _dashboard_beside(args: argparse.Namespace, controller: str, started, experiment_id: str) -> bool:
+    """Serve the web dashboard while the run lasts (--dashboard-port; 0 = none) and print its address;
+    whether it is served. A dashboard that cannot start is said in one line; the run goes on."""
     import dataclasses
 
     from tools.dashboard.app import Settings, serve_in_background
 
     if not args.dashboard_port:
-        return
+        return False
     if started is not None:  # the stack this run brought up
         settings = Settings(controller, started.address("nats"), started.address("novelty"))
     else:
@@ -345,8 +346,9 @@ def _dashboard_beside(args: argparse.Namespace, controller: str, started, experi
         url = serve_in_background(settings, port=args.dashboard_port).url
     except (RuntimeError, OSError) as exc:
         console.print(f"[yellow]no dashboard:[/] {exc}")
-        return
+        return False
     console.print(f"dashboard: {url}experiments/{experiment_id}")
+    return True
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -516,11 +518,12 @@ def dashboard_settings(args: argparse.Namespace):
     state = StackState.load(_home(args))
     recorded = {c.name: c.address for c in state.components} if state is not None else {}
     controller = _controller_address(args) or recorded.get("controller", "")
-    nats = args.nats_url or os.environ.get("ARCHLOOP_NATS_URL") or recorded.get("nats", "")
-    novelty = args.novelty or os.environ.get("ARCHLOOP_NOVELTY_ADDR") or recorded.get("novelty", "")
 
     def given(flag: str, variable: str) -> str:
         return getattr(args, flag, None) or os.environ.get(variable, "")
+
+    nats = given("nats_url", "ARCHLOOP_NATS_URL") or recorded.get("nats", "")
+    novelty = given("novelty", "ARCHLOOP_NOVELTY_ADDR") or recorded.get("novelty", "")
 
     peers = ChannelSecurity(given("peer_tls_ca_file", "ARCHLOOP_PEER_TLS_CA_FILE"),
                             given("peer_token_file", "ARCHLOOP_PEER_TOKEN_FILE"))  # fmt: skip
