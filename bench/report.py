@@ -45,17 +45,23 @@ def machine() -> str:
     return f"{psutil.cpu_count()} cores, {memory_gib:.0f} GiB, Python {platform.python_version()}"
 
 
-def run_experiment(home: Path, config: dict, name: str, corpus: Path) -> tuple[float, int]:
+def run_experiment(
+    home: Path, config: dict, name: str, corpus: Path, source: Path | None = None
+) -> tuple[float, int]:
     """One whole `archloop run` of `config` (an ExperimentConfig mapping) under its own $ARCHLOOP_HOME
     and the shared corpus, its output in <home>/run.log: (wall-clock seconds, exit code). A failed run
-    is said on stderr; its ledger still holds what it did."""
+    is said on stderr; its ledger still holds what it did. `source`: another checkout of the project
+    (a git worktree with its stubs generated) whose code runs instead of this one's, with this venv."""
     (home / "config.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "ARCHLOOP_HOME": str(home), "ARCHLOOP_CORPUS_DIR": str(corpus)}
     began = time.monotonic()
-    command = [str(Path(sys.executable).with_name("archloop")), "run", "--config", str(home / "config.yaml"),
+    command = [sys.executable, "-m", "tools.cli", "run", "--config", str(home / "config.yaml"),
                "--name", name, "--out", str(home / "report")]  # fmt: skip
+    if source is not None:  # its folders come first on sys.path, in this process and in every child
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH", "")]))
     with open(home / "run.log", "w") as log:
-        done = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+        done = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False,
+                              cwd=source or ROOT)  # fmt: skip
     seconds = time.monotonic() - began
     if done.returncode != 0:
         print(f"{name}: archloop run exited {done.returncode} (see {home / 'run.log'})", file=sys.stderr)

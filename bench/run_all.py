@@ -7,7 +7,8 @@ docs/benchmarks.md (its ratios against the baseline its service issue names, mea
 run). This script then writes the run's header section: date, machine, and each benchmark's
 command, exit status and duration. Runs one benchmark at a time: they share the machine's cores.
 Takes about 25 minutes on the 2-core machine (the 100k novelty size, the load run and the trainer
-benchmark dominate).
+benchmark dominate). Not part of it: the benchmarks that run whole experiments (bench/loop_speed.py,
+bench/novelty_precheck.py, bench/search_side_by_side.py); run each alone.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ BENCHMARKS = {
     "stage_durations": (["--programs", "2200"], "the programs' own p99.9 (deadline defaults)"),
     "screen_false_positives": ([], "the old screen policy, same run"),
     "trainer_bench": ([], "a plain peft LoRA loop, same process"),
+    "speed_variants": ([], "the trainer and sampler as they were, same process"),
     "generator_bench": ([], "one-at-a-time sampling, same run"),
     "controller_bench": ([], "the ideal: work / slots"),
     "base_model_quality": ([], "its training corpus and the LEMUR originals (novelty); raw vs repaired"),

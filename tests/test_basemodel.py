@@ -220,3 +220,21 @@ def test_training_stops_once_the_held_out_loss_stalls() -> None:
     assert basemodel._stalled(flat, 4)
     falling = [{"held_out_loss": x} for x in (2.0, 1.0, 0.99, 0.97, 0.95, 0.93)]
     assert not basemodel._stalled(falling, 4) and not basemodel._stalled(flat[:4], 4)
+
+
+def test_the_tiny_model_runs_gpt2s_gelu_as_torchs_fused_kernel_with_the_same_outputs() -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    from archloop.basemodel import TINY_MODEL_DIR, load_base
+
+    fused, _, _ = load_base("", "cpu")
+    written_out = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, dtype=torch.float32)
+    assert written_out.config.activation_function == "gelu_new"  # what the packaged config says
+    assert isinstance(written_out.transformer.h[0].mlp.act, NewGELUActivation)
+    assert all(isinstance(block.mlp.act, GELUTanh) for block in fused.transformer.h)
+    ids = torch.randint(5, 4000, (2, 200))
+    with torch.inference_mode():
+        a, b = fused.eval()(input_ids=ids).logits, written_out.eval()(input_ids=ids).logits
+    assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tools.localstack import SERVICES
+from tools.localstack import SERVICES, core_shares
 from tools.testing import run_cli
 
 pytestmark = pytest.mark.slow
@@ -114,3 +114,11 @@ def test_a_killed_service_comes_back_on_its_address(tmp_path: Path) -> None:
     assert run_cli("down", env=env).returncode == 0
     assert up.wait(timeout=30) == 0
     assert "novelty died (killed by SIGKILL); restarting it" in " ".join(up.stdout.read().split())
+
+
+def test_the_stack_gives_the_evaluator_a_slot_per_core_unless_told_otherwise() -> None:
+    assert core_shares(2, {}) == {"evaluator": {"ARCHLOOP_MAX_CONCURRENT_EVALUATIONS": "2"}}
+    assert core_shares(1, {}) == {"evaluator": {"ARCHLOOP_MAX_CONCURRENT_EVALUATIONS": "1"}}
+    assert core_shares(2, {"ARCHLOOP_MAX_CONCURRENT_EVALUATIONS": "1"}) == {
+        "evaluator": {}
+    }  # the user's stands

@@ -27,7 +27,7 @@ import sysconfig
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from shutil import which
@@ -61,6 +61,17 @@ PEERS = {"controller": ("generator", "evaluator", "novelty", "trainer")}
 """Services started after the others, with `--<peer>-addr` for each peer."""
 
 STATE_FILE = "stack.json"
+
+
+def core_shares(cores: int, environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """Per service, the variables that share the machine's cores within the stack (those the user has
+    not set): the evaluator runs one single-threaded evaluation per core, so a cycle's promotion (its
+    top-k trained for 5 epochs) and the evaluations after a batch use every core, not one (the embedded
+    run's promotion + audit: 37 s → 20 s on 2 cores; docs/benchmarks.md#fine-tune-speed-and-the-loops-
+    wall-clock). The generator keeps torch's thread per core: it samples a cycle's candidates in one
+    batch, before the evaluations start."""
+    wanted = {"evaluator": {"ARCHLOOP_MAX_CONCURRENT_EVALUATIONS": str(max(1, cores))}}
+    return {name: {k: v for k, v in values.items() if k not in environ} for name, values in wanted.items()}
 
 
 class StackError(RuntimeError):
@@ -447,6 +458,7 @@ class Stack:
         self.children.append(nats_proc)
         nats_url = nats_proc.wait_ready(self.start_timeout_seconds)
         services: dict[str, ServiceProcess] = {}
+        shares = core_shares(len(os.sched_getaffinity(0)), os.environ)
         for wave in ([n for n in SERVICES if n not in PEERS], [n for n in SERVICES if n in PEERS]):
             for name in wave:
                 extra = ["--nats-url", nats_url] if name in NATS_SERVICES else []
@@ -458,7 +470,8 @@ class Stack:
                     extra += ["--corpus-dir", str(self.corpus_dir)]
                 if name == "generator" and self.generator_model:
                     extra += ["--model", self.generator_model]
-                proc = ServiceProcess(name, self.run_dir, self.log_dir / f"{name}.log", extra)
+                env = {**os.environ, **shares.get(name, {})}
+                proc = ServiceProcess(name, self.run_dir, self.log_dir / f"{name}.log", extra, env)
                 self.children.append(proc)
                 services[name] = proc
             for name in wave:

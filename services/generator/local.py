@@ -1,8 +1,16 @@
-"""The local backend: the base model in this process (transformers), adapters with peft."""
+"""The local backend: the base model in this process (transformers), adapters with peft.
+
+A small model samples with each adapter merged into a copy of its weights (peft's merge_and_unload): a
+plain transformers model again, without peft's wrapper around every projection, which cost the tiny
+model a fifth of each decoding step (docs/benchmarks.md#fine-tune-speed-and-the-loops-wall-clock). The
+copy costs one model's memory per loaded adapter, so a model of MERGE_BELOW_PARAMETERS or more keeps one
+set of weights and lets peft switch adapters.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import threading
 import time
 from typing import Any
@@ -14,6 +22,7 @@ from archloop.errors import FailedPrecondition
 from services.generator.backend import AdapterInfo, Completion, Decoding, adapter_weights
 
 log = structlog.get_logger("archloop.generator")
+MERGE_BELOW_PARAMETERS = 2_000_000_000
 
 
 class LocalBackend:
@@ -45,6 +54,8 @@ class LocalBackend:
         self.adapters: dict[str, AdapterInfo] = {}
         self._keys: dict[str, str] = {}  # adapter name → peft adapter key (a new key per weights version)
         self._peft: Any = None
+        self.merges_adapters = self.model.num_parameters() < MERGE_BELOW_PARAMETERS
+        self._merged: dict[str, Any] = {}  # peft adapter key → a copy of the model with it merged in
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -69,16 +80,23 @@ class LocalBackend:
 
             key = f"{name}@{actual[:12]}"
             try:
-                if self._peft is None:
+                if self.merges_adapters:
+                    wrapped = PeftModel.from_pretrained(copy.deepcopy(self.model), str(folder))
+                    self._merged[key] = wrapped.merge_and_unload().eval()
+                elif self._peft is None:
                     self._peft = PeftModel.from_pretrained(self.model, str(folder), adapter_name=key)
                 else:
                     self._peft.load_adapter(str(folder), adapter_name=key)
             except (ValueError, RuntimeError, KeyError, OSError) as exc:
                 raise FailedPrecondition(f"adapter.path: {path} does not fit the base model: {exc}") from None
-            self._peft.eval()
+            if self._peft is not None:
+                self._peft.eval()
             old = self._keys.get(name)
             if old and old != key:
-                self._peft.delete_adapter(old)
+                if self.merges_adapters:
+                    del self._merged[old]
+                else:
+                    self._peft.delete_adapter(old)
             self._keys[name] = key
             info = AdapterInfo(name, str(folder), actual)
             self.adapters[name] = info
@@ -103,6 +121,8 @@ class LocalBackend:
 
     def _active(self, adapter: str) -> tuple[Any, Any]:
         """(model, context manager) that generate with `adapter` ('' = the base model); hold the lock."""
+        if adapter and self.merges_adapters:
+            return self._merged[self._keys[adapter]], contextlib.nullcontext()
         if self._peft is None:
             return self.model, contextlib.nullcontext()
         if adapter:

@@ -6,7 +6,13 @@
                 max_seq_len are dropped (a truncated program would teach the model never to finish)
                 and counted.
     model       base in fp32 on CPU, bf16 on a GPU; LoRA (peft) on the architecture's attention and
-                MLP projections; a fresh adapter, or the previous cycle's adapter trained further.
+                MLP projections; a fresh adapter, or the previous cycle's adapter trained further. The
+                base model's own dropout (GPT-2's 0.1 on attention weights, residuals and embeddings,
+                set for pretraining) is off: the base weights are frozen, LoRA's dropout regularises
+                the adapter, and on a CPU the random masks of a 1,024-token sequence were two thirds
+                of a step (docs/benchmarks.md#fine-tune-speed-and-the-loops-wall-clock).
+    precision   fp32 weights; on a CPU with native bf16, the forward and backward under bf16 autocast
+                after a loss-parity check against fp32 (services.trainer.precision).
     optimiser   AdamW, or bitsandbytes' 8-bit paged AdamW when a GPU and bitsandbytes exist; the
                 transformers scheduler (cosine by default) with warm-up; gradient accumulation; clip.
     checkpoints every `checkpoint_every_steps` optimiser steps: adapter, optimiser, scheduler, RNG and
@@ -34,6 +40,7 @@ from pathlib import Path
 from archloop import corpus
 from archloop.basemodel import base_model_sha256, encode_example, load_base, weights_sha256
 from archloop.errors import FailedPrecondition, InvalidArgument
+from services.trainer import precision
 from services.trainer.spec import TARGET_MODULES, FineTuneSpec
 
 CHECKPOINT = "checkpoint"
@@ -72,6 +79,30 @@ def default_target_modules(model) -> list[str]:
             "lora.target_modules", f"no projection layers found in {model.config.model_type}"
         )
     return sorted(names)
+
+
+def without_base_dropout(model) -> int:
+    """Set every dropout of the (not yet LoRA-wrapped) base model to 0; how many there were."""
+    import torch
+
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
+    for module in dropouts:
+        module.p = 0.0
+    return len(dropouts)
+
+
+def answer_loss(model, ids, labels, mask):
+    """The mean next-token cross-entropy over the labelled tokens (what `labels=` computes), with the LM
+    head run only at the positions that predict one: the prompt's ~300 positions predict nothing the
+    loss counts, and the head with its softmax over the vocabulary was a sixth of a step."""
+    import torch
+
+    targets = labels[:, 1:]
+    keep = (targets != -100).any(dim=0).nonzero().squeeze(1)  # positions t whose token t+1 is in the loss
+    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits  # (B, K, V)
+    return torch.nn.functional.cross_entropy(
+        logits.float().flatten(0, 1), targets[:, keep].flatten(), ignore_index=-100
+    )
 
 
 def encode_examples(path: Path, tokenizer, max_len: int) -> tuple[list[Example], int]:
@@ -167,6 +198,7 @@ def run_fine_tune(
     resume: bool = False,
     checkpoint_every_steps: int = 50,
     threads: int = 0,
+    autocast: str = "auto",
 ) -> dict:
     """Train; write the adapter under artifacts_dir/<spec.output_subdir()>; return its metadata."""
     import torch
@@ -180,6 +212,7 @@ def run_fine_tune(
     torch.manual_seed(spec.seed)
     job_dir.mkdir(parents=True, exist_ok=True)
     model, tokenizer, resolved = load_base(spec.base_model, device)
+    without_base_dropout(model)
     context = int(
         getattr(model.config, "max_position_embeddings", 0) or getattr(model.config, "n_positions", 2048)
     )
@@ -212,6 +245,9 @@ def run_fine_tune(
     scheduler = get_scheduler(
         s.lr_scheduler, optimizer, num_warmup_steps=s.warmup_steps, num_training_steps=total_steps
     )
+    arithmetic = precision.choose(
+        autocast, device, model, *_collate(examples[:1], tokenizer.pad_token_id, device)
+    )
     position = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0}
     if resuming:
         saved = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
@@ -228,6 +264,7 @@ def run_fine_tune(
             "resumed_from_step": position["step"],
             "device": device,
             "optimizer": optimizer_name,
+            "autocast": arithmetic.autocast,
         }
     )
 
@@ -257,7 +294,8 @@ def run_fine_tune(
             ids, labels, mask = _collate(batches[index], pad_id, device)
             # Weight each micro-batch by its share of the optimiser step's batches.
             group = min(s.gradient_accumulation_steps, len(batches) - (index - micro))
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss / group
+            with arithmetic.context():
+                loss = answer_loss(model, ids, labels, mask) / group
             loss.backward()
             step_loss += loss.item()
             micro += 1
@@ -322,6 +360,7 @@ def run_fine_tune(
         "seed": spec.seed,
         "optimizer": optimizer_name,
         "device": device,
+        "precision": arithmetic.as_json(),
         "examples": len(examples),
         "examples_too_long": too_long,
         "steps": step,

@@ -67,6 +67,7 @@ class JobRunner:
         checkpoint_every_steps: int = 50,
         worker_threads: int = 0,
         cancel_grace_seconds: float = 10.0,
+        autocast: str = "auto",
     ) -> None:
         self.store = store
         self.state_dir = state_dir
@@ -75,6 +76,7 @@ class JobRunner:
         self.checkpoint_every_steps = checkpoint_every_steps
         self.worker_threads = worker_threads
         self.cancel_grace_seconds = cancel_grace_seconds
+        self.autocast = autocast
         self._queue: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
         self._running: dict[str, _Running] = {}
         self._watchers: dict[str, set[asyncio.Queue]] = {}
@@ -199,6 +201,8 @@ class JobRunner:
             str(self.checkpoint_every_steps),
             "--threads",
             str(self.worker_threads),
+            "--autocast",
+            self.autocast,
         ] + (["--resume"] if resume else [])
         log_path = job_dir / "worker.log"
         with open(log_path, "ab") as log_file:

@@ -136,6 +136,7 @@ class TrainerServicer(ServicerBase, trainer_pb2_grpc.TrainerServiceServicer):
             self.settings.checkpoint_every_steps,
             self.settings.worker_threads,
             self.settings.cancel_grace_seconds,
+            self.settings.autocast,
         )
         interrupted = self.runner.start()
         log.info("trainer_ready", jobs=len(self.store.jobs()), interrupted=[j.job_id for j in interrupted])

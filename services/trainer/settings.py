@@ -2,7 +2,8 @@
 
 from dataclasses import dataclass
 
-from archloop.settings import ServiceSettings, non_negative, port_number, positive, setting
+from archloop.settings import ServiceSettings, non_negative, one_of, port_number, positive, setting
+from services.trainer.precision import AUTOCAST_CHOICES
 
 
 @dataclass(frozen=True)
@@ -17,4 +18,10 @@ class TrainerSettings(ServiceSettings):
     worker_threads: int = setting(0, "torch threads of a worker (0: torch's default)", check=non_negative)
     cancel_grace_seconds: float = setting(
         10.0, "how long a cancelled worker may take to stop before it is killed", check=positive
+    )
+    autocast: str = setting(
+        "auto",
+        "CPU arithmetic of a fine-tune: bf16 autocast where the CPU has native bf16 and the loss-parity "
+        "check passes (auto), bf16 autocast after the check on any CPU (bf16), or fp32 (off)",
+        check=one_of(*AUTOCAST_CHOICES),
     )

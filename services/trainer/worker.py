@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--checkpoint-every-steps", type=int, default=50)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--autocast", default="auto")
     args = parser.parse_args(argv)
 
     if not processes.parent_death_signal(signal.SIGKILL):
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             resume=args.resume,
             checkpoint_every_steps=args.checkpoint_every_steps,
             threads=args.threads,
+            autocast=args.autocast,
         )
     except Cancelled as stop:
         emit({"kind": "cancelled" if stop.reason == "cancel" else "interrupted"})
