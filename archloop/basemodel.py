@@ -543,8 +543,9 @@ def load_base(reference: str, device: str):
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(resolved)
     config = AutoConfig.from_pretrained(resolved)
-    # GPT-2's "gelu_new" is tanh-approximated GELU written out in five Python-level ops; torch's fused
-    # kernel computes the same function (outputs within 5e-7 in fp32) in one: 8-10 % of a training step.
+    # GPT-2's "gelu_new" is tanh-approximated GELU written out in five tensor ops; torch's fused kernel
+    # computes the same function (outputs within 5e-7 in fp32) in one (a training step: +1 % in
+    # bench/speed_variants.py, +10-20 % in an earlier profile; within the machine's drift).
     if getattr(config, "activation_function", None) == "gelu_new":
         config.activation_function = "gelu_pytorch_tanh"
     model = AutoModelForCausalLM.from_pretrained(resolved, config=config, dtype=dtype).to(device)

@@ -47,7 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.report import machine, publish, run_experiment  # noqa: E402
+from bench.report import built_corpus, machine, publish, run_experiment  # noqa: E402
 
 START, END = "<!-- loop-speed:start -->", "<!-- loop-speed:end -->"
 THREADS = 2
@@ -422,11 +422,8 @@ def main() -> int:
     if min(args.cycles, args.candidates, args.trainer_examples, args.rounds) < 1:
         print("--cycles, --candidates, --trainer-examples and --rounds must be at least 1", file=sys.stderr)
         return 2
-    from archloop.paths import corpus_dir
-
-    args.corpus = (args.corpus or corpus_dir()).resolve()
-    if not (args.corpus / "examples.jsonl").is_file():
-        print(f"no corpus at {args.corpus}: run `archloop corpus build` first", file=sys.stderr)
+    args.corpus = built_corpus(args.corpus)
+    if args.corpus is None:
         return 2
     with tempfile.TemporaryDirectory(prefix="loop-speed-") as tmp:
         work = args.keep or Path(tmp)

@@ -66,3 +66,15 @@ def run_experiment(
     if done.returncode != 0:
         print(f"{name}: archloop run exited {done.returncode} (see {home / 'run.log'})", file=sys.stderr)
     return seconds, done.returncode
+
+
+def built_corpus(given: Path | None) -> Path | None:
+    """The corpus a benchmark reads (`given`, else the local one), or None after saying on stderr that
+    it is not built."""
+    from archloop.paths import corpus_dir
+
+    corpus = (given or corpus_dir()).resolve()
+    if not (corpus / "examples.jsonl").is_file():
+        print(f"no corpus at {corpus}: run `archloop corpus build` first", file=sys.stderr)
+        return None
+    return corpus

@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.loop_speed import trainer_examples  # noqa: E402
-from bench.report import machine, publish  # noqa: E402
+from bench.report import built_corpus, machine, publish  # noqa: E402
+from tools.testing import random_lora_adapter  # noqa: E402
 
 START, END = "<!-- speed-variants:start -->", "<!-- speed-variants:end -->"
 THREADS = 2
@@ -173,25 +174,6 @@ def _sample_rate(model, encoded, new_tokens: int) -> float:
     return encoded["input_ids"].shape[0] * new_tokens / (time.perf_counter() - began)
 
 
-def _adapter(folder: Path) -> Path:
-    """A LoRA adapter for the tiny model with random (not zero) B matrices."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from archloop.basemodel import load_base
-
-    torch.manual_seed(0)
-    config = LoraConfig(
-        r=16,
-        lora_alpha=32,
-        target_modules=["c_attn", "c_proj", "c_fc"],
-        fan_in_fan_out=True,
-        init_lora_weights=False,
-    )
-    get_peft_model(load_base("", "cpu")[0], config).save_pretrained(folder)
-    return folder
-
-
 def sampling_variants(new_tokens: int, work: Path) -> list[dict]:
     import torch
     from peft import PeftModel
@@ -207,7 +189,7 @@ def sampling_variants(new_tokens: int, work: Path) -> list[dict]:
     def encoded(rows: int):
         return backend.tokenizer([text] * rows, return_tensors="pt", padding=True, add_special_tokens=False)
 
-    folder = _adapter(work / "adapter")
+    folder = random_lora_adapter(work / "adapter", rank=16)
     peft_model = PeftModel.from_pretrained(copy.deepcopy(backend.model), str(folder)).eval()
     merged = PeftModel.from_pretrained(copy.deepcopy(backend.model), str(folder)).merge_and_unload().eval()
     results = []
@@ -261,11 +243,8 @@ def main() -> int:
         return 2
     import torch
 
-    from archloop.paths import corpus_dir
-
-    corpus = (args.corpus or corpus_dir()).resolve()
-    if not (corpus / "examples.jsonl").is_file():
-        print(f"no corpus at {corpus}: run `archloop corpus build` first", file=sys.stderr)
+    corpus = built_corpus(args.corpus)
+    if corpus is None:
         return 2
     torch.set_num_threads(THREADS)
     with tempfile.TemporaryDirectory(prefix="speed-variants-") as tmp:

@@ -76,3 +76,20 @@ def run_cli(
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+def random_lora_adapter(out: Path, rank: int = 8, seed: int = 0) -> Path:
+    """A LoRA adapter for the packaged tiny model with random (not zero) B matrices, so it changes the
+    model's outputs; written to `out` (a peft adapter folder)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from archloop.basemodel import load_base
+
+    torch.manual_seed(seed)
+    projections = ["c_attn", "c_proj", "c_fc"]
+    config = LoraConfig(
+        r=rank, lora_alpha=32, target_modules=projections, fan_in_fan_out=True, init_lora_weights=False
+    )
+    get_peft_model(load_base("", "cpu")[0], config).save_pretrained(out)
+    return out

@@ -2,7 +2,7 @@
 
 A small model samples with each adapter merged into a copy of its weights (peft's merge_and_unload): a
 plain transformers model again, without peft's wrapper around every projection, which cost the tiny
-model a fifth of each decoding step (docs/benchmarks.md#fine-tune-speed-and-the-loops-wall-clock). The
+model about a tenth of its sampling speed (docs/benchmarks.md#fine-tune-speed-and-the-loops-wall-clock). The
 copy costs one model's memory per loaded adapter, so a model of MERGE_BELOW_PARAMETERS or more keeps one
 set of weights and lets peft switch adapters.
 """

@@ -25,7 +25,7 @@ class GeneratorSettings(ServiceSettings):
     batch_size: int = setting(
         24,
         "local: candidates sampled together (one batch with a KV cache); on 2 CPU cores a batch of 24 "
-        "samples 1.3x the tokens/s of 8 (bench/speed_variants.py)",
+        "samples 1.28x the tokens/s of 8 (bench/speed_variants.py)",
         check=positive,
     )
     max_candidates: int = setting(256, "most candidates one request may ask for", check=positive)

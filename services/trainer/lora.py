@@ -9,7 +9,7 @@
                 MLP projections; a fresh adapter, or the previous cycle's adapter trained further. The
                 base model's own dropout (GPT-2's 0.1 on attention weights, residuals and embeddings,
                 set for pretraining) is off: the base weights are frozen, LoRA's dropout regularises
-                the adapter, and on a CPU the random masks of a 1,024-token sequence were two thirds
+                the adapter, and on a CPU the random masks of a 1,024-token sequence were more than half
                 of a step (docs/benchmarks.md#fine-tune-speed-and-the-loops-wall-clock).
     precision   fp32 weights; on a CPU with native bf16, the forward and backward under bf16 autocast
                 after a loss-parity check against fp32 (services.trainer.precision).

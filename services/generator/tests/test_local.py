@@ -10,27 +10,13 @@ import pytest
 from archloop import datasets, prompts
 from services.generator.backend import Decoding
 from services.generator.local import LocalBackend
-
-
-def _adapter(out: Path, seed: int) -> Path:
-    """A LoRA adapter for the tiny model with random (not zero) B matrices, so it changes the outputs."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from archloop.basemodel import load_base
-
-    torch.manual_seed(seed)
-    model, _, _ = load_base("", "cpu")
-    config = LoraConfig(r=8, lora_alpha=32, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True,
-                        init_lora_weights=False)  # fmt: skip
-    get_peft_model(model, config).save_pretrained(out)
-    return out
+from tools.testing import random_lora_adapter
 
 
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("adapters")
-    return _adapter(folder / "one", 0), _adapter(folder / "two", 1)
+    return random_lora_adapter(folder / "one", seed=0), random_lora_adapter(folder / "two", seed=1)
 
 
 def _sample(backend: LocalBackend, adapter: str) -> list[str]:

@@ -15,9 +15,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from archloop.basemodel import TINY_MODEL_DIR, weights_sha256
+from archloop.basemodel import weights_sha256
 from archloop.prompts import BASELINE_FILE as BASELINE
 from archloop.v1 import common_pb2, generator_pb2, generator_pb2_grpc
+from tools.testing import random_lora_adapter
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[3]
@@ -27,22 +28,7 @@ SHORT = common_pb2.DecodingParams(max_new_tokens=40, temperature=1.0)  # hot: se
 @pytest.fixture(scope="module")
 def adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A LoRA adapter for the tiny model with random (not zero) B matrices, so it changes the outputs."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR)
-    config = LoraConfig(
-        r=8,
-        lora_alpha=32,
-        target_modules=["c_attn", "c_proj", "c_fc"],
-        fan_in_fan_out=True,
-        init_lora_weights=False,
-    )
-    out = tmp_path_factory.mktemp("adapter") / "cycle-1"
-    get_peft_model(model, config).save_pretrained(out)
-    return out
+    return random_lora_adapter(tmp_path_factory.mktemp("adapter") / "cycle-1")
 
 
 def _request(**fields) -> generator_pb2.GenerateCandidatesRequest:
