@@ -162,10 +162,12 @@ def run_arm(label: str, source: Path | None, args: argparse.Namespace, work: Pat
 # -- the trainer -------------------------------------------------------------------------------------
 def trainer_examples(corpus: Path, count: int, seed: int, out: Path) -> Path:
     """The first `count` pairs of the embedded fine-tune's LEMUR sample that fit 1,536 tokens."""
-    from archloop import corpus as corpus_lib
-    from archloop.basemodel import encode_example, load_base
+    from transformers import AutoTokenizer
 
-    _, tokenizer, _ = load_base("", "cpu")
+    from archloop import corpus as corpus_lib
+    from archloop.basemodel import TINY_MODEL_DIR, encode_example
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL_DIR)  # the tokenizer alone, not the model
     rows = list(corpus_lib.read_jsonl(corpus / "examples.jsonl"))
     picked = [
         r

@@ -67,8 +67,8 @@ def core_shares(cores: int, environ: Mapping[str, str]) -> dict[str, dict[str, s
     """Per service, the variables that share the machine's cores within the stack (those the user has
     not set): the evaluator runs one single-threaded evaluation per core, so a cycle's promotion (its
     top-k trained for 5 epochs) and the evaluations after a batch use every core, not one (the embedded
-    run's promotion + audit: 35 s → 20 s on 2 cores; docs/benchmarks.md#fine-tune-speed-and-the-loops-
-    wall-clock). The generator keeps torch's thread per core: it samples a cycle's candidates in one
+    run's promotion + audit: 35 s → 20 s on 2 cores; the loop-speed section of docs/benchmarks.md).
+    The generator keeps torch's thread per core: it samples a cycle's candidates in one
     batch, before the evaluations start."""
     wanted = {"evaluator": {"ARCHLOOP_MAX_CONCURRENT_EVALUATIONS": str(max(1, cores))}}
     return {name: {k: v for k, v in values.items() if k not in environ} for name, values in wanted.items()}
