@@ -154,9 +154,12 @@ def fine_tune_variants(examples_path: Path) -> list[dict]:
 
 
 # -- sampling ------------------------------------------------------------------------------------------
-def _sample_rate(model, encoded, new_tokens: int) -> float:
+def _sample_rate(model, encoded, new_tokens: int, grown: bool = False) -> float:
     import torch
 
+    from services.generator.kvcache import growing_cache
+
+    cache = {"past_key_values": growing_cache(model)} if grown else {}
     torch.manual_seed(1)
     began = time.perf_counter()
     with torch.inference_mode():
@@ -170,6 +173,7 @@ def _sample_rate(model, encoded, new_tokens: int) -> float:
             eos_token_id=1,
             max_new_tokens=new_tokens,
             min_new_tokens=new_tokens,
+            **cache,
         )
     return encoded["input_ids"].shape[0] * new_tokens / (time.perf_counter() - began)
 
@@ -194,13 +198,15 @@ def sampling_variants(new_tokens: int, work: Path) -> list[dict]:
     merged = PeftModel.from_pretrained(copy.deepcopy(backend.model), str(folder)).merge_and_unload().eval()
     results = []
 
-    def measure(label: str, threads: int, model, rows: int = 8, beside_load: bool = False) -> None:
+    def measure(
+        label: str, threads: int, model, rows: int = 8, beside_load: bool = False, grown: bool = False
+    ) -> None:
         torch.set_num_threads(threads)
         load = subprocess.Popen([sys.executable, "-c", LOAD_SCRIPT]) if beside_load else None
         try:
             if load is not None:
                 time.sleep(2)  # let it start
-            rate = _sample_rate(model, encoded(rows), new_tokens)
+            rate = _sample_rate(model, encoded(rows), new_tokens, grown)
         finally:
             if load is not None:
                 load.kill()
@@ -223,6 +229,8 @@ def sampling_variants(new_tokens: int, work: Path) -> list[dict]:
     )
     measure("base model, 1 thread, beside one single-threaded evaluation", 1, backend.model, beside_load=True)
     measure("base model, 2 threads, a batch of 24", 2, backend.model, rows=24)
+    measure("base model, 2 threads, a batch of 24, the KV cache grown in place", 2, backend.model, rows=24,
+            grown=True)  # fmt: skip
     measure("adapter through peft, 2 threads", 2, peft_model)
     measure("adapter merged into a copy, 2 threads", 2, merged)
     return results
