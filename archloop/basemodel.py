@@ -15,24 +15,21 @@ on the LEMUR corpus by `archloop base-model train` (the embedded default where t
 
 The result is a Hugging Face model folder (config, safetensors weights in fp16, tokenizer, chat
 template) plus `training.json` (data hash, settings, losses, duration), shipped in the package at
-TINY_MODEL_DIR so a fresh offline machine has it.
+TINY_MODEL_DIR so a fresh offline machine has it. The training itself is archloop.pretraining; this
+module holds what its users share: the settings, the tokenizer, the chat encoding, the loss, and
+finding, loading and hashing a base model.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
-import shutil
-import time
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from archloop import corpus
-from archloop.paths import archloop_home
 
 TINY_MODEL_NAME = "archloop-tiny-coder"
 TINY_MODEL_DIR = Path(__file__).resolve().parent / "models" / TINY_MODEL_NAME
@@ -132,20 +129,6 @@ def encode_example(tokenizer, messages: list[dict]) -> tuple[list[int], list[int
     return prompt_ids + answer_ids, [0] * len(prompt_ids) + [1] * len(answer_ids)
 
 
-def _pack(
-    sequences: list[tuple[list[int], list[int]]], block: int, seed: int
-) -> list[tuple[list[int], list[int]]]:
-    """Concatenate shuffled (ids, mask) sequences and cut into blocks of block+1 tokens (inputs and
-    shifted labels) with their masks."""
-    order = list(range(len(sequences)))
-    random.Random(seed).shuffle(order)
-    stream = [token for i in order for token in sequences[i][0]]
-    mask = [m for i in order for m in sequences[i][1]]
-    return [
-        (stream[i : i + block + 1], mask[i : i + block + 1]) for i in range(0, len(stream) - block, block)
-    ]
-
-
 def next_token_loss(model, batch, mask):
     """Mean cross-entropy of predicting token t+1 from tokens ≤ t over the targets the mask keeps;
     batch and mask are (B, T+1)."""
@@ -157,304 +140,6 @@ def next_token_loss(model, batch, mask):
         logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction="sum"
     )
     return total / (targets != -100).sum().clamp(min=1)
-
-
-def _learning_rate(step: int, s: BaseModelSettings) -> float:
-    if step < s.warmup_steps:
-        return s.learning_rate * (step + 1) / s.warmup_steps
-    progress = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
-    floor = s.learning_rate * s.min_learning_rate_ratio
-    return floor + (s.learning_rate - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def default_checkpoint_dir(out_dir: Path) -> Path:
-    tag = hashlib.sha256(str(Path(out_dir).resolve()).encode()).hexdigest()[:12]
-    return archloop_home() / "base-model-checkpoints" / tag
-
-
-def train_base_model(
-    corpus_dir: Path,
-    out_dir: Path,
-    settings: BaseModelSettings = BaseModelSettings(),
-    progress: Callable[[dict], None] = lambda event: None,
-    checkpoint_dir: Path | None = None,
-    init_from: str = "",
-    edits_dir: Path | None = None,
-    edit_share: float = 0.0,
-) -> dict:
-    """Train tokenizer and model from the corpus; write the model folder; return its training record.
-
-    With `init_from` (a base model reference: `smollm2-135m-instruct`, a model folder) that pretrained
-    model is fine-tuned instead (all its weights, its own tokenizer and chat template, a context of
-    at most its own), and the folder written is that model fine-tuned on the corpus.
-
-    Every `checkpoint_every_steps` the model, optimizer, sampling order and history are saved to
-    `checkpoint_dir` (default under $ARCHLOOP_HOME); a run started again with the same corpus and
-    settings resumes there, with any `steps`: a longer run continues, one no longer than the checkpoint
-    writes the checkpoint's model (`steps_run` says how far it went). Training stops at `steps`, or
-    earlier once the held-out code loss has not improved by 0.5 % over `patience_evals` evaluations.
-
-    With `edits_dir` (tools/edit_pairs.py: delta and factor pairs of verified mutations), edit pairs make
-    up `edit_share` of the training examples that fit the context (a seeded sample); they are held out
-    with their parent program, so no held-out model is seen through an edit of it.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
-    started = time.perf_counter()
-    torch.manual_seed(settings.seed)
-    torch.set_num_threads(settings.threads)
-    manifest = corpus.load_manifest(corpus_dir)
-    examples = list(corpus.read_jsonl(Path(corpus_dir) / "examples.jsonl"))
-    train_examples, held_examples = split_by_model(examples, settings.holdout_share, settings.seed)
-    checkpoint_dir = Path(checkpoint_dir or default_checkpoint_dir(out_dir))
-    identity = {"settings": asdict(settings), "manifest_sha256": corpus.manifest_sha256(corpus_dir)}
-    edits: list[dict] = []
-    if edits_dir is not None and edit_share > 0:
-        if not 0 < edit_share < 1:
-            raise ValueError(f"edit_share {edit_share} must be in (0, 1)")
-        edits_manifest = json.loads((Path(edits_dir) / "manifest.json").read_text())
-        edits = list(corpus.read_jsonl(Path(edits_dir) / "edits.jsonl"))
-        edits_identity = {"sha256": edits_manifest["edits_sha256"], "share": edit_share}
-        identity["edits"] = edits_identity
-    pretrained = None
-    if init_from:
-        identity["init_from"] = init_from
-        resolved = resolve_base_model(init_from)
-        pretrained = AutoModelForCausalLM.from_pretrained(resolved, dtype=torch.float32)
-    checkpoint = _load_checkpoint(checkpoint_dir, identity)
-
-    if checkpoint is not None:
-        tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir / "tokenizer")
-    elif pretrained is not None:
-        tokenizer = AutoTokenizer.from_pretrained(resolved)
-    else:
-        tokenizer = train_tokenizer(
-            (message["content"] for e in train_examples for message in e["messages"]), settings.vocab_size
-        )
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    context = settings.context_tokens
-    if pretrained is not None:
-        context = min(context, int(getattr(pretrained.config, "max_position_embeddings", context)))
-
-    def encode(batch: list[dict]) -> list[tuple[list[int], list[int]]]:
-        pairs = [encode_example(tokenizer, e["messages"]) for e in batch]
-        return [pair for pair in pairs if len(pair[0]) <= context]
-
-    train_ids, held_ids = encode(train_examples), encode(held_examples)
-    edit_ids: list[tuple[list[int], list[int]]] = []
-    if edits:
-        held_models = {e["model"] for e in held_examples}
-        fitting = encode([e for e in edits if e["parent"] not in held_models])
-        wanted = min(len(fitting), round(len(train_ids) * edit_share / (1 - edit_share)))
-        edit_ids = random.Random(settings.seed).sample(fitting, wanted)
-        train_ids = train_ids + edit_ids
-    train_blocks = _pack(train_ids, context, settings.seed)
-    held_blocks = _pack(held_ids, context, settings.seed)
-    if not train_blocks:
-        raise corpus.CorpusError(
-            f"no training example fits {context} tokens ({len(train_examples)} examples)"
-        )
-    answer_share = sum(sum(m) for _, m in train_ids) / max(1, sum(len(ids) for ids, _ in train_ids))
-    progress(
-        {
-            "event": "data_ready",
-            "train_examples_fitting": len(train_ids),
-            "edit_examples": len(edit_ids),
-            "train_blocks": len(train_blocks),
-            "held_out_blocks": len(held_blocks),
-            "answer_token_share": round(answer_share, 4),
-            "resumed_at_step": checkpoint["step"] if checkpoint else 0,
-        }
-    )
-
-    if pretrained is not None:
-        model = pretrained
-    else:
-        model = GPT2LMHeadModel(
-            GPT2Config(
-                vocab_size=len(tokenizer),
-                n_positions=settings.context_tokens,
-                n_embd=settings.n_embd,
-                n_layer=settings.n_layer,
-                n_head=settings.n_head,
-                bos_token_id=tokenizer.eos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                tie_word_embeddings=True,
-            )
-        )
-    parameters = sum(p.numel() for p in model.parameters())
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=settings.learning_rate,
-        betas=(0.9, 0.95),
-    )
-    rng = random.Random(settings.seed)
-    order: list[int] = []
-    history: list[dict] = []
-    tokens_seen, answer_tokens_seen, first_step, elapsed_before = 0, 0, 0, 0.0
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        rng.setstate(checkpoint["rng"])
-        torch.set_rng_state(checkpoint["torch_rng"])
-        order, history = checkpoint["order"], checkpoint["history"]
-        tokens_seen, answer_tokens_seen = checkpoint["tokens_seen"], checkpoint["answer_tokens_seen"]
-        first_step, elapsed_before = checkpoint["step"], checkpoint["seconds"]
-
-    def held_out_loss() -> float:
-        model.eval()
-        losses = []
-        with torch.no_grad():
-            for ids, mask in held_blocks:
-                losses.append(float(next_token_loss(model, torch.tensor([ids]), torch.tensor([mask]))))
-        model.train()
-        return sum(losses) / len(losses) if losses else float("nan")
-
-    def seconds() -> float:
-        return elapsed_before + time.perf_counter() - started
-
-    def save_checkpoint(step: int) -> None:
-        staging = checkpoint_dir.with_name(checkpoint_dir.name + ".saving")
-        staging.mkdir(parents=True, exist_ok=True)
-        tokenizer.save_pretrained(staging / "tokenizer")
-        state = {
-            "identity": identity,
-            "step": step,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "rng": rng.getstate(),
-            "torch_rng": torch.get_rng_state(),
-            "order": order,
-            "history": history,
-            "tokens_seen": tokens_seen,
-            "answer_tokens_seen": answer_tokens_seen,
-            "seconds": seconds(),
-            "stopped_early": stopped_early,
-        }
-        torch.save(state, staging / "state.pt")
-        if checkpoint_dir.exists():
-            shutil.rmtree(checkpoint_dir)
-        staging.rename(checkpoint_dir)  # a crash leaves the last whole checkpoint in place
-
-    model.train()
-    stopped_early = bool(checkpoint and checkpoint.get("stopped_early"))
-    for step in range(first_step, first_step if stopped_early else settings.steps):
-        step_loss = 0.0
-        for _ in range(settings.accumulation_steps):
-            if len(order) < settings.micro_batch_blocks:
-                order.extend(rng.sample(range(len(train_blocks)), len(train_blocks)))
-            picked = [train_blocks[order.pop()] for _ in range(settings.micro_batch_blocks)]
-            batch = torch.tensor([ids for ids, _ in picked])
-            mask = torch.tensor([m for _, m in picked])
-            loss = next_token_loss(model, batch, mask) / settings.accumulation_steps
-            loss.backward()
-            step_loss += loss.item()
-            tokens_seen += batch.numel() - batch.size(0)
-            answer_tokens_seen += int(mask[:, 1:].sum())
-        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-        for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(step, settings)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        record: dict[str, Any] = {
-            "step": step + 1,
-            "loss": round(step_loss, 4),
-            "lr": _learning_rate(step, settings),
-            "tokens": tokens_seen,
-            "seconds": round(seconds(), 1),
-        }
-        if (step + 1) % settings.eval_every_steps == 0 or step + 1 == settings.steps:
-            record["held_out_loss"] = round(held_out_loss(), 4)
-        history.append(record)
-        progress({"event": "step", **record})
-        if "held_out_loss" in record and _stalled(history, settings.patience_evals):
-            stopped_early = True
-        if (step + 1) % settings.checkpoint_every_steps == 0 or stopped_early:
-            save_checkpoint(step + 1)
-        if stopped_early:
-            break
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # fp16 halves the packaged tiny model; a pretrained model keeps the range of bf16
-    model.to(torch.bfloat16 if pretrained is not None else torch.float16).save_pretrained(
-        out_dir, safe_serialization=True
-    )
-    tokenizer.save_pretrained(out_dir)
-    evaluated = [h for h in history if "held_out_loss" in h]
-    if not evaluated or history[-1] is not evaluated[-1]:
-        model.to(torch.float32)
-        evaluated.append({**history[-1], "held_out_loss": round(held_out_loss(), 4)})
-    record = {
-        "name": Path(out_dir).name if init_from else TINY_MODEL_NAME,
-        "architecture": type(model).__name__,
-        "init_from": init_from,
-        "init_from_sha256": base_model_sha256(resolved) if init_from else "",
-        "parameters": parameters,
-        "settings": asdict(settings),
-        "loss": "next-token cross-entropy on the answer's tokens only (the prompt is masked out)",
-        "corpus": {
-            "version": manifest["version"],
-            "manifest_sha256": corpus.manifest_sha256(corpus_dir),
-            "examples_sha256": manifest["files"]["examples.jsonl"]["sha256"],
-            "train_examples": len(train_examples),
-            "train_examples_fitting_context": len(train_ids),
-            "held_out_examples_fitting_context": len(held_ids),
-            "train_blocks": len(train_blocks),
-            "answer_token_share": round(answer_share, 4),
-        },
-        "edits": (
-            {**edits_identity, "version": edits_manifest["version"], "examples": len(edit_ids)}
-            if edits
-            else None
-        ),
-        "steps_run": history[-1]["step"],
-        "stopped_early": stopped_early,
-        "tokens_seen": tokens_seen,
-        "answer_tokens_seen": answer_tokens_seen,
-        "final_train_loss": round(sum(h["loss"] for h in history[-20:]) / len(history[-20:]), 4),
-        "final_held_out_loss": evaluated[-1]["held_out_loss"],
-        "duration_seconds": round(seconds(), 1),
-        "tokens_per_second": round(tokens_seen / seconds(), 1),
-        "history": evaluated,
-    }
-    record["model_sha256"] = model_hash(out_dir)  # training.json itself is not part of the hash
-    (out_dir / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-    return record
-
-
-def _stalled(history: list[dict], patience: int) -> bool:
-    """The last `patience` held-out losses are all within 0.5 % of the best before them."""
-    losses = [h["held_out_loss"] for h in history if "held_out_loss" in h]
-    if len(losses) <= patience:
-        return False
-    best_before = min(losses[:-patience])
-    return min(losses[-patience:]) > best_before * 0.995
-
-
-def _load_checkpoint(checkpoint_dir: Path, identity: dict) -> dict | None:
-    """The saved state when it belongs to this corpus and these settings (any --steps), else None (a
-    fresh start)."""
-    import torch
-
-    path = checkpoint_dir / "state.pt"
-    if not path.exists():
-        return None
-    state = torch.load(path, weights_only=False)
-    return state if _resumable(state.get("identity") or {}) == _resumable(identity) else None
-
-
-def _resumable(identity: dict) -> dict:
-    """A run's identity less its length and its thread count: a resumed run may be given another
-    --steps (cut short or extended; the learning-rate schedule follows the new total from the step it
-    resumes at) and another --threads (a machine that was shared is free now)."""
-    settings = {k: v for k, v in identity.get("settings", {}).items() if k not in ("steps", "threads")}
-    return {**identity, "settings": settings}
 
 
 class BaseModelNotFound(ValueError):

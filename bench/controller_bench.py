@@ -32,7 +32,7 @@ import grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from archloop import corpus  # noqa: E402
+from archloop import corpus, ids  # noqa: E402
 from archloop.clients import aio_channel  # noqa: E402
 from archloop.lemur import iter_model_sources, lemur_wheel  # noqa: E402
 from archloop.v1 import (  # noqa: E402
@@ -70,7 +70,7 @@ class SimulatedGenerator(generator_pb2_grpc.GeneratorServiceServicer):
             index = request.start_index + k
             yield generator_pb2.GenerateCandidatesResponse(
                 candidate=common_pb2.Candidate(
-                    candidate_id=f"{request.experiment_id}-c{request.cycle}-{index:04d}",
+                    candidate_id=ids.candidate_id(request.experiment_id, request.cycle, index),
                     experiment_id=request.experiment_id,
                     cycle=request.cycle,
                     index=index,

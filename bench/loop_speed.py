@@ -224,7 +224,8 @@ def plain_loop(examples_path: Path) -> dict:
     import torch
 
     from archloop.basemodel import load_base
-    from services.trainer.lora import _collate, encode_examples, without_base_dropout
+    from services.trainer.data import collate, encode_examples
+    from services.trainer.lora import without_base_dropout
 
     torch.manual_seed(1)
     model, tokenizer, _ = load_base("", "cpu")
@@ -234,7 +235,7 @@ def plain_loop(examples_path: Path) -> dict:
     model.train()
     tokens, began = 0, time.perf_counter()
     for index, example in enumerate(examples):
-        ids, labels, mask = _collate([example], tokenizer.pad_token_id, "cpu")
+        ids, labels, mask = collate([example], tokenizer.pad_token_id, "cpu")
         (model(input_ids=ids, attention_mask=mask, labels=labels).loss / 4).backward()
         tokens += int(mask.sum())
         if index % 4 == 3 or index + 1 == len(examples):
@@ -264,7 +265,8 @@ def flops_per_token(examples_path: Path) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from archloop.basemodel import load_base
-    from services.trainer.lora import _collate, encode_examples, without_base_dropout
+    from services.trainer.data import collate, encode_examples
+    from services.trainer.lora import without_base_dropout
     from services.trainer.spec import TARGET_MODULES
 
     model, tokenizer, _ = load_base("", "cpu")
@@ -283,7 +285,7 @@ def flops_per_token(examples_path: Path) -> float:
     )
     model.train()
     example = encode_examples(examples_path, tokenizer, 1536)[0][0]
-    ids, labels, mask = _collate([example], tokenizer.pad_token_id, "cpu")
+    ids, labels, mask = collate([example], tokenizer.pad_token_id, "cpu")
     counter = FlopCounterMode(display=False)
     with counter:
         model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()

@@ -84,12 +84,12 @@ def _train(model, examples, pad_id: int, batch: int = 1, bf16: bool = False) -> 
 
     import torch
 
-    from services.trainer.lora import _collate
+    from services.trainer.data import collate
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     tokens, began = 0, time.perf_counter()
     for index in range(0, len(examples), batch):
-        ids, labels, mask = _collate(examples[index : index + batch], pad_id, "cpu")
+        ids, labels, mask = collate(examples[index : index + batch], pad_id, "cpu")
         scope = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         with scope:
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss / 4
@@ -103,7 +103,7 @@ def _train(model, examples, pad_id: int, batch: int = 1, bf16: bool = False) -> 
 
 def fine_tune_variants(examples_path: Path) -> list[dict]:
     from archloop.basemodel import load_base
-    from services.trainer.lora import encode_examples
+    from services.trainer.data import encode_examples
 
     _, tokenizer, _ = load_base("", "cpu")
     examples, _ = encode_examples(examples_path, tokenizer, 1536)

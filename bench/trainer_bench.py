@@ -65,7 +65,7 @@ def plain_loop(examples_path: Path, epochs: int, seed: int, device: str = "cpu")
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
     from archloop.basemodel import TINY_MODEL_DIR
-    from services.trainer.lora import encode_examples
+    from services.trainer.data import encode_examples
 
     torch.set_num_threads(THREADS)
     torch.manual_seed(seed)

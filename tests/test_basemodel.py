@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from archloop import basemodel, corpus, prompts
+from archloop import basemodel, corpus, pretraining, prompts
 from archloop.lemur import iter_model_sources, lemur_wheel
 from tools.testing import run_cli
 
@@ -51,7 +51,7 @@ def test_learning_rate_warms_up_then_decays_to_the_floor() -> None:
     s = basemodel.BaseModelSettings(
         steps=100, warmup_steps=10, learning_rate=1e-3, min_learning_rate_ratio=0.1
     )
-    rates = [basemodel._learning_rate(step, s) for step in range(100)]
+    rates = [pretraining._learning_rate(step, s) for step in range(100)]
     assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in itertools.pairwise(rates[10:]))
     assert rates[-1] == pytest.approx(1e-4, rel=0.01)
@@ -174,12 +174,12 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_and_ends_where_an_unbrok
     tmp_path: Path,
 ) -> None:
     corpus_dir = _tiny_corpus(tmp_path, 40)
-    unbroken = basemodel.train_base_model(corpus_dir, tmp_path / "a", TINY, checkpoint_dir=tmp_path / "ca")
+    unbroken = pretraining.train_base_model(corpus_dir, tmp_path / "a", TINY, checkpoint_dir=tmp_path / "ca")
 
     with pytest.raises(_Interrupt):
-        basemodel.train_base_model(corpus_dir, tmp_path / "b", TINY, _stop_at_step_5, tmp_path / "cb")
+        pretraining.train_base_model(corpus_dir, tmp_path / "b", TINY, _stop_at_step_5, tmp_path / "cb")
     events: list[dict] = []
-    resumed = basemodel.train_base_model(corpus_dir, tmp_path / "b", TINY, events.append, tmp_path / "cb")
+    resumed = pretraining.train_base_model(corpus_dir, tmp_path / "b", TINY, events.append, tmp_path / "cb")
     assert events[0]["event"] == "data_ready" and events[0]["resumed_at_step"] == 3  # the last checkpoint
     assert [e["step"] for e in events[1:]] == [4, 5, 6, 7, 8]
 
@@ -192,7 +192,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_and_ends_where_an_unbrok
     # another corpus or other settings never resume a checkpoint that is not theirs
     other = dataclasses.replace(TINY, seed=7)
     events.clear()
-    basemodel.train_base_model(corpus_dir, tmp_path / "c", other, events.append, tmp_path / "cb")
+    pretraining.train_base_model(corpus_dir, tmp_path / "c", other, events.append, tmp_path / "cb")
     assert events[0]["resumed_at_step"] == 0
 
 
@@ -201,25 +201,25 @@ def test_a_resumed_run_may_be_cut_short_or_extended(tmp_path: Path) -> None:
     corpus_dir = _tiny_corpus(tmp_path, 40)
 
     with pytest.raises(_Interrupt):
-        basemodel.train_base_model(corpus_dir, tmp_path / "m", TINY, _stop_at_step_5, tmp_path / "c")
+        pretraining.train_base_model(corpus_dir, tmp_path / "m", TINY, _stop_at_step_5, tmp_path / "c")
     events: list[dict] = []
     shorter = dataclasses.replace(TINY, steps=3)
-    cut = basemodel.train_base_model(corpus_dir, tmp_path / "m", shorter, events.append, tmp_path / "c")
+    cut = pretraining.train_base_model(corpus_dir, tmp_path / "m", shorter, events.append, tmp_path / "c")
     assert [e["event"] for e in events] == ["data_ready"] and events[0]["resumed_at_step"] == 3
     assert cut["steps_run"] == 3 and cut["settings"]["steps"] == 3  # the checkpoint's model, evaluated
     assert cut["final_held_out_loss"] > 0 and (tmp_path / "m" / "training.json").exists()
     events.clear()
     longer = dataclasses.replace(TINY, steps=10)
-    more = basemodel.train_base_model(corpus_dir, tmp_path / "n", longer, events.append, tmp_path / "c")
+    more = pretraining.train_base_model(corpus_dir, tmp_path / "n", longer, events.append, tmp_path / "c")
     assert events[0]["resumed_at_step"] == 3 and [e["step"] for e in events[1:]] == list(range(4, 11))
     assert more["steps_run"] == 10
 
 
 def test_training_stops_once_the_held_out_loss_stalls() -> None:
     flat = [{"held_out_loss": x} for x in (2.0, 1.0, 0.999, 0.998, 0.9991, 0.9995)]
-    assert basemodel._stalled(flat, 4)
+    assert pretraining._stalled(flat, 4)
     falling = [{"held_out_loss": x} for x in (2.0, 1.0, 0.99, 0.97, 0.95, 0.93)]
-    assert not basemodel._stalled(falling, 4) and not basemodel._stalled(flat[:4], 4)
+    assert not pretraining._stalled(falling, 4) and not pretraining._stalled(flat[:4], 4)
 
 
 def test_the_tiny_model_runs_gpt2s_gelu_as_torchs_fused_kernel_with_the_same_outputs() -> None:

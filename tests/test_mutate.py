@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from archloop import basemodel, corpus, forwardcheck, mutate, prompts
+from archloop import basemodel, corpus, forwardcheck, mutate, pretraining, prompts
 from archloop.factors import load_factors, touched_factors
 from archloop.lemur import iter_model_sources, lemur_wheel
 from archloop.rewrite import canonical
@@ -158,7 +158,7 @@ def test_edit_pairs_join_base_model_training_in_the_share_asked(built, tmp_path:
         accumulation_steps=1, eval_every_steps=2, holdout_share=0.15,
     )  # fmt: skip
     events: list[dict] = []
-    record = basemodel.train_base_model(
+    record = pretraining.train_base_model(
         corpus_dir,
         tmp_path / "m",
         settings,
@@ -176,6 +176,6 @@ def test_edit_pairs_join_base_model_training_in_the_share_asked(built, tmp_path:
     assert 0 < ready["edit_examples"] <= min(full, len(edits))  # half the examples, when enough fit
     assert record["edits"]["share"] == 0.5 and record["edits"]["examples"] == ready["edit_examples"] > 0
     with pytest.raises(ValueError, match="edit_share"):
-        basemodel.train_base_model(
+        pretraining.train_base_model(
             corpus_dir, tmp_path / "x", settings, edits_dir=built.out_dir, edit_share=1.5
         )

@@ -145,8 +145,9 @@ def cmd_structure(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from archloop.basemodel import TINY_MODEL_DIR, BaseModelNotFound, BaseModelSettings, train_base_model
+    from archloop.basemodel import TINY_MODEL_DIR, BaseModelNotFound, BaseModelSettings
     from archloop.corpus import CorpusError
+    from archloop.pretraining import train_base_model
 
     overrides = {
         f.name: getattr(args, f.name)

@@ -1,10 +1,14 @@
-"""What the local stack's supervisor writes into the controller's ledger (a file of the stack's home):
-experiments an interrupted earlier run left unfinished are parked, and those a given-up component
-took down are failed. Apart from tools.localstack so that the stack itself (and the test fixtures
-built on it) does not reach into the controller."""
+"""What the local stack's supervisor reads of the controller's ledger (a file of the stack's home), and
+the changes it asks the controller's own admin command (services.controller.admin) to make there:
+experiments an interrupted earlier run left unfinished are parked, and those a given-up component took
+down are failed. Nothing here writes into the ledger. Apart from tools.localstack so that the stack
+itself (and the test fixtures built on it) does not reach into the controller."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 from tools.localstack import DATA_FLAGS
@@ -48,18 +52,7 @@ def park_unfinished(home: Path) -> list[str]:
     """Before `archloop run` brings the stack up for one experiment: mark the experiments an earlier,
     interrupted run left unfinished STOPPED, so the new controller does not resume them beside the new
     one (each would halve its speed). They stay resumable (`archloop run --resume EXP`)."""
-    from services.controller.states import ExperimentState
-
-    names = unfinished_experiments(home)
-    ledger = _ledger(home)
-    if ledger is None:
-        return []
-    try:
-        for experiment_id in names:
-            ledger.set_experiment(experiment_id, state=ExperimentState.STOPPED)
-        return names
-    finally:
-        ledger.close()
+    return _admin(home, "park")
 
 
 def record_failure(home: Path, message: str, experiment_ids: list[str]) -> list[str]:
@@ -67,19 +60,15 @@ def record_failure(home: Path, message: str, experiment_ids: list[str]) -> list[
     stack's ledger (unless they completed or failed already; a controller that was stopped may have
     marked them STOPPED on its way out). The experiment_failed event waits in the ledger's outbox for
     the next controller. Returns the ids marked."""
-    from services.controller.loop import record_failed
-    from services.controller.states import ExperimentState
+    return _admin(home, "fail", "--message", message, *experiment_ids)
 
-    ledger = _ledger(home)
-    if ledger is None:
-        return []
-    try:
-        marked = []
-        for experiment_id in experiment_ids:
-            row = ledger.experiment(experiment_id)
-            if row is not None and row.state not in (ExperimentState.COMPLETED, ExperimentState.FAILED):
-                record_failed(ledger, experiment_id, message)
-                marked.append(experiment_id)
-        return marked
-    finally:
-        ledger.close()
+
+def _admin(home: Path, *arguments: str) -> list[str]:
+    """The controller's own admin command (services.controller.admin) on the stack's ledger: the ids
+    it changed."""
+    state_dir = home / dict(DATA_FLAGS["controller"])["--state-dir"]
+    command = [sys.executable, "-m", "services.controller.admin", "--state-dir", str(state_dir), *arguments]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[2:4])} {arguments[0]} failed: {done.stderr.strip()[-500:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -103,10 +103,19 @@ def with_defaults(config: controller_pb2.ExperimentConfig) -> controller_pb2.Exp
 
 def validate(config: controller_pb2.ExperimentConfig) -> None:
     """Raise InvalidArgument naming the first field out of range (run after with_defaults)."""
+    _validate_run(config)
+    _validate_generation(config.generation)
+    _validate_novelty(config)
+    _validate_training(config)
 
-    def bad(field: str, problem: str) -> None:
-        raise InvalidArgument(field, problem)
 
+def bad(field: str, problem: str) -> None:
+    """InvalidArgument naming `field`."""
+    raise InvalidArgument(field, problem)
+
+
+def _validate_run(config: controller_pb2.ExperimentConfig) -> None:
+    """The dataset, the run's size and budget, the thresholds and the selection policy."""
     if len(config.datasets) != 1:
         bad(
             "datasets",
@@ -124,7 +133,11 @@ def validate(config: controller_pb2.ExperimentConfig) -> None:
         value = getattr(config, name)
         if not 0 < value <= 1:
             bad(name, f"{value} is not in (0, 1]")
-    g = config.generation
+    if config.selection_policy != controller_pb2.SELECTION_POLICY_THRESHOLD and config.selection_top_k < 1:
+        bad("selection_top_k", "top-k selection policies need selection_top_k ≥ 1")
+
+
+def _validate_generation(g: controller_pb2.GenerationSettings) -> None:
     if g.mode == common_pb2.GENERATION_MODE_UNSPECIFIED:
         bad("generation.mode", "is required (full, delta or factor)")
     d = g.decoding
@@ -140,6 +153,11 @@ def validate(config: controller_pb2.ExperimentConfig) -> None:
             )
     if g.tournament_size < 1:
         bad("generation.tournament_size", f"{g.tournament_size} must be at least 1")
+    if g.prompt_dataset and g.prompt_dataset not in datasets.NAMES:
+        bad("generation.prompt_dataset", f"{g.prompt_dataset!r} is not one of {list(datasets.NAMES)}")
+
+
+def _validate_novelty(config: controller_pb2.ExperimentConfig) -> None:
     if not 0 <= config.structural_novelty_threshold <= 1:
         bad(
             "structural_novelty_threshold",
@@ -152,12 +170,10 @@ def validate(config: controller_pb2.ExperimentConfig) -> None:
             "novelty_precheck",
             "checks text before training; a structural threshold needs the forward pass (set one of them)",
         )
-    if not 0 <= config.edit_pair_share <= 10:
-        bad("edit_pair_share", f"{config.edit_pair_share} is not in [0, 10] (a share of the LEMUR pairs)")
-    if g.prompt_dataset and g.prompt_dataset not in datasets.NAMES:
-        bad("generation.prompt_dataset", f"{g.prompt_dataset!r} is not one of {list(datasets.NAMES)}")
-    if config.selection_policy != controller_pb2.SELECTION_POLICY_THRESHOLD and config.selection_top_k < 1:
-        bad("selection_top_k", "top-k selection policies need selection_top_k ≥ 1")
+
+
+def _validate_training(config: controller_pb2.ExperimentConfig) -> None:
+    """The evaluation protocol, promotion, final training and the fine-tune."""
     p = config.protocol
     if p.epochs < 1 or p.batch_size < 1 or p.learning_rate <= 0 or p.param_budget < 1:
         bad("protocol", "epochs, batch_size, learning_rate and param_budget must be positive")
@@ -176,6 +192,8 @@ def validate(config: controller_pb2.ExperimentConfig) -> None:
         bad("final_training", "top_k and epochs must not be negative")
     if config.final_training.top_k and config.final_training.epochs < 2:
         bad("final_training.epochs", "fully training the top-k needs more epochs than the 1-epoch proxy")
+    if not 0 <= config.edit_pair_share <= 10:
+        bad("edit_pair_share", f"{config.edit_pair_share} is not in [0, 10] (a share of the LEMUR pairs)")
     if config.lemur_examples_per_cycle < -1:
         bad("lemur_examples_per_cycle", "must be positive, or -1 for the whole corpus")
     if config.lora.rank < 0 or config.lora.alpha < 0 or not 0 <= config.lora.dropout < 1:

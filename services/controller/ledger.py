@@ -24,7 +24,15 @@ from google.protobuf import json_format
 from archloop.v1 import common_pb2, evaluator_pb2, events_pb2, novelty_pb2
 from services.controller.archive import ArchiveEntry
 from services.controller.selection import Candidate, Decision, Verdict
-from services.controller.states import ExperimentState, Phase, Stage, short_name
+from services.controller.states import (
+    PRECHECK_FROM_STORED,
+    PRECHECK_STORED,
+    ExperimentState,
+    Phase,
+    PrecheckState,
+    Stage,
+    short_name,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiments (
@@ -159,9 +167,6 @@ def _novelty_fields(train: novelty_pb2.CollectionMatch, generation: novelty_pb2.
     )
 
 
-PRECHECK_UNTRAINED, PRECHECK_TRAINED_LATER = 1, 2
-
-
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -221,8 +226,8 @@ class CandidateRow:
     promoted_status: str
     promoted_seconds: float | None
     precheck: int
-    """The novelty pre-check's part (PRECHECK_*): 0 none; 1 rejected without training (valid stays
-    None: its verdict is unknown); 2 so, then trained by the filter for a later candidate's decision."""
+    """The novelty pre-check's part as stored (states.PRECHECK_STORED); read it as `precheck_state`.
+    Decided before training: valid stays None (its verdict is unknown)."""
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> CandidateRow:
@@ -248,13 +253,17 @@ class CandidateRow:
         return self.decision is Verdict.ADMITTED
 
     @property
+    def precheck_state(self) -> PrecheckState:
+        return PRECHECK_FROM_STORED[self.precheck]
+
+    @property
     def decided_before_training(self) -> bool:
         """Rejected by the novelty pre-check and never trained."""
-        return bool(self.precheck) and self.valid is None
+        return self.precheck_state is not PrecheckState.NONE and self.valid is None
 
     @property
     def trained_for_a_later_decision(self) -> bool:
-        return self.precheck == PRECHECK_TRAINED_LATER and self.valid is not None
+        return self.precheck_state is PrecheckState.TRAINED_LATER and self.valid is not None
 
     def for_selection(self, on_promoted: bool = False) -> Candidate:
         """What selection reads of the row (with `on_promoted`, a promoted candidate's accuracy is the
@@ -580,7 +589,7 @@ class Ledger:
         with self._transaction() as db:
             self._update(db, "candidates", "candidate_id=?", (candidate_id,), dict(
                 stage=Stage.EVALUATED,
-                precheck=PRECHECK_UNTRAINED,
+                precheck=PRECHECK_STORED[PrecheckState.DECIDED_BEFORE_TRAINING],
                 eval_seconds=screen.total_duration_seconds,
                 eval_replica=screen.evaluator_replica,
                 eval_json=json_format.MessageToJson(screen, preserving_proto_field_name=True),
@@ -590,7 +599,7 @@ class Ledger:
     def record_trained_later(self, candidate_id: str) -> None:
         """Decided before training, then trained by the filter: a later candidate's decision depended
         on whether this one is valid (its evaluation is recorded next)."""
-        self._set_candidate(candidate_id, precheck=PRECHECK_TRAINED_LATER)
+        self._set_candidate(candidate_id, precheck=PRECHECK_STORED[PrecheckState.TRAINED_LATER])
 
     def record_generation_error(self, candidate_id: str) -> None:
         """A candidate with no program to evaluate."""

@@ -4,7 +4,8 @@
 runner binds them to its own `Retry` (`Clients(peers, retry)`): every call is retried with
 exponential backoff on UNAVAILABLE / RESOURCE_EXHAUSTED until the retry budget is spent, then fails
 the experiment with `PeerFailed` naming the call; a stop request is honoured before each attempt.
-The phase machine (services.controller.loop) calls these methods and imports no grpc.
+The phases (services.controller.phases) call these methods, which build every message; they import no
+grpc.
 """
 
 from __future__ import annotations
@@ -264,14 +265,46 @@ class NoveltyClient:
             request.among.entry_ids.extend(among)
         return list((await self.retry.unary("novelty.CheckNovelty", self.stub.CheckNovelty, request)).matches)
 
-    async def admit(self, entry: novelty_pb2.AdmitEntryRequest) -> None:
+    async def admit(
+        self,
+        collection: str,
+        entry_id: str,
+        code: str,
+        structural_tokens: list[str] | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> None:
+        """The entry joins the collection (idempotent by id), unchecked."""
+        entry = _entry(collection, entry_id, code, structural_tokens, labels)
         await self.retry.unary("novelty.AdmitEntry", self.stub.AdmitEntry, entry)
 
     async def check_and_admit(
-        self, entry: novelty_pb2.AdmitEntryRequest, check_collections: list[str]
+        self,
+        collection: str,
+        entry_id: str,
+        code: str,
+        structural_tokens: list[str] | None = None,
+        labels: dict[str, str] | None = None,
     ) -> novelty_pb2.CheckAndAdmitResponse:
-        request = novelty_pb2.CheckAndAdmitRequest(entry=entry, check_collections=check_collections)
+        """The entry joins the collection unless it is a near-duplicate of it (one atomic step)."""
+        entry = _entry(collection, entry_id, code, structural_tokens, labels)
+        request = novelty_pb2.CheckAndAdmitRequest(entry=entry, check_collections=[collection])
         return await self.retry.unary("novelty.CheckAndAdmit", self.stub.CheckAndAdmit, request)
+
+
+def _entry(
+    collection: str,
+    entry_id: str,
+    code: str,
+    structural_tokens: list[str] | None,
+    labels: dict[str, str] | None,
+) -> novelty_pb2.AdmitEntryRequest:
+    return novelty_pb2.AdmitEntryRequest(
+        collection=collection,
+        entry_id=entry_id,
+        code=code,
+        structural_tokens=structural_tokens or [],
+        labels=labels or {},
+    )
 
 
 class TrainerClient:
@@ -280,6 +313,26 @@ class TrainerClient:
 
     async def start(self, request: trainer_pb2.StartFineTuneRequest) -> trainer_pb2.FineTuneJob:
         return (await self.retry.unary("trainer.StartFineTune", self.stub.StartFineTune, request)).job
+
+    async def run(
+        self,
+        request: trainer_pb2.StartFineTuneRequest,
+        on_step: Callable[[trainer_pb2.FineTuneStep], None] = lambda step: None,
+    ) -> trainer_pb2.FineTuneJob:
+        """Start the job (idempotent by its id) and follow it to SUCCEEDED; a job the trainer reports
+        INTERRUPTED (it restarted) is resumed from its checkpoint; PeerFailed if it ends otherwise."""
+        job = await self.start(request)
+        while True:
+            job = await self.follow(job, on_step=on_step)
+            if job.state == trainer_pb2.FINE_TUNE_STATE_SUCCEEDED:
+                return job
+            if job.state != trainer_pb2.FINE_TUNE_STATE_INTERRUPTED:
+                state = trainer_pb2.FineTuneState.Name(job.state)
+                raise PeerFailed(f"fine-tune {request.job_id} ended {state}: {job.error}")
+            resume = trainer_pb2.StartFineTuneRequest()
+            resume.CopyFrom(request)
+            resume.resume = True
+            job = await self.start(resume)
 
     async def follow(
         self,

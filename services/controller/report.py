@@ -40,6 +40,7 @@ from services.controller import archive, selection, stats
 from services.controller import config as experiment_config
 from services.controller.ledger import CandidateRow, Ledger
 from services.controller.states import short_name
+from services.controller.summary import CycleCounts, cycle_counts
 
 CANDIDATE_COLUMNS = (
     "candidate_id",
@@ -92,33 +93,11 @@ CANDIDATE_COLUMNS = (
 
 
 def cycle_rows(ledger: Ledger, experiment_id: str, threshold: float) -> list[dict]:
+    """One row per cycle: its counts, rates with intervals, novelty figures, audit and fine-tune."""
     rows = []
-    qualities = []
     for cycle in ledger.cycles(experiment_id):
         candidates = ledger.candidates(experiment_id, cycle.cycle)
-        skipped = [c for c in candidates if c.decided_before_training]
-        # the denominator of every rate: what the evaluator decided (the novelty pre-check's rejections
-        # were never trained: neither valid nor invalid, counted apart)
-        generated = len(candidates) - len(skipped)
-        accuracies = [c.accuracy for c in candidates if c.valid and c.accuracy is not None]
-        p, low, high = stats.wilson_interval(len(accuracies), generated)
-        mean, mean_low, mean_high = stats.mean_t_interval(accuracies)
-        quality = sum(accuracies) / generated if generated else math.nan
-        # C_t is a share of the generated (Wilson interval); Q_t a mean over them, invalid = 0 (t interval)
-        _, elite_low, elite_high = stats.wilson_interval(sum(a >= threshold for a in accuracies), generated)
-        _, quality_low, quality_high = stats.mean_t_interval(
-            accuracies + [0.0] * (generated - len(accuracies))
-        )
-        qualities.append(quality)
-        admitted = sum(c.admitted for c in candidates)
-        # the model's own valid rate: a repaired candidate counts by its raw program's verdict
-        raw_valid = sum(c.raw_valid for c in candidates)
-        j_train = [c.nn_jaccard_train for c in candidates if c.nn_jaccard_train is not None]
-        j_gen = [c.nn_jaccard_gen for c in candidates if c.nn_jaccard_gen is not None]
-        struct_train = [
-            c.structural_jaccard_train for c in candidates if c.structural_jaccard_train is not None
-        ]
-        struct_gen = [c.structural_jaccard_gen for c in candidates if c.structural_jaccard_gen is not None]
+        counts = cycle_counts(candidates)
         duration = (cycle.completed_ms - cycle.started_ms) / 1000 if cycle.completed_ms else math.nan
         rows.append(
             {
@@ -126,42 +105,16 @@ def cycle_rows(ledger: Ledger, experiment_id: str, threshold: float) -> list[dic
                 "phase": cycle.phase,
                 "adapter": cycle.adapter_name or "(base)",
                 "temperature": cycle.temperature,
-                "generated": len(candidates),
-                "decided_before_training": len(skipped),
-                "trained_for_a_later_decision": sum(c.trained_for_a_later_decision for c in candidates),
-                "evaluator_seconds": sum(c.eval_seconds or 0.0 for c in candidates),
+                "generated": counts.generated,
+                "decided_before_training": counts.decided_before_training,
+                "trained_for_a_later_decision": counts.trained_for_a_later_decision,
+                "evaluator_seconds": counts.evaluator_seconds,
                 "evaluator_seconds_saved": seconds_saved(candidates),
-                "valid": len(accuracies),
-                "valid_fraction": p,
-                "valid_ci_low": low,
-                "valid_ci_high": high,
-                "repaired": sum(c.repaired for c in candidates),
-                "raw_valid": raw_valid,
-                "raw_valid_fraction": raw_valid / generated if generated else math.nan,
-                "best_accuracy": max(accuracies, default=math.nan),
-                "mean_accuracy": mean,
-                "mean_ci_low": mean_low,
-                "mean_ci_high": mean_high,
-                "median_accuracy": stats.median(accuracies),
-                "fraction_above_threshold": sum(a >= threshold for a in accuracies) / len(accuracies)
-                if accuracies
-                else math.nan,
-                "admitted": admitted,
-                "corpus_size": cycle.corpus_size_start + admitted,
-                "elite_concentration": stats.elite_concentration(accuracies, generated, threshold),
-                "elite_ci_low": elite_low,
-                "elite_ci_high": elite_high,
-                "mean_quality": quality,
-                "mean_quality_ci_low": quality_low,
-                "mean_quality_ci_high": quality_high,
-                "near_duplicates_train": sum(bool(c.near_dup_text_train) for c in candidates),
-                "near_duplicates_gen": sum(bool(c.near_dup_text_gen) for c in candidates),
-                "median_j_train": stats.median(j_train),
-                "median_j_gen": stats.median(j_gen),
-                "median_j_struct_train": stats.median(struct_train),
-                "median_j_struct_gen": stats.median(struct_gen),
-                "structural_rejections": sum(c.reason.startswith(selection.STRUCTURAL) for c in candidates),
-                "repeated_topologies": sum(bool(c.same_topology_as) for c in candidates),
+                **_rates(candidates, counts, threshold),
+                "admitted": counts.admitted,
+                "corpus_size": cycle.corpus_size_start + counts.admitted,
+                **_quality(counts, threshold),
+                **_novelty_columns(candidates, counts),
                 **audit_columns(cycle.audit_json),
                 "fine_tune_loss": cycle.fine_tune_loss if cycle.fine_tune_loss is not None else math.nan,
                 "fine_tune_examples": cycle.fine_tune_examples,
@@ -169,9 +122,69 @@ def cycle_rows(ledger: Ledger, experiment_id: str, threshold: float) -> list[dic
                 **diversity(candidates),
             }
         )
-    for row, smooth in zip(rows, stats.smoothed(qualities, 3), strict=True):
+    for row, smooth in zip(rows, stats.smoothed([r["mean_quality"] for r in rows], 3), strict=True):
         row["mean_quality_smoothed"] = smooth
     return rows
+
+
+def _rates(candidates: list[CandidateRow], counts: CycleCounts, threshold: float) -> dict:
+    """Valid rate and accuracy of a cycle, with their intervals. The denominator of every rate
+    is what the evaluator decided (the novelty pre-check's rejections were never trained: neither valid
+    nor invalid, counted apart)."""
+    generated, accuracies = counts.evaluated, counts.accuracies
+    p, low, high = stats.wilson_interval(len(accuracies), generated)
+    mean, mean_low, mean_high = stats.mean_t_interval(accuracies)
+    # the model's own valid rate: a repaired candidate counts by its raw program's verdict
+    raw_valid = sum(c.raw_valid for c in candidates)
+    return {
+        "valid": len(accuracies),
+        "valid_fraction": p,
+        "valid_ci_low": low,
+        "valid_ci_high": high,
+        "repaired": sum(c.repaired for c in candidates),
+        "raw_valid": raw_valid,
+        "raw_valid_fraction": raw_valid / generated if generated else math.nan,
+        "best_accuracy": max(accuracies, default=math.nan),
+        "mean_accuracy": mean,
+        "mean_ci_low": mean_low,
+        "mean_ci_high": mean_high,
+        "median_accuracy": stats.median(accuracies),
+        "fraction_above_threshold": counts.above(threshold) / len(accuracies) if accuracies else math.nan,
+    }
+
+
+def _quality(counts: CycleCounts, threshold: float) -> dict:
+    """C_t, a share of the evaluated (Wilson interval), and Q_t, a mean over them with invalid = 0
+    (t interval)."""
+    generated, accuracies = counts.evaluated, counts.accuracies
+    _, elite_low, elite_high = stats.wilson_interval(counts.above(threshold), generated)
+    _, quality_low, quality_high = stats.mean_t_interval(accuracies + [0.0] * (generated - len(accuracies)))
+    return {
+        "elite_concentration": stats.elite_concentration(accuracies, generated, threshold),
+        "elite_ci_low": elite_low,
+        "elite_ci_high": elite_high,
+        "mean_quality": sum(accuracies) / generated if generated else math.nan,
+        "mean_quality_ci_low": quality_low,
+        "mean_quality_ci_high": quality_high,
+    }
+
+
+def _novelty_columns(candidates: list[CandidateRow], counts: CycleCounts) -> dict:
+    """Near-duplicates and the median nearest-neighbour Jaccards, by text and by structure."""
+
+    def median_of(field: str) -> float:
+        return stats.median([getattr(c, field) for c in candidates if getattr(c, field) is not None])
+
+    return {
+        "near_duplicates_train": counts.near_duplicates_train,
+        "near_duplicates_gen": counts.near_duplicates_generation,
+        "median_j_train": median_of("nn_jaccard_train"),
+        "median_j_gen": median_of("nn_jaccard_gen"),
+        "median_j_struct_train": median_of("structural_jaccard_train"),
+        "median_j_struct_gen": median_of("structural_jaccard_gen"),
+        "structural_rejections": sum(c.reason.startswith(selection.STRUCTURAL) for c in candidates),
+        "repeated_topologies": sum(bool(c.same_topology_as) for c in candidates),
+    }
 
 
 AUDIT_COLUMNS = ("promoted", "spearman", "kendall", "pearson", "snr", "predicted_spearman",
@@ -366,24 +379,34 @@ def _write_csv(path: Path, rows: list[dict], columns: list[str] | tuple[str, ...
 
 
 def _plots(out: Path, rows: list[dict], candidates: list[dict], threshold: float) -> list[Path]:
+    """The per-cycle figures: valid rate, accuracy, loop dynamics, and the novelty histograms."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cycles = [r["cycle"] for r in rows]
     files = []
+    for name, draw in (("valid_rate.png", _valid_rate_plot), ("accuracy.png", _accuracy_plot),
+                       ("dynamics.png", _dynamics_plot)):  # fmt: skip
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        draw(ax, rows, threshold)
+        files.append(_save(fig, out / name))
+    files.append(_save(_novelty_plot(candidates), out / "novelty.png"))
+    return files
 
-    def save(fig, name: str) -> None:
-        path = out / name
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        files.append(path)
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _valid_rate_plot(ax, rows: list[dict], threshold: float) -> None:
     ax.errorbar(
-        cycles,
+        [r["cycle"] for r in rows],
         [r["valid_fraction"] * 100 for r in rows],
         yerr=[
             [(r["valid_fraction"] - r["valid_ci_low"]) * 100 for r in rows],
@@ -393,40 +416,38 @@ def _plots(out: Path, rows: list[dict], candidates: list[dict], threshold: float
         capsize=3,
     )
     ax.set(xlabel="cycle", ylabel="valid %", title="Valid rate (Wilson 95 %)", ylim=(0, 100))
-    save(fig, "valid_rate.png")
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+
+def _accuracy_plot(ax, rows: list[dict], threshold: float) -> None:
+    cycles = [r["cycle"] for r in rows]
+
+    def below(r: dict) -> float:
+        return max(0.0, r["mean_accuracy"] - r["mean_ci_low"]) if not math.isnan(r["mean_ci_low"]) else 0
+
+    def above(r: dict) -> float:
+        return max(0.0, r["mean_ci_high"] - r["mean_accuracy"]) if not math.isnan(r["mean_ci_high"]) else 0
+
     ax.plot(cycles, [r["best_accuracy"] for r in rows], marker="^", label="best")
-    ax.errorbar(
-        cycles,
-        [r["mean_accuracy"] for r in rows],
-        yerr=[
-            [
-                max(0.0, r["mean_accuracy"] - r["mean_ci_low"]) if not math.isnan(r["mean_ci_low"]) else 0
-                for r in rows
-            ],
-            [
-                max(0.0, r["mean_ci_high"] - r["mean_accuracy"]) if not math.isnan(r["mean_ci_high"]) else 0
-                for r in rows
-            ],
-        ],
-        marker="o",
-        capsize=3,
-        label="mean (t 95 %)",
-    )
+    spread = [[below(r) for r in rows], [above(r) for r in rows]]
+    means = [r["mean_accuracy"] for r in rows]
+    ax.errorbar(cycles, means, yerr=spread, marker="o", capsize=3, label="mean (t 95 %)")
     ax.plot(cycles, [r["median_accuracy"] for r in rows], marker="s", label="median")
     ax.axhline(threshold, color="grey", linestyle="--", label=f"τ = {threshold}")
     ax.set(xlabel="cycle", ylabel="first-epoch accuracy", title="Accuracy of valid candidates", ylim=(0, 1))
     ax.legend(fontsize=8)
-    save(fig, "accuracy.png")
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+
+def _dynamics_plot(ax, rows: list[dict], threshold: float) -> None:
+    cycles = [r["cycle"] for r in rows]
     ax.plot(cycles, [r["elite_concentration"] for r in rows], marker="o", label="C_t = P(q ≥ τ)")
     ax.plot(cycles, [r["mean_quality"] for r in rows], marker="s", label="Q_t (mean quality)")
     ax.plot(cycles, [r["mean_quality_smoothed"] for r in rows], linestyle="--", label="Q_t, 3-cycle smoother")
     ax.set(xlabel="cycle", ylabel="share / accuracy", title="Loop dynamics (CT §4)", ylim=(0, 1))
     ax.legend(fontsize=8)
-    save(fig, "dynamics.png")
+
+
+def _novelty_plot(candidates: list[dict]):
+    import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
     for ax, key, title in ((axes[0], "nn_jaccard_train", "J_train"), (axes[1], "nn_jaccard_gen", "J_gen")):
@@ -435,8 +456,7 @@ def _plots(out: Path, rows: list[dict], candidates: list[dict], threshold: float
         ax.axvline(0.90, color="red", linestyle="--")
         ax.set(title=f"{title} (n = {len(values)})", xlabel="estimated Jaccard")
     axes[0].set_ylabel("candidates")
-    save(fig, "novelty.png")
-    return files
+    return fig
 
 
 def _audit_plot(out: Path, audits: dict[str, dict]) -> Path:

@@ -1,12 +1,14 @@
-"""What the loop asks its peers, built from the experiment's config: one function per request kind, so
-the phase machine (services.controller.loop) reads as steps, not as message assembly."""
+"""What a run asks its peers, built from the experiment's config: one function per request kind, so
+the phases (services.controller.phases) read as steps, not as message assembly. Ids and collection
+names come from archloop.ids."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-from archloop import datasets, prompts
+from archloop import datasets, ids, prompts
+from archloop.ids import EvaluationKind
 from archloop.v1 import common_pb2, controller_pb2, evaluator_pb2, events_pb2, generator_pb2, trainer_pb2
 from services.controller.ledger import CycleRow
 
@@ -23,22 +25,6 @@ def prompt_task(config: controller_pb2.ExperimentConfig) -> prompts.Task:
         evaluated.num_classes,
         config.protocol.param_budget,
     )
-
-
-def corpus_collection(experiment_id: str) -> str:
-    """The novelty collection of the experiment's corpus: LEMUR and every admitted candidate."""
-    return f"{experiment_id}-corpus"
-
-
-def cycle_collection(experiment_id: str, cycle: int) -> str:
-    """The novelty collection of one cycle's valid candidates (J_gen)."""
-    return f"{experiment_id}-c{cycle}"
-
-
-def precheck_collection(experiment_id: str, cycle: int) -> str:
-    """The novelty collection of one cycle's candidates that passed the static stages, entered before
-    training (the novelty pre-check asks it about the earlier ones that may still end valid)."""
-    return f"{experiment_id}-c{cycle}-static"
 
 
 def cycle_temperature(config: controller_pb2.ExperimentConfig, cycle: int) -> float:
@@ -116,22 +102,26 @@ def evaluation(
     candidate_id: str,
     code: str,
     cycle: int,
-    epochs: int = 0,
-    structural_tokens: bool = False,
+    kind: EvaluationKind = EvaluationKind.PROXY,
     static_only: bool = False,
 ) -> tuple[evaluator_pb2.EvaluateCandidateRequest, float]:
-    """The request under the experiment's protocol (with `epochs`: that many, and as much more time),
-    and its deadline in seconds."""
+    """The request for one evaluation of `kind` under the experiment's protocol (promotion and final
+    training: their epochs, and as many times the time limit), and its deadline in seconds. The proxy
+    evaluation asks for the structural tokens (the novelty service's structural channel)."""
+    epochs = {
+        EvaluationKind.PROMOTED: config.promotion.epochs,
+        EvaluationKind.FINAL: config.final_training.epochs,
+    }.get(kind, 0)
     protocol = common_pb2.EvaluationProtocol()
     protocol.CopyFrom(config.protocol)
     if epochs:
         protocol.epochs = epochs
         protocol.time_limit_seconds = config.protocol.time_limit_seconds * epochs
     request = evaluator_pb2.EvaluateCandidateRequest(
-        candidate_id=candidate_id,
+        candidate_id=ids.evaluation_id(candidate_id, kind),
         code=code,
         protocol=protocol,
-        structural_tokens=structural_tokens,
+        structural_tokens=kind is EvaluationKind.PROXY and not static_only,
         experiment_id=experiment_id,
         cycle=cycle,
         static_only=static_only,
@@ -146,8 +136,8 @@ def fine_tune(
     training_set: Path,
     previous_adapter: common_pb2.AdapterRef,
 ) -> trainer_pb2.StartFineTuneRequest:
-    """The cycle's job (id `<experiment>-c<cycle>`: the trainer is idempotent by it)."""
-    job_id = f"{experiment_id}-c{cycle}"
+    """The cycle's job (ids.fine_tune_job_id: the trainer is idempotent by it)."""
+    job_id = ids.fine_tune_job_id(experiment_id, cycle)
     request = trainer_pb2.StartFineTuneRequest(
         job_id=job_id,
         experiment_id=experiment_id,

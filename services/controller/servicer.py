@@ -202,13 +202,10 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
 
     def _fine_tune_step(self, experiment_id: str) -> trainer_pb2.FineTuneStep | None:
         running = self.runners.get(experiment_id)
-        if running is None or running[0].fine_tune_step is None or self.ledger is None:
+        step = running[0].view.fine_tune_step if running is not None else None
+        if step is None or self.ledger is None:
             return None
-        return (
-            running[0].fine_tune_step
-            if self.ledger.experiment_of(experiment_id).current_phase is Phase.FINE_TUNING
-            else None
-        )
+        return step if self.ledger.experiment_of(experiment_id).current_phase is Phase.FINE_TUNING else None
 
     async def StartExperiment(self, request, context) -> controller_pb2.StartExperimentResponse:
         assert self.ledger is not None
@@ -388,7 +385,8 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
 def candidate_record(row: CandidateRow, full: bool) -> controller_pb2.CandidateRecord:
     """The ledger row as the API shows it (with `full`: its program, evaluation and generation JSON)."""
     record = controller_pb2.CandidateRecord(
-        candidate_id=row.candidate_id, cycle=row.cycle, index=row.idx, stage=row.stage.value,
+        candidate_id=row.candidate_id, experiment_id=row.experiment_id, cycle=row.cycle, index=row.idx,
+        stage=row.stage.value,
         eval_status=row.eval_status, decision=row.decision.value if row.decision else "", reason=row.reason,
         param_count=row.param_count or 0, flops=row.flops or 0, nearest_train=row.nearest_train,
         nearest_gen=row.nearest_gen, nearest_struct_train=row.nearest_struct_train,

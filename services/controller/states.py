@@ -46,6 +46,21 @@ class Stage(enum.StrEnum):
     DECIDED = "decided"
 
 
+class PrecheckState(enum.StrEnum):
+    """A candidate's part in the novelty pre-check (the ledger stores it as PRECHECK_STORED's integer)."""
+
+    NONE = "none"  # not decided by it (or the pre-check is off)
+    DECIDED_BEFORE_TRAINING = "decided_before_training"  # a near-duplicate, never trained
+    TRAINED_LATER = "trained_for_a_later_decision"  # so, then trained by the filter for a later one
+
+
+PRECHECK_STORED = {
+    PrecheckState.NONE: 0,
+    PrecheckState.DECIDED_BEFORE_TRAINING: 1,
+    PrecheckState.TRAINED_LATER: 2,
+}
+PRECHECK_FROM_STORED = {stored: state for state, stored in PRECHECK_STORED.items()}
+
 EXPERIMENT_STATE_TO_PROTO = {
     state: controller_pb2.ExperimentState.Value(f"EXPERIMENT_STATE_{state.value}")
     for state in ExperimentState

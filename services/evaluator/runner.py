@@ -157,26 +157,45 @@ def run_job(job_dir: Path, data: EvaluationData) -> dict:
     """Evaluate the candidate in job_dir/job.json; return (and write) the result dictionary."""
     job = json.loads((job_dir / "job.json").read_text())
     protocol = job["protocol"]
-    result: dict[str, Any] = {"stages": [], "status": "OK", "epoch_accuracies": []}
-    progress = _Progress(job_dir / "progress.jsonl", len(data.train_labels))
+    run = _Run(_Progress(job_dir / "progress.jsonl", len(data.train_labels)))
     torch.manual_seed(protocol["seed"])
     torch.set_num_threads(protocol.get("threads", 1))
-    stage = "instantiate"
-    started = time.monotonic()
-
-    def finish_stage(name: str, status: str = "OK", message: str = "") -> None:
-        nonlocal started
-        result["stages"].append(
-            {
-                "stage": name,
-                "status": status,
-                "duration_seconds": time.monotonic() - started,
-                "message": message,
-            }
-        )
-        started = time.monotonic()
-
     try:
+        model, prm, data = run.instantiate(job, data)
+        if run.forward(model, data, bool(job.get("structural_tokens"))) and run.budget(model, protocol):
+            run.train(model, prm, data, protocol)
+    except BaseException as exc:
+        status = _status_for(run.stage, exc)
+        run.finish_stage(run.stage, status, _message(run.stage, exc))
+        run.result["status"] = status
+    return run.result
+
+
+class _Run:
+    """One evaluation's stages in order; each records its duration and verdict in `result`, and a
+    failing check ends the run with its status (an exception is caught by run_job, by `stage`)."""
+
+    def __init__(self, progress: _Progress) -> None:
+        self.progress = progress
+        self.result: dict[str, Any] = {"stages": [], "status": "OK", "epoch_accuracies": []}
+        self.stage = "instantiate"
+        self.started = time.monotonic()
+
+    def finish_stage(self, name: str, status: str = "OK", message: str = "") -> None:
+        seconds = time.monotonic() - self.started
+        self.result["stages"].append(
+            {"stage": name, "status": status, "duration_seconds": seconds, "message": message}
+        )
+        self.started = time.monotonic()
+
+    def fail(self, name: str, status: str, message: str) -> bool:
+        self.finish_stage(name, status, message)
+        self.result["status"] = status
+        return False
+
+    def instantiate(self, job: dict, data: EvaluationData) -> tuple[Any, dict, EvaluationData]:
+        """Run the program, build its Net on the device: (model, hyperparameters, data on the device)."""
+        protocol = job["protocol"]
         namespace: dict[str, Any] = {"__name__": "candidate"}
         exec(compile(job["code"], "<candidate>", "exec"), namespace)
         prm = {
@@ -192,58 +211,55 @@ def run_job(job_dir: Path, data: EvaluationData) -> dict:
             ("cuda" if torch.cuda.is_available() else "cpu") if wanted == "auto" else wanted
         )
         data = data.on(device)
-        in_shape, out_shape = data.in_shape, (data.num_classes,)
-        progress.stage(stage)
-        model = namespace["Net"](in_shape, out_shape, prm, device).to(device)
-        finish_stage("instantiate")
+        self.progress.stage(self.stage)
+        model = namespace["Net"](data.in_shape, (data.num_classes,), prm, device).to(device)
+        self.finish_stage("instantiate")
+        return model, prm, data
 
-        stage = "forward"
-        progress.stage(stage)
+    def forward(self, model: torch.nn.Module, data: EvaluationData, want_tokens: bool) -> bool:
+        """Two images through the model: the output's shape and finiteness; its FLOPs (and structural
+        tokens when asked)."""
+        self.stage = "forward"
+        self.progress.stage(self.stage)
         example = data.train_images[:2]
         model.eval()
         with torch.no_grad():
             output = model(example)
         if not isinstance(output, torch.Tensor) or tuple(output.shape) != (2, data.num_classes):
             shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-            finish_stage(
-                "forward", "WRONG_OUTPUT_SHAPE", f"forward: output {shape}, expected (2, {data.num_classes})"
-            )
-            result["status"] = "WRONG_OUTPUT_SHAPE"
-            return result
+            message = f"forward: output {shape}, expected (2, {data.num_classes})"
+            return self.fail("forward", "WRONG_OUTPUT_SHAPE", message)
         if not bool(torch.isfinite(output).all()):
-            finish_stage("forward", "FORWARD_ERROR", "forward: the output holds NaN or infinity")
-            result["status"] = "FORWARD_ERROR"
-            return result
-        if job.get("structural_tokens"):
-            result["structural_tokens"] = structural_tokens(model, example[:1])
-        result["flops"] = forward_flops(model, example[:1])
-        finish_stage("forward")
+            return self.fail("forward", "FORWARD_ERROR", "forward: the output holds NaN or infinity")
+        if want_tokens:
+            self.result["structural_tokens"] = structural_tokens(model, example[:1])
+        self.result["flops"] = forward_flops(model, example[:1])
+        self.finish_stage("forward")
+        return True
 
+    def budget(self, model: torch.nn.Module, protocol: dict) -> bool:
+        """Every shape-inferring layer materialised, and the parameters within the budget."""
         unused = unmaterialised_layers(model)
         if unused:
-            finish_stage(
-                "param_budget",
-                "UNUSED_LAZY_LAYER",
-                f"param_budget: {len(unused)} shape-inferring layer(s) never called by forward, so "
-                f"their size is unknown: {', '.join(unused[:5])}",
-            )
-            result["status"] = "UNUSED_LAZY_LAYER"
-            return result
+            message = (f"param_budget: {len(unused)} shape-inferring layer(s) never called by forward, so "
+                       f"their size is unknown: {', '.join(unused[:5])}")  # fmt: skip
+            return self.fail("param_budget", "UNUSED_LAZY_LAYER", message)
         # counted after the forward pass, which gave every shape-inferring layer its parameters
         params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        result["param_count"] = params
+        self.result["param_count"] = params
         if params > protocol["param_budget"]:
-            finish_stage(
-                "param_budget", "OVER_BUDGET", f"param_budget: {params:,} > {protocol['param_budget']:,}"
-            )
-            result["status"] = "OVER_BUDGET"
-            return result
-        finish_stage("param_budget")
+            message = f"param_budget: {params:,} > {protocol['param_budget']:,}"
+            return self.fail("param_budget", "OVER_BUDGET", message)
+        self.finish_stage("param_budget")
+        return True
 
-        stage = "train"
-        progress.stage(stage, "setup")
+    def train(self, model: Any, prm: dict, data: EvaluationData, protocol: dict) -> None:
+        """The model's own train_setup and learn, epoch by epoch, the validation accuracy after each."""
+        progress, result = self.progress, self.result
+        self.stage = "train"
+        progress.stage(self.stage, "setup")
         model.train_setup(prm)
-        progress.stage(stage, "learn")
+        progress.stage(self.stage, "learn")
         _watch_loss(model, progress)
         train_started = time.monotonic()
         for epoch in range(1, protocol["epochs"] + 1):
@@ -256,22 +272,16 @@ def run_job(job_dir: Path, data: EvaluationData) -> dict:
 
             model.train()
             model.learn(counted())
-            stage = "accuracy"
+            self.stage = "accuracy"
             result["epoch_accuracies"].append(_accuracy(model, data, protocol["batch_size"]))
-            stage = "train"
+            self.stage = "train"
         train_seconds = time.monotonic() - train_started
         result["train_images_per_second"] = progress.images_seen / train_seconds if train_seconds else 0.0
-        result["train_loss"] = (
-            sum(progress.losses[-50:]) / len(progress.losses[-50:]) if progress.losses else 0.0
-        )
+        recent = progress.losses[-50:]
+        result["train_loss"] = sum(recent) / len(recent) if recent else 0.0
         result["accuracy"] = result["epoch_accuracies"][-1]
-        finish_stage("train")
-        finish_stage("accuracy")
-    except BaseException as exc:
-        status = _status_for(stage, exc)
-        finish_stage(stage, status, _message(stage, exc))
-        result["status"] = status
-    return result
+        self.finish_stage("train")
+        self.finish_stage("accuracy")
 
 
 def _accuracy(model: torch.nn.Module, data: EvaluationData, batch_size: int) -> float:

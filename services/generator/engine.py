@@ -27,7 +27,7 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from archloop import prompts
+from archloop import ids, prompts
 from archloop.errors import InvalidArgument
 from archloop.factors import Factor, touched_factors
 from archloop.repair import repair
@@ -425,9 +425,8 @@ class CandidateMaker:
             info.raw_code, info.repaired = code, fixed.changed
             info.repairs.extend(fixed.applied)
             code = fixed.code
-        prefix = plan.experiment_id or "adhoc"
         return common_pb2.Candidate(
-            candidate_id=f"{prefix}-c{plan.cycle}-{work.index:04d}",
+            candidate_id=ids.candidate_id(plan.experiment_id, plan.cycle, work.index),
             experiment_id=plan.experiment_id,
             cycle=plan.cycle,
             index=work.index,

@@ -30,20 +30,26 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-from archloop import corpus
-from archloop.basemodel import base_model_sha256, encode_example, load_base, weights_sha256
+from archloop.basemodel import base_model_sha256, load_base, weights_sha256
 from archloop.errors import FailedPrecondition, InvalidArgument
 from services.trainer import precision
+from services.trainer.data import Example, batches, collate, encode_examples
 from services.trainer.spec import TARGET_MODULES, FineTuneSpec
+from services.trainer.state import (
+    CHECKPOINT,
+    load_checkpoint,
+    make_optimizer,
+    optimiser_step,
+    save_checkpoint,
+)
 
-CHECKPOINT = "checkpoint"
 ADAPTER_METADATA = "archloop_adapter.json"
 
 
@@ -53,12 +59,6 @@ class Cancelled(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-@dataclass
-class Example:
-    input_ids: list[int]
-    labels: list[int]  # -100 where no loss is taken
 
 
 def default_target_modules(model) -> list[str]:
@@ -105,88 +105,23 @@ def answer_loss(model, ids, labels, mask):
     )
 
 
-def encode_examples(path: Path, tokenizer, max_len: int) -> tuple[list[Example], int]:
-    """Chat examples → token ids with prompt-masked labels; also how many were too long."""
-    examples, too_long = [], 0
-    for row in corpus.read_jsonl(path):
-        messages = row.get("messages")
-        if not messages or messages[-1].get("role") != "assistant":
-            raise InvalidArgument(
-                "corpus.path", f"example {row.get('id', '?')} does not end with an assistant message"
-            )
-        try:
-            ids, mask = encode_example(tokenizer, messages)  # the base model's own encoding
-        except ValueError:
-            raise FailedPrecondition(
-                "the tokenizer's chat template renders the prompt differently inside the chat"
-            ) from None
-        if len(ids) > max_len:
-            too_long += 1
-            continue
-        examples.append(Example(ids, [t if m else -100 for t, m in zip(ids, mask, strict=True)]))
-    return examples, too_long
+@dataclass
+class _Job:
+    """What a fine-tune holds while it trains (from `_set_up`)."""
 
-
-def _batches(examples: list[Example], batch_size: int, seed: int, epoch: int) -> list[list[Example]]:
-    order = list(range(len(examples)))
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    return [[examples[i] for i in order[j : j + batch_size]] for j in range(0, len(order), batch_size)]
-
-
-def _collate(batch: list[Example], pad_id: int, device: str):
-    import torch
-
-    width = max(len(e.input_ids) for e in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, e in enumerate(batch):
-        ids[row, : len(e.input_ids)] = torch.tensor(e.input_ids)
-        labels[row, : len(e.labels)] = torch.tensor(e.labels)
-        mask[row, : len(e.input_ids)] = 1
-    return ids.to(device), labels.to(device), mask.to(device)
-
-
-def _optimizer(model, spec: FineTuneSpec, device: str):
-    import torch
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    if device == "cuda":
-        try:
-            import bitsandbytes as bnb
-
-            return bnb.optim.PagedAdamW8bit(
-                params, lr=spec.schedule.learning_rate, weight_decay=spec.schedule.weight_decay
-            ), "paged_adamw_8bit"
-        except ImportError:
-            pass
-    return torch.optim.AdamW(
-        params, lr=spec.schedule.learning_rate, weight_decay=spec.schedule.weight_decay
-    ), "adamw"
-
-
-def _save_checkpoint(job_dir: Path, model, optimizer, scheduler, state: dict) -> None:
-    import torch
-
-    tmp = job_dir / f"{CHECKPOINT}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "state": state,
-        },
-        tmp / "trainer_state.pt",
-    )
-    final = job_dir / CHECKPOINT
-    old = job_dir / f"{CHECKPOINT}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    model: Any
+    pad_id: int
+    resolved: Path
+    examples: list[Example]
+    too_long: int
+    max_len: int
+    target_modules: list[str]
+    optimizer: Any
+    optimizer_name: str
+    scheduler: Any
+    arithmetic: precision.Precision
+    total_steps: int
+    position: dict  # where training stands: step, epoch, batch (of the epoch), tokens
 
 
 def run_fine_tune(
@@ -202,8 +137,6 @@ def run_fine_tune(
 ) -> dict:
     """Train; write the adapter under artifacts_dir/<spec.output_subdir()>; return its metadata."""
     import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import get_scheduler
 
     started = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -211,6 +144,25 @@ def run_fine_tune(
         torch.set_num_threads(threads)
     torch.manual_seed(spec.seed)
     job_dir.mkdir(parents=True, exist_ok=True)
+    job = _set_up(spec, job_dir, device, resume, autocast)
+    emit({"kind": "started", "total_steps": job.total_steps, "examples": len(job.examples),
+          "too_long": job.too_long, "resumed_from_step": job.position["step"], "device": device,
+          "optimizer": job.optimizer_name, "autocast": job.arithmetic.autocast})  # fmt: skip
+    train_started = time.perf_counter()
+    losses = _train(spec, job, job_dir, device, emit, stop_requested, checkpoint_every_steps)
+    train_seconds = time.perf_counter() - train_started
+    metadata = _write_adapter(spec, job, Path(artifacts_dir), device, losses, train_seconds, started)
+    shutil.rmtree(job_dir / CHECKPOINT, ignore_errors=True)
+    emit({"kind": "done", "adapter": metadata})
+    return metadata
+
+
+def _set_up(spec: FineTuneSpec, job_dir: Path, device: str, resume: bool, autocast: str) -> _Job:
+    """The base model (its own dropout off) with a fresh or continued adapter, the examples that fit,
+    the optimiser and schedule, the arithmetic, and where a resumed job stands."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import get_scheduler
+
     model, tokenizer, resolved = load_base(spec.base_model, device)
     without_base_dropout(model)
     context = int(
@@ -221,7 +173,6 @@ def run_fine_tune(
     examples, too_long = encode_examples(Path(spec.corpus_path), tokenizer, max_len)
     if not examples:
         raise FailedPrecondition(f"no example of the corpus fits {max_len} tokens ({too_long} too long)")
-
     checkpoint = job_dir / CHECKPOINT
     resuming = resume and (checkpoint / "trainer_state.pt").exists()
     target_modules = list(spec.lora.target_modules) or default_target_modules(model)
@@ -238,7 +189,7 @@ def run_fine_tune(
             fan_in_fan_out=model.config.model_type in ("gpt2", "gpt_bigcode"),  # Conv1D layers
         )
         model = get_peft_model(model, config)
-    optimizer, optimizer_name = _optimizer(model, spec, device)
+    optimizer, optimizer_name = make_optimizer(model, spec, device)
     s = spec.schedule
     steps_per_epoch = math.ceil(math.ceil(len(examples) / s.batch_size) / s.gradient_accumulation_steps)
     total_steps = steps_per_epoch * s.epochs
@@ -246,125 +197,113 @@ def run_fine_tune(
         s.lr_scheduler, optimizer, num_warmup_steps=s.warmup_steps, num_training_steps=total_steps
     )
     arithmetic = precision.choose(
-        autocast, device, model, *_collate(examples[:1], tokenizer.pad_token_id, device)
+        autocast, device, model, *collate(examples[:1], tokenizer.pad_token_id, device)
     )
     position = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0}
     if resuming:
-        saved = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["torch_rng"])
-        position = saved["state"]
-    emit(
-        {
-            "kind": "started",
-            "total_steps": total_steps,
-            "examples": len(examples),
-            "too_long": too_long,
-            "resumed_from_step": position["step"],
-            "device": device,
-            "optimizer": optimizer_name,
-            "autocast": arithmetic.autocast,
-        }
-    )
+        position = load_checkpoint(checkpoint, optimizer, scheduler)
+    return _Job(model, tokenizer.pad_token_id, resolved, examples, too_long, max_len, target_modules,
+                optimizer, optimizer_name, scheduler, arithmetic, total_steps, position)  # fmt: skip
 
+
+def _train(
+    spec: FineTuneSpec,
+    job: _Job,
+    job_dir: Path,
+    device: str,
+    emit: Callable[[dict], None],
+    stop_requested: Callable[[], str],
+    checkpoint_every_steps: int,
+) -> list[float]:
+    """The epochs from where the job stands: micro-batches accumulated into optimiser steps, each step
+    reported, a checkpoint every `checkpoint_every_steps` and at a shutdown; the steps' losses."""
+
+    s, model, position = spec.schedule, job.model, job.position
     model.train()
-    pad_id = tokenizer.pad_token_id
-    train_started = time.perf_counter()
     step, tokens = position["step"], position["tokens"]
     window_started, window_tokens = time.perf_counter(), 0
     losses: list[float] = []
+
+    def checkpoint(epoch: int, batch: int) -> None:
+        save_checkpoint(job_dir, model, job.optimizer, job.scheduler,
+                         {"step": step, "epoch": epoch, "batch": batch, "tokens": tokens})  # fmt: skip
+        emit({"kind": "checkpoint", "step": step})
+
     for epoch in range(position["epoch"], s.epochs):
-        batches = _batches(examples, s.batch_size, spec.seed, epoch)
+        epoch_batches = batches(job.examples, s.batch_size, spec.seed, epoch)
         first = position["batch"] if epoch == position["epoch"] else 0
         micro, step_loss = 0, 0.0
-        for index in range(first, len(batches)):
+        for index in range(first, len(epoch_batches)):
             reason = stop_requested()  # "", "cancel" or "shutdown"
             if reason == "shutdown":  # keep the work since the last checkpoint: the job will resume
-                _save_checkpoint(
-                    job_dir,
-                    model,
-                    optimizer,
-                    scheduler,
-                    {"step": step, "epoch": epoch, "batch": index - micro, "tokens": tokens},
-                )
-                emit({"kind": "checkpoint", "step": step})
+                checkpoint(epoch, index - micro)
             if reason:
                 raise Cancelled(reason)
-            ids, labels, mask = _collate(batches[index], pad_id, device)
+            ids, labels, mask = collate(epoch_batches[index], job.pad_id, device)
             # Weight each micro-batch by its share of the optimiser step's batches.
-            group = min(s.gradient_accumulation_steps, len(batches) - (index - micro))
-            with arithmetic.context():
+            group = min(s.gradient_accumulation_steps, len(epoch_batches) - (index - micro))
+            with job.arithmetic.context():
                 loss = answer_loss(model, ids, labels, mask) / group
             loss.backward()
             step_loss += loss.item()
             micro += 1
             window_tokens += int(mask.sum())
-            if micro < group and index + 1 < len(batches):
+            if micro < group and index + 1 < len(epoch_batches):
                 continue
-            torch.nn.utils.clip_grad_norm_(model.parameters(), s.max_grad_norm)
-            learning_rate = scheduler.get_last_lr()[0]  # the rate this step used
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            learning_rate = optimiser_step(model, job.optimizer, job.scheduler, s.max_grad_norm)
             step += 1
             losses.append(step_loss)
             elapsed = time.perf_counter() - window_started
             tokens += window_tokens
-            rate = window_tokens / elapsed if elapsed > 0 else 0.0
-            emit(
-                {
-                    "kind": "step",
-                    "step": step,
-                    "total_steps": total_steps,
-                    "epoch": epoch + 1,
-                    "loss": step_loss,
-                    "learning_rate": learning_rate,
-                    "tokens_per_second": rate,
-                    "eta_seconds": (total_steps - step) * elapsed,
-                    "tokens": tokens,
-                }
-            )
+            emit({"kind": "step", "step": step, "total_steps": job.total_steps, "epoch": epoch + 1,
+                  "loss": step_loss, "learning_rate": learning_rate,
+                  "tokens_per_second": window_tokens / elapsed if elapsed > 0 else 0.0,
+                  "eta_seconds": (job.total_steps - step) * elapsed, "tokens": tokens})  # fmt: skip
             window_started, window_tokens = time.perf_counter(), 0
             micro, step_loss = 0, 0.0
-            if checkpoint_every_steps and step % checkpoint_every_steps == 0 and step < total_steps:
-                next_epoch, next_batch = (epoch, index + 1) if index + 1 < len(batches) else (epoch + 1, 0)
-                _save_checkpoint(
-                    job_dir,
-                    model,
-                    optimizer,
-                    scheduler,
-                    {"step": step, "epoch": next_epoch, "batch": next_batch, "tokens": tokens},
-                )
-                emit({"kind": "checkpoint", "step": step})
+            if checkpoint_every_steps and step % checkpoint_every_steps == 0 and step < job.total_steps:
+                last = index + 1 >= len(epoch_batches)
+                checkpoint(epoch + 1, 0) if last else checkpoint(epoch, index + 1)
+    position.update(step=step, tokens=tokens)
+    return losses
 
-    train_seconds = time.perf_counter() - train_started
-    out_dir = Path(artifacts_dir) / spec.output_subdir()
+
+def _write_adapter(
+    spec: FineTuneSpec,
+    job: _Job,
+    artifacts_dir: Path,
+    device: str,
+    losses: list[float],
+    train_seconds: float,
+    started: float,
+) -> dict:
+    """The adapter and its metadata, written to a staging folder and renamed into place; the metadata."""
+    out_dir = artifacts_dir / spec.output_subdir()
     staging = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
+    job.model.save_pretrained(staging)
     final_loss = sum(losses[-10:]) / len(losses[-10:]) if losses else float("nan")
     metadata = {
         "name": spec.adapter_name,
         "job_id": spec.job_id,
         "experiment_id": spec.experiment_id,
         "cycle": spec.cycle,
-        "base_model": str(resolved),
-        "base_model_sha256": base_model_sha256(resolved),
+        "base_model": str(job.resolved),
+        "base_model_sha256": base_model_sha256(job.resolved),
         "corpus_path": spec.corpus_path,
         "corpus_manifest_sha256": spec.corpus_manifest_sha256,
-        "lora": {**asdict(spec.lora), "target_modules": target_modules},
-        "schedule": {**asdict(spec.schedule), "max_seq_len_tokens": max_len},
+        "lora": {**asdict(spec.lora), "target_modules": job.target_modules},
+        "schedule": {**asdict(spec.schedule), "max_seq_len_tokens": job.max_len},
         "init": spec.init,
         "init_adapter_path": spec.init_adapter_path,
         "seed": spec.seed,
-        "optimizer": optimizer_name,
+        "optimizer": job.optimizer_name,
         "device": device,
-        "precision": arithmetic.as_json(),
-        "examples": len(examples),
-        "examples_too_long": too_long,
-        "steps": step,
-        "tokens": tokens,
+        "precision": job.arithmetic.as_json(),
+        "examples": len(job.examples),
+        "examples_too_long": job.too_long,
+        "steps": job.position["step"],
+        "tokens": job.position["tokens"],
         "train_seconds": train_seconds,  # first micro-batch to last optimiser step (this run)
         "final_loss": final_loss,
         "first_loss": losses[0] if losses else float("nan"),
@@ -378,6 +317,4 @@ def run_fine_tune(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staging, out_dir)
     metadata["path"] = str(out_dir)
-    shutil.rmtree(checkpoint, ignore_errors=True)
-    emit({"kind": "done", "adapter": metadata})
     return metadata

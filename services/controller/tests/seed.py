@@ -7,7 +7,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from archloop import corpus
+from archloop import corpus, ids
 from archloop.clients import aio_channel
 from archloop.v1 import common_pb2, evaluator_pb2, novelty_pb2_grpc
 from services.controller.evaluators import EvaluatorPool
@@ -27,7 +27,7 @@ def add_evaluated(
     raw_status: str = "",
 ) -> str:
     """A candidate valid with `accuracy`, or FORWARD_ERROR when `accuracy` is None; its id."""
-    candidate_id = f"{experiment_id}-c{cycle}-{index:04d}"
+    candidate_id = ids.candidate_id(experiment_id, cycle, index)
     candidate = common_pb2.Candidate(candidate_id=candidate_id, cycle=cycle, index=index, code=code)
     candidate.generation.repaired = repaired
     assert ledger.record_generated(experiment_id, candidate)
@@ -57,7 +57,7 @@ def write_corpus(corpus_dir: Path, programs: dict[str, str] | None = None) -> Pa
 
 def evaluator_and_novelty(start_service, tmp_path: Path) -> Peers:
     """A real evaluator and a real novelty service (processes), as the loop's peers (no generator, no
-    trainer): for tests that drive `_evaluate` and `_filter` on fixed programs."""
+    trainer): for tests that drive the evaluation and filter phases on fixed programs."""
     novelty = start_service("novelty", "--db-path", str(tmp_path / "novelty.sqlite3"))
     evaluator = start_service("evaluator", "--work-dir", str(tmp_path / "jobs"))
     return Peers(
@@ -71,11 +71,12 @@ def evaluator_and_novelty(start_service, tmp_path: Path) -> Peers:
 async def evaluate_programs(runner: ExperimentRunner, cycle: int, programs: list[str]) -> list[str]:
     """Record `programs` as the cycle's generated candidates and evaluate them all at once, as the loop
     does (as many in flight as the evaluator allows); their ids."""
-    ids = []
+    made = []
     for index, code in enumerate(programs):
-        candidate_id = f"{runner.id}-c{cycle}-{index:04d}"
+        candidate_id = ids.candidate_id(runner.ctx.experiment_id, cycle, index)
         candidate = common_pb2.Candidate(candidate_id=candidate_id, cycle=cycle, index=index, code=code)
-        assert runner.ledger.record_generated(runner.id, candidate)
-        ids.append(candidate_id)
-    await asyncio.gather(*(runner._evaluate(cycle, i, c, "") for i, c in zip(ids, programs, strict=True)))
-    return ids
+        assert runner.ctx.ledger.record_generated(runner.ctx.experiment_id, candidate)
+        made.append(candidate_id)
+    evaluate = runner.evaluation.evaluate
+    await asyncio.gather(*(evaluate(cycle, i, c, "") for i, c in zip(made, programs, strict=True)))
+    return made

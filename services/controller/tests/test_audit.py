@@ -133,13 +133,15 @@ async def test_promotion_trains_the_top_k_longer_and_selection_may_read_it(
     ledger.create_experiment("p", experiment_config.to_json(config), experiment_config.config_sha256(config))
     runner = ExperimentRunner("p", config, ledger, peers, LoopSettings(tmp_path / "work", corpus_dir))
     try:
-        await runner._prepare_corpus()
+        await runner.import_corpus()
         ledger.start_cycle("p", 1, event("p", 1, "cycle_started"))
-        await runner._open_precheck(1)
+        await runner.precheck.open(1)
         await evaluate_programs(runner, 1, programs)
-        await runner._filter(1)
+        await runner.filtering.run(1)
         first = {c.candidate_id: c for c in ledger.candidates("p", 1)}
-        await runner._promote(1)  # again, as after a restart: nothing runs twice, no second audit
+        await runner.filtering.promotion.promote(
+            1
+        )  # again, as after a restart: nothing runs twice, no second audit
     finally:
         await peers.evaluator.close()
 

@@ -79,5 +79,5 @@ def test_an_unspent_budget_lets_the_next_cycle_start(tmp_path: Path) -> None:
     ledger.set_cycle("bud", 3, None, started_ms=int(time.time() * 1000) - 2_000, phase=Phase.COMPLETED)
     assert runner._budget_spent(4)
     unlimited = experiment_config.with_defaults(experiment_config.from_mapping({"cycles": 5}))
-    runner.config = unlimited
+    runner.ctx.config = unlimited
     assert not runner._budget_spent(4)

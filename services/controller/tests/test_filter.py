@@ -60,13 +60,13 @@ def _runner(
 
 
 def _add(runner: ExperimentRunner, idx: int, code: str, accuracy: float | None) -> None:
-    add_evaluated(runner.ledger, "exp", 1, idx, code, accuracy)
+    add_evaluated(runner.ctx.ledger, "exp", 1, idx, code, accuracy)
 
 
 async def _setup_cycle(runner: ExperimentRunner, codes: list[tuple[str, str]]) -> None:
     """Cycle 1 of: a copy of a corpus model (J_train), two near-copies of each other (J_gen), novel ones."""
-    await runner._prepare_corpus()
-    runner.ledger.start_cycle("exp", 1, event("exp", 1, "cycle_started"))
+    await runner.import_corpus()
+    runner.ctx.ledger.start_cycle("exp", 1, event("exp", 1, "cycle_started"))
     rng = random.Random(0)
     novel_a, novel_b, novel_c = codes[7][1], codes[8][1], codes[9][1]
     _add(runner, 0, make_variant(codes[0][1], rng, 1)[0], 0.55)  # near-duplicate of corpus model 0
@@ -75,7 +75,7 @@ async def _setup_cycle(runner: ExperimentRunner, codes: list[tuple[str, str]]) -
     _add(runner, 3, make_variant(novel_b, rng, 1)[0], 0.70)  # near-duplicate of candidate 2 (J_gen)
     _add(runner, 4, "broken", None)  # not valid
     _add(runner, 5, novel_c, 0.45)  # novel, above τ
-    runner.ledger.set_cycle("exp", 1, phase="FILTERING")
+    runner.ctx.ledger.set_cycle("exp", 1, phase="FILTERING")
 
 
 async def test_threshold_policy_with_j_train_j_gen_and_rejection_count(
@@ -84,8 +84,8 @@ async def test_threshold_policy_with_j_train_j_gen_and_rejection_count(
     novelty = start_service("novelty", "--db-path", str(tmp_path / "novelty.sqlite3"))
     runner = _runner(tmp_path, novelty.address, lemur_codes)
     await _setup_cycle(runner, lemur_codes)
-    await runner._filter(1)
-    rows = {c.idx: c for c in runner.ledger.candidates("exp", 1)}
+    await runner.filtering.run(1)
+    rows = {c.idx: c for c in runner.ctx.ledger.candidates("exp", 1)}
     assert rows[0].near_dup_text_train == 1 and rows[0].nearest_train == lemur_codes[0][0]
     assert rows[3].near_dup_text_gen == 1 and rows[3].nearest_gen == "exp-c1-0002"
     assert rows[2].near_dup_text_gen == 0 and rows[2].nn_jaccard_train < 0.9
@@ -110,8 +110,8 @@ async def test_threshold_policy_with_j_train_j_gen_and_rejection_count(
             found = False
         assert found == present, idx
     # a second pass (a resumed step) changes nothing
-    await runner._filter(1)
-    assert {c.idx: c.decision for c in runner.ledger.candidates("exp", 1)} == {
+    await runner.filtering.run(1)
+    assert {c.idx: c.decision for c in runner.ctx.ledger.candidates("exp", 1)} == {
         i: rows[i].decision for i in rows
     }
 
@@ -144,8 +144,8 @@ async def test_selection_policies_and_ablations(
     novelty = start_service("novelty", "--db-path", str(tmp_path / "novelty.sqlite3"))
     runner = _runner(tmp_path, novelty.address, lemur_codes, **overrides)
     await _setup_cycle(runner, lemur_codes)
-    await runner._filter(1)
-    assert [c.decision for c in runner.ledger.candidates("exp", 1)] == decisions
+    await runner.filtering.run(1)
+    assert [c.decision for c in runner.ctx.ledger.candidates("exp", 1)] == decisions
 
 
 def test_selection_policy_enum_names_are_accepted_short() -> None:

@@ -52,7 +52,7 @@ async def test_the_final_stage_trains_the_top_k_admitted_models_longer(start_ser
         "fin", config, ledger, peers, LoopSettings(tmp_path / "work", tmp_path / "corpus")
     )
     try:
-        await runner._final_training()
+        await runner.final_training.run()
     finally:
         await peers.evaluator.close()
     final = {c.candidate_id: c.final_accuracy for c in ledger.candidates("fin")}

@@ -72,11 +72,11 @@ async def _run_cycle(
         experiment_id, experiment_config.to_json(config), experiment_config.config_sha256(config)
     )
     runner = ExperimentRunner(experiment_id, config, ledger, peers, LoopSettings(work, corpus_dir))
-    await runner._prepare_corpus()
+    await runner.import_corpus()
     ledger.start_cycle(experiment_id, 1, event(experiment_id, 1, "cycle_started"))
-    await runner._open_precheck(1)
+    await runner.precheck.open(1)
     await evaluate_programs(runner, 1, PROGRAMS)
-    await runner._filter(1)
+    await runner.filtering.run(1)
     return {c.candidate_id.rsplit("-", 1)[1]: c for c in ledger.candidates(experiment_id, 1)}
 
 

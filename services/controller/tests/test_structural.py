@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from archloop import corpus, topology
+from archloop import corpus, ids, topology
 from archloop.clients import aio_channel
 from archloop.prompts import BASELINE_FILE as BASELINE
 from archloop.v1 import common_pb2, novelty_pb2_grpc
@@ -131,17 +131,17 @@ async def test_renamed_copies_are_caught_by_structure_and_scaled_copies_by_topol
         2: [width_scaled(baseline), renamed(baseline)],  # copies of the admitted one
     }
     try:
-        await runner._prepare_corpus()
+        await runner.import_corpus()
         for cycle, codes in cycles.items():
             ledger.start_cycle("st", cycle, event("st", cycle, "cycle_started"))
             for index, program in enumerate(codes):
-                candidate_id = f"st-c{cycle}-{index:04d}"
+                candidate_id = ids.candidate_id("st", cycle, index)
                 candidate = common_pb2.Candidate(
                     candidate_id=candidate_id, cycle=cycle, index=index, code=program
                 )
                 assert ledger.record_generated("st", candidate)
-                await runner._evaluate(cycle, candidate_id, program, "")
-            await runner._filter(cycle)
+                await runner.evaluation.evaluate(cycle, candidate_id, program, "")
+            await runner.filtering.run(cycle)
     finally:
         await peers.evaluator.close()
 

@@ -67,13 +67,14 @@ def test_bf16_autocast_only_where_the_cpu_has_it_and_the_loss_agrees_with_fp32(t
 
 
 def test_the_answer_loss_equals_the_models_own_loss_over_the_labelled_tokens() -> None:
-    from services.trainer.lora import Example, _collate, answer_loss
+    from services.trainer.data import Example, collate
+    from services.trainer.lora import answer_loss
 
     model, tokenizer, _ = load_base("", "cpu")
     model.eval()
     short, long = torch.randint(5, 4000, (120,)).tolist(), torch.randint(5, 4000, (200,)).tolist()
     batch = [Example(short, [-100] * 70 + short[70:]), Example(long, [-100] * 90 + long[90:])]
-    ids, labels, mask = _collate(batch, tokenizer.pad_token_id, "cpu")  # padded, as a batch of 2 is
+    ids, labels, mask = collate(batch, tokenizer.pad_token_id, "cpu")  # padded, as a batch of 2 is
     with torch.no_grad():
         expected = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         assert torch.allclose(answer_loss(model, ids, labels, mask), expected, atol=1e-5)

@@ -110,7 +110,7 @@ def code_loss_and_logits(adapter_path: str | None, corpus_path: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from archloop.basemodel import TINY_MODEL_DIR
-    from services.trainer.lora import encode_examples
+    from services.trainer.data import encode_examples
 
     tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL_DIR)
     model = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, dtype=torch.float32)

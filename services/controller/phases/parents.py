@@ -1,0 +1,77 @@
+"""The archive of parents behind one interface: its upkeep (the baseline and every admitted candidate
+entered, each with whether its edit prompt fits the generator), the parent each delta / factor candidate
+edits, and the admitted candidates with the parents they edited (for the training set).
+
+The policies are pure functions in services.controller.archive; the entries are a ledger table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import structlog
+
+from archloop.v1 import common_pb2
+from services.controller import archive, requests
+from services.controller.phases.context import RunContext
+from services.controller.trainset import Admitted
+
+log = structlog.get_logger("archloop.controller")
+
+
+class Parents:
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+
+    @property
+    def edits(self) -> bool:
+        """Whether candidates edit a parent (delta / factor mode) rather than write whole programs."""
+        return self.ctx.config.generation.mode != common_pb2.GENERATION_MODE_FULL
+
+    async def update(self, cycle: int) -> None:
+        """Enter the baseline (before cycle 1) and every candidate admitted before `cycle` that the
+        archive lacks, each with whether its edit prompt fits the generator's context (idempotent)."""
+        ctx = self.ctx
+        if not self.edits:
+            return
+        have = {e.entry_id for e in ctx.ledger.archive(ctx.experiment_id)}
+        new: list[tuple[str, int, str, float, int, str]] = []
+        if archive.BASELINE_ID not in have:
+            new.append((archive.BASELINE_ID, 0, requests.baseline_code(ctx.config), 0.0, 0, ""))
+        for c in ctx.ledger.admitted(ctx.experiment_id, cycle - 1):
+            if c.candidate_id not in have:
+                new.append((c.candidate_id, c.cycle, c.code, c.accuracy or 0.0, c.param_count or 0, c.factor))
+        if not new:
+            return
+        spec = requests.task_spec(ctx.prompt_task)
+        fits = await ctx.peers.generator.prompt_fits(spec, ctx.config.generation.mode, [n[2] for n in new])
+        entries = [
+            archive.ArchiveEntry(i, c, code, acc, params, archive.depth(code), factor, ok)
+            for (i, c, code, acc, params, factor), ok in zip(new, fits, strict=True)
+        ]
+        added = await asyncio.to_thread(ctx.ledger.add_to_archive, ctx.experiment_id, entries)
+        log.info("archive_updated", experiment_id=ctx.experiment_id, cycle=cycle, added=added,
+                 not_fitting=sum(not e.fits for e in entries))  # fmt: skip
+
+    def choose(self, cycle: int, start: int, n: int) -> list[tuple[str, str]]:
+        """(id, code) of the program each of candidates start … start + n - 1 edits; none in full mode."""
+        if not self.edits:
+            return []
+        ctx, g = self.ctx, self.ctx.config.generation
+        chosen = archive.choose_parents(
+            g.parent_policy, ctx.ledger.archive(ctx.experiment_id, before_cycle=cycle), ctx.config.seed,
+            cycle, range(start, start + n), g.tournament_size or 3,
+        )  # fmt: skip
+        return [(entry.entry_id, entry.code) for entry in chosen]
+
+    def admitted(self, cycle: int) -> list[Admitted]:
+        """The candidates admitted up to `cycle` for the training set, each with the parent it edited
+        (from the archive, read once)."""
+        ctx = self.ctx
+        parents = {e.entry_id: e.code for e in ctx.ledger.archive(ctx.experiment_id)}
+        return [
+            Admitted(row.candidate_id, row.code, row.mode,
+                     parents.get(json.loads(row.generation_json).get("parent_id", ""), ""), row.factor)
+            for row in ctx.ledger.admitted(ctx.experiment_id, cycle)
+        ]  # fmt: skip
