@@ -61,6 +61,15 @@ class Cancelled(Exception):
         self.reason = reason
 
 
+def warm_up() -> None:
+    """Import what a fine-tune uses (torch, transformers' causal LMs and scheduler, peft): a warm worker
+    does it before its first job."""
+    import peft  # noqa: F401
+    import torch  # noqa: F401
+    from transformers import AutoModelForCausalLM, get_scheduler  # noqa: F401
+    from transformers.models.gpt2 import modeling_gpt2  # noqa: F401
+
+
 def default_target_modules(model) -> list[str]:
     """The attention and MLP projections of the architecture at hand."""
     known = TARGET_MODULES.get(model.config.model_type)

@@ -1,11 +1,12 @@
 """Runs queued fine-tune jobs in worker processes, `slots` at a time, and tells watchers what happens.
 
-Each job runs in its own `python -m services.trainer.worker` process (torch state, memory and a
-crash stay out of the service). The runner reads the worker's JSON events, writes every state
-change and step to the JobStore before telling watchers, and records the adapter when the job
-succeeds. Cancel sends SIGUSR1 (the worker stops within one micro-batch) and SIGKILL if it has not
-stopped after `cancel_grace_seconds`; service shutdown sends SIGTERM (checkpoint, then exit) and
-marks the job INTERRUPTED.
+Each job runs in a `python -m services.trainer.worker` process (torch state, memory and a crash stay
+out of the service), one job at a time; a worker whose job succeeded is kept warm for the next
+(services.trainer.workers), any other ends with its job. The runner reads the worker's JSON events,
+writes every state change and step to the JobStore before telling watchers, and records the adapter
+when the job succeeds. Cancel sends SIGUSR1 (the worker stops within one micro-batch) and SIGKILL if
+it has not stopped after `cancel_grace_seconds`; service shutdown sends SIGTERM (checkpoint, then
+exit) and marks the job INTERRUPTED.
 
 This module imports neither grpc nor torch.
 """
@@ -15,9 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from services.trainer.jobs import (
     Job,
     JobStore,
 )
+from services.trainer.workers import WorkerPool
 
 log = structlog.get_logger("archloop.trainer")
 STDERR_TAIL_BYTES = 4000
@@ -68,6 +68,7 @@ class JobRunner:
         worker_threads: int = 0,
         cancel_grace_seconds: float = 10.0,
         autocast: str = "auto",
+        warm_workers: bool = True,
     ) -> None:
         self.store = store
         self.state_dir = state_dir
@@ -81,6 +82,9 @@ class JobRunner:
         self._running: dict[str, _Running] = {}
         self._watchers: dict[str, set[asyncio.Queue]] = {}
         self._tasks: list[asyncio.Task] = []
+        self.workers = WorkerPool(
+            state_dir, artifacts_dir, checkpoint_every_steps, worker_threads, autocast, warm_workers
+        )
 
     def job_dir(self, job_id: str) -> Path:
         return self.state_dir / "jobs" / job_id.replace("/", "_")
@@ -88,11 +92,13 @@ class JobRunner:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> list[Job]:
-        """Recover after a restart and start the slots; returns the jobs found interrupted."""
+        """Recover after a restart and start the slots (and a warm worker); returns the jobs found
+        interrupted."""
         interrupted, queued = self.store.recover()
         for job in queued:
             self._queue.put_nowait((job.job_id, False))
         self._tasks = [asyncio.create_task(self._slot(), name=f"trainer-slot-{i}") for i in range(self.slots)]
+        self._tasks.append(asyncio.create_task(self.workers.start(), name="trainer-warm-worker"))
         return interrupted
 
     async def stop(self, grace_seconds: float = 30.0) -> None:
@@ -114,6 +120,7 @@ class JobRunner:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.workers.stop()
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -189,62 +196,45 @@ class JobRunner:
         job_dir = self.job_dir(job.job_id)
         job_dir.mkdir(parents=True, exist_ok=True)
         (job_dir / "spec.json").write_text(job.spec.to_json())
-        command = [
-            sys.executable,
-            "-m",
-            "services.trainer.worker",
-            "--job-dir",
-            str(job_dir),
-            "--artifacts-dir",
-            str(self.artifacts_dir),
-            "--checkpoint-every-steps",
-            str(self.checkpoint_every_steps),
-            "--threads",
-            str(self.worker_threads),
-            "--autocast",
-            self.autocast,
-        ] + (["--resume"] if resume else [])
         log_path = job_dir / "worker.log"
-        with open(log_path, "ab") as log_file:
-            process = await asyncio.create_subprocess_exec(
-                *command, stdout=asyncio.subprocess.PIPE, stderr=log_file, cwd=os.getcwd()
-            )
+        process = await self.workers.take()
+        await self.workers.hand(process, job_dir, resume)
         running = self._running[job.job_id] = _Running(process)
         job = self.store.update(job, state=RUNNING, error="")
         self._notify(job.job_id, job)
-        log.info(
-            "fine_tune_started",
-            job_id=job.job_id,
-            adapter=job.spec.adapter_name,
-            pid=process.pid,
-            resume=resume,
-        )
+        log.info("fine_tune_started", job_id=job.job_id, adapter=job.spec.adapter_name, pid=process.pid,
+                 resume=resume)  # fmt: skip
         loop = asyncio.get_running_loop()
         started = loop.time() - job.duration_seconds
         outcome: dict = {}
         try:
-            assert process.stdout is not None
-            async for line in process.stdout:
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                job = self._apply(job, event, loop.time() - started)
-                if event.get("kind") in ("done", "failed", "cancelled", "interrupted"):
-                    outcome = event
-            await process.wait()
+            outcome, job = await self._follow(process, job, started)
+            if outcome.get("kind") != "done":
+                await process.wait()  # a worker ends with a job that did not succeed (or it crashed)
         finally:
             self._running.pop(job.job_id, None)
+            reusable = outcome.get("kind") == "done" and not running.stop_reason
+            await self.workers.give_back(process, reusable)
         job = self._finish(job, outcome, running, process.returncode, log_path, loop.time() - started)
         self._notify(job.job_id, job)
-        log.info(
-            "fine_tune_finished",
-            job_id=job.job_id,
-            state=job.state,
-            steps=job.step,
-            duration_ms=round(job.duration_seconds * 1000),
-            error=job.error or None,
-        )
+        log.info("fine_tune_finished", job_id=job.job_id, state=job.state, steps=job.step,
+                 duration_ms=round(job.duration_seconds * 1000), error=job.error or None)  # fmt: skip
+
+    async def _follow(
+        self, process: asyncio.subprocess.Process, job: Job, started: float
+    ) -> tuple[dict, Job]:
+        """The worker's events up to its job's outcome (or its end): (the outcome, {} if none; the job)."""
+        loop = asyncio.get_running_loop()
+        assert process.stdout is not None
+        while line := await process.stdout.readline():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            job = self._apply(job, event, loop.time() - started)
+            if event.get("kind") in ("done", "failed", "cancelled", "interrupted"):
+                return event, job
+        return {}, job
 
     def _apply(self, job: Job, event: dict, elapsed: float) -> Job:
         kind = event.get("kind")

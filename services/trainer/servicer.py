@@ -137,6 +137,7 @@ class TrainerServicer(ServicerBase, trainer_pb2_grpc.TrainerServiceServicer):
             self.settings.worker_threads,
             self.settings.cancel_grace_seconds,
             self.settings.autocast,
+            self.settings.warm_workers,
         )
         interrupted = self.runner.start()
         log.info("trainer_ready", jobs=len(self.store.jobs()), interrupted=[j.job_id for j in interrupted])

@@ -219,6 +219,30 @@ def _fields(message) -> dict:
         ({"job_id": "job-2"}, "ALREADY_EXISTS", "exp-1-cycle-1"),
     ],
 )
+def _worker_pid(state_dir: Path, job_id: str) -> int:
+    log = (state_dir / "jobs" / job_id / "worker.log").read_text()
+    return int(log.split("archloop trainer worker ", 1)[1].split(":", 1)[0])
+
+
+def test_a_warm_worker_runs_the_next_job_as_a_fresh_worker_would(trainer, small_corpus, tmp_path) -> None:
+    """Two jobs of one spec in one warm worker, and the same spec in a fresh one: the same adapter."""
+    warm, stub = trainer()
+    adapters = {}
+    for job_id in ("warm-1", "warm-2"):
+        stub.StartFineTune(request(small_corpus, job_id, job_id, epochs=1), timeout=30)
+        _, job = watch_until_done(stub, job_id)
+        assert job.state == trainer_pb2.FINE_TUNE_STATE_SUCCEEDED, job.error
+        adapters[job_id] = job.adapter.weights_sha256
+    assert _worker_pid(tmp_path / "state", "warm-1") == _worker_pid(tmp_path / "state", "warm-2")
+    warm.proc.terminate()  # the same state folder next, so one service at a time
+    warm.proc.wait(30)
+    _, cold_stub = trainer("--warm-workers", "false")
+    cold_stub.StartFineTune(request(small_corpus, "cold", "cold", epochs=1), timeout=30)
+    _, job = watch_until_done(cold_stub, "cold")
+    assert job.state == trainer_pb2.FINE_TUNE_STATE_SUCCEEDED, job.error
+    assert adapters["warm-1"] == adapters["warm-2"] == job.adapter.weights_sha256
+
+
 def test_bad_input_is_rejected_with_the_field_named(
     trainer, small_corpus, tmp_path, change, code, field
 ) -> None:
