@@ -101,6 +101,7 @@ def main() -> int:
             return 2
         before_home, after_home = args.homes
         how = f"the runs in {before_home} and {after_home}"
+        walls: list[float] = []
     else:
         corpus = built_corpus(args.corpus)
         if corpus is None:
@@ -108,11 +109,15 @@ def main() -> int:
         work = args.keep or Path(tempfile.mkdtemp(prefix="ledger-parity-"))
         config = {"cycles": args.cycles, "candidates_per_cycle": args.candidates, "seed": args.seed}
         before_home, after_home = work / "before", work / "after"
+        walls = []
         source = worktree(args.baseline or "HEAD~1", work / "baseline-src")
         try:
             for home, checkout in ((before_home, source), (after_home, None)):
                 home.mkdir(parents=True)
-                _, code = run_experiment(home, {**config, "name": home.name}, home.name, corpus, checkout)
+                seconds, code = run_experiment(
+                    home, {**config, "name": home.name}, home.name, corpus, checkout
+                )
+                walls.append(seconds)
                 if code != 0:
                     return 1
         finally:
@@ -135,10 +140,19 @@ def main() -> int:
         "",
         "**Parity: no figure differs.**" if not found else f"**{len(found)} figures differ:**",
         *[f"- {line}" for line in found[:50]],
+        *(
+            [
+                "",
+                f"Wall clock (not compared): {walls[0]:.0f} s before, {walls[1]:.0f} s after "
+                f"({walls[1] / walls[0]:.2f}).",
+            ]
+            if walls
+            else []
+        ),
         END,
     ]
-    publish("ledger_parity", {"differences": found, "before": before, "after": after}, "\n".join(lines),
-            START, END, args.write)  # fmt: skip
+    results = {"differences": found, "seconds": walls, "before": before, "after": after}
+    publish("ledger_parity", results, "\n".join(lines), START, END, args.write)
     return 0 if not found else 1
 
 
