@@ -198,27 +198,6 @@ def _fields(message) -> dict:
     return {f.name: v for f, v in message.ListFields()}
 
 
-@pytest.mark.parametrize(
-    ("change", "code", "field"),
-    [
-        (
-            {"corpus": trainer_pb2.CorpusSnapshot(path="/nonexistent/examples.jsonl")},
-            "INVALID_ARGUMENT",
-            "corpus.path",
-        ),
-        ({"corpus": "EMPTY"}, "INVALID_ARGUMENT", "corpus.path"),
-        ({"base_model": "/nonexistent/model"}, "INVALID_ARGUMENT", "base_model"),
-        ({"lora": common_pb2.LoraSettings(rank=0, alpha=32)}, "INVALID_ARGUMENT", "lora.rank"),
-        (
-            {"schedule": common_pb2.TrainingSchedule(learning_rate=-1e-5)},
-            "INVALID_ARGUMENT",
-            "schedule.learning_rate",
-        ),
-        ({"adapter_name": "bad name!"}, "INVALID_ARGUMENT", "adapter_name"),
-        ({"job_id": ""}, "INVALID_ARGUMENT", "job_id"),
-        ({"job_id": "job-2"}, "ALREADY_EXISTS", "exp-1-cycle-1"),
-    ],
-)
 def _worker_pid(state_dir: Path, job_id: str) -> int:
     log = (state_dir / "jobs" / job_id / "worker.log").read_text()
     return int(log.split("archloop trainer worker ", 1)[1].split(":", 1)[0])
@@ -243,6 +222,27 @@ def test_a_warm_worker_runs_the_next_job_as_a_fresh_worker_would(trainer, small_
     assert adapters["warm-1"] == adapters["warm-2"] == job.adapter.weights_sha256
 
 
+@pytest.mark.parametrize(
+    ("change", "code", "field"),
+    [
+        (
+            {"corpus": trainer_pb2.CorpusSnapshot(path="/nonexistent/examples.jsonl")},
+            "INVALID_ARGUMENT",
+            "corpus.path",
+        ),
+        ({"corpus": "EMPTY"}, "INVALID_ARGUMENT", "corpus.path"),
+        ({"base_model": "/nonexistent/model"}, "INVALID_ARGUMENT", "base_model"),
+        ({"lora": common_pb2.LoraSettings(rank=0, alpha=32)}, "INVALID_ARGUMENT", "lora.rank"),
+        (
+            {"schedule": common_pb2.TrainingSchedule(learning_rate=-1e-5)},
+            "INVALID_ARGUMENT",
+            "schedule.learning_rate",
+        ),
+        ({"adapter_name": "bad name!"}, "INVALID_ARGUMENT", "adapter_name"),
+        ({"job_id": ""}, "INVALID_ARGUMENT", "job_id"),
+        ({"job_id": "job-2"}, "ALREADY_EXISTS", "exp-1-cycle-1"),
+    ],
+)
 def test_bad_input_is_rejected_with_the_field_named(
     trainer, small_corpus, tmp_path, change, code, field
 ) -> None:
