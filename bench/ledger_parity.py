@@ -18,6 +18,7 @@ not compared. A figure that differs is listed; none listed is parity.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -25,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.loop_speed import remove_worktree, worktree  # noqa: E402
+from bench.loop_speed import phase_seconds, remove_worktree, worktree  # noqa: E402
 from bench.report import built_corpus, machine, publish, run_experiment  # noqa: E402
 
 START, END = "<!-- ledger-parity:start -->", "<!-- ledger-parity:end -->"
@@ -40,9 +41,17 @@ CYCLE_FIELDS = (
 )  # fmt: skip
 
 
+def relative_ids(text: str, name: str) -> str:
+    """`text` with the experiment's name replaced by EXP where it starts one of the run's ids
+    (`NAME-c1`, `NAME-c1-0002`: archloop.ids)."""
+    return re.sub(rf"(?<![\w-]){re.escape(name)}(?=-c\d)", "EXP", text)
+
+
 def ledger_figures(home: Path, name: str) -> dict:
     """The figures of one run's ledger that a move of code must not change (ids made relative to the
-    experiment's name, so two runs under different names compare)."""
+    experiment's name, so two runs under different names compare: only where the name starts an id,
+    `NAME-c1-0002`, never a word of a sentence that happens to be the name), and the ledger's span
+    of the run (the experiment's creation to its end, or last write) with its phases, in seconds."""
     from services.controller.ledger import Ledger
 
     ledger = Ledger(home / "data" / "controller" / "ledger.sqlite3")
@@ -50,7 +59,7 @@ def ledger_figures(home: Path, name: str) -> dict:
 
         def plain(value: object) -> object:
             text = value.value if hasattr(value, "value") else value
-            return text.replace(name, "EXP") if isinstance(text, str) else text
+            return relative_ids(text, name) if isinstance(text, str) else text
 
         candidates = {
             f"c{row.cycle}-{row.idx:04d}": {f: plain(getattr(row, f)) for f in CANDIDATE_FIELDS}
@@ -60,9 +69,13 @@ def ledger_figures(home: Path, name: str) -> dict:
             str(row.cycle): {f: plain(getattr(row, f)) for f in CYCLE_FIELDS} for row in ledger.cycles(name)
         }
         events = [e.WhichOneof("payload") for e in ledger.events(name)]
+        row = ledger.experiment_of(name)
+        span = ((row.finished_ms or row.updated_ms) - row.created_ms) / 1000
+        phases = phase_seconds(list(ledger.events(name)), span)
     finally:
         ledger.close()
-    return {"candidates": candidates, "cycles": cycles, "events": events}
+    return {"candidates": candidates, "cycles": cycles, "events": events, "span_seconds": span,
+            "phase_seconds": phases}  # fmt: skip
 
 
 def differences(before: dict, after: dict) -> list[str]:
@@ -140,15 +153,18 @@ def main() -> int:
         "",
         "**Parity: no figure differs.**" if not found else f"**{len(found)} figures differ:**",
         *[f"- {line}" for line in found[:50]],
-        *(
-            [
-                "",
-                f"Wall clock (not compared): {walls[0]:.0f} s before, {walls[1]:.0f} s after "
-                f"({walls[1] / walls[0]:.2f}).",
-            ]
-            if walls
-            else []
-        ),
+        "",
+        f"Times (not compared): the ledger's span of the run (the experiment's creation to its end) "
+        f"{before['span_seconds']:.0f} s before, {after['span_seconds']:.0f} s after "
+        f"({after['span_seconds'] / before['span_seconds']:.2f})"
+        + (f"; the whole command {walls[0]:.0f} s and {walls[1]:.0f} s." if walls else ".")
+        + " By phase (the ledger's events): "
+        + ", ".join(
+            f"{phase} {seconds:.0f} → {after['phase_seconds'][phase]:.0f} s"
+            for phase, seconds in before["phase_seconds"].items()
+            if max(seconds, after["phase_seconds"][phase]) >= 1
+        )
+        + ".",
         END,
     ]
     results = {"differences": found, "seconds": walls, "before": before, "after": after}

@@ -69,8 +69,14 @@ class WorkerPool:
             await _end(process)
 
     async def stop(self) -> None:
+        """An idle worker holds no job, so it is killed at once: one still importing torch (~6 s
+        after the service starts) would not read the end of its stdin before the service's grace ran
+        out."""
         idle, self._idle = self._idle, []
-        await asyncio.gather(*(_end(process) for process in idle))
+        for process in idle:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+        await asyncio.gather(*(process.wait() for process in idle))
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         command = [sys.executable, "-m", "services.trainer.worker", "--serve", *self.arguments]
