@@ -94,30 +94,55 @@ def manifest_sha256(corpus_dir: Path) -> str:
     return hashlib.sha256(manifest_path(corpus_dir).read_bytes()).hexdigest()
 
 
-STRUCTURE_FILE = "structure.jsonl"  # `archloop corpus structure`: not part of the manifest
+ARCHITECTURE_FILE = "architecture.jsonl"  # `archloop corpus structure` (and build): not in the manifest
+ARCHITECTURE_VERSION = 1  # archloop.archtrace's labelling: records of another version are not read
 
 
-def structure_records(programs: dict[str, str], tokens: dict[str, tuple[str, ...]]) -> list[dict]:
-    """The lines of structure.jsonl: each program's structural tokens, keyed by its code's sha256."""
+class MissingArchitectures(CorpusError):
+    """The corpus has no architecture graphs for some of its programs."""
+
+
+def architecture_records(programs: dict[str, str], architectures: dict[str, dict]) -> list[dict]:
+    """The lines of architecture.jsonl: each program's architecture (archloop.archgraph.Architecture's
+    dict: wiring and op hash, tokens, graph), keyed by its code's sha256."""
     return [
-        {"model": name, "code_sha256": _sha256(code), "structural_tokens": list(tokens[name])}
+        {"model": name, "code_sha256": _sha256(code), "version": ARCHITECTURE_VERSION, **architectures[name]}
         for name, code in programs.items()
-        if tokens.get(name)
+        if architectures.get(name)
     ]
 
 
-def read_structure(corpus_dir: Path, programs: dict[str, str] | None = None) -> dict[str, list[str]]:
-    """{model: structural tokens} of the corpus programs whose code is still the one measured ({} when
-    `archloop corpus structure` has not run); `programs`: the corpus's, when the caller has read them."""
-    path = Path(corpus_dir) / STRUCTURE_FILE
+def read_architectures(corpus_dir: Path, programs: dict[str, str] | None = None) -> dict[str, dict]:
+    """{model: record} of the corpus programs whose code is still the one recorded, at this labelling
+    version ({} before `archloop corpus structure`); `programs`: the corpus's, when the caller has them."""
+    path = Path(corpus_dir) / ARCHITECTURE_FILE
     if not path.exists():
         return {}
     programs = training_programs(corpus_dir) if programs is None else programs
     return {
-        r["model"]: r["structural_tokens"]
+        r["model"]: r
         for r in read_jsonl(path)
-        if r["model"] in programs and _sha256(programs[r["model"]]) == r["code_sha256"]
+        if r.get("version") == ARCHITECTURE_VERSION
+        and r["model"] in programs
+        and _sha256(programs[r["model"]]) == r["code_sha256"]
     }
+
+
+def read_structure(corpus_dir: Path, programs: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """{model: architecture tokens} (the novelty service's structural channel)."""
+    return {model: list(r["tokens"]) for model, r in read_architectures(corpus_dir, programs).items()}
+
+
+def require_architectures(corpus_dir: Path, programs: dict[str, str] | None = None) -> dict[str, dict]:
+    """read_architectures, or MissingArchitectures naming the fix when no program has one (a program the
+    recorder could not run is left out; the build reports how many)."""
+    found = read_architectures(corpus_dir, programs)
+    if not found:
+        raise MissingArchitectures(
+            f"the corpus at {corpus_dir} has no architecture graphs (of this version): run `archloop corpus "
+            "structure`"
+        )
+    return found
 
 
 def _sha256(text: str) -> str:

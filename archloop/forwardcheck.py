@@ -47,9 +47,9 @@ class ForwardResult:
     parameters: int = 0  # trainable parameters (what the evaluator's budget counts); 0 when it did not build
     reason: str = ""  # why not, "stage: message"
     device: str = "meta"  # where the deciding check ran: "meta" or "cpu"
-    # with `structure`: its forward-order layer tokens (archloop.topology.structural_tokens), not in
-    # the shipped table
-    structure: tuple[str, ...] = ()
+    # with `structure`: its architecture (archloop.archgraph.Architecture.as_dict: wiring and op hash,
+    # tokens, graph), not in the shipped table
+    architecture: dict = dataclasses.field(default_factory=dict)
 
     def row(self) -> list:
         return [self.ok, self.parameters, self.reason, self.device]
@@ -78,7 +78,8 @@ def _attempt(
 ) -> ForwardResult:
     import torch
 
-    from archloop.topology import structural_tokens
+    from archloop.archgraph import Architecture
+    from archloop.archtrace import record
 
     stage = "instantiate"
     try:
@@ -91,7 +92,9 @@ def _attempt(
             model.eval()
             with torch.no_grad():
                 output = model(torch.zeros((2, *input_shape)))
-            tokens = tuple(structural_tokens(model, torch.zeros((1, *input_shape)))) if structure else ()
+            if structure:
+                stage = "architecture"
+                architecture = Architecture.of(record(model, torch.zeros((1, *input_shape)))).as_dict()
         parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     except _TimeLimit:
         raise
@@ -107,7 +110,7 @@ def _attempt(
         )
     if device_name != "meta" and not bool(torch.isfinite(output).all()):
         return ForwardResult(False, parameters, "forward: the output holds NaN or infinity", device_name)
-    return ForwardResult(True, parameters, "", device_name, tokens)
+    return ForwardResult(True, parameters, "", device_name, architecture if structure else {})
 
 
 def _build(code: str, input_shape: tuple[int, ...], num_classes: int):
@@ -163,7 +166,7 @@ def check_forward(
 ) -> ForwardResult:
     """Check one file in this process (call it in a worker: the file's code is executed); with
     `reference`, check that the file is the same network as the reference (`_attempt_identical`);
-    with `structure`, record its structural tokens too."""
+    with `structure`, record its architecture too."""
     import torch
 
     torch.set_num_threads(1)
@@ -214,7 +217,7 @@ def _serve() -> int:
     for line in sys.stdin:
         code, shape, classes, timeout, reference, structure = json.loads(line)
         result = check_forward(code, tuple(shape), classes, timeout, reference, structure)
-        out.write(json.dumps([*result.row(), list(result.structure)]) + "\n")
+        out.write(json.dumps([*result.row(), result.architecture]) + "\n")
     return 0
 
 
@@ -249,9 +252,9 @@ class _Worker:
         except (BrokenPipeError, OSError):
             line = ""
         if line:
-            *row, tokens = json.loads(line)
+            *row, architecture = json.loads(line)
             result = ForwardResult.from_row(row)
-            return dataclasses.replace(result, structure=tuple(tokens)) if tokens else result
+            return dataclasses.replace(result, architecture=architecture) if architecture else result
         self.close()
         code_ = self.process.returncode
         why = (
@@ -272,7 +275,7 @@ def check_many(
 ) -> dict[str, ForwardResult]:
     """Check (key, code, input_shape, num_classes[, reference]) items in worker processes; {key: result}.
     An item with a reference asks whether the code is the same network (see check_forward); with
-    `structure`, each passing result carries its structural tokens."""
+    `structure`, each passing result carries its architecture."""
     todo = list(items)
     if not todo:
         return {}

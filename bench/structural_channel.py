@@ -1,15 +1,15 @@
-"""What text novelty misses on a recorded run: each valid program's text J and structural J to the corpus.
+"""What text novelty misses on a recorded run: each valid program's text J and architecture J to the corpus.
 
     python bench/structural_channel.py EXPERIMENT [--home DIR] [--corpus DIR] [--threshold 0.9] [--write]
 
 Reads the experiment's valid candidates from its ledger (`$ARCHLOOP_HOME/data/controller/ledger.sqlite3`:
-code, and the evaluator's structural tokens) and the corpus's structural tokens (`archloop corpus
-structure`), and computes for every candidate, exactly (every pair, no MinHash): the text J to its
-nearest corpus program (the novelty service's 10-token shingles) and the structural J to its nearest
-corpus program (its 3-token shingles over forward-order layer tokens), and whether a corpus program
-has the same shape-free forward topology. The figure that matters is how many programs are novel by
-text (J < τ) yet a structural near-duplicate (J_struct ≥ τ) or the same topology as a corpus program:
-what the structural channel would add to the filter. `--write` puts the table in docs/benchmarks.md.
+code, and the evaluator's architecture tokens and wiring hash) and the corpus's architectures
+(`archloop corpus structure`, or build), and computes for every candidate, exactly (every pair, no
+MinHash): the text J to its nearest corpus program (the novelty service's 10-token shingles), the
+architecture J to its nearest corpus program (the sets of WL subgraph hashes, archloop.archgraph),
+and whether a corpus program has its wiring hash. The figure that matters is how many programs are
+novel by text (J < τ) yet an architecture near-duplicate (J_arch ≥ τ) or a corpus program's wiring:
+what architecture novelty adds to the filter. `--write` puts the table in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -38,24 +38,28 @@ def main() -> int:
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
 
-    from archloop import corpus, topology
+    from archloop import corpus
+    from archloop.archgraph import token_jaccard
     from archloop.paths import corpus_dir
     from services.controller.ledger import Ledger
     from services.novelty.collection import CollectionConfig
-    from services.novelty.fingerprint import Lexer, exact_jaccard, fingerprint_source, fingerprint_tokens
+    from services.novelty.fingerprint import exact_jaccard, fingerprint_source
 
     source = args.corpus or corpus_dir()
-    structure = corpus.read_structure(source)
-    if not structure:
-        print(f"{source} has no structural tokens: run `archloop corpus structure` first", file=sys.stderr)
+    architectures = corpus.read_architectures(source)
+    if not architectures:
+        print(f"{source} has no architecture graphs: run `archloop corpus structure` first", file=sys.stderr)
         return 2
     ledger_path = args.home / "data" / "controller" / "ledger.sqlite3"
     if not ledger_path.exists():
         print(f"{ledger_path} does not exist: no controller has run under {args.home}", file=sys.stderr)
         return 2
-    valid = [c for c in Ledger(ledger_path).candidates(args.experiment) if c.valid and c.structural_tokens]
+    valid = [c for c in Ledger(ledger_path).candidates(args.experiment) if c.valid and c.wiring_hash]
     if not valid:
-        print(f"experiment {args.experiment} has no valid candidate with structural tokens", file=sys.stderr)
+        print(
+            f"experiment {args.experiment} has no valid candidate with a recorded architecture",
+            file=sys.stderr,
+        )
         return 2
     config = CollectionConfig()
 
@@ -64,20 +68,15 @@ def main() -> int:
             code, config.shingle_size, config.num_permutations, config.minhash_seed
         ).shingles
 
-    def struct(tokens: list[str]):
-        return fingerprint_tokens(
-            tokens, Lexer.PYTHON, config.structural_shingle_size, config.num_permutations, config.minhash_seed
-        ).shingles
-
     programs = corpus.training_programs(source)
     corpus_text = [text(code) for code in programs.values()]
-    corpus_struct = [struct(tokens) for tokens in structure.values()]
-    corpus_topologies = {topology.signature(topology.forward_topology(t)) for t in structure.values()}
+    corpus_tokens = [r["tokens"] for r in architectures.values()]
+    corpus_wiring = {r["wiring_hash"] for r in architectures.values()}
     rows = []
     for c in valid:
         j_text = max(exact_jaccard(text(c.code), other) for other in corpus_text)
-        j_struct = max(exact_jaccard(struct(c.structural_tokens), other) for other in corpus_struct)
-        same = topology.signature(topology.forward_topology(c.structural_tokens)) in corpus_topologies
+        j_struct = max(token_jaccard(c.structural_tokens, other) for other in corpus_tokens)
+        same = c.wiring_hash in corpus_wiring
         rows.append(
             {"candidate_id": c.candidate_id, "j_text": j_text, "j_struct": j_struct, "same_topology": same}
         )
@@ -91,18 +90,18 @@ def main() -> int:
 
     lines = [
         START,
-        "## The structural channel on a recorded run: what text novelty misses",
+        "## The architecture channel on a recorded run: what text novelty misses",
         "",
         f"`python bench/structural_channel.py {' '.join(sys.argv[1:])}` ({machine()}): {len(rows)} valid "
-        f"programs of `{args.experiment}` against {len(structure):,} corpus programs with structural tokens "
+        f"programs of `{args.experiment}` against {len(architectures):,} corpus programs with graphs "
         f"(of {len(programs):,}); exact Jaccard, τ = {tau}.",
         "",
         "| measure | programs |",
         "|---|---|",
         f"| novel by text (J_train < τ) | {len(novel)} of {len(rows)} |",
-        f"| of those, structural near-duplicates of a corpus program (J_struct ≥ τ) | {len(caught)} |",
-        f"| of those, the same shape-free forward topology as a corpus program | {len(same_topology)} |",
-        f"| mean text J / structural J to the nearest corpus program "
+        f"| of those, architecture near-duplicates of a corpus program (J_arch ≥ τ) | {len(caught)} |",
+        f"| of those, a corpus program's wiring (the same wiring hash) | {len(same_topology)} |",
+        f"| mean text J / architecture J to the nearest corpus program "
         f"| {mean([r['j_text'] for r in rows]):.3f} / {mean([r['j_struct'] for r in rows]):.3f} |",
         "",
         "Raw figures: `bench/results/structural_channel.json`.",

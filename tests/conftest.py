@@ -11,6 +11,7 @@ import pytest
 from archloop import corpus
 from archloop.lemur import iter_model_sources, lemur_wheel
 from tools import corpus_build
+from tools.corpus_architecture import record_architectures
 
 
 @pytest.fixture(scope="session")
@@ -25,4 +26,5 @@ def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if outcome.stage == "unique":
             rows.extend(corpus.example_records(outcome.model, code, outcome.datasets))
     (out / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    record_architectures(out)  # as `archloop corpus build` does
     return out

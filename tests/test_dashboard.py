@@ -82,7 +82,7 @@ def dashboard(start_service, nats_server, tmp_path: Path) -> Iterator[tuple[str,
     """(the dashboard's base URL, the controller's state folder)."""
     state = tmp_path / "controller"
     _seed(state)
-    corpus = write_corpus(tmp_path / "corpus")
+    corpus = write_corpus(tmp_path / "corpus", graphs=True)
     controller = start_service(
         "controller", "--state-dir", str(state), "--corpus-dir", str(corpus), "--nats-url", nats_server.url
     )

@@ -43,3 +43,22 @@ def test_datasets_fetch_refuses_unknown_names_before_downloading_anything(tmp_pa
     assert out.returncode == 2
     assert "unknown dataset imagenet" in out.stderr and "cifar10" in out.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_run_records_the_architecture_graphs_of_a_corpus_that_lacks_them(
+    tmp_path: Path, small_corpus: Path, monkeypatch
+) -> None:
+    """A corpus built before the graphs existed: `archloop run` records them before it starts the stack."""
+    from archloop import corpus
+    from tools.run_cli import _ensure_corpus
+
+    monkeypatch.delenv("ARCHLOOP_CORPUS_DIR", raising=False)
+    home = tmp_path / "home"
+    folder = home / "corpus" / corpus.CORPUS_VERSION
+    folder.mkdir(parents=True)
+    (folder / "examples.jsonl").write_text((small_corpus / "examples.jsonl").read_text())
+    assert corpus.read_architectures(folder) == {}
+    assert _ensure_corpus(home) == folder
+    recorded = corpus.read_architectures(folder)
+    assert set(recorded) == set(corpus.training_programs(folder))
+    assert all(len(r["wiring_hash"]) == 32 and r["tokens"] for r in recorded.values())

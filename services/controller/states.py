@@ -84,7 +84,12 @@ def selection_rules(config: controller_pb2.ExperimentConfig) -> tuple[Policy, Th
     """The experiment's policy, thresholds and ablations, as `selection.decide` takes them."""
     return (
         POLICY_FROM_PROTO[config.selection_policy],
-        Thresholds(config.accuracy_threshold, config.selection_top_k, config.structural_novelty_threshold),
+        Thresholds(
+            config.accuracy_threshold,
+            config.selection_top_k,
+            config.structural_novelty_threshold,
+            new_wiring=config.architecture_novelty == controller_pb2.ARCHITECTURE_NOVELTY_REQUIRE,
+        ),
         Ablations(
             no_accuracy_threshold=config.ablations.no_accuracy_threshold,
             no_novelty_filter=config.ablations.no_novelty_filter,

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from archloop.archgraph import ArchGraph, Architecture
 from archloop.datasets import NAMES as DATASETS
 from archloop.errors import InvalidArgument
 from services.evaluator.sandbox import EXIT_SETUP_FAILED, Sandbox, SandboxOutcome
@@ -92,6 +93,7 @@ class Evaluation:
     train_images_per_second: float = 0.0
     epoch_accuracies: list[float] = field(default_factory=list)
     structural_tokens: list[str] = field(default_factory=list)
+    architecture: dict = field(default_factory=dict)  # archloop.archgraph.Architecture.as_dict, tokens apart
     violations: list[tuple[str, int, str]] = field(default_factory=list)
     network_isolation: str = "none"
     stdout_tail: str = ""
@@ -239,6 +241,18 @@ class Evaluator:
             evaluation.flops = result.get("flops", 0)
             evaluation.train_images_per_second = result.get("train_images_per_second", 0.0)
             evaluation.epoch_accuracies = result.get("epoch_accuracies", [])
-            evaluation.structural_tokens = result.get("structural_tokens", [])
+            if result.get("architecture_graph"):  # hashed here: networkx stays out of the sandbox
+                _set_architecture(evaluation, result["architecture_graph"])
         evaluation.total_duration_seconds = time.monotonic() - started
         return evaluation
+
+
+def _set_architecture(evaluation: Evaluation, graph_json: object) -> None:
+    """The graph the sandboxed run recorded, hashed (a malformed one, which only a program that wrote
+    over its own result could make, leaves the architecture empty)."""
+    try:
+        architecture = Architecture.of(ArchGraph.from_json(str(graph_json))).as_dict()
+    except (ValueError, KeyError, TypeError):
+        return
+    evaluation.structural_tokens = architecture.pop("tokens")
+    evaluation.architecture = architecture

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode  # here: inside the sandbox site-packages may be gone
 
-from archloop.topology import structural_tokens
+from archloop.archtrace import record
 from services.evaluator.datasets import EvaluationData, training_batches, validation_batches
 
 MAX_MESSAGE_CHARS = 500
@@ -231,8 +231,8 @@ class _Run:
             return self.fail("forward", "WRONG_OUTPUT_SHAPE", message)
         if not bool(torch.isfinite(output).all()):
             return self.fail("forward", "FORWARD_ERROR", "forward: the output holds NaN or infinity")
-        if want_tokens:
-            self.result["structural_tokens"] = structural_tokens(model, example[:1])
+        if want_tokens:  # its architecture graph: one more forward pass, recorded; hashed by the service
+            self.result["architecture_graph"] = record(model, example[:1]).to_json()
         self.result["flops"] = forward_flops(model, example[:1])
         self.finish_stage("forward")
         return True

@@ -42,7 +42,7 @@ class CollectionConfig:
     minhash_seed: int = 1
     lsh_false_positive_weight: float = 0.01
     lsh_false_negative_weight: float = 0.99
-    structural_shingle_size: int = 3
+    structural_shingle_size: int = 1  # architecture tokens are a set (archloop.archgraph), not a text
     verification: str = "exact"
 
     @property

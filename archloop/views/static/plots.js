@@ -43,7 +43,7 @@ window.ArchLoopPlots = (function () {
     const x = cycles.map(c => c.cycle);
     if (!cycles.length) {
       for (const [id, title] of [["plot-valid", "Valid rate"], ["plot-accuracy", "Accuracy"], ["plot-dynamics", "Loop dynamics"],
-        ["plot-diversity", "Diversity"]]) empty(id, title, "No cycle yet.");
+        ["plot-diversity", "Diversity"], ["plot-creativity", "New architectures"]]) empty(id, title, "No cycle yet.");
     } else {
       show("plot-valid", [{ x, y: cycles.map(c => c.valid_fraction * 100), mode: "lines+markers", name: "valid %",
         error_y: bar(cycles, "valid_fraction", "valid_ci_low", "valid_ci_high", 100) }],
@@ -70,14 +70,30 @@ window.ArchLoopPlots = (function () {
           line: { dash: "dot" } },
       ], layout("Diversity", "cycle", "share / Jaccard", { xaxis: byCycle, yaxis: unit("share / Jaccard"),
         yaxis2: { title: { text: "cells" }, overlaying: "y", side: "right", rangemode: "tozero", dtick: 1 }, margin: { l: 54, r: 48, t: 36, b: 96 } }));
+      drawCreativity(cycles);
     }
     drawNovelty(doc);
     drawProxy(doc);
   }
 
+  // issue 34: the wiring-new share of the valid per cycle, and distinct wiring / best accuracy against evaluations
+  function drawCreativity(cycles) {
+    const recorded = cycles.filter(c => c.wiring_recorded);
+    if (!recorded.length) { empty("plot-creativity", "New architectures", "No architecture recorded (architecture_novelty off)."); return; }
+    const evaluations = cycles.map(c => c.evaluations_total);
+    show("plot-creativity", [
+      { x: recorded.map(c => c.evaluations_total), y: recorded.map(c => c.wiring_new_valid_share), mode: "lines+markers",
+        name: "wiring-new share of valid (Wilson 95 %)", error_y: bar(recorded, "wiring_new_valid_share", "wiring_new_valid_ci_low", "wiring_new_valid_ci_high") },
+      { x: evaluations, y: cycles.map(c => c.best_accuracy_so_far), mode: "lines+markers", name: "best accuracy so far" },
+      { x: evaluations, y: cycles.map(c => c.distinct_wiring_total), mode: "lines+markers", name: "distinct wiring hashes", yaxis: "y2",
+        line: { dash: "dot" } },
+    ], layout("New architectures against evaluations", "evaluations", "share / accuracy", { yaxis: unit("share / accuracy"),
+      yaxis2: { title: { text: "distinct wiring" }, overlaying: "y", side: "right", rangemode: "tozero" }, margin: { l: 54, r: 48, t: 36, b: 96 } }));
+  }
+
   function drawNovelty(doc) {
     const novelty = doc.novelty || { cycle: [] };
-    const traces = [["j_train", "J to the corpus"], ["j_gen", "J to the cycle's earlier"], ["j_struct_train", "structural J to the corpus"]]
+    const traces = [["j_train", "J to the corpus"], ["j_gen", "J to the cycle's earlier"], ["j_struct_train", "architecture J to the corpus"]]
       .map(([key, name]) => ({ x: (novelty[key] || []).filter(v => v != null), type: "histogram", name, opacity: 0.6,
         xbins: { start: 0, end: 1.0001, size: 0.05 } }))
       .filter(t => t.x.some(v => v > 0));  // a channel that measured nothing (all 0: structural off) is left out

@@ -3,7 +3,9 @@ the admitted candidates' entry into the corpus (event cycle_filtered).
 
 1. Every valid candidate, in index order: J_train against the corpus collection (LEMUR + every
    candidate admitted before), J_gen against the cycle's collection (its earlier valid candidates), by
-   text and by structure, and its topology; recorded, then it joins the cycle's collection.
+   text and by architecture; its wiring hash, and what already has that wiring (a corpus program, an
+   admitted candidate, an earlier valid candidate of the cycle; none = wiring-new); recorded, then it
+   joins the cycle's collection.
 2. Promotion and the proxy audit (services.controller.phases.promotion).
 3. The decisions (services.controller.selection), recorded before the corpus learns of them.
 4. Each admitted candidate joins the corpus collection (atomic check-and-admit: a near-duplicate that
@@ -16,7 +18,7 @@ import time
 
 import structlog
 
-from archloop import ids, topology
+from archloop import corpus, ids
 from archloop.v1 import novelty_pb2
 from services.controller import selection
 from services.controller.ledger import CandidateRow
@@ -32,6 +34,7 @@ class Filtering:
         self, ctx: RunContext, evaluation: ProxyEvaluation, precheck: PrecheckPhase, promotion: Promotion
     ) -> None:
         self.ctx, self.evaluation, self.precheck, self.promotion = ctx, evaluation, precheck, promotion
+        self._corpus_hashes: dict[str, str] | None = None
 
     async def run(self, cycle: int) -> None:
         ctx = self.ctx
@@ -54,6 +57,7 @@ class Filtering:
         cycle_name = ids.cycle_collection(ctx.experiment_id, cycle)
         await ctx.peers.novelty.create_collection(cycle_name, ctx.config.novelty_threshold)
         topologies = ctx.ledger.first_topologies(ctx.experiment_id, cycle)
+        known = {**ctx.ledger.admitted_wiring(ctx.experiment_id, cycle), **self._corpus_wiring()}
         untrained: list[str] = []  # decided before training, validity unknown (novelty pre-check)
         for c in ctx.ledger.candidates(ctx.experiment_id, cycle):
             ctx.stop.check()
@@ -66,13 +70,25 @@ class Filtering:
             if c.nn_jaccard_train is None:
                 train, generation = await self._novelty_of(c, [corpus_name, cycle_name], untrained)
                 ctx.ledger.record_novelty(c.candidate_id, train, generation)
-            if not sha:  # (one the pre-check decided has its J already, its topology once trained)
-                sha = topology.signature(topology.forward_topology(tokens))
+            if not sha:  # (one the pre-check decided has its J already, its wiring once trained)
+                sha = c.wiring_hash
                 if sha:
-                    ctx.ledger.record_topology(c.candidate_id, sha, topologies.get(sha, ""))
+                    ctx.ledger.record_topology(
+                        c.candidate_id, sha, topologies.get(sha, ""), known.get(sha, "")
+                    )
             if sha:
                 topologies.setdefault(sha, c.candidate_id)
+                known.setdefault(sha, c.candidate_id)
             await ctx.peers.novelty.admit(cycle_name, c.candidate_id, c.code, tokens)
+
+    def _corpus_wiring(self) -> dict[str, str]:
+        """{wiring hash: the first corpus program with it} (read once per run)."""
+        if self._corpus_hashes is None:
+            found: dict[str, str] = {}
+            for model, record in sorted(corpus.read_architectures(self.ctx.settings.corpus_dir).items()):
+                found.setdefault(record["wiring_hash"], model)
+            self._corpus_hashes = found
+        return self._corpus_hashes
 
     async def _novelty_of(
         self, c: CandidateRow, collections: list[str], untrained: list[str]

@@ -41,8 +41,9 @@ def add_evaluated(
     return candidate_id
 
 
-def write_corpus(corpus_dir: Path, programs: dict[str, str] | None = None) -> Path:
-    """A corpus folder of one CIFAR-10 pair per program (default: the first LEMUR file)."""
+def write_corpus(corpus_dir: Path, programs: dict[str, str] | None = None, graphs: bool = False) -> Path:
+    """A corpus folder of one CIFAR-10 pair per program (default: the first LEMUR file); with `graphs`,
+    their architecture graphs too, as `archloop corpus build` records them (what StartExperiment needs)."""
     if programs is None:
         from archloop.lemur import iter_model_sources, lemur_wheel
 
@@ -52,6 +53,10 @@ def write_corpus(corpus_dir: Path, programs: dict[str, str] | None = None) -> Pa
         corpus.example_records(name, code, {"cifar-10": 100_000})[0] for name, code in programs.items()
     ]
     (corpus_dir / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if graphs:
+        from tools.corpus_architecture import record_architectures
+
+        assert record_architectures(corpus_dir).recorded == len(programs)
     return corpus_dir
 
 

@@ -1,8 +1,9 @@
-"""The structural channel end to end, on a real evaluator, real forward-check workers and a real
-novelty service: a copy of a corpus program with its names changed and independent lines swapped is
-novel by text but caught by its structure (forward-order layer tokens: `archloop corpus structure`
-for the corpus, the evaluator for candidates), and so is a renamed copy of an admitted program; a
-width-scaled copy is recognised as the same topology; the structural threshold decides only when on."""
+"""Architecture novelty end to end, on a real evaluator, real forward-check workers and a real novelty
+service: a copy of a corpus program with its names changed and independent lines swapped is novel by
+text but has the corpus program's wiring (the corpus's graphs by `archloop corpus structure`, the
+candidates' by the evaluator), and so have a renamed and a width-scaled copy of an admitted program;
+with architecture_novelty require they are rejected and a gated variant is admitted; with record they
+are only recorded; the graded threshold decides only when on."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from archloop import corpus, ids, topology
+from archloop import corpus, ids
+from archloop.archgraph import Architecture
+from archloop.archtrace import record
 from archloop.clients import aio_channel
 from archloop.prompts import BASELINE_FILE as BASELINE
 from archloop.v1 import common_pb2, novelty_pb2_grpc
@@ -24,7 +27,7 @@ from services.controller.ledger import Ledger
 from services.controller.loop import ExperimentRunner, LoopSettings
 from services.controller.peers import Peers
 from services.controller.requests import event
-from services.controller.selection import Verdict, decide
+from services.controller.selection import KNOWN_WIRING, Verdict, decide
 from services.controller.states import selection_rules
 from services.controller.tests.seed import write_corpus
 
@@ -86,30 +89,38 @@ def renamed_and_reordered(code: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def gated(code: str) -> str:
+    """The baseline with a self-gate after its features (x * sigmoid(x)): a new wiring."""
+    line = "        x = self.features(x)\n"
+    assert line in code
+    return code.replace(line, line + "        x = x * torch.sigmoid(x)\n", 1)
+
+
 def width_scaled(code: str) -> str:
     """Every width × 1.5 (the logits and the image channels stay)."""
     return re.sub(r"\b(16|32|64|128)\b", lambda m: str(int(m.group(1)) * 3 // 2), code)
 
 
-async def test_renamed_copies_are_caught_by_structure_and_scaled_copies_by_topology(
+async def test_copies_have_known_wiring_and_require_rejects_them_where_record_admits(
     start_service, tmp_path: Path
 ) -> None:
     novelty = start_service("novelty", "--db-path", str(tmp_path / "novelty.sqlite3"))
     evaluator = start_service("evaluator", "--work-dir", str(tmp_path / "jobs"))
     corpus_dir = write_corpus(tmp_path / "corpus", {"lemur-original": ORIGINAL})
-    # the corpus's structural tokens, by the real command (forward-check workers, meta device)
+    # the corpus's architecture graphs, by the real command (forward-check workers, meta device)
     done = subprocess.run(
         [sys.executable, "-m", "tools.cli", "corpus", "structure", "--corpus", str(corpus_dir)],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "1 of 1 programs" in done.stdout
+    assert "architecture graphs: 1 of 1 programs" in done.stdout
     assert list(corpus.read_structure(corpus_dir)) == ["lemur-original"]
     config = experiment_config.with_defaults(
         experiment_config.from_mapping(
             {
                 "cycles": 2,
-                "structural_novelty_threshold": 0.9,
+                "architecture_novelty": "require",
+                "novelty_precheck": False,  # the paper's order: this test calls the phases itself
                 "ablations": {"no_accuracy_threshold": True},  # admission by novelty alone
                 "protocol": {"max_train_images": 200},
             }
@@ -128,7 +139,8 @@ async def test_renamed_copies_are_caught_by_structure_and_scaled_copies_by_topol
     baseline = BASELINE.read_text()
     cycles = {
         1: [renamed_and_reordered(ORIGINAL), baseline],  # a copy of the corpus program; a new one
-        2: [width_scaled(baseline), renamed(baseline)],  # copies of the admitted one
+        # a new gate; a width-scaled copy of the admitted program; the gate's width-scaled copy
+        2: [renamed(gated(baseline)), width_scaled(baseline), width_scaled(renamed(gated(baseline)))],
     }
     try:
         await runner.import_corpus()
@@ -147,43 +159,45 @@ async def test_renamed_copies_are_caught_by_structure_and_scaled_copies_by_topol
 
     rows = {c.candidate_id: c for c in ledger.candidates("st")}
     assert all(r.valid for r in rows.values()), [r.eval_status for r in rows.values()]
-    corpus_copy, new, wide, copy = (
-        rows["st-c1-0000"],
-        rows["st-c1-0001"],
-        rows["st-c2-0000"],
-        rows["st-c2-0001"],
-    )
-    # the corpus program's copy: novel by text, the corpus program by structure
+    corpus_copy, new = rows["st-c1-0000"], rows["st-c1-0001"]
+    gate, wide, gate_copy = (rows[f"st-c2-{i:04d}"] for i in range(3))
+    # the corpus program's copy: novel by text, the corpus program's wiring and architecture J 1
     assert corpus_copy.nn_jaccard_train < 0.9 and not corpus_copy.near_dup_text_train
-    assert corpus_copy.structural_jaccard_train >= 0.9
+    assert corpus_copy.structural_jaccard_train == 1.0 and corpus_copy.wiring_known_as == "lemur-original"
     assert corpus_copy.decision is Verdict.REJECTED
-    assert corpus_copy.reason.startswith("structural near-duplicate of lemur-original")
-    assert new.decision is Verdict.ADMITTED and new.structural_jaccard_train < 0.9
-    # the admitted program's renamed copy: caught through the corpus entry it joined with its tokens
-    assert copy.nn_jaccard_train < 0.9 and copy.structural_tokens == new.structural_tokens
-    assert copy.nearest_struct_train == new.candidate_id and copy.structural_jaccard_train >= 0.9
-    assert copy.decision is Verdict.REJECTED
-    # the width-scaled copy: other shapes, the same topology as the program it scales
-    assert wide.structural_tokens != new.structural_tokens
-    assert topology.forward_topology(wide.structural_tokens) == topology.forward_topology(
-        new.structural_tokens
-    )
-    assert wide.topology_sha256 == new.topology_sha256 != ""
+    assert corpus_copy.reason == f"{KNOWN_WIRING}: the architecture of lemur-original"
+    assert new.decision is Verdict.ADMITTED and new.wiring_known_as == "" and new.topology_sha256
+    assert new.structural_jaccard_train < 1.0
+    # the admitted program's width-scaled copy: its wiring, whatever the widths
+    assert wide.nn_jaccard_train < 0.9 and wide.topology_sha256 == new.topology_sha256
+    assert wide.structural_tokens == new.structural_tokens and wide.wiring_known_as == new.candidate_id
+    assert wide.decision is Verdict.REJECTED and wide.reason.startswith(KNOWN_WIRING)
     assert wide.same_topology_as == new.candidate_id and new.same_topology_as == ""
-    # with the structural threshold off, J_struct is recorded but does not decide
-    off = experiment_config.with_defaults(
-        experiment_config.from_mapping({"ablations": {"no_accuracy_threshold": True}})
+    # the gate is new wiring; its width-scaled copy in the same cycle is the gate's
+    assert gate.wiring_known_as == "" and gate.decision is Verdict.ADMITTED
+    assert gate.structural_jaccard_train < 1.0  # (below the LSH's reach it reads 0)
+    assert gate_copy.nn_jaccard_gen < 0.9 and gate_copy.wiring_known_as == gate.candidate_id
+    assert gate_copy.decision is Verdict.REJECTED
+    # with record (the paper's text-only rule) the same figures decide nothing
+    recorded = experiment_config.with_defaults(
+        experiment_config.from_mapping(
+            {"architecture_novelty": "record", "ablations": {"no_accuracy_threshold": True}}
+        )
     )
-    decisions = decide([c.for_selection() for c in (corpus_copy, copy)], *selection_rules(off))
+    decisions = decide(
+        [c.for_selection() for c in (corpus_copy, wide, gate_copy)], *selection_rules(recorded)
+    )
     assert {d.verdict for d in decisions.values()} == {Verdict.ADMITTED}
-
-
-def test_forward_topology_drops_shapes_and_signs_sequences() -> None:
-    tokens = ["Conv2d[16, 32, 32]", "ReLU[16, 32, 32]", "Linear[10]", "Flatten[]"]
-    assert topology.forward_topology(tokens) == ("Conv2d", "ReLU", "Linear", "Flatten")
-    assert topology.signature(("Conv2d", "ReLU")) == topology.signature(("Conv2d", "ReLU"))
-    assert topology.signature(("Conv2d", "ReLU")) != topology.signature(("ReLU", "Conv2d"))
-    assert topology.signature(()) == ""
+    # the graded threshold: J ≥ 0.9 to the corpus is a structural near-duplicate
+    graded = experiment_config.with_defaults(
+        experiment_config.from_mapping(
+            {"structural_novelty_threshold": 0.9, "ablations": {"no_accuracy_threshold": True}}
+        )
+    )
+    decisions = decide([corpus_copy.for_selection()], *selection_rules(graded))
+    assert decisions[corpus_copy.candidate_id].reason.startswith(
+        "structural near-duplicate of lemur-original"
+    )
 
 
 @pytest.mark.parametrize("threshold", [-0.1, 1.5])
@@ -194,26 +208,43 @@ def test_a_structural_threshold_out_of_range_is_refused_naming_the_field(thresho
         experiment_config.validate(config)
 
 
-def test_the_corpus_tokens_are_the_evaluators_and_stale_ones_are_ignored(tmp_path: Path) -> None:
+def test_a_threshold_without_the_architecture_is_refused_and_the_mode_is_named() -> None:
+    config = experiment_config.with_defaults(
+        experiment_config.from_mapping(
+            {"architecture_novelty": "off", "structural_novelty_threshold": 0.9, "novelty_precheck": False}
+        )
+    )
+    with pytest.raises(experiment_config.InvalidArgument, match="architecture_novelty is off"):
+        experiment_config.validate(config)
+    with pytest.raises(experiment_config.InvalidArgument, match="'sometimes' is not one of"):
+        experiment_config.from_mapping({"architecture_novelty": "sometimes"})
+
+
+def test_the_corpus_graphs_are_the_evaluators_and_stale_ones_are_ignored(tmp_path: Path) -> None:
     import torch
 
     from archloop import forwardcheck
 
-    tokens = forwardcheck.check_many([("original", ORIGINAL, (3, 32, 32), 10)], structure=True)[
-        "original"
-    ].structure
+    found = forwardcheck.check_many([("original", ORIGINAL, (3, 32, 32), 10)], structure=True)["original"]
     namespace: dict = {}
     exec(compile(ORIGINAL, "<original>", "exec"), namespace)
     model = namespace["Net"]((1, 3, 32, 32), (10,), dict(forwardcheck.PRM), torch.device("cpu")).eval()
-    assert list(tokens) == topology.structural_tokens(model, torch.zeros((1, 3, 32, 32)))  # meta = CPU
-    assert tokens[0] == "Conv2d[16, 32, 32]" and tokens[-1] == "Linear[10]"
+    on_cpu = Architecture.of(record(model, torch.zeros((1, 3, 32, 32)))).as_dict()
+    assert found.device == "meta" and found.architecture == on_cpu  # meta = CPU
     unchecked = forwardcheck.check_many([("original", ORIGINAL, (3, 32, 32), 10)])["original"]
-    assert unchecked.ok and unchecked.structure == ()  # only asked for
+    assert unchecked.ok and unchecked.architecture == {}  # only asked for
 
     write_corpus(tmp_path, {"a": ORIGINAL})
-    records = corpus.structure_records({"a": ORIGINAL, "b": "broken"}, {"a": tokens, "b": ()})
-    (tmp_path / corpus.STRUCTURE_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
-    assert corpus.read_structure(tmp_path) == {"a": list(tokens)}
-    changed = ORIGINAL.replace("16", "20")  # the corpus changed under the file: its tokens are stale
+    records = corpus.architecture_records({"a": ORIGINAL, "b": "broken"}, {"a": found.architecture, "b": {}})
+    path = tmp_path / corpus.ARCHITECTURE_FILE
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert corpus.read_structure(tmp_path) == {"a": on_cpu["tokens"]}
+    assert corpus.read_architectures(tmp_path)["a"]["wiring_hash"] == on_cpu["wiring_hash"]
+    path.write_text("".join(json.dumps({**r, "version": 0}) + "\n" for r in records))
+    assert corpus.read_structure(tmp_path) == {}  # recorded by another labelling
+    with pytest.raises(corpus.MissingArchitectures, match="archloop corpus structure"):
+        corpus.require_architectures(tmp_path)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    changed = ORIGINAL.replace("16", "20")  # the corpus changed under the file: its graphs are stale
     write_corpus(tmp_path, {"a": changed})
     assert corpus.read_structure(tmp_path) == {}
