@@ -92,7 +92,7 @@ def creativity_figure(rows: list[dict]):  # -> matplotlib Figure
         capsize=3,
     )
     left.set(xlabel="cycle", ylabel="wiring-new % of valid", title="New architectures (Wilson 95 %)",
-             ylim=(0, 100))  # fmt: skip
+             ylim=(0, 100), xticks=[r["cycle"] for r in shown])  # fmt: skip
     evaluations = [r["evaluations_total"] for r in rows]
     right.plot(evaluations, [r["distinct_wiring_total"] for r in rows], marker="o", label="distinct wiring")
     right.set(xlabel="evaluations", ylabel="distinct wiring hashes", title="Search progress")
@@ -100,5 +100,6 @@ def creativity_figure(rows: list[dict]):  # -> matplotlib Figure
     best.plot(evaluations, [r["best_accuracy_so_far"] for r in rows], marker="s", color="tab:orange",
               label="best accuracy so far")  # fmt: skip
     best.set(ylabel="best accuracy so far")
-    fig.legend(loc="lower right", fontsize="small")
+    handles = right.get_lines() + best.get_lines()
+    right.legend(handles, [h.get_label() for h in handles], loc="lower right", fontsize="small")
     return fig
