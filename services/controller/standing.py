@@ -29,11 +29,11 @@ _COMPARED = ("dataset", "epochs", "batch_size", "learning_rate", "momentum", "dr
 
 
 def corpus_board(
-    corpus_dir: Path, protocol: object, table: Path = leaderboard.TABLE
+    corpus_dir: Path, protocol: object, table: Path | None = None
 ) -> leaderboard.Leaderboard | None:
     """The leaderboard of the corpus's programs, or None when there is no table for this protocol
-    (`protocol`: the experiment's EvaluationProtocol)."""
-    entries, measured = leaderboard.load(table)
+    (`protocol`: the experiment's EvaluationProtocol; `table`: default the packaged one)."""
+    entries, measured = leaderboard.load(table or leaderboard.TABLE)
     if not entries or any(measured.get(name) != getattr(protocol, name) for name in _COMPARED):
         return None
     try:
