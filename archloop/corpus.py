@@ -106,7 +106,12 @@ def architecture_records(programs: dict[str, str], architectures: dict[str, dict
     """The lines of architecture.jsonl: each program's architecture (archloop.archgraph.Architecture's
     dict: wiring and op hash, tokens, graph), keyed by its code's sha256."""
     return [
-        {"model": name, "code_sha256": _sha256(code), "version": ARCHITECTURE_VERSION, **architectures[name]}
+        {
+            "model": name,
+            "code_sha256": code_sha256(code),
+            "version": ARCHITECTURE_VERSION,
+            **architectures[name],
+        }
         for name, code in programs.items()
         if architectures.get(name)
     ]
@@ -124,7 +129,7 @@ def read_architectures(corpus_dir: Path, programs: dict[str, str] | None = None)
         for r in read_jsonl(path)
         if r.get("version") == ARCHITECTURE_VERSION
         and r["model"] in programs
-        and _sha256(programs[r["model"]]) == r["code_sha256"]
+        and code_sha256(programs[r["model"]]) == r["code_sha256"]
     }
 
 
@@ -145,7 +150,8 @@ def require_architectures(corpus_dir: Path, programs: dict[str, str] | None = No
     return found
 
 
-def _sha256(text: str) -> str:
+def code_sha256(text: str) -> str:
+    """The key of a program's code in the corpus's side tables (architectures, the leaderboard)."""
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import bisect
 import gzip
-import hashlib
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+
+from archloop.corpus import code_sha256 as code_sha256  # the key of the table, as the corpus's
 
 TABLE = Path(__file__).parent / "data" / "lemur-v3-leaderboard-v1.json.gz"
 TABLE_VERSION = 1
@@ -38,10 +39,6 @@ class Entry:
     @classmethod
     def from_row(cls, row: list) -> Entry:
         return cls(str(row[0]), None if row[1] is None else float(row[1]), int(row[2]), float(row[3]))
-
-
-def code_sha256(code: str) -> str:
-    return hashlib.sha256(code.encode()).hexdigest()
 
 
 def load(path: Path = TABLE) -> tuple[dict[str, Entry], dict]:

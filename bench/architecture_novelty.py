@@ -50,27 +50,27 @@ def run_figures(home: Path, name: str) -> dict | None:
         candidates = ledger.candidates(name)
         cycles = sorted({c.cycle for c in candidates})
         per_cycle = [_counts([c for c in candidates if c.cycle == cycle]) for cycle in cycles]
-        span = ((row.finished_ms or row.updated_ms) - row.created_ms) / 1000
     finally:
         ledger.close()
-    return {**_counts(candidates), "seconds": span, "cycles": per_cycle}
+    return {**_counts(candidates), "seconds": row.span_seconds, "cycles": per_cycle}
 
 
 def _counts(candidates: list) -> dict:
-    trained = [c for c in candidates if c.valid is not None and c.eval_status != "GENERATION_ERROR"]
-    valid = [c for c in candidates if c.valid]
-    recorded = [c for c in valid if c.topology_sha256]
+    """The run's (or a cycle's) counts: the report's creativity columns over these candidates alone."""
+    from services.controller.creativity import RunSoFar, creativity_columns
+
+    columns = creativity_columns(candidates, RunSoFar())
     admitted = [c for c in candidates if c.admitted]
     accuracies = [c.accuracy for c in admitted if c.accuracy is not None]
     return {
         "generated": len(candidates),
-        "trained": len(trained),
-        "valid": len(valid),
-        "wiring_recorded": len(recorded),
-        "wiring_new_valid": sum(not c.wiring_known_as for c in recorded),
+        "trained": columns["evaluations_total"],
+        "valid": sum(bool(c.valid) for c in candidates),
+        "wiring_recorded": columns["wiring_recorded"],
+        "wiring_new_valid": columns["wiring_new_valid"],
         "admitted": len(admitted),
-        "wiring_new_admitted": sum(bool(c.topology_sha256) and not c.wiring_known_as for c in admitted),
-        "distinct_wiring": len({c.topology_sha256 for c in recorded}),
+        "wiring_new_admitted": columns["wiring_new_admitted"],
+        "distinct_wiring": columns["distinct_wiring_total"],
         "best_admitted": max(accuracies) if accuracies else math.nan,
     }
 

@@ -70,7 +70,7 @@ def ledger_figures(home: Path, name: str) -> dict:
         }
         events = [e.WhichOneof("payload") for e in ledger.events(name)]
         row = ledger.experiment_of(name)
-        span = ((row.finished_ms or row.updated_ms) - row.created_ms) / 1000
+        span = row.span_seconds
         phases = phase_seconds(list(ledger.events(name)), span)
     finally:
         ledger.close()

@@ -222,8 +222,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
+    _corpus_parsers(commands)
+    _base_model_parsers(commands)
+
+
+def _corpus_parsers(commands: argparse._SubParsersAction) -> None:
     from archloop.corpus import CORPUS_VERSION, CORPUS_VERSIONS
-    from archloop.smollm import WHEEL_REQUIREMENT as smollm_requirement
 
     corpus = commands.add_parser("corpus", help="the LEMUR corpus")
     sub = corpus.add_subparsers(dest="corpus_command", required=True, metavar="COMMAND")
@@ -274,6 +278,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "--table", default=str(LEADERBOARD_TABLE), help="where the table goes [the packaged one]"
     )
     board.set_defaults(func=cmd_leaderboard)
+
+
+def _base_model_parsers(commands: argparse._SubParsersAction) -> None:
+    from archloop.smollm import WHEEL_REQUIREMENT as smollm_requirement
 
     base = commands.add_parser("base-model", help="the tiny base code LM")
     sub = base.add_subparsers(dest="base_model_command", required=True, metavar="COMMAND")

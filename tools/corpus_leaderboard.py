@@ -13,6 +13,7 @@ about an hour; CI never reruns it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import tempfile
@@ -24,13 +25,11 @@ from archloop import corpus, leaderboard
 
 
 def embedded_protocol() -> dict:
+    """The embedded experiment's protocol as the evaluator takes it (its zero fields at their defaults)."""
     from services.controller import config as experiment_config
+    from services.evaluator.servicer import protocol_from_proto
 
-    p = experiment_config.embedded().protocol
-    return {"dataset": p.dataset, "epochs": p.epochs, "batch_size": p.batch_size,
-            "learning_rate": p.learning_rate, "momentum": p.momentum, "dropout": p.dropout, "seed": p.seed,
-            "time_limit_seconds": p.time_limit_seconds, "param_budget": p.param_budget,
-            "validation_fraction": p.validation_fraction}  # fmt: skip
+    return dataclasses.asdict(protocol_from_proto(experiment_config.embedded().protocol))
 
 
 def _progress(path: Path) -> dict[str, leaderboard.Entry]:

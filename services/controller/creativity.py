@@ -74,6 +74,17 @@ def _share(successes: int, trials: int) -> tuple[float, float, float]:
     return stats.wilson_interval(successes, trials) if trials else (math.nan, math.nan, math.nan)
 
 
+def share_errorbar(ax, rows: list[dict], key: str, low: str, high: str) -> None:
+    """A share per cycle in %, with its interval as asymmetric error bars (the report's valid rate too)."""
+    ax.errorbar(
+        [r["cycle"] for r in rows],
+        [r[key] * 100 for r in rows],
+        yerr=[[(r[key] - r[low]) * 100 for r in rows], [(r[high] - r[key]) * 100 for r in rows]],
+        marker="o",
+        capsize=3,
+    )
+
+
 def creativity_figure(rows: list[dict]):  # -> matplotlib Figure
     """Left: the wiring-new share of the valid per cycle (Wilson 95 %); right: distinct wiring hashes
     and the best accuracy so far against evaluations (the run's creativity and search curves)."""
@@ -81,15 +92,8 @@ def creativity_figure(rows: list[dict]):  # -> matplotlib Figure
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
     shown = [r for r in rows if r["wiring_recorded"]]
-    left.errorbar(
-        [r["cycle"] for r in shown],
-        [r["wiring_new_valid_share"] * 100 for r in shown],
-        yerr=[
-            [(r["wiring_new_valid_share"] - r["wiring_new_valid_ci_low"]) * 100 for r in shown],
-            [(r["wiring_new_valid_ci_high"] - r["wiring_new_valid_share"]) * 100 for r in shown],
-        ],
-        marker="o",
-        capsize=3,
+    share_errorbar(
+        left, shown, "wiring_new_valid_share", "wiring_new_valid_ci_low", "wiring_new_valid_ci_high"
     )
     left.set(xlabel="cycle", ylabel="wiring-new % of valid", title="New architectures (Wilson 95 %)",
              ylim=(0, 100), xticks=[r["cycle"] for r in shown])  # fmt: skip

@@ -328,6 +328,11 @@ class ExperimentRow:
     updated_ms: int
     finished_ms: int
 
+    @property
+    def span_seconds(self) -> float:
+        """From its creation to its end (or its last write, while it runs)."""
+        return ((self.finished_ms or self.updated_ms) - self.created_ms) / 1000
+
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> ExperimentRow:
         values = dict(row)
@@ -633,23 +638,20 @@ class Ledger:
 
     def admitted_wiring(self, experiment_id: str, before_cycle: int) -> dict[str, str]:
         """{wiring hash: the first admitted candidate with it}, over the cycles before `before_cycle`."""
-        rows = self._query(
-            "SELECT candidate_id, topology_sha256 FROM candidates WHERE experiment_id=? AND cycle<? "
-            "AND decision=? AND topology_sha256!='' ORDER BY cycle, idx",
-            (experiment_id, before_cycle, Verdict.ADMITTED.value),
-        )
-        first: dict[str, str] = {}
-        for row in rows:
-            first.setdefault(row["topology_sha256"], row["candidate_id"])
-        return first
+        return self._first_with_wiring(experiment_id, before_cycle, "decision=?", (Verdict.ADMITTED.value,))
 
     def first_topologies(self, experiment_id: str, before_cycle: int) -> dict[str, str]:
-        """{topology sha256: the first valid candidate with it}, over the experiment's cycles before
+        """{wiring hash: the first valid candidate with it}, over the experiment's cycles before
         `before_cycle` (reads two columns, not the programs)."""
+        return self._first_with_wiring(experiment_id, before_cycle, "valid=1", ())
+
+    def _first_with_wiring(
+        self, experiment_id: str, before_cycle: int, condition: str, values: tuple
+    ) -> dict[str, str]:
         rows = self._query(
             "SELECT candidate_id, topology_sha256 FROM candidates WHERE experiment_id=? AND cycle<? "
-            "AND valid=1 AND topology_sha256!='' ORDER BY cycle, idx",
-            (experiment_id, before_cycle),
+            f"AND {condition} AND topology_sha256!='' ORDER BY cycle, idx",
+            (experiment_id, before_cycle, *values),
         )
         first: dict[str, str] = {}
         for row in rows:

@@ -38,7 +38,13 @@ from archloop import corpus, leaderboard, topology
 from archloop.v1 import controller_pb2
 from services.controller import archive, selection, stats
 from services.controller import config as experiment_config
-from services.controller.creativity import CREATIVITY_COLUMNS, RunSoFar, creativity_columns, creativity_figure
+from services.controller.creativity import (
+    CREATIVITY_COLUMNS,
+    RunSoFar,
+    creativity_columns,
+    creativity_figure,
+    share_errorbar,
+)
 from services.controller.ledger import CandidateRow, Ledger
 from services.controller.standing import STANDING_COLUMNS, corpus_board, standing_columns
 from services.controller.states import short_name
@@ -415,16 +421,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def _valid_rate_plot(ax, rows: list[dict], threshold: float) -> None:
-    ax.errorbar(
-        [r["cycle"] for r in rows],
-        [r["valid_fraction"] * 100 for r in rows],
-        yerr=[
-            [(r["valid_fraction"] - r["valid_ci_low"]) * 100 for r in rows],
-            [(r["valid_ci_high"] - r["valid_fraction"]) * 100 for r in rows],
-        ],
-        marker="o",
-        capsize=3,
-    )
+    share_errorbar(ax, rows, "valid_fraction", "valid_ci_low", "valid_ci_high")
     ax.set(xlabel="cycle", ylabel="valid %", title="Valid rate (Wilson 95 %)", ylim=(0, 100))
 
 

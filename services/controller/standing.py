@@ -14,6 +14,7 @@ nothing).
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -32,16 +33,29 @@ def corpus_board(
     corpus_dir: Path, protocol: object, table: Path | None = None
 ) -> leaderboard.Leaderboard | None:
     """The leaderboard of the corpus's programs, or None when there is no table for this protocol
-    (`protocol`: the experiment's EvaluationProtocol; `table`: default the packaged one)."""
-    entries, measured = leaderboard.load(table or leaderboard.TABLE)
-    if not entries or any(measured.get(name) != getattr(protocol, name) for name in _COMPARED):
+    (`protocol`: the experiment's EvaluationProtocol; `table`: default the packaged one). The dashboard
+    asks for a report document on every update, so the table and the corpus are read once per version
+    of their files."""
+    table = table or leaderboard.TABLE
+    examples = Path(corpus_dir) / "examples.jsonl"
+    if not table.exists() or not examples.exists():
         return None
+    boards = _boards(str(table), table.stat().st_mtime_ns, str(examples), examples.stat().st_mtime_ns)
+    return boards.get(tuple(getattr(protocol, name) for name in _COMPARED))
+
+
+@functools.lru_cache(maxsize=4)
+def _boards(table: str, _table_version: int, examples: str, _examples_version: int) -> dict:
+    """{the measured protocol's compared fields: the corpus's leaderboard} ({} when there is none)."""
+    entries, measured = leaderboard.load(Path(table))
+    if not entries:
+        return {}
     try:
-        programs = corpus.training_programs(corpus_dir)
+        programs = corpus.training_programs(Path(examples).parent)
     except (OSError, corpus.CorpusError):
-        return None
+        return {}
     board, _missing = leaderboard.for_corpus(programs, entries)
-    return board if len(board) else None
+    return {tuple(measured.get(name) for name in _COMPARED): board} if len(board) else {}
 
 
 def standing_columns(candidates: list[CandidateRow], board: leaderboard.Leaderboard | None) -> dict:
