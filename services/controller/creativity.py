@@ -4,9 +4,12 @@ novelty): the columns the report's cycle rows carry.
 A valid candidate is **wiring-new** when the filter found no program with its wiring hash
 (archloop.archgraph) among the corpus, the candidates admitted before it and the earlier valid
 candidates of its cycle (`wiring_known_as` is empty); only candidates whose architecture was recorded
-count (architecture_novelty off records none).
+count (architecture_novelty off records none). With require and the novelty pre-check, a candidate whose
+forward-only run showed a known wiring is decided before training: it counts with the valid ones here
+(its forward pass ran; not wiring-new), though it was never trained.
 
-    wiring_recorded            valid candidates with a recorded wiring hash
+    wiring_recorded            valid candidates with a recorded wiring hash (and those decided before
+                               training by their known wiring)
     wiring_new_valid           of those, wiring-new (share and Wilson 95 % interval)
     wiring_new_admitted        admitted and wiring-new (share of the admitted with recorded wiring,
                                and its interval)
@@ -42,7 +45,7 @@ class RunSoFar:
 
 def creativity_columns(candidates: list[CandidateRow], so_far: RunSoFar) -> dict:
     """The cycle's columns; `so_far` is updated with the cycle's candidates."""
-    recorded = [c for c in candidates if c.valid and c.topology_sha256]
+    recorded = [c for c in candidates if c.topology_sha256 and (c.valid or c.decided_before_training)]
     new = [c for c in recorded if not c.wiring_known_as]
     admitted = [c for c in recorded if c.admitted]
     new_admitted = [c for c in admitted if not c.wiring_known_as]

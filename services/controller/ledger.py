@@ -597,11 +597,14 @@ class Ledger:
         screen: evaluator_pb2.EvaluationResult,
         train: novelty_pb2.CollectionMatch,
         generation: novelty_pb2.CollectionMatch | None,
+        wiring_known_as: str = "",
     ) -> None:
         """Rejected before training: its static stages passed (`screen`), and its text is a near-duplicate
-        of the corpus (`train`) or of an earlier candidate of the cycle that ended valid (`generation`).
-        Not valid, not invalid (never trained): `valid` stays NULL."""
+        of the corpus (`train`) or of an earlier candidate of the cycle that ended valid (`generation`);
+        or (`wiring_known_as`) its forward-only run (`screen`) recorded the wiring of that corpus program
+        or admitted candidate. Not valid, not invalid (never trained): `valid` stays NULL."""
         generation = generation or novelty_pb2.CollectionMatch()
+        wiring = {"topology_sha256": screen.wiring_hash, "wiring_known_as": wiring_known_as}
         with self._transaction() as db:
             self._update(db, "candidates", "candidate_id=?", (candidate_id,), dict(
                 stage=Stage.EVALUATED,
@@ -610,6 +613,7 @@ class Ledger:
                 eval_replica=screen.evaluator_replica,
                 eval_json=json_format.MessageToJson(screen, preserving_proto_field_name=True),
                 **_novelty_fields(train, generation),
+                **(wiring if wiring_known_as else {}),
             ))  # fmt: skip
 
     def record_trained_later(self, candidate_id: str) -> None:

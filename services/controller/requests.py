@@ -104,10 +104,12 @@ def evaluation(
     cycle: int,
     kind: EvaluationKind = EvaluationKind.PROXY,
     static_only: bool = False,
+    forward_only: bool = False,
 ) -> tuple[evaluator_pb2.EvaluateCandidateRequest, float]:
     """The request for one evaluation of `kind` under the experiment's protocol (promotion and final
     training: their epochs, and as many times the time limit), and its deadline in seconds. The proxy
-    evaluation asks for the architecture graph, unless architecture_novelty is off."""
+    evaluation asks for the architecture graph, unless architecture_novelty is off; `static_only` and
+    `forward_only` stop it before the sandbox and before training (the novelty pre-check)."""
     epochs = {
         EvaluationKind.PROMOTED: config.promotion.epochs,
         EvaluationKind.FINAL: config.final_training.epochs,
@@ -127,6 +129,7 @@ def evaluation(
         experiment_id=experiment_id,
         cycle=cycle,
         static_only=static_only,
+        forward_only=forward_only,
     )
     return request, protocol.time_limit_seconds + EVALUATION_GRACE_SECONDS
 

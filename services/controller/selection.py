@@ -13,7 +13,8 @@ policy, thresholds and ablations (docs/method.md#the-loop, #novelty-filter).
                  threshold_top_k_fill   those, then the best of the rest up to k in all
                  top_k                  the k most accurate (ties: lower index first)
 
-    rejected   (novelty pre-check, config novelty_precheck) a text near-duplicate decided before
+    rejected   (novelty pre-check, config novelty_precheck) a text near-duplicate, or with
+               architecture_novelty require a known wiring by its forward-only run, decided before
                training: never trained, neither valid nor invalid
 
 `rejection_count` is the paper's: how many near-duplicates that were good enough (≥ τ) the cycle had
@@ -74,7 +75,7 @@ class Candidate:
     nearest_structural_train: str = ""
     nearest_structural_generation: str = ""
     wiring_known_as: str = ""  # the corpus program or earlier candidate with its wiring ("" = wiring-new)
-    decided_before_training: bool = False  # a text near-duplicate by the novelty pre-check, never trained
+    decided_before_training: bool = False  # decided by the novelty pre-check, never trained
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def decide(
     for c in sorted(candidates, key=lambda c: c.index):
         if c.decided_before_training:  # its accuracy is unknown: counted as a rejection all the same
             rejections += 1
-            why = _near_duplicate(c, 0.0) or "near-duplicate"
+            why = _near_duplicate(c, 0.0, thresholds.new_wiring) or "near-duplicate"
             decisions[c.candidate_id] = Decision(Verdict.REJECTED, f"{why}, {BEFORE_TRAINING}", rejections)
             continue
         if not c.valid:

@@ -197,8 +197,10 @@ class Evaluator:
         want_structural_tokens: bool = False,
         on_progress: Callable[[dict], None] | None = None,
         cancel: threading.Event | None = None,
+        forward_only: bool = False,
     ) -> Evaluation:
-        """The verdict on one program. `cancel` set (the caller went away) kills its sandboxed run."""
+        """The verdict on one program. `cancel` set (the caller went away) kills its sandboxed run;
+        `forward_only`: the sandboxed stages up to the parameter budget, no training."""
         protocol.validate()
         started = time.monotonic()
         static = self.screen(candidate_id, code)
@@ -213,6 +215,7 @@ class Evaluator:
                 on_progress(record)
 
         job = {"code": code, "structural_tokens": want_structural_tokens, "device": self.device,
+               "forward_only": forward_only,
                "protocol": {**protocol.__dict__, "threads": self.sandbox.limits.threads}}  # fmt: skip
         dataset = {
             "name": protocol.dataset,

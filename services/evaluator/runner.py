@@ -162,7 +162,8 @@ def run_job(job_dir: Path, data: EvaluationData) -> dict:
     torch.set_num_threads(protocol.get("threads", 1))
     try:
         model, prm, data = run.instantiate(job, data)
-        if run.forward(model, data, bool(job.get("structural_tokens"))) and run.budget(model, protocol):
+        checked = run.forward(model, data, bool(job.get("structural_tokens"))) and run.budget(model, protocol)
+        if checked and not job.get("forward_only"):  # (a forward-only request stops before training)
             run.train(model, prm, data, protocol)
     except BaseException as exc:
         status = _status_for(run.stage, exc)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from archloop.datasets import NAMES as DATASETS
 from archloop.defaults import nonzero_over
-from archloop.errors import ResourceExhausted
+from archloop.errors import InvalidArgument, ResourceExhausted
 from archloop.server import ServicerBase
 from archloop.settings import SettingsError
 from archloop.v1 import common_pb2, evaluator_pb2, evaluator_pb2_grpc
@@ -121,6 +121,8 @@ class EvaluatorServicer(ServicerBase, evaluator_pb2_grpc.EvaluatorServiceService
     async def _evaluate(
         self, request: evaluator_pb2.EvaluateCandidateRequest, on_progress=None
     ) -> Evaluation:
+        if request.static_only and request.forward_only:
+            raise InvalidArgument("forward_only", "cannot go with static_only (one stops before the other)")
         if request.static_only:  # milliseconds in this process: no sandbox, no slot
             return await asyncio.to_thread(self.evaluator.screen, request.candidate_id, request.code)
         protocol = protocol_from_proto(request.protocol)
@@ -129,7 +131,7 @@ class EvaluatorServicer(ServicerBase, evaluator_pb2_grpc.EvaluatorServiceService
         work = asyncio.ensure_future(
             asyncio.to_thread(
                 self.evaluator.evaluate, request.candidate_id, request.code, protocol,
-                request.structural_tokens, on_progress, cancel,
+                request.structural_tokens, on_progress, cancel, request.forward_only,
             )
         )  # fmt: skip
         try:

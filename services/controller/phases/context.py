@@ -15,6 +15,7 @@ from typing import Protocol
 from archloop import prompts
 from archloop.v1 import controller_pb2
 from services.controller import requests
+from services.controller.known_wiring import KnownWiring
 from services.controller.ledger import CandidateRow, Ledger
 from services.controller.peers import Clients, StopRequested
 
@@ -53,9 +54,11 @@ class RunContext:
     notify: asyncio.Event
     stop: Stop
     prompt_task: prompts.Task = field(init=False)
+    wiring: KnownWiring = field(init=False)  # the corpus's and the admitted candidates' wirings
 
     def __post_init__(self) -> None:
         self.prompt_task = requests.prompt_task(self.config)
+        self.wiring = KnownWiring(self.ledger, self.settings.corpus_dir, self.experiment_id)
 
     def step(self, cycle: int, kind: str, payload: dict, **fields: object) -> None:
         """Record a step of the cycle (its fields, usually its new phase) and its event in one ledger

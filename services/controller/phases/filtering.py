@@ -18,7 +18,7 @@ import time
 
 import structlog
 
-from archloop import corpus, ids
+from archloop import ids
 from archloop.v1 import novelty_pb2
 from services.controller import selection
 from services.controller.ledger import CandidateRow
@@ -34,7 +34,6 @@ class Filtering:
         self, ctx: RunContext, evaluation: ProxyEvaluation, precheck: PrecheckPhase, promotion: Promotion
     ) -> None:
         self.ctx, self.evaluation, self.precheck, self.promotion = ctx, evaluation, precheck, promotion
-        self._corpus_hashes: dict[str, str] | None = None
 
     async def run(self, cycle: int) -> None:
         ctx = self.ctx
@@ -57,7 +56,7 @@ class Filtering:
         cycle_name = ids.cycle_collection(ctx.experiment_id, cycle)
         await ctx.peers.novelty.create_collection(cycle_name, ctx.config.novelty_threshold)
         topologies = ctx.ledger.first_topologies(ctx.experiment_id, cycle)
-        known = {**ctx.ledger.admitted_wiring(ctx.experiment_id, cycle), **self._corpus_wiring()}
+        known = ctx.wiring.before(cycle)
         untrained: list[str] = []  # decided before training, validity unknown (novelty pre-check)
         for c in ctx.ledger.candidates(ctx.experiment_id, cycle):
             ctx.stop.check()
@@ -80,15 +79,6 @@ class Filtering:
                 topologies.setdefault(sha, c.candidate_id)
                 known.setdefault(sha, c.candidate_id)
             await ctx.peers.novelty.admit(cycle_name, c.candidate_id, c.code, tokens)
-
-    def _corpus_wiring(self) -> dict[str, str]:
-        """{wiring hash: the first corpus program with it} (read once per run)."""
-        if self._corpus_hashes is None:
-            found: dict[str, str] = {}
-            for model, record in sorted(corpus.read_architectures(self.ctx.settings.corpus_dir).items()):
-                found.setdefault(record["wiring_hash"], model)
-            self._corpus_hashes = found
-        return self._corpus_hashes
 
     async def _novelty_of(
         self, c: CandidateRow, collections: list[str], untrained: list[str]

@@ -1,6 +1,7 @@
 """The novelty pre-check (config novelty_precheck; docs/method.md#novelty-before-training): a candidate
 whose static stages pass and whose text is a near-duplicate of the corpus, or of an earlier candidate of
-the cycle that ends valid, is decided without training.
+the cycle that ends valid, is decided without training; with architecture_novelty require, so is one
+whose forward-only run records the wiring of a corpus program or of an admitted candidate.
 
 `Precheck` owns the cycle's view of who has been screened (its static stages done, or needing none)
 and who passed and joined the cycle's static collection, and the condition every change is announced
@@ -15,7 +16,7 @@ import functools
 import structlog
 
 from archloop import ids
-from archloop.v1 import evaluator_pb2
+from archloop.v1 import controller_pb2, evaluator_pb2, novelty_pb2
 from services.controller import requests
 from services.controller.ledger import CandidateRow
 from services.controller.phases.context import RunContext
@@ -60,13 +61,16 @@ class Precheck:
 
     async def decides(self, cycle: int, candidate_id: str, code: str) -> bool:
         """Whether the candidate was decided without training: its static stages pass, and its text is a
-        near-duplicate of the corpus or of an earlier candidate of the cycle that ends valid.
+        near-duplicate of the corpus or of an earlier candidate of the cycle that ends valid; with
+        architecture_novelty require, or its forward-only run records the wiring of a corpus program
+        or of a candidate admitted in an earlier cycle.
 
         Exactly the post-training filter's decision: the corpus collection does not change before the
         cycle's filter step, and J_gen counts only earlier candidates that end valid, so the pre-check
         waits for the result of an earlier near-duplicate still in training (and looks again if it ends
         invalid). An earlier candidate decided here without training (its validity unknown) is left to
-        the filter, which trains it when a later one's decision depends on it (`untrained_neighbour`)."""
+        the filter, which trains it when a later one's decision depends on it (`untrained_neighbour`).
+        A wiring shared only with an earlier candidate of the cycle is left to the filter too."""
         ctx = self.ctx
         screen_request, timeout = requests.evaluation(
             ctx.experiment_id, ctx.config, candidate_id, code, cycle, static_only=True
@@ -90,20 +94,52 @@ class Precheck:
         if train.near_duplicate:
             ctx.ledger.record_precheck(candidate_id, screen, train, None)
             return True
+        generation = await self._earlier_near_duplicate(cycle, index, code)
+        if generation is not None:
+            ctx.ledger.record_precheck(candidate_id, screen, train, generation)
+            return True
+        if ctx.config.architecture_novelty == controller_pb2.ARCHITECTURE_NOVELTY_REQUIRE:
+            return await self._known_wiring(cycle, candidate_id, code)
+        return False
+
+    async def _earlier_near_duplicate(
+        self, cycle: int, index: int, code: str
+    ) -> novelty_pb2.CollectionMatch | None:
+        """The match when the text is a near-duplicate of an earlier candidate of the cycle that ended
+        valid (waiting for those still in evaluation), else None."""
+        ctx = self.ctx
+        static = ids.precheck_collection(ctx.experiment_id, cycle)
         while True:
             pending, valid = self._earlier_in_the_running(cycle, index)
             if not pending and not valid:
-                return False
+                return None
             [generation] = await ctx.peers.novelty.check(code, [static], among=pending + valid)
             if not generation.near_duplicate:
-                return False
+                return None
             nearest = generation.nearest_entry_id
             async with self._changed:
                 await self._changed.wait_for(functools.partial(self._evaluated, nearest))
             if ctx.ledger.candidate_of(nearest).valid:
-                ctx.ledger.record_precheck(candidate_id, screen, train, generation)
-                return True
+                return generation
             # it ended invalid or untrained: it is out of the running; ask about the rest
+
+    async def _known_wiring(self, cycle: int, candidate_id: str, code: str) -> bool:
+        """architecture_novelty require: the sandboxed stages up to the parameter budget, no training
+        (a request with forward_only); decided when the recorded wiring is a corpus program's or an
+        admitted candidate's (recorded with its J_train by text and architecture). One that fails
+        those stages is left to the proxy evaluation, which fails it in the same stage and records it."""
+        ctx = self.ctx
+        request, timeout = requests.evaluation(
+            ctx.experiment_id, ctx.config, candidate_id, code, cycle, forward_only=True
+        )
+        forward = await ctx.peers.evaluator.evaluate(request, timeout)
+        known_as = ctx.wiring.before(cycle).get(forward.wiring_hash, "") if forward.wiring_hash else ""
+        if forward.status != evaluator_pb2.EVALUATION_STATUS_OK or not known_as:
+            return False
+        corpus_name = ids.corpus_collection(ctx.experiment_id)
+        [train] = await ctx.peers.novelty.check(code, [corpus_name], list(forward.structural_tokens))
+        ctx.ledger.record_precheck(candidate_id, forward, train, None, wiring_known_as=known_as)
+        return True
 
     async def untrained_neighbour(self, c: CandidateRow, untrained: list[str]) -> str:
         """The filter's question for a valid candidate `c` whose text is novel: is it a near-duplicate

@@ -23,11 +23,11 @@ from archloop.prompts import BASELINE_FILE as BASELINE
 from archloop.v1 import common_pb2, novelty_pb2_grpc
 from services.controller import config as experiment_config
 from services.controller.evaluators import EvaluatorPool
-from services.controller.ledger import Ledger
+from services.controller.ledger import CandidateRow, Ledger
 from services.controller.loop import ExperimentRunner, LoopSettings
 from services.controller.peers import Peers
 from services.controller.requests import event
-from services.controller.selection import KNOWN_WIRING, Verdict, decide
+from services.controller.selection import BEFORE_TRAINING, KNOWN_WIRING, Verdict, decide
 from services.controller.states import selection_rules
 from services.controller.tests.seed import write_corpus
 
@@ -101,9 +101,10 @@ def width_scaled(code: str) -> str:
     return re.sub(r"\b(16|32|64|128)\b", lambda m: str(int(m.group(1)) * 3 // 2), code)
 
 
-async def test_copies_have_known_wiring_and_require_rejects_them_where_record_admits(
-    start_service, tmp_path: Path
-) -> None:
+async def _run_two_cycles(start_service, tmp_path: Path, precheck: bool) -> dict[str, CandidateRow]:
+    """The cycles below under architecture_novelty require, through the runner's own phases on real
+    services: cycle 1 a copy of the corpus program and a new one; cycle 2 a gate, a width-scaled copy of
+    the program admitted in cycle 1, the gate's width-scaled copy."""
     novelty = start_service("novelty", "--db-path", str(tmp_path / "novelty.sqlite3"))
     evaluator = start_service("evaluator", "--work-dir", str(tmp_path / "jobs"))
     corpus_dir = write_corpus(tmp_path / "corpus", {"lemur-original": ORIGINAL})
@@ -120,7 +121,7 @@ async def test_copies_have_known_wiring_and_require_rejects_them_where_record_ad
             {
                 "cycles": 2,
                 "architecture_novelty": "require",
-                "novelty_precheck": False,  # the paper's order: this test calls the phases itself
+                "novelty_precheck": precheck,  # this test calls the phases itself
                 "ablations": {"no_accuracy_threshold": True},  # admission by novelty alone
                 "protocol": {"max_train_images": 200},
             }
@@ -146,6 +147,7 @@ async def test_copies_have_known_wiring_and_require_rejects_them_where_record_ad
         await runner.import_corpus()
         for cycle, codes in cycles.items():
             ledger.start_cycle("st", cycle, event("st", cycle, "cycle_started"))
+            await runner.precheck.open(cycle)
             for index, program in enumerate(codes):
                 candidate_id = ids.candidate_id("st", cycle, index)
                 candidate = common_pb2.Candidate(
@@ -156,8 +158,13 @@ async def test_copies_have_known_wiring_and_require_rejects_them_where_record_ad
             await runner.filtering.run(cycle)
     finally:
         await peers.evaluator.close()
+    return {c.candidate_id: c for c in ledger.candidates("st")}
 
-    rows = {c.candidate_id: c for c in ledger.candidates("st")}
+
+async def test_copies_have_known_wiring_and_require_rejects_them_where_record_admits(
+    start_service, tmp_path: Path
+) -> None:
+    rows = await _run_two_cycles(start_service, tmp_path, precheck=False)
     assert all(r.valid for r in rows.values()), [r.eval_status for r in rows.values()]
     corpus_copy, new = rows["st-c1-0000"], rows["st-c1-0001"]
     gate, wide, gate_copy = (rows[f"st-c2-{i:04d}"] for i in range(3))
@@ -198,6 +205,29 @@ async def test_copies_have_known_wiring_and_require_rejects_them_where_record_ad
     assert decisions[corpus_copy.candidate_id].reason.startswith(
         "structural near-duplicate of lemur-original"
     )
+
+
+async def test_with_the_precheck_a_known_wiring_is_decided_before_training(
+    start_service, tmp_path: Path
+) -> None:
+    """novelty_precheck with require: the corpus copy and the admitted program's width-scaled copy are
+    decided by a forward-only run (never trained, the reason says so), the same verdicts as the paper
+    order; the gate's copy (its wiring known only within the cycle) is left to the filter."""
+    rows = await _run_two_cycles(start_service, tmp_path, precheck=True)
+    corpus_copy, new = rows["st-c1-0000"], rows["st-c1-0001"]
+    gate, wide, gate_copy = (rows[f"st-c2-{i:04d}"] for i in range(3))
+    for copy, known_as in ((corpus_copy, "lemur-original"), (wide, new.candidate_id)):
+        assert copy.decided_before_training and copy.valid is None and copy.accuracy is None
+        assert copy.wiring_known_as == known_as and copy.topology_sha256
+        assert copy.decision is Verdict.REJECTED
+        assert copy.reason == f"{KNOWN_WIRING}: the architecture of {known_as}, {BEFORE_TRAINING}"
+        stages = [stage["stage"] for stage in json.loads(copy.eval_json)["stages"]]
+        assert stages[-1] == "EVALUATION_STAGE_PARAM_BUDGET"  # its forward-only run: no training
+    assert corpus_copy.structural_jaccard_train == 1.0
+    assert wide.topology_sha256 == new.topology_sha256
+    assert new.valid and new.decision is Verdict.ADMITTED and gate.valid and gate.decision is Verdict.ADMITTED
+    assert gate_copy.valid and gate_copy.wiring_known_as == gate.candidate_id
+    assert gate_copy.decision is Verdict.REJECTED and BEFORE_TRAINING not in gate_copy.reason
 
 
 @pytest.mark.parametrize("threshold", [-0.1, 1.5])

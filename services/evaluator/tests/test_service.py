@@ -113,6 +113,33 @@ def test_cli_evaluate_prints_json(tmp_path) -> None:
     assert out.returncode == 3 and json.loads(out.stdout)["status"] == "EVALUATION_STATUS_PARSE_ERROR"
 
 
+async def test_a_forward_only_request_stops_before_training_with_the_architecture(evaluator_address) -> None:
+    """forward_only: the sandboxed stages up to the parameter budget, the architecture recorded, no
+    training; with static_only as well it is refused naming the field, and the service still answers."""
+    async with aio_channel(evaluator_address) as channel:
+        stub = evaluator_pb2_grpc.EvaluatorServiceStub(channel)
+        request = _request(GOOD)
+        request.forward_only = request.structural_tokens = True
+        result = (await stub.EvaluateCandidate(request, timeout=60)).result
+        assert result.status == evaluator_pb2.EVALUATION_STATUS_OK
+        stages = [
+            evaluator_pb2.EvaluationStage.Name(s.stage).removeprefix("EVALUATION_STAGE_")
+            for s in result.stages
+        ]
+        assert stages[-3:] == ["INSTANTIATE", "FORWARD", "PARAM_BUDGET"] and "TRAIN" not in stages
+        assert result.accuracy == 0 and not result.epoch_accuracies and result.param_count > 0
+        assert len(result.wiring_hash) == 32 and result.architecture_graph
+        full = _request(GOOD)
+        full.structural_tokens = True
+        trained = (await stub.EvaluateCandidate(full, timeout=120)).result
+        assert trained.wiring_hash == result.wiring_hash and trained.epoch_accuracies
+        both = _request(GOOD)
+        both.forward_only = both.static_only = True
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await stub.EvaluateCandidate(both, timeout=10)
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "forward_only" in bad.value.details()
+
+
 async def test_a_static_only_request_screens_without_a_sandbox_or_a_slot(evaluator_address) -> None:
     """static_only: parse, screen and contract in the service process; answered even while the one slot
     is busy (the controller's novelty pre-check must not queue behind training)."""
