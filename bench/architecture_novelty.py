@@ -92,11 +92,36 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def arm_lines(arms: dict[str, list[dict]]) -> list[str]:
+def corpus_board(corpus: Path):
+    """The corpus's leaderboard on the embedded protocol (archloop.leaderboard's packaged table)."""
+    from archloop import leaderboard
+    from archloop.corpus import training_programs
+
+    entries, _protocol = leaderboard.load()
+    board, _missing = leaderboard.for_corpus(training_programs(corpus), entries)
+    return board
+
+
+def _standing(accuracy: float, board) -> str:
+    if math.isnan(accuracy):
+        return "–"
+    return f"{accuracy:.3f} (p{board.percentile(accuracy):.1f})" if len(board) else f"{accuracy:.3f}"
+
+
+def board_line(board) -> str:
+    if not len(board):
+        return "The corpus leaderboard table is missing: `archloop corpus leaderboard` makes it."
+    return (
+        f"The corpus on the same protocol (`archloop corpus leaderboard`, {len(board):,} programs trained): "
+        f"best {board.best:.3f}, 99th percentile {board.quantile(0.99):.3f}, 90th {board.quantile(0.9):.3f}."
+    )
+
+
+def arm_lines(arms: dict[str, list[dict]], board) -> list[str]:
     lines = [
         "| arm | runs | valid / trained | wiring-new of valid (Wilson 95 %) | distinct wiring (valid, a run) "
         "| admitted | wiring-new admitted (share, Wilson 95 %) | wiring-new admitted per hour (mean ± sd) "
-        "| admitted per hour | best admitted | run span |",
+        "| admitted per hour | best admitted (corpus percentile) | run span |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     keys = ("trained", "valid", "wiring_recorded", "wiring_new_valid", "admitted", "wiring_new_admitted")
@@ -104,13 +129,13 @@ def arm_lines(arms: dict[str, list[dict]]) -> list[str]:
         total = {key: sum(r[key] for r in runs) for key in keys}
         per_hour = [3600 * r["wiring_new_admitted"] / r["seconds"] for r in runs]
         admitted_hour = [3600 * r["admitted"] / r["seconds"] for r in runs]
-        best = [r["best_admitted"] for r in runs if not math.isnan(r["best_admitted"])]
+        best = max((r["best_admitted"] for r in runs if not math.isnan(r["best_admitted"])), default=math.nan)
         lines.append(
             f"| {arm} | {len(runs)} | {total['valid']} / {total['trained']} "
             f"| {total['wiring_new_valid']} ({_wilson(total['wiring_new_valid'], total['wiring_recorded'])}) "
             f"| {' / '.join(str(r['distinct_wiring']) for r in runs)} | {total['admitted']} "
             f"| {total['wiring_new_admitted']} ({_wilson(total['wiring_new_admitted'], total['admitted'])}) "
-            f"| {_mean_sd(per_hour)} | {_mean_sd(admitted_hour)} | {f'{max(best):.3f}' if best else '–'} "
+            f"| {_mean_sd(per_hour)} | {_mean_sd(admitted_hour)} | {_standing(best, board)} "
             f"| {statistics.mean(r['seconds'] for r in runs):.0f} s |"
         )
     return lines
@@ -208,8 +233,9 @@ def main() -> int:
              f"{', '.join(map(str, seeds))}"
              + (f", sampling temperature {args.temperature:g}" if args.temperature else "")
              + ", each run alone; `record` is the text-only rule (the "
-             "architecture recorded, not used), `require` rejects a known wiring.", "",
-             *arm_lines(results), "",
+             "architecture recorded, not used), `require` rejects a known wiring (with the novelty "
+             "pre-check, before training: those count in the wiring columns, not in trained).", "",
+             *arm_lines(results, corpus_board(corpus)), "", board_line(corpus_board(corpus)), "",
              f"Raw figures: `bench/results/architecture_novelty{tag}.json`.", end]  # fmt: skip
     publish(f"architecture_novelty{tag}", results, "\n".join(lines), start, end, args.write)
     return 0

@@ -11,8 +11,9 @@ the context's end, fixed seeds), extract the code, and
   verdict too (raw and repaired rates are reported apart);
 - novelty: max J against the corpus the model was trained on (its bound corpus: near-duplicate iff
   J > 0.90), and max J against the original LEMUR texts (all 10,482 files of the wheel);
-- topology: the shape-free layer sequence (archloop.topology) against the training programs': how often
-  a valid program re-emits a training topology with new numbers, and the mean nearest similarity;
+- architecture: the wiring hash (archloop.archgraph) against the training programs': how often a valid
+  program re-emits a training program's wiring with new numbers, how many wirings the valid programs
+  have, and the mean nearest J_arch (WL tokens) to a training program;
 - speed: completion tokens per second of sampling.
 
 `--write` replaces the model's measured section of its card (docs/base-model.md for the tiny model,
@@ -34,7 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from archloop import corpus, lemur, prompts, topology  # noqa: E402
+from archloop import corpus, forwardcheck, lemur, prompts  # noqa: E402
+from archloop.archgraph import token_jaccard  # noqa: E402
 from archloop.repair import repair  # noqa: E402
 from bench.report import machine, write_section  # noqa: E402
 from tools import corpus_build  # noqa: E402
@@ -120,17 +122,16 @@ def _shingles(code: str):
     return fingerprint_source(code, c.shingle_size, c.num_permutations, c.minhash_seed).shingles
 
 
-def novelty_all(samples: list[dict], trained: dict[str, str]) -> None:
+def novelty_all(samples: list[dict], trained: dict[str, str], known: dict[str, dict]) -> None:
     """J against the training programs as the novelty service decides it (LSH retrieval, then exact
-    verification: a program nothing is retrieved for scores 0), and the exact max J against every
-    original LEMUR text by brute force (no retrieval threshold: the true nearest original)."""
+    verification: a program nothing is retrieved for scores 0), the exact max J against every original
+    LEMUR text by brute force (no retrieval threshold: the true nearest original), and the architecture
+    against the training programs' (`known`: the corpus's architecture.jsonl records)."""
     from services.novelty.fingerprint import exact_jaccard
     from services.novelty.index import Submission
 
     training = _index("training", trained.items())
     originals = [_shingles(code) for _, code in lemur.iter_model_sources()]
-    known = sorted({topology.layer_sequence(code) for code in trained.values()} - {()})
-    seen = set(known)
     for sample in samples:
         code = Submission(sample["code"])
         match = training.check(code, ["training"]).matches[0]
@@ -138,10 +139,32 @@ def novelty_all(samples: list[dict], trained: dict[str, str]) -> None:
         sample["nearest_training_program"] = match.text.nearest_entry_id
         mine = _shingles(sample["code"])
         sample["max_jaccard_lemur"] = max(exact_jaccard(mine, other) for other in originals)
-        layers = topology.layer_sequence(sample["code"])
-        sample["layers"] = list(layers)
-        sample["topology_seen"] = layers in seen
-        sample["topology_similarity"] = topology.nearest(layers, known)
+    architecture_all(samples, known)
+
+
+def architecture_all(samples: list[dict], known: dict[str, dict]) -> None:
+    """Each valid sample's architecture (archloop.archgraph, recorded as the corpus's are: the forward-
+    check workers at the prompt's shapes): whether its wiring hash is a training program's (a re-emitted
+    architecture) and its nearest J_arch to one (exact Jaccard over the WL tokens)."""
+    task = prompts.TASKS["cifar-10"]
+    valid = {str(i): s for i, s in enumerate(samples) if s["status"] == "OK"}
+    results = forwardcheck.check_many(
+        ((key, s["code"], task.input_shape, task.num_classes) for key, s in valid.items()), structure=True
+    )
+    wirings = {record["wiring_hash"] for record in known.values()}
+    token_sets = [record["tokens"] for record in known.values()]
+    for sample in samples:
+        for key in ("layers", "topology_seen", "topology_similarity"):  # (the layer sequence's, before)
+            sample.pop(key, None)
+        sample["wiring_hash"], sample["wiring_seen"], sample["architecture_similarity"] = "", None, None
+    for key, result in results.items():
+        sample = valid[key]
+        if not result.architecture:
+            continue
+        sample["wiring_hash"] = result.architecture["wiring_hash"]
+        sample["wiring_seen"] = sample["wiring_hash"] in wirings
+        tokens = result.architecture["tokens"]
+        sample["architecture_similarity"] = max((token_jaccard(tokens, t) for t in token_sets), default=0.0)
 
 
 def _share(items: list[dict], predicate) -> float | None:
@@ -170,8 +193,14 @@ def summarise(temperature: float, samples: list[dict]) -> dict:
         "mean_max_jaccard": _mean([s["max_jaccard"] for s in samples]),
         "mean_max_jaccard_valid": _mean([s["max_jaccard"] for s in valid]),
         "mean_max_jaccard_lemur_valid": _mean([s["max_jaccard_lemur"] for s in valid]),
-        "topology_seen_share_of_valid": _share(valid, lambda s: s["topology_seen"]),
-        "mean_topology_similarity_valid": _mean([s["topology_similarity"] for s in valid]),
+        "wiring_recorded_valid": sum(bool(s["wiring_hash"]) for s in valid),
+        "wiring_seen_share_of_valid": _share(
+            [s for s in valid if s["wiring_hash"]], lambda s: s["wiring_seen"]
+        ),
+        "distinct_wiring_valid": len({s["wiring_hash"] for s in valid if s["wiring_hash"]}),
+        "mean_architecture_similarity_valid": _mean(
+            [s["architecture_similarity"] for s in valid if s["wiring_hash"]]
+        ),
         "mean_valid_accuracy": _mean([s["accuracy"] for s in valid]),
         "best_accuracy": max((s["accuracy"] for s in valid), default=None),
         "mean_valid_parameters": _mean([s["params"] for s in valid]),
@@ -181,7 +210,9 @@ def summarise(temperature: float, samples: list[dict]) -> dict:
     }
 
 
-def markdown(model: str, corpus_version: str, rows: list[dict], start: str, end: str, args: str) -> str:
+def markdown(
+    model: str, corpus_version: str, rows: list[dict], start: str, end: str, args: str, rescored: bool
+) -> str:
     def pct(x: float | None) -> str:
         return "–" if x is None else f"{100 * x:.0f} %"
 
@@ -193,13 +224,18 @@ def markdown(model: str, corpus_version: str, rows: list[dict], start: str, end:
         f"Measured {datetime.now(UTC):%Y-%m-%d} ({machine()}) with "
         f"`python bench/base_model_quality.py {args}`: {model}, CIFAR-10 prompt, top-k 50, top-p 0.9; "
         "evaluator: sandbox, offline digits, 1 epoch, batch 16; novelty: J > 0.90 against its training "
-        f"corpus ({corpus_version}).",
+        f"corpus ({corpus_version})."
+        + (
+            " The samples and their verdicts are the saved ones; novelty and architecture scored again."
+            if rescored
+            else ""
+        ),
         "",
         "| T | samples | parse | **raw valid** | repaired valid | valid and novel | novel share of valid "
         "| mean max J train, as the novelty service decides (valid) | mean max J LEMUR originals, exact "
-        "(valid) | training topology re-emitted "
-        "(valid) | topology similarity (valid) | mean / best accuracy of valid | tokens/s | statuses |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "(valid) | training wiring re-emitted (valid) | distinct wirings (valid) "
+        "| nearest J_arch to training (valid) | mean / best accuracy of valid | tokens/s | statuses |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         statuses = ", ".join(f"{k} {v}" for k, v in r["statuses"].items())
@@ -207,8 +243,8 @@ def markdown(model: str, corpus_version: str, rows: list[dict], start: str, end:
             f"| {r['temperature']} | {r['samples']} | {pct(r['parses_share'])} | **{pct(r['valid_share'])}** "
             f"| {pct(r['repaired_valid_share'])} | {pct(r['valid_novel_share'])} "
             f"| {pct(r['novel_share_of_valid'])} | {num(r['mean_max_jaccard_valid'])} "
-            f"| {num(r['mean_max_jaccard_lemur_valid'])} | {pct(r['topology_seen_share_of_valid'])} "
-            f"| {num(r['mean_topology_similarity_valid'])} "
+            f"| {num(r['mean_max_jaccard_lemur_valid'])} | {pct(r['wiring_seen_share_of_valid'])} "
+            f"| {r['distinct_wiring_valid']} | {num(r['mean_architecture_similarity_valid'])} "
             f"| {num(r['mean_valid_accuracy'])} / {num(r['best_accuracy'])} | {r['tokens_per_second']:.0f} "
             f"| {statuses} |"
         )
@@ -217,11 +253,17 @@ def markdown(model: str, corpus_version: str, rows: list[dict], start: str, end:
 
 
 def _publish(
-    model: str, version: str, rows: list[dict], everything: list[dict], write: bool, card: Path
+    model: str,
+    version: str,
+    rows: list[dict],
+    everything: list[dict],
+    write: bool,
+    card: Path,
+    rescored: bool = False,
 ) -> None:
     start, end = f"<!-- base-model-quality:{model}:start -->", f"<!-- base-model-quality:{model}:end -->"
     shown = " ".join(sys.argv[1:])
-    section = markdown(model, version, rows, start, end, shown)
+    section = markdown(model, version, rows, start, end, shown, rescored)
     results = ROOT / "bench" / "results" / f"base_model_quality-{model}.json"
     results.write_text(
         json.dumps({"model": model, "version": version, "summary": rows, "samples": everything}, indent=2)
@@ -237,15 +279,18 @@ def rescore(args: argparse.Namespace) -> int:
         print("--rescore needs --corpus (the model's training corpus)", file=sys.stderr)
         return 2
     trained = corpus.training_programs(args.corpus)
+    known = corpus.require_architectures(args.corpus, trained)
     version = corpus.load_manifest(args.corpus)["version"]
     rows = []
     for run in saved["samples"]:
-        novelty_all(run["samples"], trained)
-        rows.append({**summarise(run["temperature"], run["samples"]), "seconds": None})
+        novelty_all(run["samples"], trained, known)
+        seconds = {r["temperature"]: r.get("seconds") for r in saved["summary"]}  # (its sampling's)
+        rows.append(
+            {**summarise(run["temperature"], run["samples"]), "seconds": seconds.get(run["temperature"])}
+        )
         print(json.dumps(rows[-1]), flush=True)
-    _publish(
-        saved["model"], version, rows, saved["samples"], args.write, CARDS.get(args.base_model, DEFAULT_CARD)
-    )
+    card = CARDS.get(args.base_model, DEFAULT_CARD)
+    _publish(saved["model"], version, rows, saved["samples"], args.write, card, rescored=True)
     return 0
 
 
@@ -265,7 +310,7 @@ def main() -> int:
     parser.add_argument(
         "--rescore",
         type=Path,
-        help="a results file of this bench: recompute the novelty and topology figures of its samples "
+        help="a results file of this bench: recompute the novelty and architecture figures of its samples "
         "(their sampling and evaluation are kept) against --corpus",
     )
     args = parser.parse_args()
@@ -299,11 +344,12 @@ def main() -> int:
             print(f"{corpus_dir} is not the corpus {model} was trained on", file=sys.stderr)
             return 2
         trained = corpus.training_programs(corpus_dir)
+        known = corpus.require_architectures(corpus_dir, trained)
         for i, temperature in enumerate(temperatures):
             began = time.perf_counter()
             samples = sample_programs(backend, args.samples, temperature, 1000 * (i + 1), adapter)
             evaluate_all(samples, Path(tmp))
-            novelty_all(samples, trained)
+            novelty_all(samples, trained, known)
             rows.append(summarise(temperature, samples))
             rows[-1]["seconds"] = round(time.perf_counter() - began, 1)
             everything.append({"temperature": temperature, "samples": samples})

@@ -83,12 +83,12 @@ def run_arm(name: str, args: argparse.Namespace, work: Path) -> dict:
 
 def arm_figures(ledger, name: str) -> dict:
     """An experiment's figures from its ledger."""
-    from archloop import topology
     from services.controller import archive
 
     rows = ledger.candidates(name)
     valid = [r for r in rows if r.valid]
     admitted = [r for r in rows if r.decision == "admitted"]
+    wired = [r for r in valid if r.topology_sha256]
     accuracies = [r.accuracy for r in valid]
     share, low, high = wilson_interval(len(valid), len(rows))
     return {
@@ -103,9 +103,7 @@ def arm_figures(ledger, name: str) -> dict:
         "mean_admitted_accuracy": (sum(r.accuracy for r in admitted) / len(admitted) if admitted else None),
         "admitted_pairwise_j": mean_pairwise_j([r.code for r in admitted]),
         "valid_pairwise_j": mean_pairwise_j([r.code for r in valid]),
-        "valid_topology_share": (
-            len({topology.layer_sequence(r.code) for r in valid}) / len(valid) if valid else None
-        ),
+        "valid_wiring_share": (len({r.topology_sha256 for r in wired}) / len(wired) if wired else None),
         "admitted_cells": len({archive.cell_of(r.code, r.param_count or 0, r.factor) for r in admitted}),
         "temperatures": [c.temperature for c in ledger.cycles(name)],
     }
@@ -168,7 +166,7 @@ def main() -> int:
         "",
         "| arm | base model | cycles | candidates | valid (Wilson 95 %) | admitted | best acc. | "
         "mean acc. (valid) | mean acc. (admitted) | pairwise J (admitted) | pairwise J (valid) | "
-        "distinct topologies (valid) | cells (admitted) | wall clock |",
+        "distinct wirings (valid) | cells (admitted) | wall clock |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     results = {arm: results[arm] for arm in ARMS if arm in results}
@@ -180,7 +178,7 @@ def main() -> int:
             f"{num(r['best_accuracy'])} | "
             f"{num(r['mean_valid_accuracy'])} | {num(r['mean_admitted_accuracy'])} | "
             f"{num(r['admitted_pairwise_j'])} | {num(r['valid_pairwise_j'])} | "
-            f"{pct(r['valid_topology_share'])} | "
+            f"{pct(r.get('valid_wiring_share'))} | "
             f"{r['admitted_cells']} | {r['seconds']:.0f} s |"
         )
     lines += [

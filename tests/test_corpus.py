@@ -203,3 +203,23 @@ def test_a_fresh_build_is_the_corpus_the_packaged_model_was_trained_on(built) ->
     assert bound is not None and bound["version"] == built.manifest["version"] == corpus.CORPUS_VERSION
     assert bound["manifest_sha256"] == corpus.manifest_sha256(built.out_dir)
     basemodel.check_corpus_binding("", built.out_dir)
+
+
+@pytest.mark.slow
+def test_the_packaged_leaderboard_covers_the_corpus_and_a_sample_trains_again_to_it(built) -> None:
+    """The shipped leaderboard (archloop/data/lemur-v3-leaderboard-v1.json.gz) holds every program of a
+    fresh lemur-v3 build, on the embedded protocol; two programs drawn from it, trained again by the real
+    evaluator in its sandbox, reach the status and first-epoch accuracy it records (seeded training:
+    the same to within a few validation images across CPUs)."""
+    from archloop import leaderboard
+    from tools.corpus_leaderboard import embedded_protocol, recheck
+
+    entries, protocol = leaderboard.load()
+    assert protocol == embedded_protocol()
+    board, missing = leaderboard.for_corpus(corpus.training_programs(built.out_dir), entries)
+    assert missing == 0 and len(board) + board.untrained == built.manifest["funnel"]["distinct"]
+    checked = recheck(built.out_dir, sample=2, seed=7)
+    assert len(checked) == 2
+    for model, packaged, fresh in checked:
+        assert fresh.status == packaged.status, model
+        assert fresh.accuracy == pytest.approx(packaged.accuracy, abs=0.02), model

@@ -4,7 +4,7 @@ program reads.
     cycles.csv       one row per cycle: valid % with its Wilson 95 % interval, best / mean (t 95 %) /
                      median first-epoch accuracy, % of valid ≥ τ, admitted, corpus size, C_t (Wilson
                      95 %), Q_t (t 95 %) and its 3-cycle smoothing, novelty medians, fine-tune loss,
-                     duration, and diversity: mean J_gen of the admitted, distinct topologies among
+                     duration, and diversity: mean J_gen of the admitted, distinct wirings among
                      the valid, archive cells the admitted fall into
     candidates.csv   one row per candidate: generation metadata, every evaluation figure, J_train, J_gen,
                      near-duplicate flags, rejection_count, decision and reason
@@ -34,7 +34,7 @@ import math
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from archloop import corpus, leaderboard, topology
+from archloop import corpus, leaderboard
 from archloop.v1 import controller_pb2
 from services.controller import archive, selection, stats
 from services.controller import config as experiment_config
@@ -233,18 +233,17 @@ def seconds_saved(candidates: list[CandidateRow]) -> float:
 def diversity(candidates: list[CandidateRow]) -> dict:
     """How spread a cycle's programs are (issue 20's watch on diversity): the mean J_gen of the admitted
     (each one's token J to its nearest earlier valid program of the cycle, as the novelty service
-    measured it; NaN without admissions), the share of distinct layer topologies among the valid
-    (archloop.topology), and the archive cells (parameter band × depth band × factor,
-    services.controller.archive) the admitted programs fall into: how many, and each one's share."""
+    measured it; NaN without admissions), the share of distinct wiring hashes among the valid whose
+    architecture was recorded (archloop.archgraph; NaN when none was), and the archive cells
+    (parameter band × depth band × factor, services.controller.archive) the admitted programs fall
+    into: how many, and each one's share."""
     admitted = [c for c in candidates if c.admitted]
-    valid = [c for c in candidates if c.valid]
+    wired = [c.topology_sha256 for c in candidates if c.valid and c.topology_sha256]
     j_gen = [c.nn_jaccard_gen for c in admitted if c.nn_jaccard_gen is not None]
     cells = Counter(archive.cell_of(c.code, c.param_count or 0, c.factor) for c in admitted)
     return {
         "admitted_mean_j_gen": sum(j_gen) / len(j_gen) if j_gen else math.nan,
-        "valid_topology_share": len({topology.layer_sequence(c.code) for c in valid}) / len(valid)
-        if valid
-        else math.nan,
+        "valid_wiring_share": len(set(wired)) / len(wired) if wired else math.nan,
         "admitted_cells": len(cells),
         "admitted_cell_shares": " ".join(
             f"{archive.cell_name(cell)}:{count / len(admitted):.2f}" for cell, count in sorted(cells.items())
@@ -597,7 +596,7 @@ CYCLE_CSV_COLUMNS = [
     "elite_ci_low",
     "elite_ci_high",
     "admitted_mean_j_gen",
-    "valid_topology_share",
+    "valid_wiring_share",
     "admitted_cells",
     "admitted_cell_shares",
     *CREATIVITY_COLUMNS,

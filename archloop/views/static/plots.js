@@ -64,7 +64,7 @@ window.ArchLoopPlots = (function () {
         { x, y: cycles.map(c => c.mean_quality_smoothed), mode: "lines", name: "Q_t, 3-cycle", line: { dash: "dot" } },
       ], layout("Loop dynamics (CT §4)", "cycle", "share / accuracy", { xaxis: byCycle, yaxis: unit("share / accuracy") }));
       show("plot-diversity", [
-        { x, y: cycles.map(c => c.valid_topology_share), mode: "lines+markers", name: "distinct topologies (valid)" },
+        { x, y: cycles.map(c => c.valid_wiring_share), mode: "lines+markers", name: "distinct wirings (valid)" },
         { x, y: cycles.map(c => c.admitted_mean_j_gen), mode: "lines+markers", name: "mean J_gen (admitted)" },
         { x, y: cycles.map(c => c.admitted_cells), mode: "lines+markers", name: "archive cells (admitted)", yaxis: "y2",
           line: { dash: "dot" } },

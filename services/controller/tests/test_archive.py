@@ -92,7 +92,6 @@ def test_the_ledger_enters_each_program_once_and_reads_the_archive_as_a_cycle_be
 
 
 def test_a_cycles_diversity_figures(tmp_path: Path) -> None:
-    from archloop.topology import layer_sequence
     from archloop.v1 import novelty_pb2
     from services.controller.report import diversity
     from services.controller.selection import Decision, Verdict
@@ -106,11 +105,12 @@ def test_a_cycles_diversity_figures(tmp_path: Path) -> None:
         candidate_id = add_evaluated(ledger, "e", 1, i, code, 0.5)
         match = novelty_pb2.CollectionMatch(max_jaccard=j_gen)
         ledger.record_novelty(candidate_id, match, match)
+        ledger.record_topology(candidate_id, f"wiring-of-{codes.index(code)}", "")
         ledger.record_decision(candidate_id, Decision(Verdict.ADMITTED if i < 3 else Verdict.REJECTED, "", 0))
     figures = diversity(ledger.candidates("e", 1))
     assert figures["admitted_mean_j_gen"] == pytest.approx(0.4)  # (0 + 1 + 0.2) / 3: the rejected one not
-    # four valid, two of them the same program: at most three topologies
-    assert figures["valid_topology_share"] == len({layer_sequence(c) for c in codes}) / 4 <= 0.75
+    # four valid, two of them the same program: three wiring hashes
+    assert figures["valid_wiring_share"] == 0.75
     assert 1 <= figures["admitted_cells"] <= 3
     # the admitted three: programs 1, 1 and 2; each cell's share of them, in the report's own names
     cells = [cell_of(c, 0, "") for c in codes[:3]]
