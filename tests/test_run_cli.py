@@ -16,6 +16,9 @@ def test_bad_configs_exit_2_naming_the_field_and_start_nothing(tmp_path: Path) -
         ("datasets: [imagenet]\n", "datasets"),
         ("generation: {temperature_schedule: cyclic}\n", "generation.temperature_max"),
         ("- a list\n", "must be a mapping"),
+        ("generation: {mode: corpus_sample}\nnovelty_precheck: true\n", "novelty_precheck"),
+        ("generation: {mode: engine, repair: true}\n", "generation.repair"),
+        ("generation: {mode: engine, population_size: -1}\n", "generation.population_size"),
     ]
     for text, field in cases:
         config = tmp_path / "bad.yaml"

@@ -1,4 +1,5 @@
-"""The experiment's archive of parents and the policies that pick what each delta / factor candidate edits.
+"""The experiment's archive of parents and the policies that pick what each delta / factor / engine candidate
+edits.
 
 The archive holds the baseline (entered before the first cycle) and every admitted candidate (entered
 when its cycle's selection ends), each with its accuracy, parameter count, depth, the factor its edit
@@ -14,6 +15,10 @@ parents for the candidates it still has to generate:
                  depth band, factor changed); a cell is drawn uniformly among the occupied ones and its
                  most accurate entry (its elite) is the parent, so a cell with one weak program is
                  explored as often as the crowded best one
+    aging        aging (regularized) evolution [Real et al. 2019]: the population is the
+                 `population_size` youngest entries (archive order: the order they were admitted), a
+                 tournament of `tournament_size` among them; an older entry has left the population,
+                 however accurate (it stays in the archive and its reports)
 Entries whose prompt does not fit are never drawn; when none fits, the baseline is the parent.
 """
 
@@ -80,7 +85,7 @@ def _better(entry: ArchiveEntry) -> tuple[float, int]:
 
 
 def choose_parent(
-    policy: int, entries: list[ArchiveEntry], seed: str, tournament_size: int = 3
+    policy: int, entries: list[ArchiveEntry], seed: str, tournament_size: int = 3, population_size: int = 16
 ) -> ArchiveEntry:
     """The parent of one candidate; `entries` in archive order (the baseline first), `seed` its own."""
     baseline = next(e for e in entries if e.entry_id == BASELINE_ID)
@@ -90,6 +95,10 @@ def choose_parent(
     rng = random.Random(seed)
     if policy == controller_pb2.PARENT_POLICY_TOURNAMENT:
         drawn = [rng.choice(usable) for _ in range(tournament_size)]
+        return max(drawn, key=_better)
+    if policy == controller_pb2.PARENT_POLICY_AGING:
+        population = usable[-population_size:]
+        drawn = [rng.choice(population) for _ in range(tournament_size)]
         return max(drawn, key=_better)
     if policy == controller_pb2.PARENT_POLICY_MAP_ELITES:
         cells: dict[tuple[int, int, str], ArchiveEntry] = {}
@@ -108,10 +117,11 @@ def choose_parents(
     cycle: int,
     indices: range,
     tournament_size: int = 3,
+    population_size: int = 16,
 ) -> list[ArchiveEntry]:
     """The parents of candidates `indices` of `cycle` (each seeded by its own index)."""
     return [
-        choose_parent(policy, entries, f"{experiment_seed}:{cycle}:{index}", tournament_size)
+        choose_parent(policy, entries, f"{experiment_seed}:{cycle}:{index}", tournament_size, population_size)
         for index in indices
     ]
 

@@ -95,7 +95,9 @@ def with_defaults(config: controller_pb2.ExperimentConfig) -> controller_pb2.Exp
         del merged.lora.target_modules[:]
         merged.lora.target_modules.extend(config.lora.target_modules)
     if not config.HasField("novelty_precheck") and (
-        merged.ablations.no_novelty_filter or merged.structural_novelty_threshold
+        merged.ablations.no_novelty_filter
+        or merged.structural_novelty_threshold
+        or merged.generation.mode == common_pb2.GENERATION_MODE_CORPUS_SAMPLE
     ):
         # the embedded default cannot serve these (validate says why when a config asks for both)
         merged.novelty_precheck = False
@@ -140,7 +142,7 @@ def _validate_run(config: controller_pb2.ExperimentConfig) -> None:
 
 def _validate_generation(g: controller_pb2.GenerationSettings) -> None:
     if g.mode == common_pb2.GENERATION_MODE_UNSPECIFIED:
-        bad("generation.mode", "is required (full, delta or factor)")
+        bad("generation.mode", "is required (full, delta, factor, engine or corpus_sample)")
     d = g.decoding
     if d.temperature < 0 or d.top_k < 0 or not 0 <= d.top_p <= 1 or d.max_new_tokens < 0:
         bad("generation.decoding", "temperature, top_k and max_new_tokens must be ≥ 0 and top_p in [0, 1]")
@@ -154,8 +156,22 @@ def _validate_generation(g: controller_pb2.GenerationSettings) -> None:
             )
     if g.tournament_size < 1:
         bad("generation.tournament_size", f"{g.tournament_size} must be at least 1")
+    if g.population_size < 1:
+        bad("generation.population_size", f"{g.population_size} must be at least 1")
+    if g.repair and not uses_language_model(g):
+        bad("generation.repair", f"repairs what a model wrote; mode {_mode_name(g.mode)} has no model")
     if g.prompt_dataset and g.prompt_dataset not in datasets.NAMES:
         bad("generation.prompt_dataset", f"{g.prompt_dataset!r} is not one of {list(datasets.NAMES)}")
+
+
+def uses_language_model(g: controller_pb2.GenerationSettings) -> bool:
+    """Whether candidates are sampled by the language model (full, delta, factor), so each cycle
+    fine-tunes it; engine and corpus_sample have no model (issue 35)."""
+    return g.mode not in (common_pb2.GENERATION_MODE_ENGINE, common_pb2.GENERATION_MODE_CORPUS_SAMPLE)
+
+
+def _mode_name(mode: int) -> str:
+    return common_pb2.GenerationMode.Name(mode).removeprefix("GENERATION_MODE_").lower()
 
 
 def _validate_novelty(config: controller_pb2.ExperimentConfig) -> None:
@@ -169,6 +185,12 @@ def _validate_novelty(config: controller_pb2.ExperimentConfig) -> None:
     off = controller_pb2.ARCHITECTURE_NOVELTY_OFF
     if config.structural_novelty_threshold and config.architecture_novelty == off:
         bad("structural_novelty_threshold", "needs the architecture recorded (architecture_novelty is off)")
+    if config.novelty_precheck and config.generation.mode == common_pb2.GENERATION_MODE_CORPUS_SAMPLE:
+        bad(
+            "novelty_precheck",
+            "would decide every corpus_sample candidate before training (each is a corpus program's text); "
+            "corpus_sample trains them all",
+        )
     if config.novelty_precheck and config.structural_novelty_threshold:
         bad(
             "novelty_precheck",

@@ -21,17 +21,19 @@ from dataclasses import dataclass
 
 import structlog
 
-from archloop.v1 import controller_pb2, trainer_pb2
+from archloop.v1 import common_pb2, controller_pb2, trainer_pb2
 from services.controller import requests
 from services.controller.ledger import Ledger
 from services.controller.peers import Clients, PeerFailed, Peers, Retry, StopRequested
-from services.controller.phases.context import LoopSettings, RunContext, Stop
+from services.controller.phases.context import CandidateSource, LoopSettings, RunContext, Stop
 from services.controller.phases.corpus_import import import_corpus
+from services.controller.phases.corpus_sample import CorpusSample
+from services.controller.phases.engine import MutationEngine
 from services.controller.phases.evaluation import Evaluation
 from services.controller.phases.filtering import Filtering
 from services.controller.phases.final_training import FinalTraining
 from services.controller.phases.fine_tune import FineTune
-from services.controller.phases.generation import Generation
+from services.controller.phases.generation import Generation, LanguageModel
 from services.controller.phases.parents import Parents
 from services.controller.phases.precheck import NoPrecheck, Precheck
 from services.controller.phases.promotion import PromotionAndAudit
@@ -92,10 +94,19 @@ class ExperimentRunner:
         self.parents = Parents(ctx)
         self.precheck = Precheck(ctx) if config.novelty_precheck else NoPrecheck()
         self.evaluation = Evaluation(ctx, self.precheck)
-        self.generation = Generation(ctx, self.evaluation, self.precheck, self.parents)
+        self.generation = Generation(ctx, self.evaluation, self.precheck, self._source())
         self.filtering = Filtering(ctx, self.evaluation, self.precheck, PromotionAndAudit(ctx))
         self.fine_tune = FineTune(ctx, self.parents)
         self.final_training = FinalTraining(ctx)
+
+    def _source(self) -> CandidateSource:
+        """Where the candidates come from: the generator's model, or (no model) the engine or the corpus."""
+        mode = self.ctx.config.generation.mode
+        if mode == common_pb2.GENERATION_MODE_ENGINE:
+            return MutationEngine(self.ctx, self.parents)
+        if mode == common_pb2.GENERATION_MODE_CORPUS_SAMPLE:
+            return CorpusSample(self.ctx)
+        return LanguageModel(self.ctx, self.parents)
 
     @property
     def view(self) -> RunnerView:

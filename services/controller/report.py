@@ -97,6 +97,8 @@ CANDIDATE_COLUMNS = (
     "full_length_chars",
     "parent_id",
     "context_fit",
+    "engine_edit",
+    "corpus_model",
 )
 
 
@@ -268,6 +270,8 @@ def candidate_rows(ledger: Ledger, experiment_id: str) -> list[dict]:
             "full_length_chars",
             "parent_id",
             "context_fit",
+            "engine_edit",
+            "corpus_model",
         ):
             row[key] = generation.get(key, "")
         row["touched_factors"] = " ".join(generation.get("touched_factors", []))
@@ -373,6 +377,10 @@ def summaries(rows: list[dict]) -> list[controller_pb2.CycleSummary]:
             duration_seconds=num(r["duration_seconds"]),
             repaired=r["repaired"],
             raw_valid_fraction=num(r["raw_valid_fraction"]),
+            evaluations_total=r["evaluations_total"],
+            best_accuracy_so_far=num(r["best_accuracy_so_far"]),
+            distinct_wiring_total=r["distinct_wiring_total"],
+            wiring_new_admitted=r["wiring_new_admitted"],
         )
         for r in rows
     ]

@@ -237,7 +237,8 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
             raise InvalidArgument("config.base_model", str(exc)) from None
         except basemodel.CorpusMismatch as exc:
             raise FailedPrecondition(str(exc)) from None
-        await self._check_generator_model(config.base_model)
+        if experiment_config.uses_language_model(config.generation):
+            await self._check_generator_model(config.base_model)
         created = self.ledger.create_experiment(
             request.experiment_id, experiment_config.to_json(config), experiment_config.config_sha256(config)
         )
@@ -307,7 +308,8 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
         experiment = self._experiment(request.experiment_id)
         if experiment.state == EXPERIMENT_STATE_TO_PROTO[ExperimentState.COMPLETED]:
             raise FailedPrecondition(f"experiment {request.experiment_id!r} is completed")
-        await self._check_generator_model(experiment.config.base_model)
+        if experiment_config.uses_language_model(experiment.config.generation):
+            await self._check_generator_model(experiment.config.base_model)
         if request.experiment_id not in self.runners:
             self._spawn(request.experiment_id)
         return controller_pb2.ResumeExperimentResponse(experiment=self._experiment(request.experiment_id))

@@ -126,6 +126,10 @@ window.ArchLoopPlots = (function () {
       { xaxis: byCycle, yaxis: { title: { text: "valid %" }, range: [0, 100] } }));
     show("plot-compare-accuracy", line("mean_accuracy"), layout("Mean first-epoch accuracy", "cycle", "accuracy",
       { xaxis: byCycle, yaxis: unit("accuracy") }));
+    const best = series.map(s => ({ x: s.cycles.map(c => c.evaluations_total), y: s.cycles.map(c => c.best_accuracy_so_far || null),
+      mode: "lines+markers", line: { shape: "hv" }, name: s.experiment }));
+    show("plot-compare-best", best, layout("Best so far against evaluations", "evaluations (trained candidates)",
+      "first-epoch accuracy", { yaxis: unit("first-epoch accuracy") }));
     show("plot-compare-dynamics", line("elite_concentration"), layout("C_t", "cycle", "share ≥ τ",
       { xaxis: byCycle, yaxis: unit("share ≥ τ") }));
   }

@@ -2,7 +2,10 @@
 (services.controller.phases.context); the runner (services.controller.loop) dispatches them:
 
     corpus_import   the LEMUR programs into the experiment's corpus collection (once)
-    generation      candidates stream from the generator, each handed to its proxy evaluation at once
+    generation      candidates stream from their source, each handed to its proxy evaluation at once:
+                    the generator's model, or without one (issue 35)
+    engine          … the mutation engine's verified edits of archive parents (mode engine)
+    corpus_sample   … corpus programs drawn at random (mode corpus_sample)
     evaluation      the one-epoch proxy evaluation of a candidate (and of a repaired one's raw program)
     precheck        the novelty pre-check before training (config novelty_precheck; NoPrecheck when off)
     filtering       novelty figures, promotion, the selection policy's decisions, corpus admission

@@ -8,15 +8,16 @@ Phases do not import one another (an import contract in pyproject.toml): the run
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from archloop import prompts
-from archloop.v1 import controller_pb2
+from archloop.v1 import common_pb2, controller_pb2
 from services.controller import requests
 from services.controller.known_wiring import KnownWiring
-from services.controller.ledger import CandidateRow, Ledger
+from services.controller.ledger import CandidateRow, CycleRow, Ledger
 from services.controller.peers import Clients, StopRequested
 
 
@@ -73,6 +74,25 @@ async def cancel_all(tasks: list[asyncio.Task]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+Record = Callable[[common_pb2.Candidate], Awaitable[None]]  # a candidate into the ledger, then evaluated
+
+
+class CandidateSource(Protocol):
+    """Where a cycle's candidates come from: the generator's language model
+    (services.controller.phases.generation), or a search without one (phases.engine,
+    phases.corpus_sample)."""
+
+    name: str  # how an error names it
+
+    async def batch_size(self) -> int:
+        """The most candidates one `produce` call may ask for."""
+        ...
+
+    async def produce(self, cycle: int, row: CycleRow, start: int, n: int, record: Record) -> None:
+        """Candidates start … start + n - 1 of the cycle (`row`), each handed to `record` as it comes."""
+        ...
 
 
 class ProxyEvaluation(Protocol):

@@ -2,7 +2,8 @@
 candidate, with the parent it edited) written once, then the trainer's job (id
 archloop.ids.fine_tune_job_id: the trainer is idempotent by it, so a restart never starts a job twice;
 an interrupted job is resumed from its checkpoint). Its adapter generates the next cycle (event
-cycle_fine_tuned). With the no_iteration ablation only cycle 1 is fine-tuned.
+cycle_fine_tuned). With the no_iteration ablation only cycle 1 is fine-tuned; a mode without a language
+model (engine, corpus_sample) fine-tunes nothing (the cycle's event says why).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from archloop import corpus
 from archloop.v1 import trainer_pb2
 from services.controller import requests
+from services.controller.config import uses_language_model
 from services.controller.phases.context import RunContext
 from services.controller.phases.parents import Parents
 from services.controller.states import Phase
@@ -26,6 +28,11 @@ class FineTune:
     async def run(self, cycle: int) -> None:
         ctx = self.ctx
         started = time.monotonic()
+        if not uses_language_model(ctx.config.generation):
+            why = "no language model (generation.mode engine or corpus_sample)"
+            payload = dict(skipped=True, skipped_reason=why, duration_seconds=0.0)
+            ctx.step(cycle, "cycle_fine_tuned", payload, phase=Phase.FINE_TUNED, fine_tune_skipped=1)
+            return
         if ctx.config.ablations.no_iteration and cycle > 1:
             ctx.step(cycle, "cycle_fine_tuned", dict(skipped=True, duration_seconds=0.0),
                      phase=Phase.FINE_TUNED, fine_tune_skipped=1)  # fmt: skip

@@ -1,29 +1,55 @@
-"""Generation: the cycle's candidates stream from the generator (start_index = how many the cycle
+"""Generation: the cycle's candidates stream from their source (start_index = how many the cycle
 already has, so a restart asks only for the rest), each written to the ledger and handed to its proxy
 evaluation at once; the phase ends when every evaluation has (events cycle_generated, cycle_evaluated).
+
+The source is the generator's language model (`LanguageModel`, modes full / delta / factor), or a search
+without one (issue 35): services.controller.phases.engine, services.controller.phases.corpus_sample.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 
 from archloop.v1 import common_pb2
 from services.controller import requests
 from services.controller.ledger import CycleRow
 from services.controller.peers import PeerFailed
-from services.controller.phases.context import PrecheckPhase, ProxyEvaluation, RunContext, cancel_all
+from services.controller.phases.context import (
+    CandidateSource,
+    PrecheckPhase,
+    ProxyEvaluation,
+    Record,
+    RunContext,
+    cancel_all,
+)
 from services.controller.phases.parents import Parents
 from services.controller.states import Phase, Stage
 from services.controller.summary import cycle_counts, evaluated_payload
 
 
+class LanguageModel:
+    """Candidates sampled by the generator service's model (full, delta, factor)."""
+
+    name = "generator.GenerateCandidates"
+
+    def __init__(self, ctx: RunContext, parents: Parents) -> None:
+        self.ctx, self.parents = ctx, parents
+
+    async def batch_size(self) -> int:
+        return await self.ctx.peers.generator.max_candidates_per_request()
+
+    async def produce(self, cycle: int, row: CycleRow, start: int, n: int, record: Record) -> None:
+        ctx, parents = self.ctx, self.parents.choose(cycle, start, n)
+        request = requests.generation(ctx.experiment_id, ctx.config, ctx.prompt_task, row, start, n, parents)
+        await ctx.peers.generator.stream(request, record)
+
+
 class Generation:
     def __init__(
-        self, ctx: RunContext, evaluation: ProxyEvaluation, precheck: PrecheckPhase, parents: Parents
+        self, ctx: RunContext, evaluation: ProxyEvaluation, precheck: PrecheckPhase, source: CandidateSource
     ) -> None:
-        self.ctx, self.evaluation, self.precheck, self.parents = ctx, evaluation, precheck, parents
+        self.ctx, self.evaluation, self.precheck, self.source = ctx, evaluation, precheck, source
 
     async def run(self, cycle: int, row: CycleRow) -> None:
         ctx = self.ctx
@@ -58,29 +84,18 @@ class Generation:
         ctx.step(cycle, "cycle_evaluated", dict(**payload, duration_seconds=time.monotonic() - started),
                  phase=Phase.FILTERING)  # fmt: skip
 
-    async def _generate(
-        self, cycle: int, row: CycleRow, record: Callable[[common_pb2.Candidate], Awaitable[None]]
-    ) -> None:
-        """What the cycle still lacks, in requests of at most the generator's limit."""
+    async def _generate(self, cycle: int, row: CycleRow, record: Record) -> None:
+        """What the cycle still lacks, in requests of at most the source's limit."""
         ctx = self.ctx
         have = len(ctx.ledger.candidates(ctx.experiment_id, cycle))
         wanted = ctx.config.candidates_per_cycle
-        most = await ctx.peers.generator.max_candidates_per_request() if have < wanted else 0
+        most = await self.source.batch_size() if have < wanted else 0
         while have < wanted:
             n = min(most, wanted - have)
-            request = requests.generation(
-                ctx.experiment_id,
-                ctx.config,
-                ctx.prompt_task,
-                row,
-                have,
-                n,
-                self.parents.choose(cycle, have, n),
-            )
-            await ctx.peers.generator.stream(request, record)
+            await self.source.produce(cycle, row, have, n, record)
             before, have = have, len(ctx.ledger.candidates(ctx.experiment_id, cycle))
             if have == before:
-                raise PeerFailed(f"generator.GenerateCandidates: the stream ended with none of {request.n}")
+                raise PeerFailed(f"{self.source.name}: the stream ended with none of {n}")
 
     def _recorder(self, evaluate_later):
         """For each streamed candidate: the ledger row, then its evaluation started (once: a candidate

@@ -1,6 +1,6 @@
 """The archive of parents behind one interface: its upkeep (the baseline and every admitted candidate
-entered, each with whether its edit prompt fits the generator), the parent each delta / factor candidate
-edits, and the admitted candidates with the parents they edited (for the training set).
+entered, each with whether its edit prompt fits the generator), the parent each delta / factor / engine
+candidate edits, and the admitted candidates with the parents they edited (for the training set).
 
 The policies are pure functions in services.controller.archive; the entries are a ledger table.
 """
@@ -18,6 +18,11 @@ from services.controller.phases.context import RunContext
 from services.controller.trainset import Admitted
 
 log = structlog.get_logger("archloop.controller")
+EDIT_MODES = (
+    common_pb2.GENERATION_MODE_DELTA,
+    common_pb2.GENERATION_MODE_FACTOR,
+    common_pb2.GENERATION_MODE_ENGINE,
+)
 
 
 class Parents:
@@ -26,8 +31,8 @@ class Parents:
 
     @property
     def edits(self) -> bool:
-        """Whether candidates edit a parent (delta / factor mode) rather than write whole programs."""
-        return self.ctx.config.generation.mode != common_pb2.GENERATION_MODE_FULL
+        """Whether candidates edit a parent (delta / factor / engine mode) rather than come whole."""
+        return self.ctx.config.generation.mode in EDIT_MODES
 
     async def update(self, cycle: int) -> None:
         """Enter the baseline (before cycle 1) and every candidate admitted before `cycle` that the
@@ -44,8 +49,11 @@ class Parents:
                 new.append((c.candidate_id, c.cycle, c.code, c.accuracy or 0.0, c.param_count or 0, c.factor))
         if not new:
             return
-        spec = requests.task_spec(ctx.prompt_task)
-        fits = await ctx.peers.generator.prompt_fits(spec, ctx.config.generation.mode, [n[2] for n in new])
+        if ctx.config.generation.mode == common_pb2.GENERATION_MODE_ENGINE:
+            fits = [True] * len(new)  # no prompt: the engine edits any program
+        else:
+            spec, mode = requests.task_spec(ctx.prompt_task), ctx.config.generation.mode
+            fits = await ctx.peers.generator.prompt_fits(spec, mode, [n[2] for n in new])
         entries = [
             archive.ArchiveEntry(i, c, code, acc, params, archive.depth(code), factor, ok)
             for (i, c, code, acc, params, factor), ok in zip(new, fits, strict=True)
@@ -61,7 +69,7 @@ class Parents:
         ctx, g = self.ctx, self.ctx.config.generation
         chosen = archive.choose_parents(
             g.parent_policy, ctx.ledger.archive(ctx.experiment_id, before_cycle=cycle), ctx.config.seed,
-            cycle, range(start, start + n), g.tournament_size or 3,
+            cycle, range(start, start + n), g.tournament_size or 3, g.population_size or 16,
         )  # fmt: skip
         return [(entry.entry_id, entry.code) for entry in chosen]
 

@@ -20,10 +20,11 @@ from services.controller.archive import (
 )
 from services.controller.ledger import Ledger
 
-TOURNAMENT, MAP_ELITES, FIXED = (
+TOURNAMENT, MAP_ELITES, FIXED, AGING = (
     controller_pb2.PARENT_POLICY_TOURNAMENT,
     controller_pb2.PARENT_POLICY_MAP_ELITES,
     controller_pb2.PARENT_POLICY_FIXED,
+    controller_pb2.PARENT_POLICY_AGING,
 )
 
 
@@ -41,7 +42,7 @@ ENTRIES = [
 ]
 
 
-@pytest.mark.parametrize("policy", [TOURNAMENT, MAP_ELITES, FIXED])
+@pytest.mark.parametrize("policy", [TOURNAMENT, MAP_ELITES, FIXED, AGING])
 def test_policies_are_deterministic_under_a_seed_and_skip_what_does_not_fit(policy: int) -> None:
     first = choose_parents(policy, ENTRIES, 7, 2, range(40))
     assert first == choose_parents(policy, ENTRIES, 7, 2, range(40))
@@ -62,6 +63,21 @@ def test_fixed_is_the_baseline_and_tournaments_favour_the_accurate() -> None:
         p.entry_id for p in choose_parents(TOURNAMENT, ENTRIES, 1, 1, range(400), tournament_size=1)
     )
     assert set(uniform) == {"baseline", "e-c1-0000", "e-c1-0001", "e-c1-0002"}
+
+
+def test_aging_draws_tournaments_among_the_youngest_only() -> None:
+    """Aging evolution: the population is the population_size youngest entries that fit (archive
+    order); the most accurate program ages out once younger ones replace it."""
+    won = Counter(
+        p.entry_id
+        for p in choose_parents(AGING, ENTRIES, 1, 1, range(400), tournament_size=2, population_size=2)
+    )
+    # the youngest two that fit: 0001 (0.45) and 0002 (0.60); 0000 (0.90) has aged out
+    assert set(won) == {"e-c1-0001", "e-c1-0002"} and won["e-c1-0002"] > won["e-c1-0001"]
+    everyone = choose_parents(AGING, ENTRIES, 1, 1, range(400), tournament_size=3, population_size=16)
+    assert Counter(p.entry_id for p in everyone) == Counter(
+        p.entry_id for p in choose_parents(TOURNAMENT, ENTRIES, 1, 1, range(400), tournament_size=3)
+    )  # a population as large as the archive is the plain tournament
 
 
 def test_map_elites_draws_cells_uniformly_and_takes_each_cells_elite() -> None:

@@ -104,6 +104,10 @@ def test_the_comparison_of_two_experiments_is_a_table_and_one_self_contained_pag
     series = json.loads(page.split('id="compare-data">', 1)[1].split("</script>", 1)[0])
     assert [s["experiment"] for s in series] == ["full", "delta"]  # the table's order
     assert [c["valid_fraction"] for c in series[1]["cycles"]] == [1.0]
+    # the best-so-far-against-evaluations plot's points: trained candidates so far, the best of the valid
+    assert [(c["evaluations_total"], c["best_accuracy_so_far"]) for c in series[0]["cycles"]] == [(4, 0.9)]
+    assert [(c["evaluations_total"], c["best_accuracy_so_far"]) for c in series[1]["cycles"]] == [(2, 0.9)]
+    assert 'id="plot-compare-best"' in page
 
 
 def test_lemurs_reliability_table_is_read_again_when_the_file_changes(tmp_path: Path) -> None:
