@@ -1,7 +1,7 @@
 """Does the language model earn its place? The loop against searches without one, at equal evaluations.
 
     python bench/lm_vs_engine.py [--arms lm-full engine corpus-sample] [--seeds 1 2 3]
-        [--cycles 4] [--candidates 24] [--retrain-epochs 5] [--keep DIR] [--write]
+        [--cycles 4] [--engine-cycles 8] [--candidates 24] [--retrain-epochs 5] [--keep DIR] [--write]
 
 Each arm is a whole `archloop run` of the embedded experiment with the arm's changes (its own local
 stack and $ARCHLOOP_HOME, the shared corpus), the same cycles × candidates and the same seed; runs are
@@ -13,15 +13,16 @@ interleaved by seed (seed 1 of every arm, then seed 2, …) and never beside eac
 - engine: services/controller/configs/engine.yaml (verified mutation-engine edits, aging evolution);
 - corpus-sample: services/controller/configs/corpus-sample.yaml (corpus programs drawn at random).
 
-An evaluation is a trained candidate (the novelty pre-check's text duplicates are not trained, so an LM
-arm makes fewer evaluations from the same candidates; curves are compared at evaluation counts every
-run reached). Per run, from its ledger: best-so-far first-epoch accuracy after each evaluation (in the
-cycles' candidate order), evaluations, valid, admitted, wiring-new admitted (per 100 evaluations, per
-hour of the run's span), distinct wiring hashes, the best valid program and its corpus percentile
-(archloop.leaderboard). Pooled per arm over seeds: Wilson intervals for shares, mean ± t 95 % for
-best-so-far at fixed evaluation counts. Then each arm's best program (over its seeds) and the corpus's
-best are trained again for --retrain-epochs epochs on the same split, seeds 0-2 (the evaluator's
-protocol otherwise), so "best" is not a one-epoch accident. `--write` puts the section and
+An evaluation is a trained candidate (the novelty pre-check's text duplicates are not trained, so an arm
+makes fewer evaluations than candidates; the engine's children are mostly text near-duplicates of their
+parent or siblings, so its arm runs --engine-cycles to reach as many evaluations; curves are compared at
+evaluation counts every run reached). Per run, from its ledger: best-so-far first-epoch accuracy after
+each evaluation (in the cycles' candidate order), evaluations, valid, admitted, wiring-new admitted (per
+100 evaluations, per hour of the run's span), distinct wiring hashes, the best valid program and its
+corpus percentile (archloop.leaderboard). Pooled per arm over seeds: Wilson intervals for shares, mean ±
+t 95 % for best-so-far at fixed evaluation counts. Then each arm's best program (over its seeds) and the
+corpus's best are trained again for --retrain-epochs epochs on the same split, seeds 0-2 (the
+evaluator's protocol otherwise), so "best" is not a one-epoch accident. `--write` puts the section and
 docs/img/lm_vs_engine.png in docs; raw figures go to bench/results/lm_vs_engine.json.
 """
 
@@ -255,6 +256,13 @@ def main() -> int:
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--cycles", type=int, default=4, help="4 × 24: an LM run trains ~60 (the pre-check)")
+    parser.add_argument(
+        "--engine-cycles",
+        type=int,
+        default=8,
+        help="the engine arm's cycles: the pre-check decides most of its children before training, "
+        "so it needs more candidates for as many evaluations",
+    )
     parser.add_argument("--candidates", type=int, default=24)
     parser.add_argument("--retrain-epochs", type=int, default=5, help="0 = no retraining")
     parser.add_argument("--corpus", type=Path, default=None)
@@ -274,13 +282,14 @@ def main() -> int:
     results: dict[str, list[dict]] = {arm: [] for arm in args.arms}
     for seed in args.seeds:
         for arm in args.arms:
-            name = f"{arm}-s{seed}"
+            cycles = args.engine_cycles if arm == "engine" else args.cycles
+            name = f"{arm}-s{seed}" + (f"-c{cycles}" if cycles != args.cycles else "")
             home = work / name
             figures = run_figures(home, name, board)
             if figures is None:
                 home.mkdir(parents=True, exist_ok=True)
                 _seconds, code = run_experiment(
-                    home, arm_config(arm, args.cycles, args.candidates, seed), name, corpus
+                    home, arm_config(arm, cycles, args.candidates, seed), name, corpus
                 )
                 figures = run_figures(home, name, board)
                 if code != 0 or figures is None:

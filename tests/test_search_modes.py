@@ -114,3 +114,5 @@ def test_corpus_sample_mode_trains_corpus_programs_and_admits_none(
         if c.valid:
             assert c.decision == "rejected" and c.nn_jaccard_train == 1.0, c.reason
     assert not ledger.admitted(run.name)
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "mode corpus_sample (no language model: nothing is sampled by a model and no cycle" in page

@@ -35,7 +35,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from archloop import corpus, leaderboard
-from archloop.v1 import controller_pb2
+from archloop.v1 import common_pb2, controller_pb2
 from services.controller import archive, selection, stats
 from services.controller import config as experiment_config
 from services.controller.creativity import (
@@ -541,6 +541,9 @@ def report_document(ledger: Ledger, experiment_id: str, corpus_dir: Path, candid
         "dataset": config.datasets[0] if config.datasets else "",
         "threshold": config.accuracy_threshold,
         "novelty_threshold": config.novelty_threshold,
+        "mode": short_name(common_pb2.GenerationMode, config.generation.mode).lower(),
+        # engine / corpus_sample: no language model, so no cycle fine-tunes (the report says so)
+        "language_model": experiment_config.uses_language_model(config.generation),
         "cycles": cycle_rows(
             ledger, experiment_id, config.accuracy_threshold, corpus_board(corpus_dir, config.protocol)
         ),
@@ -618,8 +621,6 @@ Compared = list[tuple[str, controller_pb2.ExperimentConfig, list]]  # (experimen
 def comparison_rows(items: Compared) -> list[dict]:
     """NNGPT Table 3 across experiments (ablations, modes): one row per experiment from its cycle
     summaries."""
-    from archloop.v1 import common_pb2
-
     rows = []
     for experiment_id, config, cycles in items:
         generated = sum(s.generated - s.decided_before_training for s in cycles)
