@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.report import built_corpus, machine, publish, run_experiment  # noqa: E402
+from bench.report import built_corpus, completed_run, machine, publish, run_experiment  # noqa: E402
 
 START, END = "<!-- architecture-novelty:start -->", "<!-- architecture-novelty:end -->"
 LONG_START, LONG_END = "<!-- architecture-novelty-long:start -->", "<!-- architecture-novelty-long:end -->"
@@ -36,22 +36,12 @@ LONG_START, LONG_END = "<!-- architecture-novelty-long:start -->", "<!-- archite
 
 def run_figures(home: Path, name: str) -> dict | None:
     """The run's figures from its ledger (None when it holds no completed experiment)."""
-    from services.controller.ledger import Ledger
-    from services.controller.states import ExperimentState
-
-    path = home / "data" / "controller" / "ledger.sqlite3"
-    if not path.exists():
+    run = completed_run(home, name)
+    if run is None:
         return None
-    ledger = Ledger(path)
-    try:
-        row = ledger.experiment(name)
-        if row is None or row.state is not ExperimentState.COMPLETED:
-            return None
-        candidates = ledger.candidates(name)
-        cycles = sorted({c.cycle for c in candidates})
-        per_cycle = [_counts([c for c in candidates if c.cycle == cycle]) for cycle in cycles]
-    finally:
-        ledger.close()
+    row, candidates = run
+    cycles = sorted({c.cycle for c in candidates})
+    per_cycle = [_counts([c for c in candidates if c.cycle == cycle]) for cycle in cycles]
     return {**_counts(candidates), "seconds": row.span_seconds, "cycles": per_cycle}
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.report import built_corpus, machine, publish, run_experiment  # noqa: E402
+from bench.report import built_corpus, completed_run, machine, publish, run_experiment  # noqa: E402
 
 START, END = "<!-- lm-vs-engine:start -->", "<!-- lm-vs-engine:end -->"
 FIGURE = ROOT / "docs" / "img" / "lm_vs_engine.png"
@@ -69,20 +69,11 @@ def arm_config(arm: str, cycles: int, candidates: int, seed: int) -> dict:
 def run_figures(home: Path, name: str, board) -> dict | None:
     """The run's figures from its ledger (None when it holds no completed experiment)."""
     from services.controller.creativity import RunSoFar, creativity_columns
-    from services.controller.ledger import Ledger
-    from services.controller.states import ExperimentState
 
-    path = home / "data" / "controller" / "ledger.sqlite3"
-    if not path.exists():
+    run = completed_run(home, name)
+    if run is None:
         return None
-    ledger = Ledger(path)
-    try:
-        row = ledger.experiment(name)
-        if row is None or row.state is not ExperimentState.COMPLETED:
-            return None
-        candidates = sorted(ledger.candidates(name), key=lambda c: (c.cycle, c.idx))
-    finally:
-        ledger.close()
+    row, candidates = run
     columns = creativity_columns(candidates, RunSoFar())
     curve: list[float] = []
     for c in candidates:

@@ -78,3 +78,22 @@ def built_corpus(given: Path | None) -> Path | None:
         print(f"no corpus at {corpus}: run `archloop corpus build` first", file=sys.stderr)
         return None
     return corpus
+
+
+def completed_run(home: Path, name: str) -> tuple | None:
+    """(experiment row, its candidates in cycle and index order) from a run's ledger under `home`;
+    None when it holds no completed experiment `name` (a bench then runs it, or resumes past it)."""
+    from services.controller.ledger import Ledger
+    from services.controller.states import ExperimentState
+
+    path = home / "data" / "controller" / "ledger.sqlite3"
+    if not path.exists():
+        return None
+    ledger = Ledger(path)
+    try:
+        row = ledger.experiment(name)
+        if row is None or row.state is not ExperimentState.COMPLETED:
+            return None
+        return row, sorted(ledger.candidates(name), key=lambda c: (c.cycle, c.idx))
+    finally:
+        ledger.close()
