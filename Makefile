@@ -8,7 +8,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 RUN_ARGS ?=
 
-.PHONY: install install-dev run up status down test test-fast lint format proto bench clean
+.PHONY: install install-dev run up status down test test-system test-all test-fast lint format proto bench clean
 
 # What `make run` needs: torch, the project with its ML extras, and the LEMUR wheel the corpus is built from.
 $(STAMP): pyproject.toml requirements.lock setup.py $(wildcard protos/archloop/v1/*.proto)
@@ -49,7 +49,13 @@ status: install
 down: install
 	$(BIN)/archloop down
 
-test: install-dev  ## every test tier (what CI runs)
+test: install-dev  ## the default tiers: everything but the whole-stack tier (~20 min on 2 cores)
+	$(BIN)/python -m pytest -m "not system" $(PYTEST_ARGS)
+
+test-system: install-dev  ## the whole-stack tier: real `archloop run`s, fault injection, fuzzing (CI runs it too)
+	$(BIN)/python -m pytest -m system $(PYTEST_ARGS)
+
+test-all: install-dev  ## every tier
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install-dev  ## skip the slow tiers

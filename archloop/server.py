@@ -4,7 +4,8 @@ Life of a service process:
 1. bind the port (a bad or busy port exits 2 with one line naming the setting);
 2. start serving with health NOT_SERVING for the named service, reflection on;
 3. `servicer.start()` does the slow work (load a model, rebuild an index);
-4. health SERVING, ready file written;
+4. health SERVING, ready file written; from then on health follows `servicer.live()` (checked every
+   LIVENESS_SECONDS: the evaluator is not live while its sandbox template is down);
 5. SIGTERM/SIGINT: health NOT_SERVING, stop accepting, in-flight RPCs get the grace period,
    `servicer.stop()` releases resources (drains NATS), exit 0.
 
@@ -42,6 +43,7 @@ log = structlog.get_logger("archloop.server")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+LIVENESS_SECONDS = 2.0  # how often a serving service asks itself `live()` (ServicerBase.live)
 
 
 class ServicerBase:
@@ -66,6 +68,12 @@ class ServicerBase:
 
     async def stop(self) -> None:
         """Release resources after the server stopped accepting RPCs."""
+
+    def live(self) -> bool:
+        """Whether the service can do its work now (checked every LIVENESS_SECONDS once serving; the
+        health status follows it, so a probe or the local supervisor sees a broken part). A service
+        whose work depends on a helper process says here whether that process answers."""
+        return True
 
 
 def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -407,9 +415,32 @@ class GrpcService:
             await self.set_health(health_pb2.HealthCheckResponse.SERVING)
             _write_ready_file(self.settings.ready_file, self.address)
             log.info("service_ready", address=self.address, health="SERVING")
+            watching = asyncio.ensure_future(self._follow_liveness())
             await stopping
+            watching.cancel()
         starting.cancel()
         return await self.shutdown()
+
+    async def _follow_liveness(self) -> None:
+        """Health follows `servicer.live()`: NOT_SERVING while the service cannot work, SERVING again
+        once it can (a change is logged)."""
+        serving = True
+        while True:
+            await asyncio.sleep(LIVENESS_SECONDS)
+            try:
+                live = self.servicer.live()
+            except Exception:
+                log.exception("liveness_check_failed")
+                live = False
+            if live != serving:
+                serving = live
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if live
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                await self.set_health(status)
+                log.warning("service_health_changed", health="SERVING" if live else "NOT_SERVING")
 
     async def shutdown(self) -> int:
         started = time.perf_counter()

@@ -2,7 +2,8 @@
 with hostile values drawn from a `random.Random`: empty and huge strings, unicode garbage, control
 characters, negative and extreme numbers, NaN and infinities, enum numbers no enum declares, deep
 and wide nesting. Hypothesis drives the Random in the property tests (st.randoms), a seeded Random
-drives the long runs; the same code makes both.
+drives the long runs; the same code makes both. Below them: the services' protos, the statuses a
+client can act on, and hostile calls through a real channel (tests/test_fuzz.py, bench/leak_probe.py).
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ from __future__ import annotations
 import random
 import sys
 
+import grpc
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
+
+from archloop.v1 import controller_pb2, evaluator_pb2, generator_pb2, novelty_pb2, trainer_pb2
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
@@ -104,3 +108,94 @@ def fill(message: Message, rng: random.Random, depth: int = 0) -> Message:
 
 def random_request(descriptor: Descriptor, rng: random.Random) -> Message:
     return fill(GetMessageClass(descriptor)(), rng)
+
+
+# --- hostile calls against the real services (tests/test_fuzz.py, bench/leak_probe.py) ---------------
+
+PROTOS = {
+    "novelty": novelty_pb2.DESCRIPTOR.services_by_name["NoveltyService"],
+    "generator": generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"],
+    "evaluator": evaluator_pb2.DESCRIPTOR.services_by_name["EvaluatorService"],
+    "trainer": trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"],
+    "controller": controller_pb2.DESCRIPTOR.services_by_name["ControllerService"],
+}
+ACCEPTABLE = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.OUT_OF_RANGE,
+}
+# calls that store what they are given: left out of the memory runs (growth there is data, not a leak)
+STORING = {"CreateCollection", "AdmitEntry", "BatchAdmitEntries", "ImportEntries", "CheckAndAdmit",
+           "StartFineTune", "LoadAdapter", "StartExperiment"}  # fmt: skip
+
+
+def service_flags(tmp, closed: str) -> dict[str, list[str]]:
+    """Each service's flags for a hostile run under `tmp`: the generator replays a folder of programs
+    (a fuzzed request that happens to be valid must not start minutes of sampling); the controller's
+    peers are the closed address `closed` and it has no corpus, so a valid experiment is refused."""
+    from programs import write_family
+
+    write_family(tmp / "programs", 3)
+    return {
+        "novelty": ["--db-path", str(tmp / "novelty.sqlite3")],
+        "generator": ["--backend", "replay", "--replay-dir", str(tmp / "programs"), "--max-candidates", "16"],
+        "evaluator": ["--work-dir", str(tmp / "jobs"), "--max-concurrent-evaluations", "2"],
+        "trainer": ["--state-dir", str(tmp / "trainer"), "--artifacts-dir", str(tmp / "artifacts")],
+        "controller": ["--state-dir", str(tmp / "controller"), "--corpus-dir", str(tmp / "no-corpus"),
+                       "--retry-budget-seconds", "1", "--resume-on-start", "false",
+                       *[a for n in ("generator", "evaluator", "novelty", "trainer")
+                         for a in (f"--{n}-addr", closed)]],
+    }  # fmt: skip
+
+
+def call(
+    channel: grpc.Channel, service: str, method_name: str, rng: random.Random, garbage: bool
+) -> grpc.RpcError | None:
+    """One call with a random request (or raw random bytes); the error it ended with, if any."""
+    proto = PROTOS[service]
+    method = proto.methods_by_name[method_name]
+    path = f"/{proto.full_name}/{method.name}"
+    response = GetMessageClass(method.output_type).FromString
+    if garbage:
+        serialize = bytes  # the payload is already bytes: not a message of the method's type
+        payloads = [rng.randbytes(rng.choice((1, 5, 64, 1024)))]
+    else:
+        serialize = lambda m: m.SerializeToString()  # noqa: E731
+        payloads = [random_request(method.input_type, rng) for _ in range(rng.choice((1, 1, 2, 5)))]
+    try:
+        if not method.client_streaming and not method.server_streaming:
+            channel.unary_unary(path, serialize, response)(payloads[0], timeout=60)
+        elif not method.client_streaming:
+            for _ in zip(range(20), channel.unary_stream(path, serialize, response)(payloads[0], timeout=60),
+                         strict=False):  # fmt: skip
+                pass
+        elif not method.server_streaming:
+            channel.stream_unary(path, serialize, response)(iter(payloads), timeout=60)
+        else:
+            for _ in channel.stream_stream(path, serialize, response)(iter(payloads), timeout=60):
+                pass
+    except grpc.RpcError as exc:
+        return exc
+    return None
+
+
+def burst(
+    channel: grpc.Channel, service: str, rng: random.Random, n: int, codes: dict[str, int],
+    methods: list[str] | None = None,
+) -> None:  # fmt: skip
+    """`n` hostile calls that store nothing: random requests to the methods that do not store (or to
+    `methods`), and every fourth call raw bytes, to any method (refused before anything is stored).
+    Each status is counted in `codes`; one a client cannot act on fails the caller."""
+    names = methods or [m.name for m in PROTOS[service].methods if m.name not in STORING]
+    storing = [] if methods else [m.name for m in PROTOS[service].methods if m.name in STORING]
+    for i in range(n):
+        garbage = i % 4 == 0
+        name = rng.choice(names + storing) if garbage else rng.choice(names)
+        error = call(channel, service, name, rng, garbage)
+        code = error.code() if error else grpc.StatusCode.OK
+        assert code in ACCEPTABLE, f"{service}.{name}: {code.name}: {error and error.details()}"
+        codes[code.name] = codes.get(code.name, 0) + 1

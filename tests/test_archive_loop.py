@@ -23,7 +23,7 @@ from services.controller import config as experiment_config
 from services.controller.ledger import Ledger
 from services.controller.report import lineage
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.system]  # the whole-stack tier: make test-system
 CYCLES, PER_CYCLE = 3, 4
 
 

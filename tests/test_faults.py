@@ -46,7 +46,7 @@ from services.controller import config as experiment_config
 from services.controller.ledger import Ledger
 from tools.localstack import NatsServerProcess, ServiceProcess
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.system]  # the whole-stack tier: make test-system
 
 CYCLES, PER_CYCLE = 3, 6
 CONFIG = {

@@ -4,8 +4,9 @@ Hypothesis) and raw bytes that are no message at all, sent to the real service p
 Each call must end with a status a client can act on (OK, INVALID_ARGUMENT, NOT_FOUND,
 ALREADY_EXISTS, FAILED_PRECONDITION, RESOURCE_EXHAUSTED, OUT_OF_RANGE): never UNKNOWN or INTERNAL
 (an unhandled exception), never UNAVAILABLE (a crash), and the service stays up. Then 10,000 calls
-per service from a seeded generator, with the service's resident memory compared after a warm-up
-and at the end.
+per service from a seeded generator, each service running under tools.memprobe: its Python heap
+(tracemalloc) and resident memory sampled every 500 calls after a warm-up, judged by one measure
+(memprobe.Growth) that a deliberately leaking service is shown to fail.
 
 The generator runs its replay backend (a folder of programs instead of a model: the request
 handling fuzzed here is the same for every backend, and a fuzzed request that happens to be valid
@@ -19,99 +20,35 @@ import os
 import random
 
 import grpc
-import psutil
 import pytest
-from fuzzing import random_request
-from google.protobuf.message_factory import GetMessageClass
+from fuzzing import ACCEPTABLE, PROTOS, burst, call, service_flags
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from programs import write_family
 from test_system import _free_port
 
-from archloop.v1 import controller_pb2, evaluator_pb2, generator_pb2, novelty_pb2, trainer_pb2
-from tools.localstack import ServiceProcess
+from tools import memprobe
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.system]  # the whole-stack tier: make test-system
 
-PROTOS = {
-    "novelty": novelty_pb2.DESCRIPTOR.services_by_name["NoveltyService"],
-    "generator": generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"],
-    "evaluator": evaluator_pb2.DESCRIPTOR.services_by_name["EvaluatorService"],
-    "trainer": trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"],
-    "controller": controller_pb2.DESCRIPTOR.services_by_name["ControllerService"],
-}
-ACCEPTABLE = {
-    grpc.StatusCode.OK,
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.ALREADY_EXISTS,
-    grpc.StatusCode.FAILED_PRECONDITION,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.OUT_OF_RANGE,
-}
-# calls that store what they are given: left out of the memory run (growth there is data, not a leak)
-STORING = {"CreateCollection", "AdmitEntry", "BatchAdmitEntries", "ImportEntries", "CheckAndAdmit",
-           "StartFineTune", "LoadAdapter", "StartExperiment"}  # fmt: skip
 METHODS = [(service, method.name) for service, proto in PROTOS.items() for method in proto.methods]
 
 
 @pytest.fixture(scope="module")
-def services(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ServiceProcess]:
+def services(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Every service, each under tools.memprobe (its Python heap readable on demand)."""
     tmp = tmp_path_factory.mktemp("fuzz")
-    write_family(tmp / "programs", 3)
-    closed = f"127.0.0.1:{_free_port()}"
-    args = {
-        "novelty": ["--db-path", str(tmp / "novelty.sqlite3")],
-        "generator": ["--backend", "replay", "--replay-dir", str(tmp / "programs"), "--max-candidates", "16"],
-        "evaluator": ["--work-dir", str(tmp / "jobs"), "--max-concurrent-evaluations", "2"],
-        "trainer": ["--state-dir", str(tmp / "trainer"), "--artifacts-dir", str(tmp / "artifacts")],
-        "controller": ["--state-dir", str(tmp / "controller"), "--corpus-dir", str(tmp / "no-corpus"),
-                       "--retry-budget-seconds", "1", "--resume-on-start", "false",
-                       *[a for n in ("generator", "evaluator", "novelty", "trainer")
-                         for a in (f"--{n}-addr", closed)]],
-    }  # fmt: skip
+    flags = service_flags(tmp, f"127.0.0.1:{_free_port()}")
     procs = {}
     try:
-        for name, extra in args.items():
+        for name, extra in flags.items():
             # glibc keeps fewer, smaller free pools: RSS follows live memory more closely
             env = {**os.environ, "MALLOC_ARENA_MAX": "2", "MALLOC_TRIM_THRESHOLD_": "131072"}
-            procs[name] = ServiceProcess(name, tmp / "run", tmp / f"{name}.log", extra, env)
+            procs[name] = memprobe.start(name, tmp / "run", tmp / f"{name}.log", extra, env)
             procs[name].wait_ready(120)
         yield procs
     finally:
         for proc in procs.values():
             proc.stop(10)
-
-
-def call(
-    channel: grpc.Channel, service: str, method_name: str, rng: random.Random, garbage: bool
-) -> grpc.RpcError | None:
-    """One call with a random request (or raw random bytes); the error it ended with, if any."""
-    proto = PROTOS[service]
-    method = proto.methods_by_name[method_name]
-    path = f"/{proto.full_name}/{method.name}"
-    response = GetMessageClass(method.output_type).FromString
-    if garbage:
-        serialize = bytes  # the payload is already bytes: not a message of the method's type
-        payloads = [rng.randbytes(rng.choice((1, 5, 64, 1024)))]
-    else:
-        serialize = lambda m: m.SerializeToString()  # noqa: E731
-        payloads = [random_request(method.input_type, rng) for _ in range(rng.choice((1, 1, 2, 5)))]
-    try:
-        if not method.client_streaming and not method.server_streaming:
-            channel.unary_unary(path, serialize, response)(payloads[0], timeout=60)
-        elif not method.client_streaming:
-            for _ in zip(range(20), channel.unary_stream(path, serialize, response)(payloads[0], timeout=60),
-                         strict=False):  # fmt: skip
-                pass
-        elif not method.server_streaming:
-            channel.stream_unary(path, serialize, response)(iter(payloads), timeout=60)
-        else:
-            for _ in channel.stream_stream(path, serialize, response)(iter(payloads), timeout=60):
-                pass
-    except grpc.RpcError as exc:
-        return exc
-    return None
 
 
 @pytest.mark.parametrize(("service", "method"), METHODS, ids=[f"{s}.{m}" for s, m in METHODS])
@@ -128,39 +65,49 @@ def test_every_rpc_answers_hostile_input_with_a_proper_status(
     assert services[service].proc.poll() is None, f"{service} died"
 
 
-def _rss(proc: ServiceProcess) -> float:
-    """Resident MiB of the service and its children (the evaluator's sandbox template)."""
-    process = psutil.Process(proc.proc.pid)
-    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 2**20
-
-
 @pytest.mark.parametrize("service", list(PROTOS))
 def test_ten_thousand_hostile_calls_leak_no_memory(services, service) -> None:
-    """RSS is sampled every 500 calls. Freed memory is not always returned to the OS, so RSS moves
-    up and down by tens of MiB around a plateau; a leak instead keeps raising it. The test: the
-    highest sample of the second 5,000 calls is within 32 MiB of the highest of the first 5,000."""
+    """After 2,000 warm-up calls (caches, allocator pools, lazily imported modules), 10,000 more, with
+    the service's traced Python heap and resident memory sampled every 500 (tools.memprobe). A leak
+    of Python objects raises the heap steadily; allocator noise moves only resident memory, which is
+    held to a looser trend limit (memprobe.Growth). The same measure fails on a service built to keep
+    1 KiB a call (test_the_leak_measure_fails_on_a_leaking_service)."""
     rng = random.Random(f"leak-{service}")
-    names = [m.name for m in PROTOS[service].methods if m.name not in STORING]
-    storing = [m.name for m in PROTOS[service].methods if m.name in STORING]
     codes: dict[str, int] = {}
-
-    def burst(n: int) -> None:
-        for i in range(n):
-            # storing calls only as raw bytes: refused before anything is stored
-            garbage = i % 4 == 0
-            name = rng.choice(names + storing) if garbage else rng.choice(names)
-            error = call(channel, service, name, rng, garbage)
-            code = error.code() if error else grpc.StatusCode.OK
-            assert code in ACCEPTABLE, f"{service}.{name}: {code.name}: {error and error.details()}"
-            codes[code.name] = codes.get(code.name, 0) + 1
-
-    samples = []
+    heap, rss = [], []
     with grpc.insecure_channel(services[service].address) as channel:
-        burst(2_000)  # warm-up: caches, allocator pools, lazily imported modules
+        burst(channel, service, rng, 2_000, codes)
         for _ in range(20):
-            burst(500)
-            samples.append(_rss(services[service]))
-    first, second = max(samples[:10]), max(samples[10:])
-    print(f"{service}: RSS MiB every 500 calls {[round(x) for x in samples]}; {codes}")
+            burst(channel, service, rng, 500, codes)
+            traced, resident, _ = memprobe.sample(services[service])
+            heap.append(traced)
+            rss.append(resident)
+    growth = memprobe.Growth(heap, rss, 500)
+    print(f"{service}: heap MiB {[round(x, 2) for x in heap]}; RSS MiB {[round(x) for x in rss]}")
+    print(f"per 10k calls: heap {growth.heap_per_10k():.2f} MiB, RSS {growth.rss_per_10k():.1f} MiB; {codes}")
     assert services[service].proc.poll() is None
-    assert second - first < 32, f"{service}: RSS kept rising: {[round(x) for x in samples]}"
+    assert not growth.verdict(), f"{service}: {growth.verdict()}"
+
+
+def test_the_leak_measure_fails_on_a_leaking_service(tmp_path) -> None:
+    """The novelty service started with memprobe's deliberate leak (1 KiB kept per call, nothing
+    else changed): the measure of the test above names the heap's growth."""
+    env = {**os.environ, "MALLOC_ARENA_MAX": "2", memprobe.LEAK_VARIABLE: "1024"}
+    flags = service_flags(tmp_path, f"127.0.0.1:{_free_port()}")["novelty"]
+    proc = memprobe.start("novelty", tmp_path / "run", tmp_path / "novelty.log", flags, env)
+    try:
+        proc.wait_ready(120)
+        rng, codes, heap, rss = random.Random("leaky"), {}, [], []
+        with grpc.insecure_channel(proc.address) as channel:
+            burst(channel, "novelty", rng, 500, codes)
+            for _ in range(8):
+                burst(channel, "novelty", rng, 250, codes)
+                traced, resident, _ = memprobe.sample(proc)
+                heap.append(traced)
+                rss.append(resident)
+    finally:
+        proc.stop(10)
+    growth = memprobe.Growth(heap, rss, 250)
+    assert "the Python heap grew" in growth.verdict(), (heap, growth.heap_per_10k())
+    # 1 KiB × 10,000 calls = 9.8 MiB, plus each bytearray's header and its slot in the list (~1.3 KiB)
+    assert 9 < growth.heap_per_10k() < 20, growth.heap_per_10k()

@@ -27,7 +27,7 @@ from services.evaluator.tests.test_hostile import (  # noqa: F401 (listener is a
 )
 from tools.localstack import SERVICE_NAMES
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.system]  # the whole-stack tier: make test-system
 
 
 def test_hostile_programs_as_generator_output_go_through_the_loop_harmlessly(

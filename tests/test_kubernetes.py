@@ -14,7 +14,6 @@ import functools
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -30,6 +29,7 @@ from services.evaluator.settings import EvaluatorSettings
 from services.generator.settings import GeneratorSettings
 from services.novelty.settings import NoveltySettings
 from services.trainer.settings import TrainerSettings
+from tools.testing import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
@@ -55,11 +55,7 @@ APP_UID = 10001
 
 @functools.cache
 def render(variant: str) -> tuple[dict, ...]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        if os.environ.get("CI"):
-            pytest.fail("kubectl is not installed: the manifests cannot be rendered")
-        pytest.skip("kubectl is not installed here (CI has it): the manifests cannot be rendered")
+    kubectl = require_tool("kubectl", "the manifests cannot be rendered")
     out = subprocess.run(
         [kubectl, "kustomize", str(VARIANTS[variant])], capture_output=True, text=True, timeout=120
     )

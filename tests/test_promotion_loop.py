@@ -26,7 +26,7 @@ from services.controller.ledger import Ledger
 from services.controller.report import write_report
 from services.controller.states import selection_rules
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.system]  # the whole-stack tier: make test-system
 CYCLES, PER_CYCLE, TOP_K, EPOCHS = 2, 6, 3, 12
 
 

@@ -16,7 +16,7 @@ from services.controller import config as experiment_config
 from services.controller.ledger import Ledger
 from services.controller.report import cycle_rows
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.system]  # the whole-stack tier: make test-system
 
 
 def test_a_repaired_candidate_is_evaluated_raw_and_repaired_and_reported_apart(

@@ -26,7 +26,7 @@ from services.controller import archive
 from services.controller.ledger import Ledger
 from services.trainer.jobs import JobStore
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.system]  # the whole-stack tier: make test-system
 CYCLES, PER_CYCLE, POPULATION = 3, 4, 2
 
 
@@ -98,10 +98,19 @@ def test_engine_mode_runs_with_aging_parents_and_resumes_after_a_controller_kill
 def test_corpus_sample_mode_trains_corpus_programs_and_admits_none(
     tmp_path: Path, small_corpus: Path
 ) -> None:
+    """Also a newcomer's run with the experiment page open: the output has no error line at the end
+    (the live-update stream's NATS subscription is closed before the process exits)."""
     run = Run(tmp_path, small_corpus, "sample", config_overrides={
         "cycles": 1, "candidates_per_cycle": PER_CYCLE, "generation": {"mode": "corpus_sample"},
     })  # fmt: skip
+    reader = run.watch_live_updates()
     ledger = _finish(run)
+    reader.join(30)
+    assert not reader.is_alive(), "the live-update stream did not end with the run"
+    assert any(b"event: ready" in line for line in run.streamed), run.streamed
+    output = run.output()
+    for noise in ("[error", "Task was destroyed", "Traceback", "Exception ignored"):
+        assert noise not in output, output
     _no_fine_tune(run, ledger)
     programs = corpus.training_programs(small_corpus)
     candidates = ledger.candidates(run.name)

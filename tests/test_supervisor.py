@@ -1,6 +1,7 @@
 """The local supervisor brings dead components back: a real `archloop run` (the CLI, the stack it brings up,
-the embedded model) with each of the six components killed once (kill -9) completes with nothing lost;
-one that keeps dying fails the experiment with one sentence naming it, its exit and its log.
+the embedded model) with each of the six components killed once (kill -9), or stopped once (SIGSTOP: alive,
+silent; the liveness check kills it), completes with nothing lost; one that keeps dying fails the
+experiment with one sentence naming it, its exit and its log.
 
 The kills are aimed at phases of the run through the controller (the address in the stack's
 stack.json); after each kill the test waits until the supervisor has the component back (a new pid in
@@ -10,12 +11,16 @@ stack.json) before the next, so every kill meets a running stack.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -31,7 +36,7 @@ from services.controller.states import short_name
 from services.trainer.jobs import JobStore
 from tools.localstack import NatsServerProcess, StackState
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.system]  # the whole-stack tier: make test-system
 
 PHASES = ["PREPARING", "GENERATING", "EVALUATING", "FILTERING", "FINE_TUNING", "COMPLETED"]
 KILLS = [  # (component, cycle, phase): kill at the first sight of this point or later
@@ -41,6 +46,14 @@ KILLS = [  # (component, cycle, phase): kill at the first sight of this point or
     ("nats", 1, "FILTERING"),
     ("trainer", 1, "FINE_TUNING"),
     ("controller", 2, "GENERATING"),
+]
+STOPS = [  # the same components and phases, a cycle apart where a stop could outlast the rest of the run
+    ("novelty", 1, "GENERATING"),
+    ("generator", 1, "GENERATING"),
+    ("evaluator", 1, "EVALUATING"),
+    ("nats", 2, "FILTERING"),
+    ("trainer", 2, "FINE_TUNING"),
+    ("controller", 3, "GENERATING"),
 ]
 
 
@@ -72,6 +85,24 @@ class Run:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def watch_live_updates(self, timeout: float = 300) -> threading.Thread:
+        """Open the dashboard's live-update stream of this run, as the experiment page in a browser does,
+        and keep reading it on a thread until the run's end closes it (what it read: `self.streamed`)."""
+        deadline = time.monotonic() + timeout
+        while not (found := re.search(r"dashboard: (http://\S+)", self.output())):
+            assert time.monotonic() < deadline and self.proc.poll() is None, self.output()
+            time.sleep(0.2)
+        self.streamed: list[bytes] = []
+
+        def read() -> None:
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{found[1]}/events", timeout=600) as r:
+                for line in r:
+                    self.streamed.append(line)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        return reader
 
     def state(self) -> StackState | None:
         state = StackState.load(self.home)
@@ -128,21 +159,20 @@ def _reached(cycle: int, phase: str, at: tuple[int, str]) -> bool:
     return now_phase in PHASES and PHASES.index(now_phase) >= PHASES.index(phase)
 
 
-def test_each_component_killed_once_during_archloop_run_loses_nothing(
-    tmp_path: Path, small_corpus: Path
-) -> None:
-    run = Run(tmp_path, small_corpus, "comeback")
+def _disrupt_each_component(run: Run, signum: int, schedule: list[tuple[str, int, str]]) -> list:
+    """Send `signum` to each component at its point of the run, waiting for it to come back each time;
+    then wait for the run to end. The points each disruption met."""
+    met = []
     try:
         run.wait_for_stack()
-        met = []
-        for component, cycle, phase in KILLS:
+        for component, cycle, phase in schedule:
             deadline = time.monotonic() + 600
             while not _reached(cycle, phase, at := run.where()):
                 assert time.monotonic() < deadline and run.proc.poll() is None, run.output()
                 time.sleep(0.05)
             pid = run.pid(component)
             assert pid is not None
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, signum)
             met.append((component, at))
             run.wait_until_back(component, pid)
         assert run.proc.wait(timeout=900) == 0, run.output()
@@ -150,14 +180,13 @@ def test_each_component_killed_once_during_archloop_run_loses_nothing(
         if run.proc.poll() is None:
             run.proc.send_signal(signal.SIGINT)
             run.proc.wait(timeout=120)
-    output = run.output()
-    print(output, "\nkills met:", met)
-    for component, _cycle, _phase in KILLS:
-        assert f"{component} died (killed by SIGKILL); restarting it" in output, component
-        assert f"{component} is back on" in output, component
-    assert not run.left_running(), "processes outlived the run"
+    print(run.output(), "\nmet:", met)
+    return met
 
-    cycles, per_cycle = TEST_CONFIG["cycles"], TEST_CONFIG["candidates_per_cycle"]
+
+def _check_nothing_lost(run: Run, tmp_path: Path, cycles: int = TEST_CONFIG["cycles"]) -> None:
+    assert not run.left_running(), "processes outlived the run"
+    per_cycle = TEST_CONFIG["candidates_per_cycle"]
     ledger = Ledger(run.home / "data" / "controller" / "ledger.sqlite3")
     assert ledger.experiment_of(run.name).state == "COMPLETED"
     candidates = ledger.candidates(run.name)
@@ -179,6 +208,35 @@ def test_each_component_killed_once_during_archloop_run_loses_nothing(
     expected = ["experiment_started"] + CYCLE_EVENTS * cycles + ["experiment_completed"]
     assert [e.WhichOneof("payload") for e in events] == expected
     assert len({e.event_id for e in events}) == len(events)
+
+
+def test_each_component_killed_once_during_archloop_run_loses_nothing(
+    tmp_path: Path, small_corpus: Path
+) -> None:
+    run = Run(tmp_path, small_corpus, "comeback")
+    _disrupt_each_component(run, signal.SIGKILL, KILLS)
+    output = run.output()
+    for component, _cycle, _phase in KILLS:
+        assert f"{component} died (killed by SIGKILL); restarting it" in output, component
+        assert f"{component} is back on" in output, component
+    _check_nothing_lost(run, tmp_path)
+
+
+def test_each_component_stopped_once_during_archloop_run_is_restarted_and_loses_nothing(
+    tmp_path: Path, small_corpus: Path
+) -> None:
+    """SIGSTOP: the process stays, answers nothing and never exits. The supervisor's liveness check
+    (tools.supervision.Liveness, its deadline 5 s here) kills it, and it comes back like a dead one.
+    Each stop costs the run that deadline, so the stops are spread over 4 cycles (else the run ends
+    before the last one)."""
+    run = Run(tmp_path, small_corpus, "frozen", {"ARCHLOOP_LIVENESS_SECONDS": "5"}, {"cycles": 4})
+    _disrupt_each_component(run, signal.SIGSTOP, STOPS)
+    output = " ".join(run.output().split())  # rich wraps long lines
+    for component, _cycle, _phase in STOPS:
+        assert f"{component} has not answered its health check for" in output, component
+        assert f"{component} died (killed by SIGKILL); restarting it" in output, component
+        assert f"{component} is back on" in output, component
+    _check_nothing_lost(run, tmp_path, cycles=4)
 
 
 def test_a_component_that_keeps_dying_fails_the_run_with_one_sentence(

@@ -34,7 +34,7 @@ from services.controller import config as experiment_config
 from services.controller.ledger import Ledger
 from tools.localstack import NatsServerProcess
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.system]  # the whole-stack tier: make test-system
 
 # the cycle's events in the order events.proto declares them (the order they happen)
 CYCLE_EVENTS = [

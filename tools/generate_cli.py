@@ -49,7 +49,7 @@ def _request(args: argparse.Namespace):
         ),
         mode=f"GENERATION_MODE_{args.mode.upper()}",
         decoding=common_pb2.DecodingParams(
-            temperature=args.temperature,
+            temperature=args.temperature,  # None: not set, the service's default
             top_k=args.top_k,
             top_p=args.top_p,
             max_new_tokens=args.max_new_tokens,
@@ -166,7 +166,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--input-shape", type=int, nargs=4, default=[1, 3, 32, 32], metavar=("N", "C", "H", "W"))
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--param-budget", type=int, default=500_000)
-    p.add_argument("--temperature", type=float, default=0.0, help="0: the default, 0.2")
+    p.add_argument("--temperature", type=float, default=None, help="default 0.2; 0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="0: the default, 50")
     p.add_argument("--top-p", type=float, default=0.0, help="0: the default, 0.9")
     p.add_argument(

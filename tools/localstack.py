@@ -4,7 +4,9 @@
 the services (each on a free port, reporting its address through a ready file), waits until every
 one is SERVING, writes `<home>/stack.json` for other `archloop` commands, and watches them
 (`Stack.supervise`). A component that dies is started again on the same address after a backoff
-(`RestartPolicy`); its clients reconnect and the ledger makes the run lose nothing. One that dies
+(`RestartPolicy`); its clients reconnect and the ledger makes the run lose nothing. One that runs but
+has not answered its health check for a minute (stopped, hung) is killed and so restarted (`Liveness`,
+tools/supervision.py). One that dies
 more than `max_restarts` times within `window_seconds` ends the watch with a `StackFailure` whose
 sentence names it, its exit and its log. On Ctrl-C or SIGTERM (`archloop down`) everything stops in
 reverse order. Children run in their own process groups (a terminal's Ctrl-C reaches only the
@@ -17,7 +19,6 @@ The same process classes start real servers for the test fixtures (tools.testing
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import signal
@@ -35,8 +36,9 @@ from shutil import which
 import psutil
 
 from archloop import paths, processes
-from archloop.clients import backoff_delays, health_status
+from archloop.clients import health_status
 from archloop.processes import child_env
+from tools.supervision import Liveness, RestartPolicy, StackError, StackFailure
 
 SERVICES = ("novelty", "evaluator", "generator", "trainer", "controller")
 """Start order; they stop in reverse."""
@@ -72,59 +74,6 @@ def core_shares(cores: int, environ: Mapping[str, str]) -> dict[str, dict[str, s
     batch, before the evaluations start."""
     wanted = {"evaluator": {"ARCHLOOP_MAX_CONCURRENT_EVALUATIONS": str(max(1, cores))}}
     return {name: {k: v for k, v in values.items() if k not in environ} for name, values in wanted.items()}
-
-
-class StackError(RuntimeError):
-    """The stack could not start or a component failed; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class RestartPolicy:
-    """How the supervisor brings a dead component back: after `first_delay_seconds`, doubling up to
-    `max_delay_seconds` while it keeps dying (archloop.clients.backoff_delays); a component that dies
-    more than `max_restarts` times within `window_seconds` is given up on. Environment:
-    ARCHLOOP_STACK_MAX_RESTARTS, ARCHLOOP_STACK_RESTART_WINDOW_SECONDS."""
-
-    max_restarts: int = 5
-    window_seconds: float = 300.0
-    first_delay_seconds: float = 0.5
-    max_delay_seconds: float = 10.0
-
-    @classmethod
-    def from_env(cls, max_restarts: int | None = None) -> RestartPolicy:
-        """The defaults, overridden by the environment, then by `max_restarts` (a CLI flag)."""
-        try:
-            env_max = int(os.environ.get("ARCHLOOP_STACK_MAX_RESTARTS", cls.max_restarts))
-            window = float(os.environ.get("ARCHLOOP_STACK_RESTART_WINDOW_SECONDS", cls.window_seconds))
-        except ValueError as exc:
-            raise StackError(f"ARCHLOOP_STACK_MAX_RESTARTS / _RESTART_WINDOW_SECONDS: {exc}") from None
-        chosen = env_max if max_restarts is None else max_restarts
-        if chosen < 0 or window <= 0:
-            raise StackError("the restart limit must be ≥ 0 and its window > 0 seconds")
-        return cls(max_restarts=chosen, window_seconds=window)
-
-    def delay(self, deaths: int) -> float:
-        """The wait before restart number `deaths` (1-based) within the window."""
-        delays = backoff_delays(self.first_delay_seconds, self.max_delay_seconds)
-        return next(itertools.islice(delays, deaths - 1, None))
-
-
-@dataclass(frozen=True)
-class StackFailure:
-    """A component that kept dying: why the supervisor gave up."""
-
-    component: str
-    exit: str
-    log: str
-    deaths: int
-    window_seconds: float
-
-    @property
-    def sentence(self) -> str:
-        return (
-            f"the {self.component} died {self.deaths} times within {self.window_seconds:g} s "
-            f"(last: {self.exit}), so the supervisor gave up on it; its log: {self.log}"
-        )
 
 
 def nats_server_binary() -> str:
@@ -332,12 +281,15 @@ class ServiceProcess(ChildProcess):
         log_path: Path,
         extra_args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        launcher: list[str] | None = None,
     ) -> None:
+        """`launcher`: the command before the service's flags (default `python -m services.<name>`;
+        the leak test runs the service under tools.memprobe)."""
         run_dir.mkdir(parents=True, exist_ok=True)
         self.ready_file = run_dir / f"{name}.ready.json"
         self.ready_file.unlink(missing_ok=True)
         argv = [
-            sys.executable, "-m", f"services.{name}", "--host", "127.0.0.1", "--port", "0",
+            *(launcher or [sys.executable, "-m", f"services.{name}"]), "--host", "127.0.0.1", "--port", "0",
             "--ready-file", str(self.ready_file), "--log-format", "json", *(extra_args or []),
         ]  # fmt: skip
         super().__init__(name, argv, log_path, env, cwd=run_dir, arranges_own_death=True)
@@ -413,6 +365,11 @@ def component_health(component: Component, timeout_seconds: float = 2.0) -> str:
     return health_status(component.address, component.health_target, timeout_seconds)
 
 
+def _status_of(child: ChildProcess, timeout_seconds: float) -> str:
+    """The health of a running child (what Liveness asks)."""
+    return component_health(child.component(), timeout_seconds)
+
+
 class Stack:
     """The supervisor behind `archloop up` and the stack `archloop run` brings up."""
 
@@ -424,6 +381,7 @@ class Stack:
         corpus_dir: Path | None = None,
         restart_policy: RestartPolicy | None = None,
         generator_model: str = "",
+        liveness: Liveness | None = None,
     ) -> None:
         """`generator_model`: the base model the generator serves ('' = its own setting, by default
         the packaged tiny model): `archloop run` passes its experiment's base_model."""
@@ -435,6 +393,7 @@ class Stack:
         self.start_timeout_seconds = start_timeout_seconds
         self.grace_seconds = grace_seconds
         self.restart_policy = restart_policy or RestartPolicy()
+        self.liveness = liveness or Liveness.from_env()
         self.children: list[ChildProcess] = []
         self.failure: StackFailure | None = None
         self._stop_requested = threading.Event()
@@ -496,10 +455,14 @@ class Stack:
     def supervise(self, on_event: Callable[[str], None] = lambda message: None) -> StackFailure | None:
         """Watch the components until a stop is requested (returns None) or one keeps dying (returns
         the failure, also kept in `self.failure`). A component that died is started again on its
-        address after the policy's backoff; `on_event` hears each death and each return in one line."""
+        address after the policy's backoff; one that runs but stopped answering its health check is
+        killed first (`self.liveness`); `on_event` hears each death and each return in one line."""
         policy = self.restart_policy
         deaths: dict[str, list[float]] = {}
+        for child in self.children:
+            self.liveness.answered(child.name)
         while not self._stop_requested.is_set():
+            self.liveness.check(self.children, _status_of, on_event)
             for child in self.children:
                 if self._stop_requested.is_set() or child.proc.poll() is None:
                     continue
@@ -533,6 +496,7 @@ class Stack:
                     on_event(f"{child.name} did not come back: {str(exc).splitlines()[0]}")
                     continue
                 self._record(child)
+                self.liveness.answered(child.name)
                 on_event(f"{child.name} is back on {address} after {time.monotonic() - back:.1f} s")
             self._stop_requested.wait(0.2)
         return None

@@ -269,7 +269,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     home = _home(args)
     address = _controller_address(args)
-    stack = started = None
+    stack = started = dashboard = None
     if address is None:
         corpus_dir = _ensure_corpus(home)
         if config is not None:
@@ -322,7 +322,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             console.print(f"continue with: archloop run --resume {experiment_id}")
             return EXIT_FAILED
         out = Path(args.out) if args.out else Path("archloop-runs") / experiment_id
-        return _finish(stub, experiment_id, state, out, dashboard)
+        return _finish(stub, experiment_id, state, out, dashboard is not None)
     except grpc.RpcError as exc:
         code = exc.code()
         print(f"archloop run: {code.name}: {exc.details()}", file=sys.stderr)
@@ -332,30 +332,33 @@ def cmd_run(args: argparse.Namespace) -> int:
             else EXIT_FAILED
         )
     finally:
+        if dashboard is not None:  # its live-update streams close their NATS subscriptions first
+            dashboard.stop()
         if stack is not None:
             stack.stop()
 
 
-def _dashboard_beside(args: argparse.Namespace, controller: str, started, experiment_id: str) -> bool:
+def _dashboard_beside(args: argparse.Namespace, controller: str, started, experiment_id: str):
     """Serve the web dashboard while the run lasts (--dashboard-port; 0 = none) and print its address;
-    whether it is served. A dashboard that cannot start is said in one line; the run goes on."""
+    the served dashboard (tools.dashboard.app.Served), or None. A dashboard that cannot start is said in
+    one line; the run goes on."""
     import dataclasses
 
     from tools.dashboard.app import Settings, serve_in_background
 
     if not args.dashboard_port:
-        return False
+        return None
     if started is not None:  # the stack this run brought up
         settings = Settings(controller, started.address("nats"), started.address("novelty"))
     else:
         settings = dataclasses.replace(dashboard_settings(args), controller=controller)
     try:
-        url = serve_in_background(settings, port=args.dashboard_port).url
+        served = serve_in_background(settings, port=args.dashboard_port)
     except (RuntimeError, OSError) as exc:
         console.print(f"[yellow]no dashboard:[/] {exc}")
-        return False
-    console.print(f"dashboard: {url}experiments/{experiment_id}")
-    return True
+        return None
+    console.print(f"dashboard: {served.url}experiments/{experiment_id}")
+    return served
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -7,6 +7,8 @@ JetStream on a temp dir, and `start_service` runs `python -m services.<name>` as
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -62,6 +64,19 @@ def grpc_channel() -> Iterator[Callable[[str], grpc.Channel]]:
     yield open_channel
     for channel in channels:
         channel.close()
+
+
+def require_tool(name: str, why: str, *, root: bool = False) -> str:
+    """The path of the command `name`, or the test ends: it fails under CI (where `.ci/run` installs
+    every tool the tests use, so a missing one is a broken install, not a machine without it) and
+    skips elsewhere, saying `why`. `root`: the tool also needs root (gVisor's runsc here)."""
+    path = shutil.which(name)
+    missing = f"{name} is not installed" if path is None else "not root" if root and os.geteuid() else ""
+    if not missing:
+        return str(path)
+    if os.environ.get("CI"):
+        pytest.fail(f"{missing} under CI: {why}")
+    pytest.skip(f"{missing} here: {why}")
 
 
 def run_cli(

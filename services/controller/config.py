@@ -4,7 +4,9 @@ and validation whose errors name the field.
 The proto message is the schema (the file's keys are its field names; enum values may be written short:
 `mode: delta`, `selection_policy: top_k`), so what `archloop run` reads, what StartExperiment carries and
 what the ledger stores are one thing. `with_defaults` fills every zero with the embedded default, then
-`validate` checks ranges. Zero means "default" everywhere except where a zero is meaningful and says so.
+`validate` checks ranges. Zero means "default" everywhere except in the proto's `optional` fields, where a
+zero is meaningful (seed 0, temperature 0 = greedy, no dropout, no momentum, no warm-up, no weight decay,
+no promotion): there a field the file sets is kept, 0 included (explicit presence survives the merge).
 """
 
 from __future__ import annotations

@@ -84,6 +84,7 @@ class ExperimentRunner:
                 settings.rpc_timeout_seconds,
                 lambda: self.stop.requested,
                 experiment_id,
+                settings.progress_deadline_seconds,
             )
             clients = Clients(peers, retry)
         notify = notify or asyncio.Event()

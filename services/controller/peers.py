@@ -2,7 +2,8 @@
 
 `Peers` holds what the servicer connects once (three stubs and the evaluator pool); an experiment's
 runner binds them to its own `Retry` (`Clients(peers, retry)`): every call is retried with
-exponential backoff on UNAVAILABLE / RESOURCE_EXHAUSTED until the retry budget is spent, then fails
+exponential backoff on UNAVAILABLE / RESOURCE_EXHAUSTED (and a stream that stalled: nothing within its
+progress deadline) until the retry budget is spent, then fails
 the experiment with `PeerFailed` naming the call; a stop request is honoured before each attempt.
 The phases (services.controller.phases) call these methods, which build every message; they import no
 grpc.
@@ -37,7 +38,10 @@ log = structlog.get_logger("archloop.controller")
 
 T = TypeVar("T")
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
-STREAM_TIMEOUT_SECONDS = 24 * 3600  # a generation or a fine-tune is followed as long as it runs
+STREAM_TIMEOUT_SECONDS = 24 * 3600  # a generation or a fine-tune is followed as long as it moves
+PROGRESS_DEADLINE_SECONDS = (
+    900.0  # …but a stream silent this long is stalled (Retry.progress_deadline_seconds)
+)
 TRAINER_TERMINAL = {
     trainer_pb2.FINE_TUNE_STATE_SUCCEEDED,
     trainer_pb2.FINE_TUNE_STATE_FAILED,
@@ -54,6 +58,29 @@ class PeerFailed(Exception):
     """A service kept failing past the retry budget; the experiment fails with this message."""
 
 
+class Stalled(Exception):
+    """A stream delivered nothing within its progress deadline (a hung generator, a trainer worker that
+    stopped stepping): the call is cancelled and retried like UNAVAILABLE."""
+
+
+async def within_progress_deadline(call, seconds: float, what: str):
+    """The messages of the streaming `call`, each within `seconds` of the one before (or of the start);
+    otherwise the call is cancelled and Stalled raised. 0 = no deadline."""
+    iterator = call.__aiter__()
+    while True:
+        try:
+            message = await (asyncio.wait_for(anext(iterator), seconds) if seconds else anext(iterator))
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            if hasattr(call, "cancel"):
+                call.cancel()  # a gRPC call
+            else:
+                await call.aclose()  # an async generator (a unit test's fake)
+            raise Stalled(f"{what}: nothing arrived for {seconds:g} s (a stalled stream)") from None
+        yield message
+
+
 @dataclass(frozen=True)
 class Retry:
     """Backoff for one experiment's calls: 0.2 s (0.5 s for streams) doubling to 10 s, for at most
@@ -65,6 +92,7 @@ class Retry:
     rpc_timeout_seconds: float = 60.0
     stopped: Callable[[], bool] = lambda: False
     experiment_id: str = ""
+    progress_deadline_seconds: float = PROGRESS_DEADLINE_SECONDS
 
     def check_stop(self) -> None:
         if self.stopped():
@@ -83,20 +111,22 @@ class Retry:
             self.check_stop()
             try:
                 return await attempt()
-            except grpc.aio.AioRpcError as exc:
+            except (grpc.aio.AioRpcError, Stalled) as exc:
+                code, details = (
+                    ("DEADLINE_EXCEEDED", str(exc))
+                    if isinstance(exc, Stalled)
+                    else (exc.code().name, exc.details())
+                )
                 if progressed():
                     failing_since, delays = None, backoff_delays(first_delay)
                 now = time.monotonic()
                 failing_since = now if failing_since is None else failing_since
-                if exc.code() not in RETRYABLE or now - failing_since > self.budget_seconds:
-                    raise PeerFailed(f"{what}: {exc.code().name}: {exc.details()}") from None
+                retryable = isinstance(exc, Stalled) or exc.code() in RETRYABLE
+                if not retryable or now - failing_since > self.budget_seconds:
+                    raise PeerFailed(f"{what}: {code}: {details}") from None
                 delay = next(delays)
                 log.warning(
-                    "peer_retry",
-                    experiment_id=self.experiment_id,
-                    call=what,
-                    code=exc.code().name,
-                    delay_s=delay,
+                    "peer_retry", experiment_id=self.experiment_id, call=what, code=code, delay_s=delay
                 )
                 await asyncio.sleep(delay)
 
@@ -145,14 +175,17 @@ class GeneratorClient:
 
         async def attempt() -> None:
             try:
-                async for response in self.stub.GenerateCandidates(request, timeout=STREAM_TIMEOUT_SECONDS):
+                call = self.stub.GenerateCandidates(request, timeout=STREAM_TIMEOUT_SECONDS)
+                async for response in within_progress_deadline(
+                    call, self.retry.progress_deadline_seconds, "generator.GenerateCandidates"
+                ):
                     await on_candidate(response.candidate)
                     request.start_index = response.candidate.index + 1
                     request.n -= 1
                     if request.parents:  # one per candidate: the delivered one's goes with it
                         del request.parents[0]
                     self.retry.check_stop()
-            except grpc.aio.AioRpcError:
+            except (grpc.aio.AioRpcError, Stalled):
                 if request.n > 0:
                     raise  # a stream that failed after its last candidate has delivered everything
 
@@ -350,12 +383,18 @@ class TrainerClient:
 
             async def attempt(job: trainer_pb2.FineTuneJob = job) -> trainer_pb2.FineTuneJob:
                 request = trainer_pb2.WatchFineTuneRequest(job_id=job.job_id)
-                async for update in self.stub.WatchFineTune(request, timeout=STREAM_TIMEOUT_SECONDS):
-                    updates[0] += 1
+                call = self.stub.WatchFineTune(request, timeout=STREAM_TIMEOUT_SECONDS)
+                deadline = self.retry.progress_deadline_seconds
+                async for update in within_progress_deadline(call, deadline, "trainer.WatchFineTune"):
+                    moved = False
                     if update.HasField("job"):
+                        # the snapshot a watch starts with is no progress: a new state or step is
+                        moved = (update.job.state, update.job.step) != (job.state, job.step)
                         job = update.job
                     elif update.HasField("step"):
+                        moved = True
                         on_step(update.step)
+                    updates[0] += moved
                     self.retry.check_stop()
                     if job.state in TRAINER_TERMINAL:
                         return job

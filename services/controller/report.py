@@ -21,8 +21,12 @@ program reads.
 C_t is the share of a cycle's generated candidates whose first-epoch accuracy reaches τ (invalid ones
 count as failures); Q_t is their mean quality (invalid = 0), smoothed over 3 cycles (CT §4;
 docs/method.md#what-to-measure). With the novelty pre-check on, the candidates it rejected without
-training are counted apart (decided_before_training, with the evaluator-seconds that saved) and left
-out of every rate's denominator: they were never trained, so they are neither valid nor invalid.
+training are counted apart (decided_before_training, with the evaluator-seconds that saved). Each rate
+then has two denominators, both reported: the trained (valid_fraction, elite_concentration,
+mean_quality: the pre-check's rejections were never trained, so neither valid nor invalid) and every
+generated candidate (valid_of_generated, elite_of_generated, mean_quality_of_generated: those rejections
+counted as not valid, the paper's p = N_valid / N_generated, comparable with a run without the pre-check).
+The matplotlib figures are services.controller.report_plots.
 """
 
 from __future__ import annotations
@@ -36,15 +40,9 @@ from pathlib import Path
 
 from archloop import corpus, leaderboard
 from archloop.v1 import common_pb2, controller_pb2
-from services.controller import archive, selection, stats
+from services.controller import archive, report_plots, selection, stats
 from services.controller import config as experiment_config
-from services.controller.creativity import (
-    CREATIVITY_COLUMNS,
-    RunSoFar,
-    creativity_columns,
-    creativity_figure,
-    share_errorbar,
-)
+from services.controller.creativity import CREATIVITY_COLUMNS, RunSoFar, creativity_columns
 from services.controller.ledger import CandidateRow, Ledger
 from services.controller.standing import STANDING_COLUMNS, corpus_board, standing_columns
 from services.controller.states import short_name
@@ -144,11 +142,14 @@ def cycle_rows(
 
 
 def _rates(candidates: list[CandidateRow], counts: CycleCounts, threshold: float) -> dict:
-    """Valid rate and accuracy of a cycle, with their intervals. The denominator of every rate
-    is what the evaluator decided (the novelty pre-check's rejections were never trained: neither valid
-    nor invalid, counted apart)."""
+    """Valid rate and accuracy of a cycle, with their intervals. The denominator of `valid_fraction` is
+    what the evaluator decided, the trained (the novelty pre-check's rejections were never trained: neither
+    valid nor invalid); `valid_of_generated` divides by every generated candidate, the pre-check's
+    rejections counted as not shown valid (a lower bound, comparable with a run without the pre-check
+    and with the paper's p = N_valid / N_generated). The two differ only when the pre-check decided some."""
     generated, accuracies = counts.evaluated, counts.accuracies
     p, low, high = stats.wilson_interval(len(accuracies), generated)
+    of_all, of_all_low, of_all_high = stats.wilson_interval(len(accuracies), counts.generated)
     mean, mean_low, mean_high = stats.mean_t_interval(accuracies)
     # the model's own valid rate: a repaired candidate counts by its raw program's verdict
     raw_valid = sum(c.raw_valid for c in candidates)
@@ -157,6 +158,9 @@ def _rates(candidates: list[CandidateRow], counts: CycleCounts, threshold: float
         "valid_fraction": p,
         "valid_ci_low": low,
         "valid_ci_high": high,
+        "valid_of_generated": of_all,
+        "valid_of_generated_ci_low": of_all_low,
+        "valid_of_generated_ci_high": of_all_high,
         "repaired": sum(c.repaired for c in candidates),
         "raw_valid": raw_valid,
         "raw_valid_fraction": raw_valid / generated if generated else math.nan,
@@ -171,8 +175,10 @@ def _rates(candidates: list[CandidateRow], counts: CycleCounts, threshold: float
 
 def _quality(counts: CycleCounts, threshold: float) -> dict:
     """C_t, a share of the evaluated (Wilson interval), and Q_t, a mean over them with invalid = 0
-    (t interval)."""
+    (t interval); and both over every generated candidate (`_of_generated`: a candidate the pre-check
+    decided before training counts as not valid, as in the paper's definition over N generated)."""
     generated, accuracies = counts.evaluated, counts.accuracies
+    everyone = counts.generated
     _, elite_low, elite_high = stats.wilson_interval(counts.above(threshold), generated)
     _, quality_low, quality_high = stats.mean_t_interval(accuracies + [0.0] * (generated - len(accuracies)))
     return {
@@ -182,6 +188,8 @@ def _quality(counts: CycleCounts, threshold: float) -> dict:
         "mean_quality": sum(accuracies) / generated if generated else math.nan,
         "mean_quality_ci_low": quality_low,
         "mean_quality_ci_high": quality_high,
+        "elite_of_generated": stats.elite_concentration(accuracies, everyone, threshold),
+        "mean_quality_of_generated": sum(accuracies) / everyone if everyone else math.nan,
     }
 
 
@@ -363,6 +371,9 @@ def summaries(rows: list[dict]) -> list[controller_pb2.CycleSummary]:
             valid_fraction=num(r["valid_fraction"]),
             valid_fraction_ci_low=num(r["valid_ci_low"]),
             valid_fraction_ci_high=num(r["valid_ci_high"]),
+            valid_fraction_of_generated=num(r["valid_of_generated"]),
+            elite_concentration_of_generated=num(r["elite_of_generated"]),
+            mean_quality_of_generated=num(r["mean_quality_of_generated"]),
             best_accuracy=num(r["best_accuracy"]),
             mean_accuracy=num(r["mean_accuracy"]),
             mean_accuracy_ci_low=num(r["mean_ci_low"]),
@@ -399,105 +410,6 @@ def _write_csv(path: Path, rows: list[dict], columns: list[str] | tuple[str, ...
             )
 
 
-def _plots(out: Path, rows: list[dict], candidates: list[dict], threshold: float) -> list[Path]:
-    """The per-cycle figures: valid rate, accuracy, loop dynamics, and the novelty histograms."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    files = []
-    for name, draw in (("valid_rate.png", _valid_rate_plot), ("accuracy.png", _accuracy_plot),
-                       ("dynamics.png", _dynamics_plot)):  # fmt: skip
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        draw(ax, rows, threshold)
-        files.append(_save(fig, out / name))
-    files.append(_save(_novelty_plot(candidates), out / "novelty.png"))
-    if any(r["wiring_recorded"] for r in rows):
-        files.append(_save(creativity_figure(rows), out / "creativity.png"))
-    return files
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _valid_rate_plot(ax, rows: list[dict], threshold: float) -> None:
-    share_errorbar(ax, rows, "valid_fraction", "valid_ci_low", "valid_ci_high")
-    ax.set(xlabel="cycle", ylabel="valid %", title="Valid rate (Wilson 95 %)", ylim=(0, 100))
-
-
-def _accuracy_plot(ax, rows: list[dict], threshold: float) -> None:
-    cycles = [r["cycle"] for r in rows]
-
-    def below(r: dict) -> float:
-        return max(0.0, r["mean_accuracy"] - r["mean_ci_low"]) if not math.isnan(r["mean_ci_low"]) else 0
-
-    def above(r: dict) -> float:
-        return max(0.0, r["mean_ci_high"] - r["mean_accuracy"]) if not math.isnan(r["mean_ci_high"]) else 0
-
-    ax.plot(cycles, [r["best_accuracy"] for r in rows], marker="^", label="best")
-    spread = [[below(r) for r in rows], [above(r) for r in rows]]
-    means = [r["mean_accuracy"] for r in rows]
-    ax.errorbar(cycles, means, yerr=spread, marker="o", capsize=3, label="mean (t 95 %)")
-    ax.plot(cycles, [r["median_accuracy"] for r in rows], marker="s", label="median")
-    ax.axhline(threshold, color="grey", linestyle="--", label=f"τ = {threshold}")
-    ax.set(xlabel="cycle", ylabel="first-epoch accuracy", title="Accuracy of valid candidates", ylim=(0, 1))
-    ax.legend(fontsize=8)
-
-
-def _dynamics_plot(ax, rows: list[dict], threshold: float) -> None:
-    cycles = [r["cycle"] for r in rows]
-    ax.plot(cycles, [r["elite_concentration"] for r in rows], marker="o", label="C_t = P(q ≥ τ)")
-    ax.plot(cycles, [r["mean_quality"] for r in rows], marker="s", label="Q_t (mean quality)")
-    ax.plot(cycles, [r["mean_quality_smoothed"] for r in rows], linestyle="--", label="Q_t, 3-cycle smoother")
-    ax.set(xlabel="cycle", ylabel="share / accuracy", title="Loop dynamics (CT §4)", ylim=(0, 1))
-    ax.legend(fontsize=8)
-
-
-def _novelty_plot(candidates: list[dict]):
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
-    for ax, key, title in ((axes[0], "nn_jaccard_train", "J_train"), (axes[1], "nn_jaccard_gen", "J_gen")):
-        values = [c[key] for c in candidates if c[key] not in (None, "")]
-        ax.hist(values, bins=20, range=(0, 1), color="tab:blue")
-        ax.axvline(0.90, color="red", linestyle="--")
-        ax.set(title=f"{title} (n = {len(values)})", xlabel="estimated Jaccard")
-    axes[0].set_ylabel("candidates")
-    return fig
-
-
-def _audit_plot(out: Path, audits: dict[str, dict]) -> Path:
-    """First-epoch accuracy against the accuracy after promotion, every promoted candidate, by cycle."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for cycle, audit in audits.items():
-        if audit["points"]:
-            ax.scatter(
-                [p[1] for p in audit["points"]], [p[2] for p in audit["points"]], label=f"cycle {cycle}"
-            )
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
-    epochs = next(iter(audits.values()))["epochs"]
-    ax.set(xlabel="first-epoch accuracy (the proxy)", ylabel=f"accuracy after {epochs} epochs",
-           title="Proxy vs promoted", xlim=(0, 1), ylim=(0, 1))  # fmt: skip
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "proxy_audit.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 CYCLE_TABLE = [
     "cycle",
     "generated",
@@ -505,6 +417,7 @@ CYCLE_TABLE = [
     "valid_fraction",
     "valid_ci_low",
     "valid_ci_high",
+    "valid_of_generated",
     "repaired",
     "raw_valid_fraction",
     "best_accuracy",
@@ -516,7 +429,9 @@ CYCLE_TABLE = [
     "admitted",
     "corpus_size",
     "elite_concentration",
+    "elite_of_generated",
     "mean_quality_smoothed",
+    "mean_quality_of_generated",
     "decided_before_training",
     "evaluator_seconds",
     "evaluator_seconds_saved",
@@ -581,9 +496,9 @@ def write_report(
     files[2].write_text(json.dumps(document, indent=2, default=str, allow_nan=False) + "\n")
     files[3].write_text(views.render_report(document), encoding="utf-8")
     plottable = [{k: math.nan if v is None else v for k, v in r.items()} for r in cycles]
-    plots = _plots(out, plottable, candidates, document["threshold"]) if cycles else []
+    plots = report_plots.plots(out, plottable, candidates, document["threshold"]) if cycles else []
     if any(a["promoted"] for a in audits.values()):
-        plots.append(_audit_plot(out, audits))
+        plots.append(report_plots.audit_plot(out, audits))
     return summaries(cycles), files + plots
 
 

@@ -100,6 +100,7 @@ class ControllerServicer(ServicerBase, controller_pb2_grpc.ControllerServiceServ
             work_dir=Path(self.settings.training_sets_dir or state / "experiments"),
             corpus_dir=Path(self.settings.corpus_dir) if self.settings.corpus_dir else corpus_dir(),
             retry_budget_seconds=self.settings.retry_budget_seconds,
+            progress_deadline_seconds=self.settings.progress_deadline_seconds,
         )
         if self.settings.resume_on_start:
             for row in self.ledger.experiments():

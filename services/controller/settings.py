@@ -55,4 +55,10 @@ class ControllerSettings(ServiceSettings):
         "how long a call to a service that is down is retried before the experiment fails",
         check=positive,
     )
+    progress_deadline_seconds: float = setting(
+        900.0,
+        "a generation stream or a fine-tune watch that delivers nothing this long is stalled: cancelled and"
+        " asked again (0: no deadline)",
+        check=non_negative,
+    )
     resume_on_start: bool = setting(True, "continue experiments that were running when the service stopped")

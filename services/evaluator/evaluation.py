@@ -23,15 +23,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import structlog
+
 from archloop.archgraph import ArchGraph, Architecture
 from archloop.datasets import NAMES as DATASETS
-from archloop.errors import InvalidArgument
-from services.evaluator.sandbox import EXIT_SETUP_FAILED, Sandbox, SandboxOutcome
+from archloop.errors import InvalidArgument, Unavailable
+from services.evaluator.sandbox import EXIT_SETUP_FAILED, Sandbox, SandboxOutcome, TemplateDied
 from services.evaluator.screen import STATIC_STAGES, static_check
 from services.evaluator.watchdog import Deadlines, Watchdog
 
 MAX_CODE_BYTES = 256 * 1024
 MAX_MESSAGE_CHARS = 500
+TEMPLATE_ATTEMPTS = 2  # a candidate whose run the template dies under twice gets CRASHED, not a third run
+log = structlog.get_logger("archloop.evaluator")
 
 
 @dataclass(frozen=True)
@@ -225,9 +229,15 @@ class Evaluator:
             "data_dir": str(self.data_dir),
             "allow_download": self.allow_download,
         }
-        watchdog = Watchdog(self.deadlines, protocol.time_limit_seconds, protocol.epochs, started)
-        outcome = self.sandbox.run(job, dataset, protocol.time_limit_seconds, progress, cancel, watchdog)
+        outcome, watchdog = self._sandboxed(candidate_id, job, dataset, protocol, progress, cancel, started)
         evaluation.step_seconds = dict(watchdog.step_seconds)
+        if outcome is None:
+            evaluation.total_duration_seconds = time.monotonic() - started
+            return evaluation.fail(
+                last_stage["stage"], "CRASHED",
+                f"{last_stage['stage']}: the sandbox's template process ended under this candidate "
+                f"{TEMPLATE_ATTEMPTS} times (restarted each time)",
+            )  # fmt: skip
         evaluation.network_isolation = outcome.network_isolation
         evaluation.stdout_tail, evaluation.stderr_tail = outcome.stdout_tail, outcome.stderr_tail
         result = outcome.result
@@ -248,6 +258,33 @@ class Evaluator:
                 _set_architecture(evaluation, result["architecture_graph"])
         evaluation.total_duration_seconds = time.monotonic() - started
         return evaluation
+
+    def _sandboxed(
+        self, candidate_id: str, job: dict, dataset: dict, protocol: Protocol,
+        progress: Callable[[dict], None], cancel: threading.Event | None, started: float,
+    ) -> tuple[SandboxOutcome | None, Watchdog]:  # fmt: skip
+        """The sandboxed run. When the template process dies under it (killed, out of memory, its pipe
+        closed: nothing the candidate is known to have done), the template is restarted and the
+        candidate runs again from the start, so its verdict is its own; None after TEMPLATE_ATTEMPTS."""
+        for attempt in range(TEMPLATE_ATTEMPTS):
+            generation = self.sandbox.generation
+            watchdog = Watchdog(self.deadlines, protocol.time_limit_seconds, protocol.epochs,
+                                started if attempt == 0 else time.monotonic())  # fmt: skip
+            try:
+                return self.sandbox.run(
+                    job, dataset, protocol.time_limit_seconds, progress, cancel, watchdog
+                ), watchdog
+            except TemplateDied as exc:
+                log.warning(
+                    "evaluator_template_died", candidate_id=candidate_id, attempt=attempt + 1, reason=str(exc)
+                )
+                try:
+                    self.sandbox.restart(generation)
+                except RuntimeError as again:  # SandboxUnavailable too: gVisor gone from under us
+                    raise Unavailable(
+                        f"the sandbox's template could not be restarted ({again}); retry"
+                    ) from None
+        return None, watchdog
 
 
 def _set_architecture(evaluation: Evaluation, graph_json: object) -> None:

@@ -76,6 +76,11 @@ class _Progress:
         if first or time.monotonic() - self._last_write > 0.5:
             self._write({"stage": "train", "step": "learn"})
 
+    def validation_batch_done(self, images: int) -> None:
+        """A batch of the accuracy pass finished (`images` of it so far): at most every 0.5 s."""
+        if time.monotonic() - self._last_write > 0.5:
+            self._write({"stage": "accuracy", "step": "evaluate", "validation_images_seen": images})
+
     def _write(self, fields: dict) -> None:
         self._last_write = time.monotonic()
         running = sum(self.losses[-20:]) / len(self.losses[-20:]) if self.losses else 0.0
@@ -274,8 +279,11 @@ class _Run:
             model.train()
             model.learn(counted())
             self.stage = "accuracy"
-            result["epoch_accuracies"].append(_accuracy(model, data, protocol["batch_size"]))
+            progress.stage("accuracy", "evaluate")
+            result["epoch_accuracies"].append(_accuracy(model, data, protocol["batch_size"], progress))
             self.stage = "train"
+            if epoch < protocol["epochs"]:
+                progress.stage("train", "learn")
         train_seconds = time.monotonic() - train_started
         result["train_images_per_second"] = progress.images_seen / train_seconds if train_seconds else 0.0
         recent = progress.losses[-50:]
@@ -285,10 +293,12 @@ class _Run:
         self.finish_stage("accuracy")
 
 
-def _accuracy(model: torch.nn.Module, data: EvaluationData, batch_size: int) -> float:
+def _accuracy(model: torch.nn.Module, data: EvaluationData, batch_size: int, progress: _Progress) -> float:
     model.eval()
-    correct = 0
+    correct = seen = 0
     with torch.no_grad():
         for inputs, labels in validation_batches(data, max(batch_size, 256)):
             correct += int((model(inputs).argmax(dim=1) == labels).sum())
+            seen += len(labels)
+            progress.validation_batch_done(seen)
     return correct / len(data.validation_labels)

@@ -67,6 +67,11 @@ GVISOR_CAPABILITIES = ["CAP_SYS_ADMIN", "CAP_SETUID", "CAP_SETGID", "CAP_KILL", 
 job's uid, killing it; none of them reaches the host."""
 
 
+class TemplateDied(RuntimeError):
+    """The template process ended (or its pipe closed) while a job needed it: nothing the candidate
+    did. The caller restarts it (`Sandbox.restart`) and runs the job again."""
+
+
 class SandboxUnavailable(RuntimeError):
     """The chosen sandbox cannot run here; the message says why in one sentence."""
 
@@ -252,6 +257,9 @@ class Sandbox:
         self._lock = threading.Lock()
         self._events: dict[str, dict] = {}
         self._cond = threading.Condition(self._lock)
+        self._restart_lock = threading.Lock()
+        self.generation = 0  # how many times the template was (re)started; a job belongs to one
+        self.template_restarts = 0
         self.template: subprocess.Popen | None = None
         self.network_isolation = "none"
 
@@ -260,6 +268,9 @@ class Sandbox:
         gvisor sandbox cannot run here."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.work_dir, 0o711)
+        with self._cond:
+            self._events.clear()
+            self.generation += 1
         template = [sys.executable, "-m", "services.evaluator.template"]
         if self.kind == "gvisor":
             self.template = subprocess.Popen(  # runsc dies with this process; its sandbox is attached to it
@@ -275,7 +286,12 @@ class Sandbox:
                 bufsize=1,
                 env=child_env(),  # the template dies with this process (no preexec_fn: archloop.processes)
             )
-        threading.Thread(target=self._read_template, daemon=True, name="sandbox-template").start()
+        threading.Thread(
+            target=self._read_template,
+            args=(self.template, self.generation),
+            daemon=True,
+            name="sandbox-template",
+        ).start()
         hello = self._wait_event("hello", ready_timeout_seconds)
         if hello is None:
             if self.kind == "gvisor":
@@ -338,26 +354,48 @@ class Sandbox:
                 f"archloop-evaluator-{os.getpid()}-{id(self)}"]  # fmt: skip
 
     def stop(self) -> None:
+        self._end_template()
+        for fd in self._uid_claims:
+            os.close(fd)
+        self._uid_claims.clear()
+
+    def _end_template(self) -> None:
         if self.template is not None and self.template.poll() is None:
             self.template.kill()
             self.template.wait()
         if self._gvisor_dir is not None:
             shutil.rmtree(self._gvisor_dir, ignore_errors=True)
             self._gvisor_dir = None
-        for fd in self._uid_claims:
-            os.close(fd)
-        self._uid_claims.clear()
 
-    def _read_template(self) -> None:
-        assert self.template is not None and self.template.stdout is not None
-        for line in self.template.stdout:
-            message = json.loads(line)
-            with self._cond:
-                self._events.setdefault(message["key"], {}).update(message)
-                self._cond.notify_all()
+    def alive(self) -> bool:
+        """Whether the template process runs and its pipe is open (what the service's health says)."""
         with self._cond:
-            self._events["__template_exit__"] = {}
-            self._cond.notify_all()
+            ended = "__template_exit__" in self._events
+        return self.template is not None and self.template.poll() is None and not ended
+
+    def restart(self, dead_generation: int) -> None:
+        """Start the template again after it died in `dead_generation` (once, whichever job of that
+        generation asks first; the others find it restarted)."""
+        with self._restart_lock:
+            if self.generation != dead_generation and self.alive():
+                return
+            self._end_template()
+            self.template_restarts += 1
+            self.start()
+
+    def _read_template(self, template: subprocess.Popen, generation: int) -> None:
+        assert template.stdout is not None
+        with contextlib.suppress(ValueError, OSError):  # a pipe closed under us is an end too
+            for line in template.stdout:
+                message = json.loads(line)
+                with self._cond:
+                    if generation == self.generation:
+                        self._events.setdefault(message["key"], {}).update(message)
+                        self._cond.notify_all()
+        with self._cond:
+            if generation == self.generation:
+                self._events["__template_exit__"] = {}
+                self._cond.notify_all()
 
     def _wait_event(self, key: str, timeout: float, field: str | None = None) -> dict | None:
         deadline = time.monotonic() + timeout
@@ -376,8 +414,13 @@ class Sandbox:
     def _send(self, message: dict) -> None:
         assert self.template is not None and self.template.stdin is not None
         with self._lock:
-            self.template.stdin.write(json.dumps(message) + "\n")
-            self.template.stdin.flush()
+            try:
+                self.template.stdin.write(json.dumps(message) + "\n")
+                self.template.stdin.flush()
+            except (BrokenPipeError, ValueError) as exc:  # ValueError: the pipe was closed here
+                self._events["__template_exit__"] = {}
+                self._cond.notify_all()
+                raise TemplateDied(f"the template's pipe is closed ({exc})") from None
 
     def run(
         self,
@@ -394,7 +437,10 @@ class Sandbox:
         job_dir = Path(tempfile.mkdtemp(prefix="job-", dir=self.work_dir))
         uid = self._take_uid()
         started = time.monotonic()
+        generation = self.generation
         try:
+            if not self.alive():
+                raise TemplateDied("the template process is not running")
             (job_dir / "job.json").write_text(json.dumps(job))
             if uid is not None:
                 os.chown(job_dir, uid, uid)
@@ -406,12 +452,21 @@ class Sandbox:
             )  # fmt: skip
             forked = self._wait_event(key, 60.0, "pid")
             if forked is None:
+                if self._died(generation):
+                    raise TemplateDied("the template process ended before it forked the job")
                 raise RuntimeError("the template process did not fork the job")
             if watchdog is not None:  # its clock starts at the fork
                 watchdog.step_since = time.monotonic()
-            exited, timed_out, stopped = self._await_exit(
-                key, job_dir, started + time_limit_seconds, on_progress, cancel or threading.Event(), watchdog
-            )
+            try:
+                exited, timed_out, stopped = self._await_exit(
+                    key, job_dir, started + time_limit_seconds, on_progress, cancel or threading.Event(),
+                    watchdog, generation,
+                )  # fmt: skip
+            except TemplateDied:
+                if forked["pid"] > 0 and self.kind != "gvisor":  # gVisor's end took the job with it
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(forked["pid"], signal.SIGKILL)
+                raise
             if timed_out and forked["pid"] > 0:
                 if self.kind == "gvisor":  # a pid inside gVisor: the template kills it there
                     with contextlib.suppress(OSError, ValueError):
@@ -435,7 +490,7 @@ class Sandbox:
         finally:
             if uid is not None:
                 if self.kind == "gvisor":  # a template that died took gVisor, and the job, with it
-                    with contextlib.suppress(OSError, ValueError):
+                    with contextlib.suppress(OSError, ValueError, TemplateDied):
                         self._send({"cleanup": job_dir.name, "uid": uid})
                         self._wait_event(job_dir.name, 30.0, "cleaned")
                 else:
@@ -453,8 +508,10 @@ class Sandbox:
         on_progress: Callable[[dict], None] | None,
         cancel: threading.Event,
         watchdog: Watchdog | None,
+        generation: int,
     ) -> tuple[dict | None, bool, Stop | None]:
-        """(exit event, ended early, the watchdog's Stop if it was the one) once the job is over."""
+        """(exit event, ended early, the watchdog's Stop if it was the one) once the job is over;
+        TemplateDied at once when the template of `generation` ends first."""
 
         def progress(record: dict) -> None:
             if watchdog is not None:
@@ -468,11 +525,17 @@ class Sandbox:
             offset = _forward_progress(job_dir / "progress.jsonl", offset, progress)
             if exited is not None:
                 return exited, False, None
+            if self._died(generation):
+                raise TemplateDied("the template process ended while the job ran")
             stop = watchdog.check(time.monotonic()) if watchdog is not None else None
             if stop is not None:
                 return None, True, stop
             if time.monotonic() >= deadline or cancel.is_set():
                 return None, True, None
+
+    def _died(self, generation: int) -> bool:
+        with self._cond:
+            return generation != self.generation or "__template_exit__" in self._events
 
     def _claim_uids(self, uid_base: int, slots: int) -> list[int]:
         """`slots` uids no other evaluator on this host holds: each is claimed with an exclusive

@@ -14,6 +14,8 @@ import socket
 import threading
 from pathlib import Path
 
+import structlog
+
 from archloop.datasets import NAMES as DATASETS
 from archloop.defaults import nonzero_over
 from archloop.errors import InvalidArgument, ResourceExhausted
@@ -23,6 +25,8 @@ from archloop.v1 import common_pb2, evaluator_pb2, evaluator_pb2_grpc
 from services.evaluator.evaluation import Evaluation, Evaluator, Protocol
 from services.evaluator.sandbox import Sandbox, SandboxLimits, SandboxUnavailable
 from services.evaluator.settings import EvaluatorSettings
+
+log = structlog.get_logger("archloop.evaluator")
 
 _ISOLATION = {
     "namespace": evaluator_pb2.NETWORK_ISOLATION_NAMESPACE,
@@ -79,6 +83,11 @@ def progress_to_proto(record: dict) -> evaluator_pb2.EvaluationProgress:
     )
 
 
+def _log_failed_restart(restart: asyncio.Future) -> None:
+    if not restart.cancelled() and restart.exception() is not None:
+        log.error("evaluator_template_restart_failed", error=str(restart.exception()))
+
+
 class EvaluatorServicer(ServicerBase, evaluator_pb2_grpc.EvaluatorServiceServicer):
     service_name = evaluator_pb2.DESCRIPTOR.services_by_name["EvaluatorService"].full_name
     add_to_server = staticmethod(evaluator_pb2_grpc.add_EvaluatorServiceServicer_to_server)
@@ -100,6 +109,7 @@ class EvaluatorServicer(ServicerBase, evaluator_pb2_grpc.EvaluatorServiceService
             self.sandbox, Path(settings.data_dir), settings.allow_download, settings.deadlines()
         )
         self.running = 0
+        self._restarting: asyncio.Future | None = None
 
     async def start(self) -> None:
         try:
@@ -109,6 +119,17 @@ class EvaluatorServicer(ServicerBase, evaluator_pb2_grpc.EvaluatorServiceService
 
     async def stop(self) -> None:
         self.sandbox.stop()
+
+    def live(self) -> bool:
+        """The template process is up. When it died with no evaluation running (one that is running
+        restarts it and runs again), it is restarted here; health is NOT_SERVING until it answers."""
+        if self.sandbox.alive():
+            return True
+        if self.running == 0 and (self._restarting is None or self._restarting.done()):
+            generation = self.sandbox.generation
+            self._restarting = asyncio.ensure_future(asyncio.to_thread(self.sandbox.restart, generation))
+            self._restarting.add_done_callback(_log_failed_restart)
+        return False
 
     def _admit(self) -> None:
         if self.running >= self.settings.max_concurrent_evaluations:

@@ -45,6 +45,11 @@ class EvaluatorSettings(ServiceSettings):
         "the first training batch must finish within this (0: off)",
         check=non_negative,
     )
+    batch_deadline_seconds: float = setting(
+        Deadlines.batch_seconds,
+        "after the first batch, the longest wait for the next (training or accuracy pass; 0: off)",
+        check=non_negative,
+    )
     project_after_batches: int = setting(
         Deadlines.project_after_batches,
         "batches after the first before an epoch projected over the time limit ends the candidate (0: off)",
@@ -57,5 +62,6 @@ class EvaluatorSettings(ServiceSettings):
             forward_seconds=self.forward_deadline_seconds,
             setup_seconds=self.setup_deadline_seconds,
             first_batch_seconds=self.first_batch_deadline_seconds,
+            batch_seconds=self.batch_deadline_seconds,
             project_after_batches=self.project_after_batches,
         )

@@ -1,12 +1,16 @@
 """The progress watchdog: a candidate that hangs ends at its stage's deadline, not at the time limit.
 
 The sandboxed child reports each step in progress.jsonl (runner._Progress): `instantiate` (timed from
-the fork, so module-level code counts), `forward`, `setup` (train_setup) and `learn` (training, with
-`images_seen` after each finished batch). The service feeds every record to `Watchdog.observe` and asks
-`Watchdog.check` several times a second; the first `Stop` it returns ends the candidate:
+the fork, so module-level code counts), `forward`, `setup` (train_setup), `learn` (training, with
+`images_seen` after finished batches, at most every 0.5 s) and `evaluate` (the accuracy pass after each
+epoch, a record at most every 0.5 s of its batches). The service feeds every record to
+`Watchdog.observe` and asks `Watchdog.check` several times a second; the first `Stop` it returns ends
+the candidate:
 
 - STAGE_TIMEOUT: instantiate, forward or setup still running after its own deadline;
-- NO_PROGRESS: no training batch finished within the first-batch deadline;
+- NO_PROGRESS: no training batch finished within the first-batch deadline; or, later, no new record
+  (training or the accuracy pass) within the batch deadline (a program that stalls after its first
+  batches, or in its accuracy pass);
 - TOO_SLOW: the batches so far project the training past the time limit.
 
 The time limit itself stays the backstop (TIMEOUT). Deadlines are settings of the evaluator
@@ -38,6 +42,9 @@ class Deadlines:
     first_batch_seconds: float = 30.0
     project_after_batches: int = 3
     """Batches after the first one before the training time is projected (0: never project)."""
+    batch_seconds: float = 30.0
+    """After the first batch: the longest silence (no new batch of training or of the accuracy pass) before
+    NO_PROGRESS. A record comes at least every batch; a batch after the first took at most 4.0 s above."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,7 @@ class Watchdog:
     """How long each finished step took by the child's clock (its records' elapsed_seconds, exact where
     the service reads the records in batches); "first_batch" too. What bench/stage_durations.py reports."""
     step_elapsed: float = 0.0  # the child's elapsed seconds when the current step began
+    moved_at: float = 0.0  # the service's clock at the last record that showed progress
 
     def __post_init__(self, started: float) -> None:
         self.step_since = started
@@ -87,9 +95,15 @@ class Watchdog:
         if step != self.step:
             self.step_seconds[self.step] = elapsed - self.step_elapsed
             self.step, self.step_since, self.step_elapsed = step, now, elapsed
+            self.moved_at = now
+        if step == "evaluate":
+            self.moved_at = now
+            return
         if step != "learn" or "images_seen" not in record:
             return
         seen = int(record["images_seen"])
+        if seen > self.images_seen:
+            self.moved_at = now
         self.images_total = int(record.get("images_total", 0))
         if seen > self.images_seen:
             if self.first_batch is None:
@@ -110,6 +124,8 @@ class Watchdog:
                 return Stop(stage, STAGE_TIMEOUT, f"{stage}: {what} did not return within its stage deadline "
                             f"of {limit:g} s", now - self.step_since)  # fmt: skip
             return None
+        if self.step == "evaluate":
+            return self._stalled("accuracy", "no batch of the accuracy pass finished", now)
         if self.step != "learn":
             return None
         if self.first_batch is None:
@@ -117,7 +133,16 @@ class Watchdog:
                 return Stop("train", NO_PROGRESS, f"train: no training batch finished within the first-batch "
                             f"deadline of {d.first_batch_seconds:g} s", now - self.step_since)  # fmt: skip
             return None
-        return self._projection()
+        return self._stalled(
+            "train", f"no training batch finished after {self.images_seen:,} images", now
+        ) or (self._projection())
+
+    def _stalled(self, stage: str, what: str, now: float) -> Stop | None:
+        limit = self.deadlines.batch_seconds
+        if limit and now - self.moved_at > limit:
+            return Stop(stage, NO_PROGRESS, f"{stage}: {what} within the batch deadline of {limit:g} s",
+                        now - self.moved_at)  # fmt: skip
+        return None
 
     def _projection(self) -> Stop | None:
         d = self.deadlines

@@ -85,7 +85,8 @@ class Plan:
 
 
 def decoding_from_proto(given: common_pb2.DecodingParams, field_name: str = "decoding") -> Decoding:
-    """Zero → the paper's default; negative or out-of-range values name the field."""
+    """Zero → the paper's default, except a temperature that is set (0 = greedy); negative or
+    out-of-range values name the field."""
     checks = {
         "temperature": given.temperature < 0,
         "top_k": given.top_k < 0,
@@ -98,7 +99,7 @@ def decoding_from_proto(given: common_pb2.DecodingParams, field_name: str = "dec
             raise InvalidArgument(f"{field_name}.{name}", f"{getattr(given, name)} is out of range")
     d = DEFAULT_DECODING
     return Decoding(
-        given.temperature or d.temperature,
+        given.temperature if given.HasField("temperature") else d.temperature,
         given.top_k or d.top_k,
         given.top_p or d.top_p,
         given.max_new_tokens or d.max_new_tokens,

@@ -34,11 +34,13 @@ _INIT = {
 
 
 def lora_from_proto(request: trainer_pb2.StartFineTuneRequest) -> LoraConfig:
-    """Absent → the paper's settings; present → taken as given (rank 0 is an error, dropout 0 is 0)."""
+    """Absent → the paper's settings; present → taken as given (rank 0 is an error), except a dropout
+    that is not set: the default (a set dropout of 0 is 0)."""
     if not request.HasField("lora"):
         return LoraConfig()
     given = request.lora
-    return LoraConfig(given.rank, given.alpha, given.dropout, tuple(given.target_modules))
+    dropout = given.dropout if given.HasField("dropout") else LoraConfig().dropout
+    return LoraConfig(given.rank, given.alpha, dropout, tuple(given.target_modules))
 
 
 def lora_to_proto(lora: dict) -> common_pb2.LoraSettings:

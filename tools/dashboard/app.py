@@ -97,6 +97,8 @@ class Served:
     thread: object
 
     def stop(self, timeout_seconds: float = 10.0) -> None:
+        """Live-update streams end first (each closes its NATS subscription), then the server."""
+        self.server.config.app.state.dashboard.closing.set()  # type: ignore[attr-defined]
         self.server.should_exit = True  # type: ignore[attr-defined]
         self.thread.join(timeout_seconds)  # type: ignore[attr-defined]
 

@@ -4,7 +4,9 @@ experiment's events."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -16,6 +18,7 @@ from archloop.v1 import controller_pb2, events_pb2
 from services.controller import stats
 
 RPC_TIMEOUT_SECONDS = 10.0
+CLOSING_POLL_SECONDS = 1.0  # how often a live-update stream looks whether the server is stopping
 COOKIE = "archloop_dashboard"
 OPEN_PATHS = {"/login", "/healthz"}  # what answers without the token
 REFUSED = {  # a gRPC refusal as an HTTP status (anything else the controller answers: 502)
@@ -55,12 +58,16 @@ def state_names(e: controller_pb2.Experiment) -> dict[str, str]:
     }
 
 
-async def follow(nats_url: str, experiment_id: str) -> AsyncIterator[dict]:
-    """The experiment's new cycle events from NATS JetStream, as server-sent events."""
+async def follow(nats_url: str, experiment_id: str, closing: threading.Event) -> AsyncIterator[dict]:
+    """The experiment's new cycle events from NATS JetStream, as server-sent events, until `closing` is
+    set (the server stops): then the subscription and the connection are closed before the stream
+    ends, so no NATS task is left pending when the process exits."""
+    from nats.errors import TimeoutError as NatsTimeout
     from nats.js.api import DeliverPolicy
 
     from archloop.eventbus import SUBJECT_PREFIX, connect_nats
 
+    subscription = None
     client = await connect_nats(nats_url, name="archloop-dashboard")
     try:
         subject = f"{SUBJECT_PREFIX}.events.{experiment_id}.>"
@@ -68,8 +75,11 @@ async def follow(nats_url: str, experiment_id: str) -> AsyncIterator[dict]:
             subject, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW
         )
         yield {"event": "ready", "data": "{}"}
-        while True:
-            message = await subscription.next_msg(timeout=None)
+        while not closing.is_set():
+            try:
+                message = await subscription.next_msg(timeout=CLOSING_POLL_SECONDS)
+            except NatsTimeout:
+                continue
             event = events_pb2.Event.FromString(message.data)
             kind = event.WhichOneof("payload") or ""
             payload = {
@@ -78,4 +88,7 @@ async def follow(nats_url: str, experiment_id: str) -> AsyncIterator[dict]:
             data = stats.finite({"kind": kind, "cycle": event.cycle, **payload})
             yield {"event": "cycle", "data": json.dumps(data)}
     finally:
+        if subscription is not None:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
         await client.close()

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import threading
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -46,6 +47,7 @@ class Dashboard:
 
     def __init__(self, settings: Settings, token: str, cookie_value: str) -> None:
         self.settings, self.token, self.cookie_value = settings, token, cookie_value
+        self.closing = threading.Event()  # set when the server stops: live-update streams end cleanly
         self.env = views.environment()
         self._controller: controller_pb2_grpc.ControllerServiceStub | None = None
         self._novelty: novelty_pb2_grpc.NoveltyServiceStub | None = None
@@ -243,7 +245,7 @@ async def events(request: Request) -> Response:
     await d.experiment(experiment_id)  # 404 for an unknown one
     if not d.settings.nats_url:
         raise HTTPException(404, "live updates are off: the dashboard has no NATS URL")
-    return EventSourceResponse(follow(d.settings.nats_url, experiment_id))
+    return EventSourceResponse(follow(d.settings.nats_url, experiment_id, d.closing))
 
 
 async def plotly_js(request: Request) -> Response:

@@ -27,6 +27,7 @@ class LoopSettings:
     corpus_dir: Path  # the LEMUR corpus (examples.jsonl)
     retry_budget_seconds: float = 600.0
     rpc_timeout_seconds: float = 60.0
+    progress_deadline_seconds: float = 900.0  # a silent generation stream or fine-tune watch (peers.Stalled)
 
 
 class Stop:

@@ -7,8 +7,8 @@ import asyncio
 import grpc
 import pytest
 
-from archloop.v1 import common_pb2, generator_pb2
-from services.controller.peers import GeneratorClient, PeerFailed, Retry
+from archloop.v1 import common_pb2, generator_pb2, trainer_pb2
+from services.controller.peers import GeneratorClient, PeerFailed, Retry, TrainerClient
 
 
 def _unavailable() -> grpc.aio.AioRpcError:
@@ -103,3 +103,66 @@ async def test_a_reopened_stream_asks_for_the_rest_with_their_own_parents() -> N
     assert [(c.index, c.candidate_id) for c in got] == [(5, "p0"), (6, "p1"), (7, "p2")]
     again = stub.requests[1]
     assert (again.start_index, again.n, [p.parent_id for p in again.parents]) == (6, 2, ["p1", "p2"])
+
+
+class _StallingGenerator(_DroppingGenerator):
+    """Test double of the generator stub: the first stream delivers one candidate, then goes silent
+    without ending (a deadlocked generator); later streams deliver the rest."""
+
+    def GenerateCandidates(self, request, timeout=None):
+        sent = generator_pb2.GenerateCandidatesRequest()
+        sent.CopyFrom(request)
+        self.requests.append(sent)
+
+        async def stream():
+            for k in range(sent.n):
+                yield generator_pb2.GenerateCandidatesResponse(
+                    candidate=common_pb2.Candidate(index=sent.start_index + k)
+                )
+                if len(self.requests) == 1:
+                    await asyncio.sleep(3600)
+
+        return stream()
+
+
+async def test_a_stream_that_goes_silent_is_cancelled_at_its_progress_deadline_and_asked_again() -> None:
+    stub = _StallingGenerator()
+    request = generator_pb2.GenerateCandidatesRequest(n=3, start_index=0)
+    got: list[int] = []
+
+    async def record(candidate: common_pb2.Candidate) -> None:
+        got.append(candidate.index)
+
+    retry = Retry(budget_seconds=30, progress_deadline_seconds=0.3)
+    await asyncio.wait_for(GeneratorClient(stub, retry).stream(request, record), 10)
+    assert got == [0, 1, 2] and [(r.start_index, r.n) for r in stub.requests] == [(0, 3), (1, 2)]
+
+
+class _StuckTrainer:
+    """Test double of the trainer stub whose job never steps again: every watch sends the job once, then
+    nothing (a worker that stopped stepping)."""
+
+    def __init__(self) -> None:
+        self.watches = 0
+
+    def WatchFineTune(self, request, timeout=None):
+        self.watches += 1
+
+        async def stream():
+            yield trainer_pb2.WatchFineTuneResponse(
+                job=trainer_pb2.FineTuneJob(job_id=request.job_id, state=trainer_pb2.FINE_TUNE_STATE_RUNNING)
+            )
+            await asyncio.sleep(3600)
+
+        return stream()
+
+
+async def test_a_fine_tune_that_stops_stepping_fails_the_call_naming_the_stall() -> None:
+    stub = _StuckTrainer()
+    job = trainer_pb2.FineTuneJob(job_id="j1", state=trainer_pb2.FINE_TUNE_STATE_RUNNING)
+    retry = Retry(budget_seconds=0.5, progress_deadline_seconds=0.3)
+    with pytest.raises(
+        PeerFailed, match=r"trainer\.WatchFineTune: DEADLINE_EXCEEDED: .*nothing arrived for 0\.3 s"
+    ):
+        await asyncio.wait_for(TrainerClient(stub, retry).follow(job), 20)
+    assert stub.watches >= 2  # re-asked before giving up

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from archloop import views
 from archloop.prompts import BASELINE_FILE
 from services.controller import config as experiment_config
 from services.controller import report, selection
@@ -138,8 +139,16 @@ async def test_the_precheck_decides_as_the_paper_order_does_and_saves_the_epochs
     assert row["valid"] == 4 and row["valid_fraction"] == pytest.approx(4 / 7)  # 0, 5, 6, 9 of 7
     assert row["evaluator_seconds"] == pytest.approx(trained_on)
     assert row["evaluator_seconds_saved"] > 0
+    # and over every generated candidate (the paper's p; the untrained not shown valid), shown beside it
+    assert row["valid_of_generated"] == pytest.approx(4 / 10)
+    assert row["elite_of_generated"] < row["elite_concentration"] or row["elite_concentration"] == 0
+    assert row["mean_quality_of_generated"] == pytest.approx(row["mean_quality"] * 7 / 10)
+    table = views.environment().get_template("cycle_table.html").render(cycles=[row])
+    assert '<span class="ci of-generated">of generated 40' in table
     [row_off] = report.cycle_rows(ledger, "off", 0.4)
     assert row_off["decided_before_training"] == 0 and row_off["evaluator_seconds_saved"] == 0
+    assert row_off["valid_of_generated"] == row_off["valid_fraction"]
+    assert "of-generated" not in views.environment().get_template("cycle_table.html").render(cycles=[row_off])
     events = {e.WhichOneof("payload"): e for e in ledger.events("on")}
     assert events["cycle_filtered"].cycle_filtered.decided_before_training == 3
     assert events["cycle_filtered"].cycle_filtered.trained_for_a_later_decision == 1

@@ -262,6 +262,13 @@ def _spin_after(anchor: str, indent: int) -> Callable[[str], str]:
 SLOW_BATCH = (
     LOSS + "\n            for _ in range(30):\n                torch.randn(400, 400) @ torch.randn(400, 400)"
 )
+STALL_AFTER_5 = """self.optimizer.step()
+            self.batches = getattr(self, "batches", 0) + 1
+            while self.batches > 5:
+                pass"""
+STALL_IN_EVAL = """def forward(self, x):
+        while not self.training and hasattr(self, "optimizer"):
+            pass"""
 HANGS = [  # a spin at each step ends at that step's deadline (4 s), long before the time limit (60 s)
     ("init", _spin_after("super().__init__()", 8), 1, "STAGE_TIMEOUT", "instantiate"),
     ("module", lambda c: c + "\nwhile True:\n    pass\n", 1, "STAGE_TIMEOUT", "instantiate"),
@@ -270,6 +277,22 @@ HANGS = [  # a spin at each step ends at that step's deadline (4 s), long before
     ("first_batch", _spin_after("self.optimizer.step()", 12), 1, "NO_PROGRESS", "train"),
     # 100 epochs of ~0.1 s batches: the first batches project it far past 60 s
     ("too_slow", lambda c: c.replace(LOSS, SLOW_BATCH), 100, "TOO_SLOW", "train"),
+    # stalls after its first batches (at the batch deadline, 4 s, after the last batch it finished)
+    (
+        "after_5_batches",
+        lambda c: c.replace("self.optimizer.step()", STALL_AFTER_5),
+        1,
+        "NO_PROGRESS",
+        "train",
+    ),
+    # stalls in the accuracy pass after training (eval mode, once train_setup has run)
+    (
+        "accuracy_pass",
+        lambda c: c.replace("def forward(self, x):", STALL_IN_EVAL),
+        1,
+        "NO_PROGRESS",
+        "accuracy",
+    ),
 ]
 
 
@@ -279,8 +302,10 @@ def test_a_hang_ends_at_its_stage_deadline_not_the_time_limit(
 ) -> None:
     from services.evaluator.watchdog import Deadlines
 
-    evaluator = Evaluator(sandbox, tmp_path, deadlines=Deadlines(4, 4, 4, 4, 3))
+    evaluator = Evaluator(sandbox, tmp_path, deadlines=Deadlines(4, 4, 4, 4, 3, batch_seconds=4))
+    started = time.monotonic()
     result = evaluator.evaluate(name, edit(GOOD), Protocol(time_limit_seconds=60, epochs=epochs))
+    assert time.monotonic() - started < 30, "the verdict waited for the time limit"
     # its own status, not TIMEOUT: the watchdog decided, not the 60 s time limit
     assert (result.status, result.stages[-1].stage) == (status, stage), result.stages[-1]
     assert result.stages[-1].message.startswith(stage)

@@ -5,7 +5,6 @@ The hostile corpus under both sandboxes is in test_hostile.py."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +15,15 @@ from services.evaluator.evaluation import Evaluator, Protocol
 from services.evaluator.sandbox import Sandbox, SandboxUnavailable
 from services.evaluator.tests.test_evaluation import GOOD, _sandbox_processes
 from services.evaluator.watchdog import Deadlines
+from tools.testing import require_tool
 
 NO_RUNSC = {**os.environ, "PATH": "/nonexistent"}
-NEEDS_RUNSC = pytest.mark.skipif(
-    shutil.which("runsc") is None or os.geteuid() != 0,
-    reason="gVisor needs runsc (apt-get install runsc; make install does it) and root",
-)
+
+
+def require_runsc() -> None:
+    """gVisor needs runsc and root: a skip on a machine without them, a failure under CI."""
+    require_tool("runsc", "gVisor needs runsc (apt-get install runsc; make install-dev does it) and root",
+                 root=True)  # fmt: skip
 
 
 def test_without_runsc_the_service_and_the_cli_say_so_and_exit_2(tmp_path: Path) -> None:
@@ -44,9 +46,9 @@ def test_without_runsc_the_service_and_the_cli_say_so_and_exit_2(tmp_path: Path)
         Sandbox(tmp_path / "x", kind="docker")
 
 
-@NEEDS_RUNSC
 @pytest.mark.slow
 def test_candidates_run_inside_gvisor_with_the_same_verdicts(tmp_path: Path) -> None:
+    require_runsc()
     sandbox = Sandbox(tmp_path / "jobs", kind="gvisor")
     try:
         sandbox.start()
@@ -68,21 +70,43 @@ def test_candidates_run_inside_gvisor_with_the_same_verdicts(tmp_path: Path) -> 
     assert not _sandbox_processes()
 
 
-@NEEDS_RUNSC
 @pytest.mark.slow
 def test_runsc_dies_with_a_killed_evaluator(start_service, tmp_path: Path) -> None:
     """runsc is started through archloop.processes' launcher (no preexec_fn in a process with gRPC threads);
-    kill -9 of the service takes runsc and its attached sandbox with it."""
+    kill -9 of the service takes runsc and everything it started with it: the sandbox and the gofer
+    (re-executed runsc, shown as `exe`), whatever their names, and every process of runsc's group."""
     import signal
     import time
 
     import psutil
 
+    require_runsc()
     proc = start_service("evaluator", "--work-dir", str(tmp_path / "jobs"), "--sandbox", "gvisor")
-    runsc = [c for c in psutil.Process(proc.proc.pid).children(recursive=True) if "runsc" in c.name()]
+    under_service = psutil.Process(proc.proc.pid).children(recursive=True)
+    runsc = [c for c in under_service if "runsc" in c.name()]
     assert runsc, "no runsc under the service"
+    groups = {os.getpgid(p.pid) for p in runsc}
+    in_groups = [p for p in psutil.process_iter() if _pgid(p) in groups]
+    tracked = {p.pid: p for p in [*under_service, *in_groups] if p.pid != proc.proc.pid}
+    assert len(tracked) > len(runsc), f"only runsc itself under the service: {under_service}"
     os.kill(proc.proc.pid, signal.SIGKILL)
     deadline = time.monotonic() + 20
-    while any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in runsc):
-        assert time.monotonic() < deadline, [p.pid for p in runsc if p.is_running()]
+    while alive := [f"{p.pid} {p.name()}" for p in tracked.values() if _alive(p)]:
+        assert time.monotonic() < deadline, f"still running after the evaluator was killed: {alive}"
         time.sleep(0.2)
+
+
+def _pgid(process) -> int | None:
+    try:
+        return os.getpgid(process.pid)
+    except ProcessLookupError:
+        return None
+
+
+def _alive(process) -> bool:
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -10,7 +10,6 @@ The sandbox's own defences with the screen bypassed are tested in test_evaluatio
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import threading
 import time
@@ -23,6 +22,7 @@ from archloop.clients import health_status
 from archloop.v1 import common_pb2, evaluator_pb2, evaluator_pb2_grpc
 from services.evaluator.sandbox import Sandbox
 from services.evaluator.tests.test_evaluation import GOOD, _sandbox_processes
+from services.evaluator.tests.test_gvisor import require_runsc
 
 pytestmark = pytest.mark.slow
 
@@ -123,17 +123,10 @@ def test_corpus_is_large_enough() -> None:
     assert len(CORPUS) >= 30
 
 
-GVISOR = pytest.param(
-    "gvisor",
-    marks=pytest.mark.skipif(
-        shutil.which("runsc") is None or os.geteuid() != 0,
-        reason="gVisor needs runsc (apt-get install runsc; .ci/run installs it) and root",
-    ),
-)
-
-
-@pytest.mark.parametrize("sandbox", ["namespaces", GVISOR])
+@pytest.mark.parametrize("sandbox", ["namespaces", "gvisor"])
 def test_hostile_corpus_through_the_service(start_service, tmp_path, listener, sandbox) -> None:
+    if sandbox == "gvisor":
+        require_runsc()
     port, accepted = listener
     proc = start_service("evaluator", "--work-dir", str(tmp_path / "jobs"), "--sandbox", sandbox)
     service = "archloop.v1.EvaluatorService"
