@@ -30,6 +30,8 @@ def test_bad_configs_exit_2_naming_the_field_and_start_nothing(tmp_path: Path) -
         assert result.returncode == 2 and name in result.stderr
     missing = run_cli("run", "--config", str(tmp_path / "nowhere.yaml"), env=env_home)
     assert missing.returncode == 2 and "cannot read" in missing.stderr
+    liveness = run_cli("run", "--cycles", "1", env={**env_home, "ARCHLOOP_LIVENESS_SECONDS": "soon"})
+    assert liveness.returncode == 2 and "ARCHLOOP_LIVENESS_SECONDS" in liveness.stderr, liveness.stderr
     assert not (tmp_path / "home").exists()  # nothing was started or written
 
 

@@ -65,16 +65,16 @@ def _status_rows(state) -> list[dict[str, object]]:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from tools.localstack import RestartPolicy, Stack, StackError
+    from tools.localstack import Liveness, RestartPolicy, Stack, StackError
     from tools.stack_ledger import record_failure, unfinished_experiments
 
     console = Console(stderr=not sys.stdout.isatty())
     try:
-        policy = RestartPolicy.from_env(args.max_restarts)
+        policy, liveness = RestartPolicy.from_env(args.max_restarts), Liveness.from_env()
     except StackError as exc:
         print(f"archloop up: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    stack = Stack(_home(args), start_timeout_seconds=args.timeout, restart_policy=policy)
+    stack = Stack(_home(args), start_timeout_seconds=args.timeout, restart_policy=policy, liveness=liveness)
     stack.install_signal_handlers()
     try:
         with console.status("starting nats-server and the five services…"):

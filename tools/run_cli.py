@@ -21,29 +21,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 from rich.console import Console
-from rich.progress import TaskID
 from rich.table import Table
 
 from archloop import datasets
 from archloop.errors import InvalidArgument
 from services.controller.states import short_name
+from tools.run_view import console, cycle_table, follow
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-CONTROLLER_OUTAGE_SECONDS = 300.0
-"""How long the progress view waits for an unreachable controller (a restarting one comes back)."""
 MAX_RESTARTS_HELP = (
     "restarts of one component within the window before the supervisor gives up "
     "[env ARCHLOOP_STACK_MAX_RESTARTS, default 5; window ARCHLOOP_STACK_RESTART_WINDOW_SECONDS, 300]"
 )
-console = Console(stderr=True)
 
 
 def _home(args: argparse.Namespace) -> Path:
@@ -109,136 +104,6 @@ def _ensure_corpus(home: Path) -> Path:
     return corpus_dir
 
 
-def _cycle_table(summaries, title: str) -> Table:
-    table = Table(title=title)
-    repaired = any(s.repaired for s in summaries)
-    for column in (
-        "cycle",
-        "generated",
-        "valid % [95 % CI]",
-        *(("raw valid % (repaired)",) if repaired else ()),
-        "best",
-        "mean [95 % CI]",
-        "median",
-        "≥ τ %",
-        "admitted",
-        "corpus",
-    ):
-        table.add_column(column, justify="right")
-    for s in summaries:
-        table.add_row(
-            str(s.cycle),
-            str(s.generated),
-            f"{s.valid_fraction:.1%} [{s.valid_fraction_ci_low:.1%}, {s.valid_fraction_ci_high:.1%}]",
-            *((f"{s.raw_valid_fraction:.1%} ({s.repaired})",) if repaired else ()),
-            f"{s.best_accuracy:.3f}",
-            f"{s.mean_accuracy:.3f} [{s.mean_accuracy_ci_low:.3f}, {s.mean_accuracy_ci_high:.3f}]",
-            f"{s.median_accuracy:.3f}",
-            f"{s.fraction_above_threshold * 100:.1f}",
-            str(s.admitted),
-            str(s.corpus_size),
-        )
-    return table
-
-
-class _ProgressView:
-    """rich progress bars: cycles, candidates generated / evaluated / admitted, the fine-tune's loss."""
-
-    def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(
-            TextColumn("{task.description:>11}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            console=console,
-        )
-        self.tasks: dict[str, TaskID] = {}
-
-    def update(self, e) -> None:
-        from archloop.v1 import controller_pb2
-
-        total = e.config.cycles * e.config.candidates_per_cycle
-        state = short_name(controller_pb2.ExperimentState, e.state).lower()
-        phase = short_name(controller_pb2.CyclePhase, e.current_phase).lower()
-        rows = {
-            "cycle": (
-                max(0, e.current_cycle - 1) + (phase == "completed"),
-                e.config.cycles,
-                f"{state}, {phase}",
-            ),
-            "generated": (e.candidates_generated, total, ""),
-            "evaluated": (e.candidates_evaluated, total, ""),
-            "admitted": (e.candidates_admitted, max(1, e.candidates_evaluated), f"corpus {e.corpus_size:,}"),
-            "fine-tune": (
-                e.fine_tune.step,
-                max(1, e.fine_tune.total_steps),
-                f"loss {e.fine_tune.loss:.3f}" if e.fine_tune.total_steps else "",
-            ),
-        }
-        for name, (done, whole, info) in rows.items():
-            if name not in self.tasks:
-                self.tasks[name] = self.progress.add_task(name, total=whole, info=info)
-            self.progress.update(self.tasks[name], completed=done, total=whole, info=info)
-
-
-def _follow(stub, experiment_id: str, stack=None) -> str:
-    """Show progress until the experiment ends; Ctrl-C stops it. Returns the final state name, or
-    "GAVE_UP" when the supervisor of our own `stack` gave up on a component. A controller that is
-    unreachable (restarting) is waited for up to CONTROLLER_OUTAGE_SECONDS."""
-    from archloop.v1 import controller_pb2
-
-    interrupted = False
-
-    def on_interrupt(signum: int, frame: object) -> None:
-        nonlocal interrupted
-        interrupted = True
-
-    previous = signal.signal(signal.SIGINT, on_interrupt)
-    view = _ProgressView()
-    outage_since: float | None = None
-    try:
-        with view.progress:
-            while True:
-                if stack is not None and stack.failure is not None:
-                    return "GAVE_UP"
-                try:
-                    experiment = stub.GetExperiment(
-                        controller_pb2.GetExperimentRequest(experiment_id=experiment_id), timeout=30
-                    ).experiment
-                except grpc.RpcError as exc:
-                    retryable = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-                    if exc.code() not in retryable or interrupted:  # Ctrl-C: no controller to stop it
-                        raise
-                    now = time.monotonic()
-                    if outage_since is None:
-                        outage_since = now
-                        console.print(f"[yellow]controller unreachable ({exc.code().name}); waiting …[/]")
-                    elif now - outage_since > CONTROLLER_OUTAGE_SECONDS:
-                        raise
-                    time.sleep(1.0)
-                    continue
-                if outage_since is not None:
-                    console.print(f"controller reachable again after {time.monotonic() - outage_since:.0f} s")
-                    outage_since = None
-                view.update(experiment)
-                state = short_name(controller_pb2.ExperimentState, experiment.state)
-                if state in ("COMPLETED", "FAILED", "STOPPED"):
-                    if state == "FAILED":
-                        console.print(f"[red]failed:[/] {experiment.error}")
-                    return state
-                if interrupted:
-                    console.print("stopping (the ledger keeps everything done so far) …")
-                    request = controller_pb2.StopExperimentRequest(experiment_id=experiment_id)
-                    stub.StopExperiment(request, timeout=120)
-                    return "STOPPED"
-                time.sleep(0.5)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def _finish(stub, experiment_id: str, state: str, out: Path, dashboard: bool) -> int:
     from archloop.v1 import controller_pb2
 
@@ -249,7 +114,7 @@ def _finish(stub, experiment_id: str, state: str, out: Path, dashboard: bool) ->
         controller_pb2.GetReportRequest(experiment_id=experiment_id, output_dir=str(out.resolve())),
         timeout=600,
     )
-    Console().print(_cycle_table(report.cycles, f"{experiment_id} ({state.lower()})"))
+    Console().print(cycle_table(report.cycles, f"{experiment_id} ({state.lower()})"))
     console.print(f"report: {Path(report.output_dir) / 'report.html'} (one file: it opens offline)")
     if dashboard:
         console.print("the dashboard stopped with the run: `archloop up`, then `archloop dashboard`")
@@ -258,12 +123,12 @@ def _finish(stub, experiment_id: str, state: str, out: Path, dashboard: bool) ->
 
 def cmd_run(args: argparse.Namespace) -> int:
     from archloop.v1 import controller_pb2
-    from tools.localstack import RestartPolicy, Stack, StackError
+    from tools.localstack import Liveness, RestartPolicy, Stack, StackError
     from tools.stack_ledger import base_model_of, park_unfinished, record_failure
 
     try:
         config = None if args.resume else _config(args)
-        policy = RestartPolicy.from_env(args.max_restarts)
+        policy, liveness = RestartPolicy.from_env(args.max_restarts), Liveness.from_env()
     except (InvalidArgument, StackError) as exc:
         print(f"archloop run: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -288,7 +153,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(f"starting the local stack in {home} …")
         # the generator serves the experiment's base model (the controller refuses one that does not)
         model = config.base_model if config is not None else base_model_of(home, args.resume)
-        stack = Stack(home, corpus_dir=corpus_dir, restart_policy=policy, generator_model=model)
+        stack = Stack(
+            home, corpus_dir=corpus_dir, restart_policy=policy, generator_model=model, liveness=liveness
+        )
         try:
             started = stack.start()
             address = started.address("controller")
@@ -313,7 +180,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         console.print(f"experiment {experiment_id} on {address}")
         dashboard = _dashboard_beside(args, address, started, experiment_id)
-        state = _follow(stub, experiment_id, stack)
+        state = follow(stub, experiment_id, stack)
         if state == "GAVE_UP":
             assert stack is not None and stack.failure is not None
             stack.stop()
@@ -380,7 +247,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"archloop report: {exc.args[0]}", file=sys.stderr)
         return EXIT_FAILED
     for experiment_id, _config, summaries in items:
-        Console().print(_cycle_table(summaries, experiment_id))
+        Console().print(cycle_table(summaries, experiment_id))
     if len(items) > 1:
         rows = comparison_rows(items)
         table = Table(title="comparison (NNGPT Table 3)")

@@ -260,6 +260,7 @@ class Sandbox:
         self._restart_lock = threading.Lock()
         self.generation = 0  # how many times the template was (re)started; a job belongs to one
         self.template_restarts = 0
+        self.stopped = False  # stop() was called: a dead template is not started again
         self.template: subprocess.Popen | None = None
         self.network_isolation = "none"
 
@@ -354,6 +355,7 @@ class Sandbox:
                 f"archloop-evaluator-{os.getpid()}-{id(self)}"]  # fmt: skip
 
     def stop(self) -> None:
+        self.stopped = True
         self._end_template()
         for fd in self._uid_claims:
             os.close(fd)
@@ -377,6 +379,8 @@ class Sandbox:
         """Start the template again after it died in `dead_generation` (once, whichever job of that
         generation asks first; the others find it restarted)."""
         with self._restart_lock:
+            if self.stopped:
+                raise SandboxUnavailable("the evaluator is stopping: its sandbox is not started again")
             if self.generation != dead_generation and self.alive():
                 return
             self._end_template()

@@ -125,7 +125,11 @@ class EvaluatorServicer(ServicerBase, evaluator_pb2_grpc.EvaluatorServiceService
         restarts it and runs again), it is restarted here; health is NOT_SERVING until it answers."""
         if self.sandbox.alive():
             return True
-        if self.running == 0 and (self._restarting is None or self._restarting.done()):
+        if (
+            self.running == 0
+            and not self.sandbox.stopped
+            and (self._restarting is None or self._restarting.done())
+        ):
             generation = self.sandbox.generation
             self._restarting = asyncio.ensure_future(asyncio.to_thread(self.sandbox.restart, generation))
             self._restarting.add_done_callback(_log_failed_restart)

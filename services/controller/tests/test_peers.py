@@ -67,11 +67,13 @@ async def test_the_budget_counts_from_the_outage_not_from_the_start_of_a_long_st
 
 
 class _DroppingGenerator:
-    """Test double of the generator stub: the first stream delivers one candidate and drops; it records
-    each request as it was sent."""
+    """Test double of the generator stub: the first stream delivers one candidate and drops (or, with
+    `stall`, goes silent without ending: a deadlocked generator); later streams deliver the rest. It
+    records each request as it was sent."""
 
-    def __init__(self) -> None:
+    def __init__(self, stall: bool = False) -> None:
         self.requests: list[generator_pb2.GenerateCandidatesRequest] = []
+        self.stall = stall
 
     def GenerateCandidates(self, request, timeout=None):
         sent = generator_pb2.GenerateCandidatesRequest()
@@ -81,10 +83,13 @@ class _DroppingGenerator:
         async def stream():
             for k in range(sent.n):
                 index = sent.start_index + k
+                parent = sent.parents[k].parent_id if sent.parents else ""
                 yield generator_pb2.GenerateCandidatesResponse(
-                    candidate=common_pb2.Candidate(index=index, candidate_id=sent.parents[k].parent_id)
+                    candidate=common_pb2.Candidate(index=index, candidate_id=parent)
                 )
                 if len(self.requests) == 1:
+                    if self.stall:
+                        await asyncio.sleep(3600)
                     raise _unavailable()
 
         return stream()
@@ -105,28 +110,8 @@ async def test_a_reopened_stream_asks_for_the_rest_with_their_own_parents() -> N
     assert (again.start_index, again.n, [p.parent_id for p in again.parents]) == (6, 2, ["p1", "p2"])
 
 
-class _StallingGenerator(_DroppingGenerator):
-    """Test double of the generator stub: the first stream delivers one candidate, then goes silent
-    without ending (a deadlocked generator); later streams deliver the rest."""
-
-    def GenerateCandidates(self, request, timeout=None):
-        sent = generator_pb2.GenerateCandidatesRequest()
-        sent.CopyFrom(request)
-        self.requests.append(sent)
-
-        async def stream():
-            for k in range(sent.n):
-                yield generator_pb2.GenerateCandidatesResponse(
-                    candidate=common_pb2.Candidate(index=sent.start_index + k)
-                )
-                if len(self.requests) == 1:
-                    await asyncio.sleep(3600)
-
-        return stream()
-
-
 async def test_a_stream_that_goes_silent_is_cancelled_at_its_progress_deadline_and_asked_again() -> None:
-    stub = _StallingGenerator()
+    stub = _DroppingGenerator(stall=True)
     request = generator_pb2.GenerateCandidatesRequest(n=3, start_index=0)
     got: list[int] = []
 
