@@ -19,7 +19,6 @@ bench/results/leak_probe.json.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import socket
 import sys
@@ -36,7 +35,6 @@ from bench.report import machine, publish  # noqa: E402
 from tools import memprobe  # noqa: E402
 
 START, END = "<!-- leak-probe:start -->", "<!-- leak-probe:end -->"
-ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_TRIM_THRESHOLD_": "131072"}  # as the leak test
 
 
 def closed_address() -> str:
@@ -50,24 +48,18 @@ def measure(
     seed: str, leak_bytes: int = 0,
 ) -> dict:  # fmt: skip
     """One fresh service under the probe: warm-up calls, then `samples` × `every` calls."""
-    env = {**os.environ, **ENV, **({memprobe.LEAK_VARIABLE: str(leak_bytes)} if leak_bytes else {})}
     flags = service_flags(tmp, closed_address())[service]
-    proc = memprobe.start(service, tmp / "run", tmp / f"{service}.log", flags, env)
-    rng, codes, heap, rss = random.Random(seed), {}, [], []
+    proc = memprobe.start(service, tmp / "run", tmp / f"{service}.log", flags, leak_bytes)
+    rng, codes = random.Random(seed), {}
     try:
         proc.wait_ready(120)
         with grpc.insecure_channel(proc.address) as channel:
-            burst(channel, service, rng, warmup, codes, methods)
-            first = None
-            for _ in range(samples):
-                burst(channel, service, rng, every, codes, methods)
-                traced, resident, body = memprobe.sample(proc)
-                first = first or body
-                heap.append(traced)
-                rss.append(resident)
+            drive = lambda n: burst(channel, service, rng, n, codes, methods)  # noqa: E731
+            growth, reports = memprobe.follow(proc, drive, warmup, samples, every)
     finally:
         proc.stop(10)
-    growth = memprobe.Growth(heap, rss, every)
+    first, body = reports[0], reports[-1]
+    heap, rss = growth.heap_mib, growth.rss_mib
     before = {site: size for site, size, _ in first["top"]}
     grew = sorted(((size - before.get(site, 0), site) for site, size, _ in body["top"]), reverse=True)
     return {

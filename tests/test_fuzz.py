@@ -16,7 +16,6 @@ so a fuzzed experiment that happens to be valid is refused (FAILED_PRECONDITION)
 
 from __future__ import annotations
 
-import os
 import random
 
 import grpc
@@ -41,9 +40,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> dict:
     procs = {}
     try:
         for name, extra in flags.items():
-            # glibc keeps fewer, smaller free pools: RSS follows live memory more closely
-            env = {**os.environ, "MALLOC_ARENA_MAX": "2", "MALLOC_TRIM_THRESHOLD_": "131072"}
-            procs[name] = memprobe.start(name, tmp / "run", tmp / f"{name}.log", extra, env)
+            procs[name] = memprobe.start(name, tmp / "run", tmp / f"{name}.log", extra)
             procs[name].wait_ready(120)
         yield procs
     finally:
@@ -74,16 +71,12 @@ def test_ten_thousand_hostile_calls_leak_no_memory(services, service) -> None:
     1 KiB a call (test_the_leak_measure_fails_on_a_leaking_service)."""
     rng = random.Random(f"leak-{service}")
     codes: dict[str, int] = {}
-    heap, rss = [], []
     with grpc.insecure_channel(services[service].address) as channel:
-        burst(channel, service, rng, 2_000, codes)
-        for _ in range(20):
-            burst(channel, service, rng, 500, codes)
-            traced, resident, _ = memprobe.sample(services[service])
-            heap.append(traced)
-            rss.append(resident)
-    growth = memprobe.Growth(heap, rss, 500)
-    print(f"{service}: heap MiB {[round(x, 2) for x in heap]}; RSS MiB {[round(x) for x in rss]}")
+        growth, _ = memprobe.follow(
+            services[service], lambda n: burst(channel, service, rng, n, codes), 2_000, 20, 500
+        )
+    heap, rss = [round(x, 2) for x in growth.heap_mib], [round(x) for x in growth.rss_mib]
+    print(f"{service}: heap MiB {heap}; RSS MiB {rss}")
     print(f"per 10k calls: heap {growth.heap_per_10k():.2f} MiB, RSS {growth.rss_per_10k():.1f} MiB; {codes}")
     assert services[service].proc.poll() is None
     assert not growth.verdict(), f"{service}: {growth.verdict()}"
@@ -92,22 +85,15 @@ def test_ten_thousand_hostile_calls_leak_no_memory(services, service) -> None:
 def test_the_leak_measure_fails_on_a_leaking_service(tmp_path) -> None:
     """The novelty service started with memprobe's deliberate leak (1 KiB kept per call, nothing
     else changed): the measure of the test above names the heap's growth."""
-    env = {**os.environ, "MALLOC_ARENA_MAX": "2", memprobe.LEAK_VARIABLE: "1024"}
     flags = service_flags(tmp_path, f"127.0.0.1:{_free_port()}")["novelty"]
-    proc = memprobe.start("novelty", tmp_path / "run", tmp_path / "novelty.log", flags, env)
+    proc = memprobe.start("novelty", tmp_path / "run", tmp_path / "novelty.log", flags, leak_bytes=1024)
     try:
         proc.wait_ready(120)
-        rng, codes, heap, rss = random.Random("leaky"), {}, [], []
+        rng, codes = random.Random("leaky"), {}
         with grpc.insecure_channel(proc.address) as channel:
-            burst(channel, "novelty", rng, 500, codes)
-            for _ in range(8):
-                burst(channel, "novelty", rng, 250, codes)
-                traced, resident, _ = memprobe.sample(proc)
-                heap.append(traced)
-                rss.append(resident)
+            growth, _ = memprobe.follow(proc, lambda n: burst(channel, "novelty", rng, n, codes), 500, 8, 250)
     finally:
         proc.stop(10)
-    growth = memprobe.Growth(heap, rss, 250)
-    assert "the Python heap grew" in growth.verdict(), (heap, growth.heap_per_10k())
+    assert "the Python heap grew" in growth.verdict(), (growth.heap_mib, growth.heap_per_10k())
     # 1 KiB × 10,000 calls = 9.8 MiB, plus each bytearray's header and its slot in the list (~1.3 KiB)
     assert 9 < growth.heap_per_10k() < 20, growth.heap_per_10k()

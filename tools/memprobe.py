@@ -97,15 +97,35 @@ def _leak_per_call(size: int) -> None:
 # --- the caller's side ------------------------------------------------------------------------------
 
 
-def start(name: str, run_dir: Path, log_path: Path, flags: list[str], env: dict[str, str]):
-    """The service `name` under this probe (a `tools.localstack.ServiceProcess`; `.report` is its file)."""
+# glibc keeps fewer, smaller free pools: resident memory follows live memory more closely
+ALLOCATOR = {"MALLOC_ARENA_MAX": "2", "MALLOC_TRIM_THRESHOLD_": "131072"}
+
+
+def start(name: str, run_dir: Path, log_path: Path, flags: list[str], leak_bytes: int = 0):
+    """The service `name` under this probe (a `tools.localstack.ServiceProcess`; `.report` is its file),
+    with ALLOCATOR's settings; `leak_bytes`: the deliberately leaking build."""
     from tools.localstack import ServiceProcess
 
     report_path = run_dir / f"{name}.memory.json"
     launcher = [sys.executable, "-m", "tools.memprobe", name, str(report_path)]
+    env = {**os.environ, **ALLOCATOR, **({LEAK_VARIABLE: str(leak_bytes)} if leak_bytes else {})}
     proc = ServiceProcess(name, run_dir, log_path, flags, env, launcher=launcher)
     proc.report = report_path  # type: ignore[attr-defined]
     return proc
+
+
+def follow(proc, drive, warmup: int, samples: int, every: int) -> tuple[Growth, list[dict]]:
+    """`drive(n)` makes n calls to the service: `warmup` of them, then `samples` times `every`, with a
+    sample after each; the Growth over those samples, and each sample's report."""
+    drive(warmup)
+    heap, rss, reports = [], [], []
+    for _ in range(samples):
+        drive(every)
+        traced, resident, body = sample(proc)
+        heap.append(traced)
+        rss.append(resident)
+        reports.append(body)
+    return Growth(heap, rss, every), reports
 
 
 def sample(proc, timeout_seconds: float = 60.0) -> tuple[float, float, dict]:

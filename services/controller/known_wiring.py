@@ -16,6 +16,7 @@ class KnownWiring:
     def __init__(self, ledger: Ledger, corpus_dir: Path, experiment_id: str) -> None:
         self.ledger, self.corpus_dir, self.experiment_id = ledger, corpus_dir, experiment_id
         self._corpus: dict[str, str] | None = None
+        self._before: tuple[int, dict[str, str]] | None = None  # the last cycle asked, and its answer
 
     def corpus(self) -> dict[str, str]:
         """{wiring hash: the first corpus program with it, by name}."""
@@ -28,5 +29,8 @@ class KnownWiring:
 
     def before(self, cycle: int) -> dict[str, str]:
         """{wiring hash: what has it}: the corpus program, else the first candidate admitted before
-        `cycle`."""
-        return {**self.ledger.admitted_wiring(self.experiment_id, cycle), **self.corpus()}
+        `cycle` (asked of the ledger once per cycle: it does not change while the cycle is decided)."""
+        if self._before is None or self._before[0] != cycle:
+            admitted = self.ledger.admitted_wiring(self.experiment_id, cycle)
+            self._before = (cycle, {**admitted, **self.corpus()})
+        return dict(self._before[1])  # a copy: the filter adds the cycle's own to what it gets

@@ -73,10 +73,7 @@ async def within_progress_deadline(call, seconds: float, what: str):
         except StopAsyncIteration:
             return
         except TimeoutError:
-            if hasattr(call, "cancel"):
-                call.cancel()  # a gRPC call
-            else:
-                await call.aclose()  # an async generator (a unit test's fake)
+            call.cancel()
             raise Stalled(f"{what}: nothing arrived for {seconds:g} s (a stalled stream)") from None
         yield message
 

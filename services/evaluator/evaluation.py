@@ -246,16 +246,7 @@ class Evaluator:
         if result is None:
             _ended_early(evaluation, outcome, protocol, last_stage["stage"])
         else:
-            evaluation.stages += [StageResult(**stage) for stage in result["stages"]]
-            evaluation.status = result["status"]
-            evaluation.accuracy = result.get("accuracy", 0.0)
-            evaluation.train_loss = result.get("train_loss", 0.0)
-            evaluation.param_count = result.get("param_count", 0)
-            evaluation.flops = result.get("flops", 0)
-            evaluation.train_images_per_second = result.get("train_images_per_second", 0.0)
-            evaluation.epoch_accuracies = result.get("epoch_accuracies", [])
-            if result.get("architecture_graph"):  # hashed here: networkx stays out of the sandbox
-                _set_architecture(evaluation, result["architecture_graph"])
+            _take_result(evaluation, result)
         evaluation.total_duration_seconds = time.monotonic() - started
         return evaluation
 
@@ -285,6 +276,20 @@ class Evaluator:
                         f"the sandbox's template could not be restarted ({again}); retry"
                     ) from None
         return None, watchdog
+
+
+def _take_result(evaluation: Evaluation, result: dict) -> None:
+    """The sandboxed run's result.json into the evaluation."""
+    evaluation.stages += [StageResult(**stage) for stage in result["stages"]]
+    evaluation.status = result["status"]
+    evaluation.accuracy = result.get("accuracy", 0.0)
+    evaluation.train_loss = result.get("train_loss", 0.0)
+    evaluation.param_count = result.get("param_count", 0)
+    evaluation.flops = result.get("flops", 0)
+    evaluation.train_images_per_second = result.get("train_images_per_second", 0.0)
+    evaluation.epoch_accuracies = result.get("epoch_accuracies", [])
+    if result.get("architecture_graph"):  # hashed here: networkx stays out of the sandbox
+        _set_architecture(evaluation, result["architecture_graph"])
 
 
 def _set_architecture(evaluation: Evaluation, graph_json: object) -> None:

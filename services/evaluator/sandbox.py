@@ -442,23 +442,9 @@ class Sandbox:
         uid = self._take_uid()
         started = time.monotonic()
         generation = self.generation
+        key = job_dir.name
         try:
-            if not self.alive():
-                raise TemplateDied("the template process is not running")
-            (job_dir / "job.json").write_text(json.dumps(job))
-            if uid is not None:
-                os.chown(job_dir, uid, uid)
-            key = job_dir.name
-            cpu_seconds = int(time_limit_seconds) + self.limits.extra_cpu_seconds
-            self._send(
-                {"key": key, "job_dir": str(job_dir), "dataset": dataset, "uid": uid,
-                 "limits": asdict(self.limits), "cpu_seconds": cpu_seconds}
-            )  # fmt: skip
-            forked = self._wait_event(key, 60.0, "pid")
-            if forked is None:
-                if self._died(generation):
-                    raise TemplateDied("the template process ended before it forked the job")
-                raise RuntimeError("the template process did not fork the job")
+            forked = self._fork(job_dir, job, dataset, uid, time_limit_seconds, generation)
             if watchdog is not None:  # its clock starts at the fork
                 watchdog.step_since = time.monotonic()
             try:
@@ -467,17 +453,10 @@ class Sandbox:
                     watchdog, generation,
                 )  # fmt: skip
             except TemplateDied:
-                if forked["pid"] > 0 and self.kind != "gvisor":  # gVisor's end took the job with it
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(forked["pid"], signal.SIGKILL)
+                self._kill_job(key, forked["pid"])
                 raise
             if timed_out and forked["pid"] > 0:
-                if self.kind == "gvisor":  # a pid inside gVisor: the template kills it there
-                    with contextlib.suppress(OSError, ValueError):
-                        self._send({"kill": key})
-                else:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(forked["pid"], signal.SIGKILL)
+                self._kill_job(key, forked["pid"])
                 exited = self._wait_event(key, 10.0, "exit_code")
             result = None if timed_out else _read_result(job_dir / "result.json")
             return SandboxOutcome(
@@ -492,17 +471,61 @@ class Sandbox:
                 stopped=stopped,
             )
         finally:
-            if uid is not None:
-                if self.kind == "gvisor":  # a template that died took gVisor, and the job, with it
-                    with contextlib.suppress(OSError, ValueError, TemplateDied):
-                        self._send({"cleanup": job_dir.name, "uid": uid})
-                        self._wait_event(job_dir.name, 30.0, "cleaned")
-                else:
-                    kill_uid(uid)
-                self._return_uid(uid)
-            with self._cond:
-                self._events.pop(job_dir.name, None)
-            shutil.rmtree(job_dir, ignore_errors=True)
+            self._clean_up(job_dir, uid)
+
+    def _fork(
+        self,
+        job_dir: Path,
+        job: dict,
+        dataset: dict,
+        uid: int | None,
+        time_limit_seconds: float,
+        generation: int,
+    ) -> dict:
+        """Hand the job to the template; its fork event ({"pid": …}). TemplateDied when the template is
+        gone (before or while it forks)."""
+        if not self.alive():
+            raise TemplateDied("the template process is not running")
+        (job_dir / "job.json").write_text(json.dumps(job))
+        if uid is not None:
+            os.chown(job_dir, uid, uid)
+        cpu_seconds = int(time_limit_seconds) + self.limits.extra_cpu_seconds
+        self._send(
+            {"key": job_dir.name, "job_dir": str(job_dir), "dataset": dataset, "uid": uid,
+             "limits": asdict(self.limits), "cpu_seconds": cpu_seconds}
+        )  # fmt: skip
+        forked = self._wait_event(job_dir.name, 60.0, "pid")
+        if forked is None:
+            if self._died(generation):
+                raise TemplateDied("the template process ended before it forked the job")
+            raise RuntimeError("the template process did not fork the job")
+        return forked
+
+    def _kill_job(self, key: str, pid: int) -> None:
+        """End a job's process group: here, or inside gVisor (its pids are not the host's) by the
+        template; a template that died took gVisor, and the job, with it."""
+        if pid <= 0:
+            return
+        if self.kind == "gvisor":
+            with contextlib.suppress(OSError, ValueError, TemplateDied):
+                self._send({"kill": key})
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+
+    def _clean_up(self, job_dir: Path, uid: int | None) -> None:
+        """Every process of the job's uid ended, the uid returned, the job's events and folder gone."""
+        if uid is not None:
+            if self.kind == "gvisor":  # a template that died took gVisor, and the job, with it
+                with contextlib.suppress(OSError, ValueError, TemplateDied):
+                    self._send({"cleanup": job_dir.name, "uid": uid})
+                    self._wait_event(job_dir.name, 30.0, "cleaned")
+            else:
+                kill_uid(uid)
+            self._return_uid(uid)
+        with self._cond:
+            self._events.pop(job_dir.name, None)
+        shutil.rmtree(job_dir, ignore_errors=True)
 
     def _await_exit(
         self,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -95,10 +96,11 @@ class Served:
     url: str
     server: object
     thread: object
+    closing: threading.Event  # the app's Dashboard.closing: its live-update streams end when set
 
     def stop(self, timeout_seconds: float = 10.0) -> None:
         """Live-update streams end first (each closes its NATS subscription), then the server."""
-        self.server.config.app.state.dashboard.closing.set()  # type: ignore[attr-defined]
+        self.closing.set()
         self.server.should_exit = True  # type: ignore[attr-defined]
         self.thread.join(timeout_seconds)  # type: ignore[attr-defined]
 
@@ -108,7 +110,6 @@ def serve_in_background(settings: Settings, host: str = "127.0.0.1", port: int =
     the browser tests) on `port`, or a free one when that is taken or 0, once it answers. RuntimeError if
     it cannot start."""
     import socket
-    import threading
     import time
 
     import uvicorn
@@ -119,7 +120,8 @@ def serve_in_background(settings: Settings, host: str = "127.0.0.1", port: int =
         except OSError:
             probe.bind((host, 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level="error"))
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="error"))
     thread = threading.Thread(target=server.run, name="archloop-dashboard", daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
@@ -127,4 +129,4 @@ def serve_in_background(settings: Settings, host: str = "127.0.0.1", port: int =
         time.sleep(0.05)
     if not server.started:
         raise RuntimeError(f"the dashboard did not start on {host}:{port}")
-    return Served(f"http://{host}:{port}/", server, thread)
+    return Served(f"http://{host}:{port}/", server, thread, app.state.dashboard.closing)

@@ -11,6 +11,19 @@ from archloop.v1 import common_pb2, generator_pb2, trainer_pb2
 from services.controller.peers import GeneratorClient, PeerFailed, Retry, TrainerClient
 
 
+class _Call:
+    """What a fake stub's streaming method returns: the stream, and `cancel()` as a gRPC call has."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.cancelled = stream, False
+
+    def __aiter__(self):
+        return self.stream.__aiter__()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 def _unavailable() -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(
         grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "peer went away"
@@ -92,7 +105,7 @@ class _DroppingGenerator:
                         await asyncio.sleep(3600)
                     raise _unavailable()
 
-        return stream()
+        return _Call(stream())
 
 
 async def test_a_reopened_stream_asks_for_the_rest_with_their_own_parents() -> None:
@@ -139,7 +152,7 @@ class _StuckTrainer:
             )
             await asyncio.sleep(3600)
 
-        return stream()
+        return _Call(stream())
 
 
 async def test_a_fine_tune_that_stops_stepping_fails_the_call_naming_the_stall() -> None:
