@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,47 +123,58 @@ def _tensor_op(node: ast.AST, op: type) -> bool:
     )
 
 
-def signatures(code: str, factors: dict[str, Factor]) -> dict[str, Counter]:
-    """Per factor, the multiset that stands for it in `code` (SyntaxError when it does not parse)."""
-    tree = ast.parse(code)
-    result: dict[str, Counter] = {name: Counter() for name in factors}
-    forward_nodes = [
+def _forward_nodes(tree: ast.AST) -> list[ast.AST]:
+    return [
         node
         for fn in ast.walk(tree)
         if isinstance(fn, ast.FunctionDef) and fn.name in ("forward", "_forward_impl")
         for node in ast.walk(fn)
     ]
-    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
-    for name, factor in factors.items():
-        found = result[name]
-        for call in calls:
-            called = _name(call.func)
-            if called in factor.calls:
-                found[_call_text(call)] += 1
-            if called in factor.channels:
-                for size in _sizes(call):
-                    found[f"size {size}"] = 1  # a set
-            if called in factor.count:
-                found["layers"] += 1
-            for keyword in call.keywords:
-                if keyword.arg in factor.keywords:
-                    found[f"{called}.{keyword.arg}={ast.unparse(keyword.value)}"] += 1
+
+
+def marks(tree: ast.AST, factor: Factor) -> Iterator[tuple[str, ast.AST, bool]]:
+    """What stands for `factor` in a parsed program: (signature key, the node it was read from, whether
+    the key counts once, as a set). The signature is their multiset; region edits (archloop.regions) read
+    where they are."""
+    for call in (node for node in ast.walk(tree) if isinstance(node, ast.Call)):
+        called = _name(call.func)
+        if called in factor.calls:
+            yield _call_text(call), call, False
+        if called in factor.channels:
+            for size in _sizes(call):
+                yield f"size {size}", call, True
+        if called in factor.count:
+            yield "layers", call, False
+        for keyword in call.keywords:
+            if keyword.arg in factor.keywords:
+                yield f"{called}.{keyword.arg}={ast.unparse(keyword.value)}", call, False
+    if not (factor.merges or factor.gates):
+        return
+    for node in _forward_nodes(tree):
         if factor.merges:
-            for node in forward_nodes:
-                if _tensor_op(node, ast.Add) or (
-                    isinstance(node, ast.AugAssign)
-                    and isinstance(node.op, ast.Add)
-                    and _is_tensor_term(node.value)
-                ):
-                    found[f"add {ast.unparse(node)}"] += 1
-                elif isinstance(node, ast.Call) and _name(node.func) in factor.merges:
-                    found[f"merge {ast.unparse(node)}"] += 1
-        if factor.gates:
-            for node in forward_nodes:
-                if _tensor_op(node, ast.Mult) or (
-                    isinstance(node, ast.Call) and _name(node.func) in factor.gates
-                ):
-                    found[f"gate {ast.unparse(node)}"] += 1
+            if _tensor_op(node, ast.Add) or (
+                isinstance(node, ast.AugAssign)
+                and isinstance(node.op, ast.Add)
+                and _is_tensor_term(node.value)
+            ):
+                yield f"add {ast.unparse(node)}", node, False
+            elif isinstance(node, ast.Call) and _name(node.func) in factor.merges:
+                yield f"merge {ast.unparse(node)}", node, False
+        if factor.gates and (
+            _tensor_op(node, ast.Mult) or (isinstance(node, ast.Call) and _name(node.func) in factor.gates)
+        ):
+            yield f"gate {ast.unparse(node)}", node, False
+
+
+def signatures(code: str, factors: dict[str, Factor]) -> dict[str, Counter]:
+    """Per factor, the multiset that stands for it in `code` (SyntaxError when it does not parse)."""
+    tree = ast.parse(code)
+    result: dict[str, Counter] = {}
+    for name, factor in factors.items():
+        found: Counter = Counter()
+        for key, _, as_set in marks(tree, factor):
+            found[key] = 1 if as_set else found[key] + 1
+        result[name] = found
     return result
 
 

@@ -38,6 +38,7 @@ from archloop.basemodel import (
     train_tokenizer,
 )
 from archloop.paths import archloop_home
+from archloop.prompts import FIM_TOKENS
 
 Pairs = list[tuple[list[int], list[int]]]  # (token ids, loss mask) per example or block
 
@@ -89,6 +90,8 @@ def train_base_model(
     model, tokenizer, context = _model_and_tokenizer(
         settings, init_from, checkpoint, checkpoint_dir, train_examples
     )
+    if any(e.get("mode") in ("region", "fim") for e in edits):
+        fit_vocabulary(model, tokenizer, FIM_TOKENS)  # region examples hold the hole in FIM tokens
     data = _training_data(tokenizer, context, train_examples, held_examples, edits, edit_share, settings.seed)
     progress({"event": "data_ready", "train_examples_fitting": len(data.train_ids),
               "edit_examples": data.edits, "train_blocks": len(data.train_blocks),
@@ -107,6 +110,18 @@ def train_base_model(
 def default_checkpoint_dir(out_dir: Path) -> Path:
     tag = hashlib.sha256(str(Path(out_dir).resolve()).encode()).hexdigest()[:12]
     return archloop_home() / "base-model-checkpoints" / tag
+
+
+def fit_vocabulary(model, tokenizer, special: tuple[str, ...]) -> list[str]:
+    """Add the `special` tokens the tokenizer lacks (each one id, never split) and give the model an
+    embedding row for every token of the tokenizer (new rows start at the mean embedding); the tokens
+    added. A resumed run's tokenizer has them already: only the model grows."""
+    missing = [token for token in special if token not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    return missing
 
 
 def _edits(edits_dir: Path | None, edit_share: float, identity: dict) -> tuple[list[dict], dict]:

@@ -178,6 +178,55 @@ def factor_messages(task: Task, baseline: str, factor: str, description: str) ->
     ]
 
 
+# Region edits (archloop.regions, docs/edit-modes.md#region-edits): the parent with one site cut out, the
+# model writes only the missing lines. A model whose tokenizer has the FIM tokens (the tiny model trained
+# on region examples) sees the hole in them (fill-in-the-middle, Bavarian et al. 2022); any other model
+# sees the parent in a ```python block with one marker line where the hole is, and answers in a block.
+REGION_PROMPT_VERSION = "region-v1"
+FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE = "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"
+FIM_TOKENS = (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)
+HOLE_MARKER = "# >>> THE MISSING LINES GO HERE <<<"
+
+
+def region_instruction(factor: str = "", description: str = "") -> str:
+    if not factor:
+        return "Write the missing lines of this program."
+    return f"Write the missing lines so that the program changes only its {factor} ({description})."
+
+
+def region_messages(
+    task: Task, prefix: str, suffix: str, factor: str = "", description: str = "", fim: bool = True
+) -> list[dict[str, str]]:
+    """The parent around a hole (`prefix`, `suffix`), and what the missing lines must do (no factor: a
+    fill-in-the-middle example of a corpus program, which keeps full generation's skill)."""
+    instruction = region_instruction(factor, description)
+    if fim:
+        body = f"{FIM_PREFIX}{prefix}{FIM_SUFFIX}{suffix}{FIM_MIDDLE}"
+    else:
+        body = (
+            f"{assistant_answer(prefix + HOLE_MARKER + chr(10) + suffix)}\n"
+            "Answer with only the lines that replace the marker line, indented as in the file, in a single "
+            "```python block."
+        )
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": f"{edit_task(task)}\n{instruction}\n{body}"},
+    ]
+
+
+def region_answer(middle: str, fim: bool = True) -> str:
+    """The answer of a region example: the missing lines as they are (FIM) or in a ```python block."""
+    return middle if fim else f"```python\n{middle.rstrip(chr(10))}\n```"
+
+
+def region_middle(response: str, fim: bool = True) -> str:
+    """The lines a region answer holds: the text up to the end of the turn (FIM), else the first block."""
+    if fim:
+        return response
+    match = _FENCE.search(response)
+    return match.group(1) if match else response
+
+
 def unified_diff(parent: str, child: str, context_lines: int = 1) -> str:
     """The unified diff from `parent` to `child` as delta mode's answers spell it (---/+++ model.py)."""
     lines = difflib.unified_diff(

@@ -92,6 +92,7 @@ def evaluate_all(samples: list[dict], workdir: Path, uid_base: int = 61000) -> N
                 result.param_count,
             )
             sample["message"] = result.stages[-1].message if result.stages else ""
+            sample["wiring_hash"] = result.architecture.get("wiring_hash", "")
             fixed = repair(sample["code"])
             sample["repairs"] = fixed.applied
             if fixed.changed:

@@ -1,7 +1,8 @@
-"""Full, delta and factor mode side by side on one base model: valid rates, their ratio, entanglement.
+"""Full, delta, factor and region mode side by side on one base model: valid rates, their ratio,
+entanglement, scope.
 
     python bench/edit_modes.py [--base-model REF] [--samples 64] [--temperature 0.5] [--corpus DIR]
-        [--write]
+        [--modes full,delta,factor,region] [--write]
 
 Candidates are made by the generator's own engine (services.generator.engine.CandidateMaker over the
 local backend: the same prompts, context-fit rule, diff application and re-prompts as the service),
@@ -14,6 +15,10 @@ Per mode: valid rate with its Wilson 95 % interval; delta's failure kinds and re
 entanglement rate (of the programs that parse: an edit outside the chosen factor, by the factor
 signatures) and how often the edit changed nothing; the exact token J of each valid edit to its parent.
 The figure the issue asks for is delta valid ÷ full valid (the literature's 66–75 % vs 50.6 %: 1.41).
+Region mode (services/generator/region.py): the final scope verdicts, the out-of-scope share (of all
+samples: rejected after the re-samples), the sites' kinds, and of the valid edits of a wiring factor
+(skip connections, attention, depth) the share whose wiring hash differs from the parent's (the
+corpus's architecture.jsonl).
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from bench.base_model_quality import _shingles, evaluate_all  # noqa: E402
 from bench.report import machine, publish  # noqa: E402
 from services.controller.stats import wilson_interval  # noqa: E402
 
-MODES = ("full", "delta", "factor")
+MODES = ("full", "delta", "factor", "region")
+WIRING_FACTORS = ("skip_connections", "attention", "depth")
 UID_BASE = 52000  # sandbox uids of its own: it may run beside the evaluator's tests, which watch 61000+
 
 
@@ -68,25 +74,32 @@ def main() -> int:
     parser.add_argument("--corpus", type=Path, default=None, help="the model's training corpus")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--modes", default=",".join(MODES), help="which modes, comma-separated")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    if not modes or set(modes) - set(MODES):
+        parser.error(f"--modes: {args.modes!r} is not a list of {', '.join(MODES)}")
 
     from archloop.factors import load_factors
     from archloop.paths import corpus_dir as default_corpus
     from archloop.rewrite import canonical
     from archloop.v1 import common_pb2, generator_pb2
-    from services.generator.engine import CandidateMaker, plan_from_request
+    from services.generator.engine import CandidateMaker
     from services.generator.local import LocalBackend
+    from services.generator.plan import plan_from_request
     from services.novelty.fingerprint import exact_jaccard
 
     started = time.monotonic()
     corpus_dir = args.corpus or default_corpus()
     backend = LocalBackend(args.base_model, device="cpu", threads=args.threads)
     factors = load_factors()
+    fim = all(backend.count_tokens(token) == 1 for token in prompts.FIM_TOKENS)
     maker = CandidateMaker(
         backend.generate, backend.name, backend.model_id, backend.batch_size, factors,
-        backend.context_tokens, backend.count_tokens, backend.render,
+        backend.context_tokens, backend.count_tokens, backend.render, fim,
     )  # fmt: skip
+    wirings = {m: r["wiring_hash"] for m, r in corpus.read_architectures(corpus_dir).items()}
     task = prompts.TASKS["cifar-10"]
     parents = held_out_parents(corpus_dir, maker, task, args.samples, args.seed)
     if not parents:
@@ -100,7 +113,7 @@ def main() -> int:
     )
     rows, everything = {}, {}
     with tempfile.TemporaryDirectory(prefix="edit-modes-") as tmp:
-        for mode in MODES:
+        for mode in modes:
             began = time.perf_counter()
             request = generator_pb2.GenerateCandidatesRequest(
                 experiment_id="bench", cycle=1, task=spec, decoding=decoding, seed=args.seed + 17,
@@ -119,6 +132,7 @@ def main() -> int:
                     "factor": g.factor, "touched": list(g.touched_factors), "entangled": g.entangled,
                     "failure_kind": g.delta_failure_kind, "reprompts": g.reprompt_count,
                     "context_fit": g.context_fit, "completion_tokens": g.completion_tokens,
+                    "region_site": g.region_site, "region_kind": g.region_kind, "verdict": g.region_verdict,
                 })  # fmt: skip
             seconds_sampling = time.perf_counter() - began
             evaluate_all([s for s in samples if s["code"].strip()], Path(tmp) / mode, UID_BASE)
@@ -159,17 +173,20 @@ def main() -> int:
                 ),
                 "mean_valid_accuracy": sum(s["accuracy"] for s in valid) / len(valid) if valid else None,
                 "sampling_seconds": round(seconds_sampling, 1),
+                **(_region_row(samples, valid, wirings) if mode == "region" else {}),
             }
             everything[mode] = samples
             print(json.dumps({mode: rows[mode]}), flush=True)
     ratio = (
-        rows["delta"]["valid_share"] / rows["full"]["valid_share"] if rows["full"]["valid_share"] else None
+        rows["delta"]["valid_share"] / rows["full"]["valid_share"]
+        if "delta" in rows and "full" in rows and rows["full"]["valid_share"]
+        else None
     )
     model = Path(args.base_model).name if args.base_model else "archloop-tiny-coder"
     start, end = f"<!-- edit-modes:{model}:start -->", f"<!-- edit-modes:{model}:end -->"
     lines = [
         start,
-        f"## Edit modes: full, delta and factor on {model}",
+        f"## Edit modes: {', '.join(rows)} on {model}",
         "",
         f"`python bench/edit_modes.py {' '.join(sys.argv[1:])}` — {model}, T {args.temperature}, "
         f"{args.samples} per mode; parents: {len({p for p, _ in parents})} held-out corpus models "
@@ -194,14 +211,39 @@ def main() -> int:
             f"{statuses} | {failures} | {r['reprompted']} | {pct(r['entangled_share_of_parsed'])} | "
             f"{r['unchanged']} | {num(r['mean_jaccard_to_parent_valid'])} | {num(r['mean_valid_accuracy'])} |"
         )
-    lines += [
-        "",
-        f"Delta valid ÷ full valid: **{'—' if ratio is None else f'{ratio:.2f}'}** (goal ≥ 1.4).",
-        end,
-    ]
+    if "region" in rows:
+        r = rows["region"]
+        lines += [
+            "",
+            f"Region mode: final verdicts {r['verdicts']}; out of scope (rejected) "
+            f"**{pct(r['out_of_scope_share'])}** of samples; sites {r['kinds']}; "
+            "valid edits of a wiring factor that changed the wiring hash: "
+            f"**{r['wiring_changed']} of {r['wiring_factor_valid']}** ({pct(r['wiring_changed_share'])}); "
+            f"re-sampled {r['reprompted']}.",
+        ]
+    if "delta" in rows:
+        shown = "—" if ratio is None else f"{ratio:.2f}"
+        lines += ["", f"Delta valid ÷ full valid: **{shown}** (goal ≥ 1.4)."]
+    lines.append(end)
     publish(f"edit_modes-{model}", {"model": model, "rows": rows, "ratio": ratio, "samples": everything},
             "\n".join(lines), start, end, args.write)  # fmt: skip
     return 0
+
+
+def _region_row(samples: list[dict], valid: list[dict], wirings: dict[str, str]) -> dict:
+    """Region mode's own figures: verdicts, out-of-scope share, site kinds, wiring changes."""
+    structural = [s for s in valid if s["factor"] in WIRING_FACTORS and wirings.get(s["parent"])]
+    changed = [s for s in structural if s.get("wiring_hash") and s["wiring_hash"] != wirings[s["parent"]]]
+    out = sum(s["verdict"] == "out_of_scope" for s in samples)
+    return {
+        "verdicts": dict(Counter(s["verdict"] or "no_site" for s in samples).most_common()),
+        "out_of_scope_share": out / len(samples) if samples else None,
+        "kinds": dict(Counter(s["region_kind"] for s in samples if s["region_kind"]).most_common()),
+        "wiring_factor_valid": len(structural),
+        "wiring_changed": len(changed),
+        "wiring_changed_share": len(changed) / len(structural) if structural else None,
+        "valid_by_factor": dict(Counter(s["factor"] for s in valid).most_common()),
+    }
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ THREADS = 2
 
 
 def run_once(backend, factors, batch: int, candidates: int, max_new_tokens: int, seed: int) -> dict:
-    from services.generator.engine import CandidateMaker, plan_from_request
+    from services.generator.engine import CandidateMaker
+    from services.generator.plan import plan_from_request
 
     maker = CandidateMaker(backend.generate, "local", backend.model_id, batch, factors)
     request = generator_pb2.GenerateCandidatesRequest(

@@ -91,9 +91,13 @@ def test_the_leak_measure_fails_on_a_leaking_service(tmp_path) -> None:
         proc.wait_ready(120)
         rng, codes = random.Random("leaky"), {}
         with grpc.insecure_channel(proc.address) as channel:
-            growth, _ = memprobe.follow(proc, lambda n: burst(channel, "novelty", rng, n, codes), 500, 8, 250)
+            growth, _ = memprobe.follow(
+                proc, lambda n: burst(channel, "novelty", rng, n, codes), 500, 16, 250
+            )
     finally:
         proc.stop(10)
     assert "the Python heap grew" in growth.verdict(), (growth.heap_mib, growth.heap_per_10k())
-    # 1 KiB × 10,000 calls = 9.8 MiB, plus each bytearray's header and its slot in the list (~1.3 KiB)
-    assert 9 < growth.heap_per_10k() < 20, growth.heap_per_10k()
+    # kept: 1 KiB × 10,000 calls = 9.8 MiB, plus each bytearray's header and list slot (~10.4 MiB). The
+    # heap moves by ±0.6 MiB between samples whatever is kept, so over 3,000 calls the estimate is good to
+    # about ±2 MiB per 10k (8.5 was seen over 1,500 calls): the bounds check it is that leak, not noise.
+    assert 7 < growth.heap_per_10k() < 20, growth.heap_per_10k()

@@ -154,3 +154,64 @@ def test_a_base_model_is_bound_to_the_corpus_it_was_trained_on(tmp_path: Path) -
     (other / "manifest.json").unlink()
     basemodel.check_corpus_binding(str(model), other)
     basemodel.check_corpus_binding("Qwen/Qwen2.5-Coder-7B-Instruct", trained_on)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fim", [False, True], ids=["marker-line", "fim-tokens"])
+def test_a_llama_base_writes_region_edits_through_the_generators_region_prompt(
+    tiny_llama, tmp_path, fim
+) -> None:
+    """Region mode on a Llama: without FIM tokens in its tokenizer the hole is one marker line (SmolLM2 and
+    the 7B models of the cluster path); with them (pretraining.fit_vocabulary) it is in FIM tokens. The
+    random model writes nonsense; what is checked is the path: the prompt, the splice around the hole,
+    a verdict recorded for every candidate."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from archloop import pretraining, regions
+    from archloop.factors import load_factors
+    from archloop.rewrite import canonical
+    from archloop.v1 import common_pb2, generator_pb2
+    from services.generator.engine import CandidateMaker
+    from services.generator.plan import plan_from_request
+
+    model_dir = tiny_llama
+    if fim:
+        model_dir = tmp_path / "llama-fim"
+        tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+        assert pretraining.fit_vocabulary(model, tokenizer, prompts.FIM_TOKENS) == list(prompts.FIM_TOKENS)
+        model.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+    backend = LocalBackend(str(model_dir), device="cpu", threads=2)
+    has_fim = all(backend.count_tokens(token) == 1 for token in prompts.FIM_TOKENS)
+    assert has_fim is fim
+    prompts_seen: list = []
+
+    def generate(chats, decoding, seeds, adapter):
+        prompts_seen.extend(chats)
+        return backend.generate(chats, decoding, seeds, adapter)
+
+    factors = load_factors()
+    maker = CandidateMaker(generate, backend.name, backend.model_id, 4, factors, backend.context_tokens,
+                           backend.count_tokens, backend.render, has_fim)  # fmt: skip
+    request = generator_pb2.GenerateCandidatesRequest(
+        experiment_id="llama", cycle=1, n=3, seed=5, mode=common_pb2.GENERATION_MODE_REGION,
+        baseline_code=prompts.BASELINE_FILE.read_text(), max_reprompts=1,
+        decoding=common_pb2.DecodingParams(temperature=0.8, max_new_tokens=24),
+    )  # fmt: skip
+    candidates = list(maker.run(plan_from_request(request, 8, factors)))
+    parent = canonical(prompts.BASELINE_FILE.read_text())
+    assert len(candidates) == 3 and prompts_seen
+    assert all((prompts.FIM_MIDDLE in chat[-1]["content"]) is fim for chat in prompts_seen)
+    assert all((prompts.HOLE_MARKER in chat[-1]["content"]) is not fim for chat in prompts_seen)
+    for c in candidates:
+        g = c.generation
+        assert g.region_fim is fim and g.region_verdict in regions.VERDICTS and g.completion_tokens > 0
+        factor, span = g.region_site.split("@")[0], g.region_site.split(":")[-1]
+        site = next(s for s in regions.sites(parent, factor, factors) if s.key == g.region_site)
+        prefix, _, suffix = regions.cut(parent, site)
+        assert span == f"{site.start}-{site.end}"
+        if c.code:  # the parent outside the hole, byte for byte
+            assert c.code.startswith(prefix) and c.code.endswith(suffix)
+        else:
+            assert c.generation_error.split(":")[0] in ("no_change", "out_of_scope")

@@ -5,6 +5,8 @@ archloop corpus build [--out DIR] [--version V]
                                       build a corpus version (default lemur-v3 in $ARCHLOOP_HOME/corpus/V)
 archloop corpus stats [--json]        its funnel and the proxy-reliability table's summary
 archloop corpus edits [--out DIR]     delta and factor training pairs from verified mutations of it
+archloop corpus regions [--out DIR]   region-edit (fill-in-the-middle) examples: the edits cut to a factor's
+                                      site, and one random statement run of every program
 archloop corpus structure             each program's architecture graph, wiring hash and tokens (again:
                                       `build` records them; the novelty service's architecture channel)
 archloop corpus leaderboard           every program trained once on the embedded protocol (resumable;
@@ -126,6 +128,32 @@ def cmd_edits(args: argparse.Namespace) -> int:
         f"{report.manifest['programs']:,} programs → {report.manifest['pairs']:,} pairs "
         f"({', '.join(f'{k} {v}' for k, v in kept.items())}; {report.seconds:.0f} s)"
     )
+    print(report.out_dir)
+    return EXIT_OK
+
+
+def cmd_regions(args: argparse.Namespace) -> int:
+    from archloop.corpus import CorpusError, edits_dir
+    from tools.region_pairs import build_region_pairs, regions_dir
+
+    source = _corpus_dir(args)
+    edits = Path(args.edits) if args.edits else edits_dir(source)
+    if not (edits / "manifest.json").exists():
+        print(
+            f"archloop corpus regions: {edits} holds no edit pairs; run `archloop corpus edits`",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    try:
+        out = Path(args.out) if args.out else regions_dir(source)
+        report = build_region_pairs(source, edits, out, args.seed)
+    except (CorpusError, FileNotFoundError) as exc:
+        print(f"archloop corpus regions: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    m = report.manifest
+    no_site = sum(c["no_site"] for c in m["counts"].values())
+    print(f"{m['region_examples']:,} region examples ({no_site:,} edits fit no single site), "
+          f"{m['fim_examples']:,} fill-in-the-middle examples ({report.seconds:.0f} s)")  # fmt: skip
     print(report.out_dir)
     return EXIT_OK
 
@@ -267,6 +295,14 @@ def _corpus_parsers(commands: argparse._SubParsersAction) -> None:
     edits.add_argument("--seed", type=int, default=0)
     edits.add_argument("--programs", type=int, default=0, help="a seeded sample of this many programs [all]")
     edits.set_defaults(func=cmd_edits)
+    regions_ = sub.add_parser(
+        "regions", help="region-edit examples: engine edits cut to a site, and FIM spans"
+    )
+    regions_.add_argument("--corpus", help="corpus folder [env ARCHLOOP_CORPUS_DIR]")
+    regions_.add_argument("--edits", help="the `archloop corpus edits` folder [default: beside the corpus]")
+    regions_.add_argument("--out", help="output folder [default: beside the corpus, VERSION-regions]")
+    regions_.add_argument("--seed", type=int, default=0)
+    regions_.set_defaults(func=cmd_regions)
     structure = sub.add_parser("structure", help="each corpus program's architecture graph (build too)")
     structure.add_argument("--corpus", help="corpus folder [env ARCHLOOP_CORPUS_DIR]")
     structure.set_defaults(func=cmd_structure)

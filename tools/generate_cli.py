@@ -24,7 +24,7 @@ from archloop.errors import ArchLoopError, InvalidArgument
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SOME_EMPTY = 0, 1, 2, 3
 BASELINE = prompts.BASELINE_FILE
-_MODES = ("full", "delta", "factor")  # GenerationMode values, named without their prefix
+_MODES = ("full", "delta", "factor", "region")  # GenerationMode values, named without their prefix
 _FALLBACKS = ("none", "reprompt", "full")  # DeltaFallback values
 
 
@@ -32,7 +32,7 @@ def _request(args: argparse.Namespace):
     from archloop.v1 import common_pb2, generator_pb2
 
     baseline = ""
-    if args.mode in ("delta", "factor"):
+    if args.mode in ("delta", "factor", "region"):
         path = Path(args.baseline) if args.baseline else BASELINE
         try:
             baseline = path.read_text(encoding="utf-8")

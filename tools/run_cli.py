@@ -463,7 +463,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--cycles", type=int)
     run.add_argument("--candidates", type=int, help="candidates per cycle")
     run.add_argument("--dataset", help="digits (offline), " + ", ".join(datasets.TORCHVISION))
-    run.add_argument("--mode", choices=("full", "delta", "factor", "engine", "corpus_sample"))
+    run.add_argument("--mode", choices=("full", "delta", "factor", "region", "engine", "corpus_sample"))
     run.add_argument("--seed", type=int)
     run.add_argument("--name", help="experiment id [default <config name>-<UTC time>]")
     run.add_argument("--out", help="report folder [default archloop-runs/<experiment>]")

@@ -31,6 +31,7 @@ _ENUMS: dict[str, tuple[str, EnumTypeWrapper]] = {
     "temperature_schedule": ("TEMPERATURE_SCHEDULE_", controller_pb2.TemperatureSchedule),
     "selection_policy": ("SELECTION_POLICY_", controller_pb2.SelectionPolicy),
     "parent_policy": ("PARENT_POLICY_", controller_pb2.ParentPolicy),
+    "factor_policy": ("FACTOR_POLICY_", controller_pb2.FactorPolicy),
     "adapter_init": ("ADAPTER_INIT_", trainer_pb2.AdapterInit),
     "architecture_novelty": ("ARCHITECTURE_NOVELTY_", controller_pb2.ArchitectureNovelty),
 }
@@ -144,7 +145,7 @@ def _validate_run(config: controller_pb2.ExperimentConfig) -> None:
 
 def _validate_generation(g: controller_pb2.GenerationSettings) -> None:
     if g.mode == common_pb2.GENERATION_MODE_UNSPECIFIED:
-        bad("generation.mode", "is required (full, delta, factor, engine or corpus_sample)")
+        bad("generation.mode", "is required (full, delta, factor, region, engine or corpus_sample)")
     d = g.decoding
     if d.temperature < 0 or d.top_k < 0 or not 0 <= d.top_p <= 1 or d.max_new_tokens < 0:
         bad("generation.decoding", "temperature, top_k and max_new_tokens must be ≥ 0 and top_p in [0, 1]")
@@ -160,6 +161,12 @@ def _validate_generation(g: controller_pb2.GenerationSettings) -> None:
         bad("generation.tournament_size", f"{g.tournament_size} must be at least 1")
     if g.population_size < 1:
         bad("generation.population_size", f"{g.population_size} must be at least 1")
+    factor_modes = (common_pb2.GENERATION_MODE_FACTOR, common_pb2.GENERATION_MODE_REGION)
+    if g.factor_policy == controller_pb2.FACTOR_POLICY_BANDIT and g.mode not in factor_modes:
+        bad(
+            "generation.factor_policy",
+            f"a bandit picks the factor of factor or region candidates, not {_mode_name(g.mode)}",
+        )
     if g.repair and not uses_language_model(g):
         bad("generation.repair", f"repairs what a model wrote; mode {_mode_name(g.mode)} has no model")
     if g.prompt_dataset and g.prompt_dataset not in datasets.NAMES:
@@ -167,7 +174,7 @@ def _validate_generation(g: controller_pb2.GenerationSettings) -> None:
 
 
 def uses_language_model(g: controller_pb2.GenerationSettings) -> bool:
-    """Whether candidates are sampled by the language model (full, delta, factor), so each cycle
+    """Whether candidates are sampled by the language model (full, delta, factor, region), so each cycle
     fine-tunes it; engine and corpus_sample have no model (issue 35)."""
     return g.mode not in (common_pb2.GENERATION_MODE_ENGINE, common_pb2.GENERATION_MODE_CORPUS_SAMPLE)
 

@@ -71,9 +71,11 @@ def generation(
     start: int,
     n: int,
     parents: list[tuple[str, str]] | None = None,
+    factors: list[tuple[str, str]] | None = None,
 ) -> generator_pb2.GenerateCandidatesRequest:
     """Candidates `start` … `start + n - 1` of the cycle `row`, with its adapter and temperature;
-    delta / factor: each edits its (id, code) of `parents`."""
+    delta / factor / region: each edits its (id, code) of `parents`, with its (factor, why) of
+    `factors` when the controller chose them (a bandit)."""
     g = config.generation
     decoding = common_pb2.DecodingParams()
     decoding.CopyFrom(g.decoding)
@@ -92,7 +94,12 @@ def generation(
         factors=list(g.factors),
         start_index=start,
         repair=g.repair,
-        parents=[generator_pb2.ParentProgram(parent_id=i, code=code) for i, code in parents or []],
+        parents=[
+            generator_pb2.ParentProgram(parent_id=i, code=code, factor=factor, factor_choice=why)
+            for (i, code), (factor, why) in zip(
+                parents or [], factors or [("", "")] * len(parents or []), strict=True
+            )
+        ],
     )
 
 

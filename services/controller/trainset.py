@@ -2,7 +2,8 @@
 seeded sample of the mutation engine's edit pairs (`edit_pair_share` of the LEMUR sample; the edits
 folder `archloop corpus edits` writes beside the corpus), and a chat pair for every candidate admitted so
 far — plus, for one made by an edit, the edit itself (its parent in the prompt, its diff or its program
-as the answer, as the generator asked for it), so the model learns which edits get admitted. All in the
+as the answer, as the generator asked for it; for a region edit the parent with the site cut out and the
+lines written there), so the model learns which edits get admitted. All in the
 corpus's record format (archloop.corpus)."""
 
 from __future__ import annotations
@@ -13,21 +14,25 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from archloop import corpus, prompts
+from archloop import corpus, prompts, regions
 from archloop.factors import load_factors
+from archloop.rewrite import canonical
 
 
 @dataclass(frozen=True)
 class Admitted:
     candidate_id: str
     code: str
-    mode: str = "full"  # "delta" / "factor": made by editing `parent`
+    mode: str = "full"  # "delta" / "factor" / "region": made by editing `parent`
     parent: str = ""
     factor: str = ""
+    fim: bool = True  # region mode: the hole was shown in FIM tokens
 
 
 def edit_examples(admitted: Admitted, task: prompts.Task) -> list[dict]:
-    """The edit pair of an admitted delta / factor candidate (none for a full program)."""
+    """The edit pair of an admitted delta / factor / region candidate (none for a full program)."""
+    if admitted.mode == "region" and admitted.parent:
+        return region_examples(admitted, task)
     if not admitted.parent or admitted.mode not in ("delta", "factor"):
         return []
     if admitted.mode == "factor" and not admitted.factor:
@@ -47,6 +52,25 @@ def edit_examples(admitted: Admitted, task: prompts.Task) -> list[dict]:
             "messages": messages,
         }
     ]
+
+
+def region_examples(admitted: Admitted, task: prompts.Task) -> list[dict]:
+    """The region example of an admitted region candidate: its parent with the smallest site of its
+    factor that holds the change cut out, and the lines it wrote there (none when no site holds it)."""
+    factor = load_factors().get(admitted.factor)
+    try:
+        parent = canonical(admitted.parent)
+    except SyntaxError:
+        return []
+    site = regions.training_site(parent, admitted.code, admitted.factor, load_factors()) if factor else None
+    if factor is None or site is None:
+        return []
+    prefix, _, suffix = regions.cut(parent, site)
+    middle = regions.child_middle(parent, admitted.code, site)
+    messages = prompts.region_messages(task, prefix, suffix, factor.name, factor.description, admitted.fim)
+    answer = {"role": "assistant", "content": prompts.region_answer(middle, admitted.fim)}
+    return [{"id": f"{admitted.candidate_id}#region", "model": admitted.candidate_id, "dataset": task.dataset,
+             "source": "generated", "mode": "region", "messages": [*messages, answer]}]  # fmt: skip
 
 
 def write_training_set(

@@ -6,10 +6,13 @@
             (up to max_reprompts), or a full program
     factor  one factor per candidate (seeded choice from the request's list or the service's), an edit of
             that factor only → a complete program; which factors it touched, and whether it is entangled
+    region  one factor and one of its sites in the parent cut out; the model writes only those lines,
+            spliced back and scope-checked, re-sampled while out of scope (services.generator.region)
 
-Delta and factor candidates edit a parent: the request's `baseline_code`, or with `parents` candidate k's
-own (an archive's choice); each records the parent's id and sha256. Prompts must fit the model's context
-(prompt + the least room the answer needs: a short diff, or the parent's own length for factor mode):
+Delta, factor and region candidates edit a parent: the request's `baseline_code`, or with `parents`
+candidate k's own (an archive's choice); each records the parent's id and sha256. Prompts must fit the
+model's context (prompt + the least room the answer needs: a short diff, or the parent's own length for
+factor mode, the site's lines and a little more for region mode):
 a first prompt that does not fit fails the request before anything is sampled, with one sentence naming
 the sizes, unless the fallback is `full` (that candidate is then a full program, recorded as
 `context_fit: full_fallback`); a re-prompt echoes only the failed diff, shortened or dropped until it fits.
@@ -31,167 +34,17 @@ from archloop import ids, prompts
 from archloop.errors import InvalidArgument
 from archloop.factors import Factor, touched_factors
 from archloop.repair import repair
-from archloop.v1 import common_pb2, generator_pb2
+from archloop.v1 import common_pb2
+from services.generator import region
 from services.generator.backend import Completion, Decoding
 from services.generator.delta import DeltaError, apply_response, extract_diff
+from services.generator.plan import MODES, Plan, decoding_to_proto
 
-DEFAULT_DECODING = Decoding()
-MODES = {
-    common_pb2.GENERATION_MODE_FULL: "full",
-    common_pb2.GENERATION_MODE_DELTA: "delta",
-    common_pb2.GENERATION_MODE_FACTOR: "factor",
-}
-FALLBACKS = {
-    generator_pb2.DELTA_FALLBACK_UNSPECIFIED: "reprompt",
-    generator_pb2.DELTA_FALLBACK_NONE: "none",
-    generator_pb2.DELTA_FALLBACK_REPROMPT: "reprompt",
-    generator_pb2.DELTA_FALLBACK_FULL: "full",
-}
-DEFAULT_REPROMPTS = 2  # the reference re-prompted up to twice (docs/method.md#generation-modes)
-MAX_REPROMPTS = 10  # each round samples again: a bound keeps a failing request from running for ever
-MAX_BASELINE_CHARS = 256 * 1024
 RESPONSE_SEPARATOR = "\n\n# ----- re-prompt -----\n\n"
-BASELINE_PARENT = "baseline"
 # the least room an answer needs beyond its prompt: a diff of a few changed lines; a whole new program
 MIN_DIFF_TOKENS = 128
 MIN_PROGRAM_TOKENS = 384
 FACTOR_SLACK_TOKENS = 32  # a factor edit's answer is the parent's length give or take a few lines
-
-
-@dataclass
-class Plan:
-    experiment_id: str
-    cycle: int
-    task: prompts.Task
-    mode: str
-    decoding: Decoding
-    adapter: str
-    seed: int
-    n: int
-    start_index: int = 0
-    baseline: str = ""
-    factors: list[Factor] = field(default_factory=list)
-    fallback: str = "reprompt"
-    max_reprompts: int = DEFAULT_REPROMPTS
-    repair: bool = False  # archloop.repair on each program, recorded on the candidate
-    adapter_sha256: str = ""  # filled in once the backend has the adapter
-    parents: list[tuple[str, str]] = field(default_factory=list)  # (id, code) per candidate, or none
-
-    def parent(self, index: int) -> tuple[str, str]:
-        """(id, code) of the program candidate `index` edits."""
-        if self.parents:
-            return self.parents[index - self.start_index]
-        return BASELINE_PARENT, self.baseline
-
-
-def decoding_from_proto(given: common_pb2.DecodingParams, field_name: str = "decoding") -> Decoding:
-    """Zero → the paper's default, except a temperature that is set (0 = greedy); negative or
-    out-of-range values name the field."""
-    checks = {
-        "temperature": given.temperature < 0,
-        "top_k": given.top_k < 0,
-        "top_p": not 0 <= given.top_p <= 1,
-        "max_new_tokens": given.max_new_tokens < 0,
-        "repetition_penalty": given.repetition_penalty < 0,
-    }
-    for name, bad in checks.items():
-        if bad:
-            raise InvalidArgument(f"{field_name}.{name}", f"{getattr(given, name)} is out of range")
-    d = DEFAULT_DECODING
-    return Decoding(
-        given.temperature if given.HasField("temperature") else d.temperature,
-        given.top_k or d.top_k,
-        given.top_p or d.top_p,
-        given.max_new_tokens or d.max_new_tokens,
-        given.repetition_penalty or d.repetition_penalty,
-    )
-
-
-def decoding_to_proto(decoding: Decoding) -> common_pb2.DecodingParams:
-    return common_pb2.DecodingParams(
-        temperature=decoding.temperature,
-        top_k=decoding.top_k,
-        top_p=decoding.top_p,
-        max_new_tokens=decoding.max_new_tokens,
-        repetition_penalty=decoding.repetition_penalty,
-    )
-
-
-def plan_from_request(
-    request: generator_pb2.GenerateCandidatesRequest, max_candidates: int, factors: dict[str, Factor]
-) -> Plan:
-    if not 1 <= request.n <= max_candidates:
-        raise InvalidArgument("n", f"{request.n} is not in 1..{max_candidates}")
-    mode = MODES.get(request.mode)
-    if mode is None:
-        raise InvalidArgument("mode", f"{request.mode} is not full, delta or factor")
-    if request.cycle < 0 or request.start_index < 0:
-        raise InvalidArgument("cycle" if request.cycle < 0 else "start_index", "must not be negative")
-    task = task_from_spec(request.task)
-    baseline = request.baseline_code
-    parents = [(p.parent_id, p.code) for p in request.parents]
-    if parents and mode == "full":
-        raise InvalidArgument("parents", "full mode edits no program; leave parents empty")
-    if parents and len(parents) != request.n:
-        raise InvalidArgument(
-            "parents", f"{len(parents)} entries for n = {request.n}; give one per candidate"
-        )
-    for i, (parent_id, code) in enumerate(parents):
-        if not parent_id:
-            raise InvalidArgument(f"parents[{i}].parent_id", "is empty")
-        parents[i] = (parent_id, _program(code, f"parents[{i}].code", mode))
-    if mode in ("delta", "factor") and not parents:
-        baseline = _program(baseline, "baseline_code", mode)
-    chosen: list[Factor] = []
-    if mode == "factor":
-        names = list(request.factors) or list(factors)
-        unknown = [name for name in names if name not in factors]
-        if unknown:
-            raise InvalidArgument("factors", f"unknown factor(s) {unknown}; known: {sorted(factors)}")
-        chosen = [factors[name] for name in names]
-    if not 0 <= request.max_reprompts <= MAX_REPROMPTS:
-        raise InvalidArgument("max_reprompts", f"{request.max_reprompts} is not in 0..{MAX_REPROMPTS}")
-    fallback = FALLBACKS.get(request.delta_fallback)
-    if fallback is None:
-        raise InvalidArgument("delta_fallback", f"{request.delta_fallback} is not a known fallback")
-    return Plan(
-        experiment_id=request.experiment_id,
-        cycle=request.cycle,
-        task=task,
-        mode=mode,
-        decoding=decoding_from_proto(request.decoding),
-        adapter=request.adapter.name,
-        seed=request.seed,
-        n=request.n,
-        start_index=request.start_index,
-        baseline=baseline,
-        factors=chosen,
-        fallback=fallback,
-        max_reprompts=request.max_reprompts or DEFAULT_REPROMPTS,
-        repair=request.repair,
-        parents=parents,
-    )
-
-
-def task_from_spec(spec: common_pb2.TaskSpec) -> prompts.Task:
-    """The prompt's task of a request's TaskSpec (zero fields: CIFAR-10 shapes, 10 classes, 500k)."""
-    dataset = spec.dataset or "cifar10"
-    shape = tuple(spec.input_shape) or (1, 3, 32, 32)
-    if len(shape) != 4 or shape[0] != 1 or min(shape) < 1:
-        raise InvalidArgument("task.input_shape", f"{list(shape)} is not [1, C, H, W]")
-    if spec.num_classes < 0 or spec.param_budget < 0:
-        raise InvalidArgument(
-            "task.num_classes" if spec.num_classes < 0 else "task.param_budget", "must be positive"
-        )
-    return prompts.task_for(dataset, shape, spec.num_classes or 10, spec.param_budget or 500_000)
-
-
-def _program(code: str, field_name: str, mode: str) -> str:
-    if not code.strip():
-        raise InvalidArgument(field_name, f"{mode} mode edits a program; it is empty")
-    if len(code) > MAX_BASELINE_CHARS:
-        raise InvalidArgument(field_name, f"{len(code):,} characters, over {MAX_BASELINE_CHARS:,}")
-    return code.strip("\n") + "\n"
 
 
 def candidate_seed(seed: int, index: int) -> int:
@@ -218,6 +71,8 @@ class _Work:
     error: str = ""
     failure_kind: str = ""
     diff_length: int = 0
+    hole: region.Hole | None = None  # region mode
+    factor_choice: str = ""  # why `factor`, when the caller chose it
 
     def add(self, completion: Completion) -> None:
         self.responses.append(completion.text)
@@ -240,6 +95,7 @@ class CandidateMaker:
         context_tokens: int = 1 << 30,
         count_tokens: Callable[[str], int] = lambda text: 0,
         render: Callable[[list[dict[str, str]]], str] = lambda messages: "",
+        fim: bool = False,
     ) -> None:
         self.generate = generate
         # all of them: an edit is judged against every factor, not only the chosen list
@@ -250,6 +106,7 @@ class CandidateMaker:
         self.context_tokens = context_tokens
         self.count_tokens = count_tokens
         self.render = render
+        self.fim = fim  # the model's tokenizer has the FIM tokens: region prompts use them
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         return self.count_tokens(self.render(messages))
@@ -260,6 +117,8 @@ class CandidateMaker:
             return MIN_DIFF_TOKENS
         if mode == "factor":
             return self.count_tokens(parent) + FACTOR_SLACK_TOKENS
+        if mode == "region":  # `parent`: the lines of the site
+            return self.count_tokens(parent) + region.REGION_SLACK_TOKENS
         return MIN_PROGRAM_TOKENS
 
     def fits(self, messages: list[dict[str, str]], mode: str, parent: str) -> tuple[bool, int, int]:
@@ -268,12 +127,16 @@ class CandidateMaker:
         return prompt + answer <= self.context_tokens, prompt, answer
 
     def parent_fits(self, task: prompts.Task, mode: str, code: str) -> tuple[bool, int, int]:
-        """Would `code` fit as the parent of a `mode` candidate? (factor mode: with the longest factor
-        prompt of this maker's factors)"""
+        """Would `code` fit as the parent of a `mode` candidate? (factor and region mode: with the longest
+        factor prompt of this maker's factors)"""
         parent = code.strip("\n") + "\n"
         if mode == "delta":
             return self.fits(prompts.delta_messages(task, parent), mode, parent)
         longest = max(self.factors.values(), key=lambda f: len(f.name) + len(f.description))
+        if mode == "region":  # the prompt holds the parent less its site, the answer the site's lines:
+            # together about the parent and the answer's slack
+            messages = prompts.region_messages(task, parent, "", longest.name, longest.description, self.fim)
+            return self.fits(messages, mode, "")
         messages = prompts.factor_messages(task, parent, longest.name, longest.description)
         return self.fits(messages, mode, parent)
 
@@ -282,10 +145,13 @@ class CandidateMaker:
             return _Work(index, "", "", prompts.chat_messages(plan.task))
         parent_id, parent = plan.parent(index)
         work = _Work(index, parent_id, parent, mode=plan.mode)
+        if plan.mode == "region":
+            return self._region_work(plan, work)
         if plan.mode == "delta":
             work.messages = prompts.delta_messages(plan.task, parent)
         else:
-            factor = random.Random(f"{plan.seed}:{index}").choice(plan.factors)
+            listed, work.factor_choice = plan.factor_for(index)
+            factor = random.Random(f"{plan.seed}:{index}").choice(listed)
             work.factor = factor
             work.messages = prompts.factor_messages(plan.task, parent, factor.name, factor.description)
         fits, prompt, answer = self.fits(work.messages, plan.mode, parent)
@@ -301,6 +167,26 @@ class CandidateMaker:
             f"the {plan.mode} prompt for {parent_id!r} is {prompt:,} tokens and its answer needs at least "
             f"{answer:,} more, over the model's context of {self.context_tokens:,} tokens",
         )
+
+    def _region_work(self, plan: Plan, work: _Work) -> _Work:
+        """A region candidate's hole and prompt; the candidate carries the error when its parent has no
+        site for the plan's factors (nothing is sampled for it)."""
+        key = f"{plan.seed}:{work.index}"
+        listed, work.factor_choice = plan.factor_for(work.index)
+        try:
+            hole = region.choose_hole(work.parent, listed, self.factors, key, self.fim)
+        except ValueError as exc:
+            work.error = f"no_site: {exc}"
+            return work
+        work.hole, work.factor = hole, self.factors[hole.site.factor]
+        work.messages = region.messages(plan.task, hole, work.factor)
+        fits, prompt, answer = self.fits(work.messages, "region", hole.middle)
+        if not fits:
+            work.error = (
+                f"context: the region prompt is {prompt:,} tokens and its answer needs at least {answer:,} "
+                f"more, over the model's context of {self.context_tokens:,} tokens"
+            )
+        return work
 
     def _sample(
         self, plan: Plan, works: list[_Work], messages: list[list[dict[str, str]]]
@@ -318,17 +204,25 @@ class CandidateMaker:
             if stop():
                 return
             works = all_works[start : start + self.batch_size]
+            sampled = [w for w in works if not (w.mode == "region" and w.error)]
             for work, completion in zip(
-                works, self._sample(plan, works, [w.messages for w in works]), strict=True
+                sampled,
+                self._sample(plan, sampled, [w.messages for w in sampled]) if sampled else [],
+                strict=True,
             ):
                 work.add(completion)
                 self._finish(work)
             self._retry_deltas(plan, [w for w in works if w.mode == "delta"])
+            self._resample_regions(plan, [w for w in sampled if w.mode == "region"])
             for work in works:
                 yield self._candidate(plan, work)
 
     def _finish(self, work: _Work) -> None:
         response = work.responses[-1]
+        if work.hole is not None and work.factor is not None:
+            work.code, work.error = region.finish(work.hole, response, work.factor.name, self.factors)
+            work.extraction = "region"
+            return
         if work.mode == "delta" and not work.extraction:
             try:
                 work.code, diff = apply_response(work.parent, response)
@@ -387,6 +281,20 @@ class CandidateMaker:
                 else:
                     self._finish(work)
 
+    def _resample_regions(self, plan: Plan, works: list[_Work]) -> None:
+        """Answers not in scope are sampled again (the next seed), up to max_reprompts times."""
+        for _ in range(plan.max_reprompts):
+            again = [w for w in works if w.hole is not None and w.hole.verdict != "in_scope"]
+            if not again:
+                return
+            for work in again:
+                work.reprompts += 1
+            for work, completion in zip(
+                again, self._sample(plan, again, [w.messages for w in again]), strict=True
+            ):
+                work.add(completion)
+                self._finish(work)
+
     def _candidate(self, plan: Plan, work: _Work) -> common_pb2.Candidate:
         info = common_pb2.GenerationInfo(
             mode=next(k for k, v in MODES.items() if v == work.mode),
@@ -407,7 +315,11 @@ class CandidateMaker:
             parent_id=work.parent_id,
             parent_sha256=hashlib.sha256(work.parent.encode()).hexdigest() if work.parent else "",
             context_fit=work.context_fit,
+            factor_choice=work.factor_choice,
         )
+        if work.hole is not None:
+            info.region_site, info.region_kind = work.hole.site.key, work.hole.site.kind
+            info.region_verdict, info.region_fim = work.hole.verdict, work.hole.fim
         if work.mode == "delta":
             info.diff_length_chars = work.diff_length
             info.full_length_chars = len(work.code)

@@ -14,14 +14,16 @@ from pathlib import Path
 
 import structlog
 
+from archloop import prompts
 from archloop.errors import FailedPrecondition, InvalidArgument
 from archloop.factors import FactorFileError, load_factors
 from archloop.server import ServicerBase
 from archloop.settings import SettingsError
 from archloop.v1 import generator_pb2, generator_pb2_grpc
 from services.generator.backend import AdapterInfo, Backend
-from services.generator.engine import MODES, CandidateMaker, plan_from_request, task_from_spec
+from services.generator.engine import CandidateMaker
 from services.generator.factory import make_backend
+from services.generator.plan import MODES, plan_from_request, task_from_spec
 from services.generator.settings import GeneratorSettings
 
 log = structlog.get_logger("archloop.generator")
@@ -66,9 +68,10 @@ class GeneratorServicer(ServicerBase, generator_pb2_grpc.GeneratorServiceService
     def _maker(self) -> CandidateMaker:
         assert self.backend is not None
         b = self.backend
+        fim = all(b.count_tokens(token) == 1 for token in prompts.FIM_TOKENS)  # one id each: trained for FIM
         return CandidateMaker(
             b.generate, b.name, b.model_id, b.batch_size, self.factors,
-            b.context_tokens, b.count_tokens, b.render,
+            b.context_tokens, b.count_tokens, b.render, fim,
         )  # fmt: skip
 
     def _adapter(self, name: str, path: str, sha: str) -> AdapterInfo | None:
@@ -143,8 +146,10 @@ class GeneratorServicer(ServicerBase, generator_pb2_grpc.GeneratorServiceService
 
     async def CheckPromptFit(self, request, context) -> generator_pb2.CheckPromptFitResponse:
         mode = MODES.get(request.mode)
-        if mode not in ("delta", "factor"):
-            raise InvalidArgument("mode", f"{request.mode} is not delta or factor (only edits have a parent)")
+        if mode not in ("delta", "factor", "region"):
+            raise InvalidArgument(
+                "mode", f"{request.mode} is not delta, factor or region (only edits have a parent)"
+            )
         task = task_from_spec(request.task)
         maker = self._maker()
 

@@ -93,9 +93,22 @@ class TGILauncher:
 class TGIBackend:
     """A Hugging Face TGI server through its HTTP API (/generate with adapter_id, /info, /health).
 
-    The `text-generation` client is not used: its 0.7.0 release has no adapter_id and a 10 s default
-    timeout. Prompts are rendered with the base model's chat template here, so every decoding setting
-    (top-k included) goes to /generate; `settings.model` names the tokenizer ('' = the tiny model's).
+    Why plain HTTP (the standard library's urllib) and not a client library, measured with the pinned
+    versions (test_the_tgi_client_libraries_fail_where_this_backend_works in
+    services/generator/tests/test_service.py pins each reason: an upgrade that removes one fails it):
+    - `huggingface_hub` 2.4.0's InferenceClient, the maintained TGI client, carries `adapter_id`,
+      `decoder_input_details` and `details`, but (1) under HF_HUB_OFFLINE=1, the usual setting on an
+      air-gapped cluster and on this project's laptops, it refuses every request, to a TGI on loopback
+      too (`OfflineModeIsEnabled: Cannot reach http://127.0.0.1:…/`); (2) `get_endpoint_info()` on a
+      server given by URL raises ValueError ("not supported on 'None'"), so /info (max_total_tokens,
+      model_sha) would still be hand-written, and its info/health calls run with no timeout at all (the
+      shared session's `Timeout(timeout=None)`); (3) its timeout is one per client, not per call; (4) when
+      a server answers "model_kwargs are not used" it drops those parameters (adapter_id among them) with a
+      warning and remembers that per URL for the process's life: a generation without its adapter, which
+      this backend exists to prevent.
+    - The `text-generation` client (0.7.0) has no adapter_id and a 10 s default timeout.
+    Prompts are rendered with the base model's chat template here, so every decoding setting (top-k
+    included) goes to /generate; `settings.model` names the tokenizer ('' = the tiny model's).
     """
 
     name = "tgi"

@@ -29,7 +29,7 @@ from services.controller.summary import cycle_counts, evaluated_payload
 
 
 class LanguageModel:
-    """Candidates sampled by the generator service's model (full, delta, factor)."""
+    """Candidates sampled by the generator service's model (full, delta, factor, region)."""
 
     name = "generator.GenerateCandidates"
 
@@ -41,7 +41,10 @@ class LanguageModel:
 
     async def produce(self, cycle: int, row: CycleRow, start: int, n: int, record: Record) -> None:
         ctx, parents = self.ctx, self.parents.choose(cycle, start, n)
-        request = requests.generation(ctx.experiment_id, ctx.config, ctx.prompt_task, row, start, n, parents)
+        factors = await asyncio.to_thread(self.parents.factor_choices, cycle, start, n)
+        request = requests.generation(
+            ctx.experiment_id, ctx.config, ctx.prompt_task, row, start, n, parents, factors
+        )
         await ctx.peers.generator.stream(request, record)
 
 

@@ -12,8 +12,9 @@ import json
 
 import structlog
 
-from archloop.v1 import common_pb2
-from services.controller import archive, requests
+from archloop.factors import load_factors
+from archloop.v1 import common_pb2, controller_pb2
+from services.controller import archive, factor_bandit, requests
 from services.controller.phases.context import RunContext
 from services.controller.trainset import Admitted
 
@@ -21,6 +22,7 @@ log = structlog.get_logger("archloop.controller")
 EDIT_MODES = (
     common_pb2.GENERATION_MODE_DELTA,
     common_pb2.GENERATION_MODE_FACTOR,
+    common_pb2.GENERATION_MODE_REGION,
     common_pb2.GENERATION_MODE_ENGINE,
 )
 
@@ -31,7 +33,8 @@ class Parents:
 
     @property
     def edits(self) -> bool:
-        """Whether candidates edit a parent (delta / factor / engine mode) rather than come whole."""
+        """Whether candidates edit a parent (delta / factor / region / engine mode) rather than come
+        whole."""
         return self.ctx.config.generation.mode in EDIT_MODES
 
     async def update(self, cycle: int) -> None:
@@ -73,13 +76,31 @@ class Parents:
         )  # fmt: skip
         return [(entry.entry_id, entry.code) for entry in chosen]
 
+    def factor_choices(self, cycle: int, start: int, n: int) -> list[tuple[str, str]]:
+        """(factor, what the bandit drew) for candidates start … start + n - 1 under
+        `factor_policy: bandit`, from the outcomes of earlier cycles; none otherwise (the generator
+        chooses from the list)."""
+        ctx, g = self.ctx, self.ctx.config.generation
+        if g.factor_policy != controller_pb2.FACTOR_POLICY_BANDIT:
+            return []
+        listed = list(g.factors) or list(load_factors())
+        outcomes = [
+            (row.factor, factor_bandit.reward(row.admitted, bool(row.topology_sha256), row.wiring_known_as))
+            for row in ctx.ledger.candidates(ctx.experiment_id)
+            if row.cycle < cycle and row.decision is not None and row.factor
+        ]
+        state = factor_bandit.arms(outcomes, listed)
+        return [factor_bandit.choose(state, ctx.config.seed, cycle, i) for i in range(start, start + n)]
+
     def admitted(self, cycle: int) -> list[Admitted]:
         """The candidates admitted up to `cycle` for the training set, each with the parent it edited
         (from the archive, read once)."""
         ctx = self.ctx
         parents = {e.entry_id: e.code for e in ctx.ledger.archive(ctx.experiment_id)}
-        return [
-            Admitted(row.candidate_id, row.code, row.mode,
-                     parents.get(json.loads(row.generation_json).get("parent_id", ""), ""), row.factor)
-            for row in ctx.ledger.admitted(ctx.experiment_id, cycle)
-        ]  # fmt: skip
+        admitted = []
+        for row in ctx.ledger.admitted(ctx.experiment_id, cycle):
+            generation = json.loads(row.generation_json)
+            parent = parents.get(generation.get("parent_id", ""), "")
+            fim = bool(generation.get("region_fim", False))  # proto3 JSON leaves out a false bool
+            admitted.append(Admitted(row.candidate_id, row.code, row.mode, parent, row.factor, fim))
+        return admitted

@@ -9,7 +9,7 @@ from google.protobuf import json_format
 from archloop.v1 import common_pb2, trainer_pb2
 from services.controller import config as experiment_config
 from services.evaluator.servicer import protocol_from_proto
-from services.generator.engine import decoding_from_proto
+from services.generator.plan import decoding_from_proto
 from services.trainer.servicer import lora_from_proto
 from services.trainer.spec import Schedule
 
@@ -36,6 +36,7 @@ PAPER = {
         "parent_policy": "PARENT_POLICY_FIXED",  # ours: only edit modes read it
         "tournament_size": 3,  # ours: only edit modes read it
         "population_size": 16,  # ours: only the aging policy reads it
+        "factor_policy": "FACTOR_POLICY_LIST",  # ours: only factor / region mode read it
     },
     "accuracy_threshold": 0.4,
     "novelty_threshold": 0.9,

@@ -59,3 +59,26 @@ def test_a_share_without_edit_pairs_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(corpus.CorpusError, match="run `archloop corpus edits`"):
         write_training_set(tmp_path / "t.jsonl", folder, 8, 1, TASK, [], tmp_path / "nowhere", 0.3)
     assert not (tmp_path / "t.jsonl").exists()
+
+
+def test_an_admitted_region_edit_brings_its_region_example_in_the_form_it_was_asked() -> None:
+    from archloop import regions
+    from archloop.factors import load_factors
+    from archloop.rewrite import canonical
+    from services.controller.trainset import region_examples
+
+    parent = canonical(prompts.BASELINE_FILE.read_text())
+    (site,) = regions.sites(parent, "regularisation", load_factors())
+    prefix, middle, suffix = regions.cut(parent, site)
+    child = regions.splice(prefix, middle.replace("nn.Dropout(prm['dropout'])", "nn.Dropout(p=0.2)"), suffix)
+    task = prompts.TASKS["mnist"]
+    for fim in (True, False):
+        (example,) = region_examples(
+            Admitted("e-c1-0003", child, "region", parent, "regularisation", fim), task
+        )
+        content = example["messages"][1]["content"]
+        assert (prompts.FIM_MIDDLE in content) is fim and (prompts.HOLE_MARKER in content) is not fim
+        written = prompts.region_middle(example["messages"][-1]["content"], fim)
+        assert regions.splice(prefix, written, suffix) == child
+    # a change no site of the recorded factor holds brings none (the admitted child is still a chat pair)
+    assert region_examples(Admitted("e-c1-0004", child, "region", parent, "skip_connections"), task) == []

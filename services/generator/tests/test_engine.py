@@ -18,7 +18,8 @@ from archloop.factors import FactorFileError, load_factors, touched_factors
 from archloop.prompts import BASELINE_FILE as BASELINE
 from archloop.v1 import common_pb2, generator_pb2
 from services.generator.backend import Completion
-from services.generator.engine import CandidateMaker, plan_from_request
+from services.generator.engine import CandidateMaker
+from services.generator.plan import plan_from_request
 
 BASE = BASELINE.read_text()
 FACTORS = load_factors()

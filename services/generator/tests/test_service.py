@@ -219,7 +219,11 @@ def test_tgi_backend_proves_the_adapter_is_live_and_reports_a_dead_server(
     start_service, grpc_channel, tgi_dev, adapter_dir
 ) -> None:
     url, server = tgi_dev
-    proc = start_service("generator", "--backend", "tgi", "--tgi-url", url, "--tgi-concurrency", "2")
+    # offline, as on an air-gapped cluster: the backend's plain HTTP is not refused (a hub client's is)
+    offline = {"HF_HUB_OFFLINE": "1"}
+    proc = start_service(
+        "generator", "--backend", "tgi", "--tgi-url", url, "--tgi-concurrency", "2", env=offline
+    )
     stub = generator_pb2_grpc.GeneratorServiceStub(grpc_channel(proc.address))
     base = _generate(stub, n=3)
     assert all(c.code and c.generation.backend == "tgi" for c in base)
@@ -245,6 +249,42 @@ def test_tgi_backend_proves_the_adapter_is_live_and_reports_a_dead_server(
     server.wait()
     down = _status(stub)
     assert down.code() == grpc.StatusCode.UNAVAILABLE and url in down.details()
+
+
+_HUB_CLIENT_PROBE = """
+import sys, warnings
+from huggingface_hub import InferenceClient
+url = sys.argv[1]
+client = InferenceClient(url, timeout=60)
+try:
+    client.text_generation("import torch", max_new_tokens=1, details=True, adapter_id="cycle-1")
+    print("generate: ok")
+except Exception as exc:
+    print("generate:", type(exc).__name__)
+try:
+    client.get_endpoint_info()
+    print("info: ok")
+except Exception as exc:
+    print("info:", type(exc).__name__)
+"""
+
+
+def test_the_tgi_client_libraries_fail_where_this_backend_works(tgi_dev) -> None:
+    """Why services/generator/tgi.py speaks plain HTTP (its docstring): the pinned huggingface_hub's
+    InferenceClient refuses a loopback TGI under HF_HUB_OFFLINE=1 and cannot read /info of a server
+    given by URL. An upgrade that lifts either makes this test fail: then look at the client again."""
+    url, _ = tgi_dev
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    offline = subprocess.run(
+        [sys.executable, "-c", _HUB_CLIENT_PROBE, url], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert offline.stdout.split("\n")[:2] == ["generate: OfflineModeIsEnabled", "info: ValueError"], offline
+    env.pop("HF_HUB_OFFLINE")
+    online = subprocess.run(
+        [sys.executable, "-c", _HUB_CLIENT_PROBE, url], env=env, capture_output=True, text=True, timeout=120
+    )
+    # online it posts to the server's root (TGI's compat route), which the test double does not serve
+    assert online.stdout.split("\n")[1] == "info: ValueError", online
 
 
 def test_managed_tgi_is_restarted_with_each_new_adapter(start_service, grpc_channel, adapter_dir) -> None:
