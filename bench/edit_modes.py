@@ -172,6 +172,7 @@ def main() -> int:
                     else None
                 ),
                 "mean_valid_accuracy": sum(s["accuracy"] for s in valid) / len(valid) if valid else None,
+                "mean_valid_accuracy_ci": _bootstrap([s["accuracy"] for s in valid]),
                 "sampling_seconds": round(seconds_sampling, 1),
                 **(_region_row(samples, valid, wirings) if mode == "region" else {}),
             }
@@ -193,7 +194,7 @@ def main() -> int:
         f"({machine()}, {(time.monotonic() - started) / 60:.0f} min).",
         "",
         "| mode | valid (Wilson 95 %) | statuses | delta failures | re-prompted | entangled (of parsed) | "
-        "unchanged | mean J to parent (valid) | mean acc. (valid) |",
+        "unchanged | mean J to parent (valid) | mean acc. (valid) [bootstrap 95 %] |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
 
@@ -206,10 +207,13 @@ def main() -> int:
     for mode, r in rows.items():
         statuses = ", ".join(f"{k} {v}" for k, v in r["statuses"].items())
         failures = ", ".join(f"{k} {v}" for k, v in r["delta_failures"].items()) or "—"
+        ci = r["mean_valid_accuracy_ci"]
+        interval = f" [{num(ci[0])}, {num(ci[1])}]" if ci else ""
         lines.append(
             f"| {mode} | **{pct(r['valid_share'])}** [{pct(r['valid_ci'][0])}, {pct(r['valid_ci'][1])}] | "
             f"{statuses} | {failures} | {r['reprompted']} | {pct(r['entangled_share_of_parsed'])} | "
-            f"{r['unchanged']} | {num(r['mean_jaccard_to_parent_valid'])} | {num(r['mean_valid_accuracy'])} |"
+            f"{r['unchanged']} | {num(r['mean_jaccard_to_parent_valid'])} | "
+            f"{num(r['mean_valid_accuracy'])}{interval} |"
         )
     if "region" in rows:
         r = rows["region"]
@@ -228,6 +232,15 @@ def main() -> int:
     publish(f"edit_modes-{model}", {"model": model, "rows": rows, "ratio": ratio, "samples": everything},
             "\n".join(lines), start, end, args.write)  # fmt: skip
     return 0
+
+
+def _bootstrap(values: list[float], rounds: int = 4000) -> list[float] | None:
+    """A 95 % percentile-bootstrap interval of the mean (seeded), or None for fewer than 2 values."""
+    if len(values) < 2:
+        return None
+    rng = random.Random(0)
+    means = sorted(sum(rng.choices(values, k=len(values))) / len(values) for _ in range(rounds))
+    return [means[int(0.025 * rounds)], means[int(0.975 * rounds) - 1]]
 
 
 def _region_row(samples: list[dict], valid: list[dict], wirings: dict[str, str]) -> dict:
