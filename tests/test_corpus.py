@@ -209,8 +209,11 @@ def test_a_fresh_build_is_the_corpus_the_packaged_model_was_trained_on(built) ->
 def test_the_packaged_leaderboard_covers_the_corpus_and_a_sample_trains_again_to_it(built) -> None:
     """The shipped leaderboard (archloop/data/lemur-v3-leaderboard-v1.json.gz) holds every program of a
     fresh lemur-v3 build, on the embedded protocol; two programs drawn from it, trained again by the real
-    evaluator in its sandbox, reach the status and first-epoch accuracy it records (seeded training:
-    the same to within a few validation images across CPUs)."""
+    evaluator in its sandbox, reach the status it records and a first-epoch accuracy on the same side of
+    the admission threshold, close to it. Seeded training repeats exactly on one machine, but not across
+    CPUs: float rounding differs with the vector units, and one epoch amplifies it (alt-nn5-3dbf…: 0.735
+    in the table, 0.777 three times on the machine of 2026-12-07's fourth session), so the bound is 0.1,
+    not a few images."""
     from archloop import leaderboard
     from tools.corpus_leaderboard import embedded_protocol, recheck
 
@@ -220,6 +223,14 @@ def test_the_packaged_leaderboard_covers_the_corpus_and_a_sample_trains_again_to
     assert missing == 0 and len(board) + board.untrained == built.manifest["funnel"]["distinct"]
     checked = recheck(built.out_dir, sample=2, seed=7)
     assert len(checked) == 2
+    from services.controller.config import embedded
+
+    tau = embedded().accuracy_threshold
     for model, packaged, fresh in checked:
         assert fresh.status == packaged.status, model
-        assert fresh.accuracy == pytest.approx(packaged.accuracy, abs=0.02), model
+        assert (fresh.accuracy >= tau) == (packaged.accuracy >= tau), (
+            model,
+            packaged.accuracy,
+            fresh.accuracy,
+        )
+        assert fresh.accuracy == pytest.approx(packaged.accuracy, abs=0.1), model
