@@ -52,7 +52,7 @@ class Site:
         return f"{self.factor}@{self.method}:{self.start}-{self.end}"
 
 
-def _methods(tree: ast.Module) -> list[tuple[str, ast.FunctionDef]]:
+def methods(tree: ast.Module) -> list[tuple[str, ast.FunctionDef]]:
     return [
         (f"{cls.name}.{fn.name}", fn)
         for cls in tree.body
@@ -80,7 +80,7 @@ def sites(code: str, factor: str, factors: dict[str, Factor]) -> list[Site]:
         if line
     }
     found: dict[tuple[int, int], Site] = {}
-    for name, fn in _methods(tree):
+    for name, fn in methods(tree):
         span = _span(fn.body, marked)
         if span is not None:
             found[span] = Site(factor, name, span[0], span[1], "replace")
@@ -151,9 +151,10 @@ def training_site(parent: str, child: str, factor: str, factors: dict[str, Facto
     (a pure insertion: the place it goes); None when no single site does."""
     before, after, _ = changed_lines(parent, child)
     first, last = before + 1, len(parent.splitlines()) - after  # changed parent lines (last < first: none)
-    fitting = [s for s in sites(parent, factor, factors) if s.start <= first and last <= s.end]
     if last < first:  # nothing removed: the new lines go between `before` and `before + 1`
         fitting = [s for s in sites(parent, factor, factors) if s.start <= first <= s.end + 1]
+    else:
+        fitting = [s for s in sites(parent, factor, factors) if s.start <= first and last <= s.end]
     return min(fitting, key=lambda s: (s.end - s.start, s.start), default=None)
 
 

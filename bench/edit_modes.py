@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from archloop import corpus, prompts  # noqa: E402
 from bench.base_model_quality import _shingles, evaluate_all  # noqa: E402
 from bench.report import machine, publish  # noqa: E402
-from services.controller.stats import wilson_interval  # noqa: E402
+from services.controller.stats import mean_t_interval, wilson_interval  # noqa: E402
 
 MODES = ("full", "delta", "factor", "region")
 WIRING_FACTORS = ("skip_connections", "attention", "depth")
@@ -172,7 +172,9 @@ def main() -> int:
                     else None
                 ),
                 "mean_valid_accuracy": sum(s["accuracy"] for s in valid) / len(valid) if valid else None,
-                "mean_valid_accuracy_ci": _bootstrap([s["accuracy"] for s in valid]),
+                "mean_valid_accuracy_ci": (
+                    list(mean_t_interval([s["accuracy"] for s in valid])[1:]) if len(valid) > 1 else None
+                ),
                 "sampling_seconds": round(seconds_sampling, 1),
                 **(_region_row(samples, valid, wirings) if mode == "region" else {}),
             }
@@ -194,7 +196,7 @@ def main() -> int:
         f"({machine()}, {(time.monotonic() - started) / 60:.0f} min).",
         "",
         "| mode | valid (Wilson 95 %) | statuses | delta failures | re-prompted | entangled (of parsed) | "
-        "unchanged | mean J to parent (valid) | mean acc. (valid) [bootstrap 95 %] |",
+        "unchanged | mean J to parent (valid) | mean acc. (valid) [t 95 %] |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
 
@@ -232,15 +234,6 @@ def main() -> int:
     publish(f"edit_modes-{model}", {"model": model, "rows": rows, "ratio": ratio, "samples": everything},
             "\n".join(lines), start, end, args.write)  # fmt: skip
     return 0
-
-
-def _bootstrap(values: list[float], rounds: int = 4000) -> list[float] | None:
-    """A 95 % percentile-bootstrap interval of the mean (seeded), or None for fewer than 2 values."""
-    if len(values) < 2:
-        return None
-    rng = random.Random(0)
-    means = sorted(sum(rng.choices(values, k=len(values))) / len(values) for _ in range(rounds))
-    return [means[int(0.025 * rounds)], means[int(0.975 * rounds) - 1]]
 
 
 def _region_row(samples: list[dict], valid: list[dict], wirings: dict[str, str]) -> dict:

@@ -43,7 +43,7 @@ class EditPairsReport:
     seconds: float
 
 
-def _parents(corpus_dir: Path) -> list[tuple[str, str, str]]:
+def corpus_parents(corpus_dir: Path) -> list[tuple[str, str, str]]:
     """(model, dataset of its first pair, program) of every corpus model, in file order."""
     seen: dict[str, tuple[str, str, str]] = {}
     for example in corpus.read_jsonl(corpus_dir / "examples.jsonl"):
@@ -64,7 +64,7 @@ def build_edit_pairs(
     """Write the edit pairs of `corpus_dir` to `out_dir`; `programs` > 0 takes a seeded sample of them."""
     started = time.monotonic()
     factors = load_factors()
-    parents = _parents(corpus_dir)
+    parents = corpus_parents(corpus_dir)
     if 0 < programs < len(parents):
         parents = sorted(random.Random(seed).sample(parents, programs))
     programs_by_model = {model: code for model, _, code in parents}
@@ -126,9 +126,6 @@ def build_edit_pairs(
         for mode in ("delta", "factor"):
             messages = prompts.edit_pair(task, mode, parent, text, factor, factors[factor].description)
             records.append({"id": f"{model}~{factor}#{mode}", "mode": mode, **common, "messages": messages})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    body = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
-    (out_dir / "edits.jsonl").write_text(body, encoding="utf-8")
     manifest = {
         "version": EDITS_VERSION,
         "corpus_manifest_sha256": corpus.manifest_sha256(corpus_dir),
@@ -139,10 +136,19 @@ def build_edit_pairs(
         "factors": list(mutate.FACTORS),
         "counts": {factor: {stage: counts[factor][stage] for stage in STAGES} for factor in mutate.FACTORS},
         "pairs": len(records),
-        "edits_sha256": hashlib.sha256(body.encode()).hexdigest(),
     }
+    return EditPairsReport(out_dir, write_pairs(out_dir, records, manifest), time.monotonic() - started)
+
+
+def write_pairs(out_dir: Path, records: list[dict], manifest: dict) -> dict:
+    """An edits folder: `edits.jsonl` (one record a line, keys sorted) and `manifest.json`, which gets the
+    body's sha256 as `edits_sha256` (what base-model training records); the manifest written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    body = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
+    (out_dir / "edits.jsonl").write_text(body, encoding="utf-8")
+    manifest = {**manifest, "edits_sha256": hashlib.sha256(body.encode()).hexdigest()}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return EditPairsReport(out_dir, manifest, time.monotonic() - started)
+    return manifest
 
 
 def load_edit_pairs(edits_dir: Path) -> list[dict]:

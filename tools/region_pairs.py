@@ -21,7 +21,6 @@ example out with its parent program.
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import random
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 from archloop import corpus, mutate, prompts, regions
 from archloop.factors import load_factors
 from archloop.rewrite import canonical
+from tools import edit_pairs
 
 REGIONS_VERSION = "regions-v1"
 MAX_FIM_STATEMENTS = 4
@@ -56,7 +56,7 @@ def _chat(task: prompts.Task, prefix: str, middle: str, suffix: str, factor: str
 
 def fim_site(code: str, rng: random.Random) -> regions.Site | None:
     """A seeded run of 1..MAX_FIM_STATEMENTS whole statements of one method of `code` (None: no method)."""
-    methods = [(name, fn) for name, fn in regions._methods(ast.parse(code)) if fn.body]
+    methods = [(name, fn) for name, fn in regions.methods(ast.parse(code)) if fn.body]
     if not methods:
         return None
     name, fn = rng.choice(methods)
@@ -70,16 +70,11 @@ def build_region_pairs(corpus_dir: Path, edits_dir: Path, out_dir: Path, seed: i
     started = time.monotonic()
     factors = load_factors()
     edits_manifest = json.loads((Path(edits_dir) / "manifest.json").read_text())
-    programs: dict[str, tuple[str, str]] = {}  # model → (dataset, program)
-    for example in corpus.read_jsonl(Path(corpus_dir) / "examples.jsonl"):
-        if example["model"] not in programs:
-            programs[example["model"]] = (
-                example["dataset"],
-                canonical(prompts.extract_code(example["messages"][-1]["content"])[0]),
-            )
+    # model → (dataset, program), as region mode shows a parent
+    programs = {m: (dataset, canonical(code)) for m, dataset, code in edit_pairs.corpus_parents(corpus_dir)}
     counts: dict[str, Counter[str]] = {factor: Counter() for factor in mutate.FACTORS}
     records = []
-    for edit in corpus.read_jsonl(Path(edits_dir) / "edits.jsonl"):
+    for edit in edit_pairs.load_edit_pairs(edits_dir):
         if edit["mode"] != "factor" or edit["parent"] not in programs:
             continue
         factor, (dataset, parent) = edit["factor"], programs[edit["parent"]]
@@ -108,13 +103,9 @@ def build_region_pairs(corpus_dir: Path, edits_dir: Path, out_dir: Path, seed: i
                         "dataset": dataset, "source": "corpus", "factor": "", "site": site.key, "kind": "fim",
                         "messages": messages})  # fmt: skip
         fim += 1
-    out_dir.mkdir(parents=True, exist_ok=True)
-    body = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
-    (out_dir / "edits.jsonl").write_text(body, encoding="utf-8")
-    manifest = {
+    manifest = edit_pairs.write_pairs(out_dir, records, {
         "version": REGIONS_VERSION,
         "corpus_manifest_sha256": corpus.manifest_sha256(corpus_dir),
-        "edits_sha256": hashlib.sha256(body.encode()).hexdigest(),
         "source_edits_sha256": edits_manifest["edits_sha256"],
         "region_prompt_version": prompts.REGION_PROMPT_VERSION,
         "seed": seed,
@@ -122,6 +113,5 @@ def build_region_pairs(corpus_dir: Path, edits_dir: Path, out_dir: Path, seed: i
         "region_examples": len(records) - fim,
         "fim_examples": fim,
         "pairs": len(records),
-    }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    })  # fmt: skip
     return RegionPairsReport(out_dir, manifest, time.monotonic() - started)

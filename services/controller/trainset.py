@@ -57,12 +57,13 @@ def edit_examples(admitted: Admitted, task: prompts.Task) -> list[dict]:
 def region_examples(admitted: Admitted, task: prompts.Task) -> list[dict]:
     """The region example of an admitted region candidate: its parent with the smallest site of its
     factor that holds the change cut out, and the lines it wrote there (none when no site holds it)."""
-    factor = load_factors().get(admitted.factor)
+    factors = load_factors()
+    factor = factors.get(admitted.factor)
     try:
         parent = canonical(admitted.parent)
     except SyntaxError:
         return []
-    site = regions.training_site(parent, admitted.code, admitted.factor, load_factors()) if factor else None
+    site = regions.training_site(parent, admitted.code, admitted.factor, factors) if factor else None
     if factor is None or site is None:
         return []
     prefix, _, suffix = regions.cut(parent, site)

@@ -295,6 +295,12 @@ class CandidateMaker:
                 work.add(completion)
                 self._finish(work)
 
+    def _touched(self, work: _Work) -> list[str]:
+        try:
+            return touched_factors(work.parent, work.code, self.factors)
+        except SyntaxError:
+            return []
+
     def _candidate(self, plan: Plan, work: _Work) -> common_pb2.Candidate:
         info = common_pb2.GenerationInfo(
             mode=next(k for k, v in MODES.items() if v == work.mode),
@@ -326,10 +332,7 @@ class CandidateMaker:
         if work.factor is not None:
             info.factor = work.factor.name
             if work.code:
-                try:
-                    touched = touched_factors(work.parent, work.code, self.factors)
-                except SyntaxError:
-                    touched = []
+                touched = list(work.hole.touched) if work.hole is not None else self._touched(work)
                 info.touched_factors.extend(touched)
                 info.entangled = any(name != work.factor.name for name in touched)
         code = work.code

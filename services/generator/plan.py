@@ -122,16 +122,7 @@ def plan_from_request(
         if not parent_id:
             raise InvalidArgument(f"parents[{i}].parent_id", "is empty")
         parents[i] = (parent_id, _program(code, f"parents[{i}].code", mode))
-    chosen_factors = [(p.factor, p.factor_choice) for p in request.parents]
-    for i, (name, _) in enumerate(chosen_factors):
-        if name and mode not in ("factor", "region"):
-            raise InvalidArgument(
-                f"parents[{i}].factor", f"{mode} mode edits no single factor; leave it empty"
-            )
-        if name and name not in factors:
-            raise InvalidArgument(
-                f"parents[{i}].factor", f"unknown factor {name!r}; known: {sorted(factors)}"
-            )
+    chosen_factors = _chosen_factors(request, mode, factors)
     if mode in EDITS and not parents:
         baseline = _program(baseline, "baseline_code", mode)
     chosen: list[Factor] = []
@@ -165,6 +156,23 @@ def plan_from_request(
         parents=parents,
         chosen_factors=chosen_factors if any(name for name, _ in chosen_factors) else [],
     )
+
+
+def _chosen_factors(
+    request: generator_pb2.GenerateCandidatesRequest, mode: str, factors: dict[str, Factor]
+) -> list[tuple[str, str]]:
+    """(factor, why) the caller chose per parent ("" = none), each checked."""
+    chosen = [(p.factor, p.factor_choice) for p in request.parents]
+    for i, (name, _) in enumerate(chosen):
+        if name and mode not in ("factor", "region"):
+            raise InvalidArgument(
+                f"parents[{i}].factor", f"{mode} mode edits no single factor; leave it empty"
+            )
+        if name and name not in factors:
+            raise InvalidArgument(
+                f"parents[{i}].factor", f"unknown factor {name!r}; known: {sorted(factors)}"
+            )
+    return chosen
 
 
 def task_from_spec(spec: common_pb2.TaskSpec) -> prompts.Task:

@@ -39,6 +39,7 @@ class Hole:
     suffix: str
     fim: bool
     verdict: str = ""
+    touched: tuple[str, ...] = ()  # the factors the last answer touched (its scope check's)
 
 
 def choose_hole(
@@ -69,7 +70,7 @@ def finish(hole: Hole, response: str, factor: str, all_factors: dict[str, Factor
     """(code, error) of an answer: the spliced child and "" when in scope; what went wrong otherwise."""
     child = regions.splice(hole.prefix, prompts.region_middle(response, hole.fim), hole.suffix)
     scope = regions.scope(hole.parent, child, factor, all_factors)
-    hole.verdict = scope.verdict
+    hole.verdict, hole.touched = scope.verdict, scope.touched
     if scope.ok or scope.verdict == "does_not_parse":
         return child, ""
     if scope.verdict == "no_change":

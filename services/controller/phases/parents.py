@@ -30,6 +30,7 @@ EDIT_MODES = (
 class Parents:
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
+        self._arms: tuple[int, dict[str, factor_bandit.Arm]] | None = None  # (cycle, the bandit's arms)
 
     @property
     def edits(self) -> bool:
@@ -83,13 +84,18 @@ class Parents:
         ctx, g = self.ctx, self.ctx.config.generation
         if g.factor_policy != controller_pb2.FACTOR_POLICY_BANDIT:
             return []
-        listed = list(g.factors) or list(load_factors())
-        outcomes = [
-            (row.factor, factor_bandit.reward(row.admitted, bool(row.topology_sha256), row.wiring_known_as))
-            for row in ctx.ledger.candidates(ctx.experiment_id)
-            if row.cycle < cycle and row.decision is not None and row.factor
-        ]
-        state = factor_bandit.arms(outcomes, listed)
+        if self._arms is None or self._arms[0] != cycle:  # read once a cycle: earlier cycles do not change
+            listed = list(g.factors) or list(load_factors())
+            outcomes = [
+                (
+                    row.factor,
+                    factor_bandit.reward(row.admitted, bool(row.topology_sha256), row.wiring_known_as),
+                )
+                for row in ctx.ledger.candidates(ctx.experiment_id)
+                if row.cycle < cycle and row.decision is not None and row.factor
+            ]
+            self._arms = (cycle, factor_bandit.arms(outcomes, listed))
+        state = self._arms[1]
         return [factor_bandit.choose(state, ctx.config.seed, cycle, i) for i in range(start, start + n)]
 
     def admitted(self, cycle: int) -> list[Admitted]:
